@@ -1,0 +1,41 @@
+# x402-meter developer commands. Every target installs what it needs first (idempotent):
+# a fresh machine needs only Python 3.11+, pip, node/npm.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo dev test lint format contracts bench clean
+
+$(STAMP): pyproject.toml package.json package-lock.json
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## install, then pay for tokens end to end on the local stack
+	$(BIN)/x402-meter demo
+
+dev: $(STAMP)  ## run the local stack until Ctrl-C
+	$(BIN)/x402-meter dev
+
+test: $(STAMP)  ## install, then run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+contracts: $(STAMP)  ## recompile the Vyper contracts into their committed artifacts
+	$(BIN)/python -m x402_meter.devstack.contract_build
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,108 @@
+"""The ``x402-meter`` command: ``dev``, ``facilitator`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from x402_meter.facilitator_server import PRIVATE_KEY_ENV, FacilitatorConfigError
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from x402_meter.devstack import local_stack
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    started = time.perf_counter()
+    with local_stack(chain_id=args.chain_id) as stack:
+        elapsed = time.perf_counter() - started
+        if args.json:
+            print(json.dumps(stack.as_json_dict()), flush=True)
+        else:
+            print(
+                f"x402-meter local stack ready in {elapsed:.2f}s\n"
+                f"  chain        {stack.rpc_url}  ({stack.network})\n"
+                f"  facilitator  {stack.facilitator_url}\n"
+                f"  asset        {stack.asset}  ({stack.asset_name} v{stack.asset_version},"
+                f" {stack.asset_decimals} decimals)\n"
+                f"  pay_to       {stack.pay_to}\n"
+                f"  payers       {len(stack.payer_private_keys)} funded anvil dev accounts"
+                " (well-known public keys: local use only)\n"
+                "Press Ctrl-C to stop.",
+                flush=True,
+            )
+        print(f"ready in {elapsed:.3f}s", file=sys.stderr, flush=True)
+        stop.wait()
+    return 0
+
+
+def _cmd_facilitator(args: argparse.Namespace) -> int:
+    from x402_meter.facilitator_server import build_evm_facilitator, create_facilitator_app, serve
+
+    private_key = os.environ.get(PRIVATE_KEY_ENV)
+    if not private_key:
+        print(
+            f"error: set {PRIVATE_KEY_ENV} to the settling account's private key", file=sys.stderr
+        )
+        return 2
+    try:
+        facilitator = build_evm_facilitator(private_key, args.rpc_url, args.network)
+    except FacilitatorConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    signers = facilitator.get_supported().signers
+
+    def announce(url: str) -> None:
+        print(
+            f"x402-meter facilitator for {args.network} (signers {signers}) listening on {url}",
+            flush=True,
+        )
+
+    serve(create_facilitator_app(facilitator), host=args.host, port=args.port, on_ready=announce)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from x402_meter.demo import run_demo
+
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="x402-meter", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser(
+        "dev", help="run the local stack (chain, token, facilitator) until Ctrl-C"
+    )
+    dev.add_argument("--json", action="store_true", help="print one JSON line once ready")
+    dev.add_argument("--chain-id", type=int, default=31337)
+    dev.set_defaults(handler=_cmd_dev)
+
+    facilitator = commands.add_parser(
+        "facilitator",
+        help=f"self-host an x402 facilitator for an EVM chain (key from ${PRIVATE_KEY_ENV})",
+    )
+    facilitator.add_argument("--rpc-url", required=True)
+    facilitator.add_argument("--network", required=True, help="CAIP-2 id, e.g. eip155:8453")
+    facilitator.add_argument("--host", default="127.0.0.1")
+    facilitator.add_argument("--port", type=int, default=4020)
+    facilitator.set_defaults(handler=_cmd_facilitator)
+
+    demo = commands.add_parser("demo", help="pay for tokens on the local stack, end to end")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = args.handler
+    result: int = handler(args)
+    return result

@@ -1,0 +1,1 @@
+"""Vyper sources and their committed build artifacts (``<Name>.json``) for the dev stack."""

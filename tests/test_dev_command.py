@@ -1,0 +1,108 @@
+"""`x402-meter dev` starts the whole stack, reports it once, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+EXPECTED_KEYS = {
+    "rpc_url",
+    "facilitator_url",
+    "chain_id",
+    "network",
+    "asset",
+    "asset_name",
+    "asset_version",
+    "permit2",
+    "upto_proxy",
+    "pay_to",
+    "payer_private_keys",
+}
+
+
+def children_of(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Wait on a pidfd (readable once the process has terminated); no polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def port_is_closed(url: str) -> bool:
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    with socket.socket() as sock:
+        return sock.connect_ex((parts.hostname, parts.port)) != 0
+
+
+@contextmanager
+def dev_stack() -> Iterator[tuple[subprocess.Popen[str], dict[str, object]]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "x402_meter", "dev", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        yield process, json.loads(line)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc and uses pidfds")
+def test_dev_prints_one_json_line_and_stops_everything_on_sigterm() -> None:
+    with dev_stack() as (process, info):
+        assert set(info) >= EXPECTED_KEYS
+        assert info["network"] == f"eip155:{info['chain_id']}"
+        supported = httpx.get(f"{info['facilitator_url']}/supported").json()
+        assert {kind["scheme"] for kind in supported["kinds"]} == {"exact", "upto"}
+        children = children_of(process.pid)
+        assert len(children) == 2  # anvil and the facilitator
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert process.stdout is not None
+        assert process.stdout.read() == ""  # exactly one line on stdout
+
+    assert all(wait_for_exit(child, timeout=0) for child in children)
+    assert port_is_closed(str(info["rpc_url"]))
+    assert port_is_closed(str(info["facilitator_url"]))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc and uses pidfds")
+def test_children_die_with_a_killed_dev_process() -> None:
+    with dev_stack() as (process, info):
+        children = children_of(process.pid)
+        process.kill()  # SIGKILL: no cleanup code runs in the parent
+        process.wait()
+
+    assert all(wait_for_exit(child, timeout=10) for child in children)
+    assert port_is_closed(str(info["rpc_url"]))
+    assert port_is_closed(str(info["facilitator_url"]))
