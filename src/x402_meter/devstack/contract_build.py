@@ -36,6 +36,10 @@ OPTIMIZE = "gas"
 _OUTPUT_FORMATS = ["abi", "bytecode", "bytecode_runtime"]
 
 
+class VyperNotInstalledError(RuntimeError):
+    """The vyper compiler (a development dependency) is not installed."""
+
+
 def _import_vyper() -> tuple[ModuleType, ModuleType]:
     """The ``vyper`` package and its ``vyper.compiler.settings`` module."""
     try:
@@ -44,7 +48,7 @@ def _import_vyper() -> tuple[ModuleType, ModuleType]:
         vyper = importlib.import_module("vyper")
         settings = importlib.import_module("vyper.compiler.settings")
     except ImportError as exc:
-        raise RuntimeError(
+        raise VyperNotInstalledError(
             "Building the dev stack contracts needs the vyper compiler, a development "
             "dependency: pip install -e '.[dev]'"
         ) from exc
@@ -104,7 +108,11 @@ def render_artifact(artifact: dict[str, Any]) -> str:
     return json.dumps(artifact, indent=2) + "\n"
 
 
-def _changed(write: bool) -> list[str]:
+def build(write: bool = True) -> list[str]:
+    """Compile every contract and write the artifacts that differ (only if ``write``).
+
+    Returns the names whose artifact changed (or would change, without ``write``).
+    """
     changed: list[str] = []
     for name in CONTRACT_NAMES:
         text = render_artifact(compile_contract(name))
@@ -118,32 +126,13 @@ def _changed(write: bool) -> list[str]:
     return changed
 
 
-def build(write: bool = True) -> list[str]:
-    """Compile every contract; write the artifacts that differ (if ``write``).
-
-    Returns the names whose artifact changed (or would change).
-    """
-    return _changed(write=write)
-
-
 def stale_artifacts() -> list[str]:
-    """Names whose committed artifact differs from a fresh compile (missing counts)."""
-    return _changed(write=False)
+    """Names whose committed artifact differs from a fresh compile (a missing one counts)."""
+    return build(write=False)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m x402_meter.devstack.contract_build",
-        description="Compile the dev stack's Vyper contracts into contracts/<Name>.json.",
-    )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="only compare: exit 1 if a committed artifact is stale",
-    )
-    args = parser.parse_args(argv)
-
-    if args.check:
+def _run(check: bool) -> int:
+    if check:
         stale = stale_artifacts()
         if stale:
             print(
@@ -161,6 +150,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("contract artifacts are up to date")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m x402_meter.devstack.contract_build",
+        description="Compile the dev stack's Vyper contracts into contracts/<Name>.json.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only compare: exit 1 if a committed artifact is stale",
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        return _run(check=args.check)
+    except VyperNotInstalledError as exc:
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
