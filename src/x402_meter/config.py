@@ -1,0 +1,139 @@
+"""The middleware's configuration, validated and compiled once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from x402.http.constants import DEFAULT_FACILITATOR_URL
+
+from x402_meter.assets import Asset, default_asset
+from x402_meter.errors import ConfigurationError
+from x402_meter.metering import MeterFactory, openai_chat_meter
+from x402_meter.pricing import PriceInput, Tariff, TokenPrice, as_token_price
+from x402_meter.protocol.headers import DEFAULT_MAX_HEADER_BYTES
+from x402_meter.protocol.offer import SCHEMES, PaymentTerms, Scheme
+from x402_meter.routing import RouteSpec
+from x402_meter.store import PaymentStore
+
+_ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
+_CAIP2_EVM: Final = re.compile(r"eip155:[1-9][0-9]*")
+
+FacilitatorHeaders = Mapping[str, str] | Callable[[], Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    """Everything ``X402Meter`` was configured with, checked.
+
+    Hashable: middleware instances with equal configs share one runtime.
+    """
+
+    pay_to: str
+    network: str
+    asset: Asset
+    price: TokenPrice
+    max_tokens: int
+    facilitator_url: str
+    schemes: tuple[Scheme, ...]
+    max_timeout_seconds: int
+    store: PaymentStore | None
+    meter: MeterFactory
+    receipts_path: str
+    settle_before_response: bool
+    facilitator_headers: tuple[tuple[str, str], ...] | Callable[[], Mapping[str, str]] | None
+    facilitator_timeout: float
+    max_payment_header_bytes: int
+    retry_after_seconds: int
+    description: str | None
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        pay_to: str,
+        price_per_token: TokenPrice | PriceInput,
+        network: str = "eip155:8453",
+        facilitator_url: str = DEFAULT_FACILITATOR_URL,
+        asset: Asset | None = None,
+        max_tokens: int = 4096,
+        schemes: Sequence[Scheme] = ("upto",),
+        max_timeout_seconds: int = 300,
+        store: PaymentStore | None = None,
+        meter: MeterFactory = openai_chat_meter,
+        receipts_path: str = "/x402/receipts/",
+        settle_before_response: bool = False,
+        facilitator_headers: FacilitatorHeaders | None = None,
+        facilitator_timeout: float = 30.0,
+        max_payment_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        retry_after_seconds: int = 5,
+        description: str | None = None,
+    ) -> MeterConfig:
+        if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
+            raise ConfigurationError(
+                f"pay_to must be an EVM address (0x + 40 hex digits), got {pay_to!r}"
+            )
+        if not isinstance(network, str) or not _CAIP2_EVM.fullmatch(network):
+            raise ConfigurationError(
+                f"network must be a CAIP-2 EVM id like 'eip155:8453', got {network!r}"
+            )
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
+            raise ConfigurationError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        scheme_tuple = tuple(schemes)
+        if not scheme_tuple or not set(scheme_tuple) <= SCHEMES:
+            raise ConfigurationError(
+                f"schemes must be a non-empty subset of {sorted(SCHEMES)}, got {schemes!r}"
+            )
+        if max_timeout_seconds < 30:
+            raise ConfigurationError(
+                "max_timeout_seconds must be at least 30: answers take time to stream"
+            )
+        if not (receipts_path.startswith("/") and receipts_path.endswith("/")):
+            raise ConfigurationError(
+                f"receipts_path must start and end with '/', got {receipts_path!r}"
+            )
+        if not facilitator_url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"facilitator_url must be an http(s) URL, got {facilitator_url!r}"
+            )
+        headers = (
+            tuple(sorted(facilitator_headers.items()))
+            if isinstance(facilitator_headers, Mapping)
+            else facilitator_headers
+        )
+        return cls(
+            pay_to=pay_to,
+            network=network,
+            asset=asset if asset is not None else default_asset(network),
+            price=as_token_price(price_per_token),
+            max_tokens=max_tokens,
+            facilitator_url=facilitator_url.rstrip("/"),
+            schemes=scheme_tuple,
+            max_timeout_seconds=max_timeout_seconds,
+            store=store,
+            meter=meter,
+            receipts_path=receipts_path,
+            settle_before_response=settle_before_response,
+            facilitator_headers=headers,
+            facilitator_timeout=facilitator_timeout,
+            max_payment_header_bytes=max_payment_header_bytes,
+            retry_after_seconds=retry_after_seconds,
+            description=description,
+        )
+
+    def terms_for(self, spec: RouteSpec) -> PaymentTerms:
+        """The payment terms of a route: the middleware's, with the route's overrides."""
+        tariff = Tariff(
+            spec.price or self.price, self.asset.decimals, spec.max_tokens or self.max_tokens
+        )
+        return PaymentTerms(
+            network=self.network,
+            asset=self.asset,
+            pay_to=self.pay_to,
+            tariff=tariff,
+            schemes=self.schemes,
+            max_timeout_seconds=self.max_timeout_seconds,
+            description=spec.description or self.description,
+        )

@@ -1,0 +1,1 @@
+"""Framework-specific conveniences; the middleware itself is plain ASGI."""

@@ -1,0 +1,127 @@
+"""Prices in exact decimals, charges in integer atomic units.
+
+Prices are USD (asset units) per token, given as ``str``, ``int`` or ``Decimal``, never
+``float`` (0.000002 has no exact binary representation). Charges are computed exactly and
+rounded **up once**, at the end, to a whole atomic unit: the payer pays less than one atomic
+unit (0.000001 USDC) more than the exact price, never more, and never less than it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from typing import Final, TypeAlias
+
+from x402_meter.errors import ConfigurationError
+
+PriceInput: TypeAlias = str | int | Decimal
+"""A price as the user gives it: a decimal string, an int, or a Decimal (never a float)."""
+
+_MILLION: Final = Decimal(1_000_000)
+
+
+def parse_price(value: PriceInput, *, name: str = "price") -> Decimal:
+    """An exact, finite, non-negative Decimal, or a ConfigurationError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        hint = (
+            " (floats cannot hold most decimal prices exactly: pass a str)"
+            if isinstance(value, float)
+            else ""
+        )
+        raise ConfigurationError(
+            f"{name} must be a str, int or Decimal, not {type(value).__name__}{hint}"
+        )
+    try:
+        price = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        raise ConfigurationError(f"{name} must be a decimal number, got {value!r}") from None
+    if not price.is_finite() or price < 0:
+        raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}")
+    return price
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrice:
+    """USD per token, by kind of token. ``cached_input`` defaults to the ``input`` price.
+
+    >>> TokenPrice(input="0.0000005", output="0.0000015")
+    >>> TokenPrice.per_million(input="0.50", output="1.50")   # the same prices
+    """
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+
+    def __init__(
+        self, input: PriceInput, output: PriceInput, cached_input: PriceInput | None = None
+    ) -> None:
+        object.__setattr__(self, "input", parse_price(input, name="input price"))
+        object.__setattr__(self, "output", parse_price(output, name="output price"))
+        cached = (
+            self.input
+            if cached_input is None
+            else parse_price(cached_input, name="cached_input price")
+        )
+        object.__setattr__(self, "cached_input", cached)
+
+    @classmethod
+    def flat(cls, price: PriceInput) -> TokenPrice:
+        """One price for every token."""
+        value = parse_price(price, name="price_per_token")
+        return cls(value, value, value)
+
+    @classmethod
+    def per_million(
+        cls, input: PriceInput, output: PriceInput, cached_input: PriceInput | None = None
+    ) -> TokenPrice:
+        """Prices quoted per million tokens, as most LLM price lists are."""
+        cached = (
+            None
+            if cached_input is None
+            else parse_price(cached_input, name="cached_input price") / _MILLION
+        )
+        return cls(
+            parse_price(input, name="input price") / _MILLION,
+            parse_price(output, name="output price") / _MILLION,
+            cached,
+        )
+
+    @property
+    def highest(self) -> Decimal:
+        return max(self.input, self.output, self.cached_input)
+
+
+def as_token_price(value: TokenPrice | PriceInput) -> TokenPrice:
+    return value if isinstance(value, TokenPrice) else TokenPrice.flat(value)
+
+
+def to_atomic(amount: Decimal, decimals: int) -> int:
+    """``amount`` asset units as atomic units, rounded up to a whole unit."""
+    return int(amount.scaleb(decimals).to_integral_value(rounding=ROUND_CEILING))
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    """A price list bound to an asset's decimals: what a request may cost, what it did cost."""
+
+    price: TokenPrice
+    decimals: int
+    max_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.max_tokens <= 0:
+            raise ConfigurationError(f"max_tokens must be a positive int, got {self.max_tokens!r}")
+
+    @property
+    def max_amount(self) -> int:
+        """The authorization's maximum: ``max_tokens`` at the highest of the prices."""
+        return to_atomic(self.price.highest * self.max_tokens, self.decimals)
+
+    def charge(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> int:
+        """The exact cost, rounded up once to an atomic unit, capped at ``max_amount``."""
+        exact = (
+            self.price.input * max(input_tokens - cached_input_tokens, 0)
+            + self.price.cached_input * min(cached_input_tokens, input_tokens)
+            + self.price.output * output_tokens
+        )
+        return min(to_atomic(exact, self.decimals), self.max_amount)

@@ -1,0 +1,210 @@
+"""Local checks of a payment against the requirements the server computed itself.
+
+Run before the facilitator sees anything: a payment for another payee, asset, network or
+amount, or one about to expire, is refused here with a precise reason, and the requirements
+sent on to the facilitator are always the server's, never the client's copy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER, X402_UPTO_PERMIT2_PROXY_ADDRESS
+from x402.schemas import PaymentPayload, PaymentRequirements
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
+
+from x402_meter.errors import PaymentError
+from x402_meter.protocol.offer import Offer, v1_network_name, v1_requirements
+
+_ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
+_HEX: Final = re.compile(r"0x(?:[0-9a-fA-F]{2})+")
+_BYTES32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
+_UINT: Final = re.compile(r"[0-9]{1,78}")
+_UINT256_MAX: Final = 2**256 - 1
+_UPTO_PROXY: Final = X402_UPTO_PERMIT2_PROXY_ADDRESS.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """A locally checked payment: who pays, at most how much, until when, under which key."""
+
+    payload: PaymentPayload | PaymentPayloadV1
+    requirements: PaymentRequirements | PaymentRequirementsV1
+    """The server's requirements, in the payload's protocol version: what the facilitator gets."""
+    scheme: str
+    payer: str
+    max_amount: int
+    expires_at: int
+    """Unix time after which the authorization can no longer be settled."""
+    key: str
+    """Identifies the authorization on chain: a second request with the same key is a replay."""
+
+    @property
+    def version(self) -> int:
+        return self.payload.x402_version
+
+    def settle_requirements(self, amount: int) -> PaymentRequirements | PaymentRequirementsV1:
+        """The server's requirements with the amount actually charged."""
+        if isinstance(self.requirements, PaymentRequirementsV1):
+            return self.requirements.model_copy(update={"max_amount_required": str(amount)})
+        return self.requirements.model_copy(update={"amount": str(amount)})
+
+
+def _invalid(path: str, expected: str) -> PaymentError:
+    return PaymentError("invalid_payload", f"{path} must be {expected}", status_code=400)
+
+
+def _refuse(reason: str, message: str) -> PaymentError:
+    return PaymentError(reason, message)
+
+
+def _field(obj: Any, path: str) -> Any:
+    node = obj
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise _invalid(path, "present")
+        node = node[part]
+    return node
+
+
+def _address(obj: Any, path: str) -> str:
+    value = _field(obj, path)
+    if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
+        raise _invalid(path, "an address (0x + 40 hex digits)")
+    return value.lower()
+
+
+def _uint(obj: Any, path: str) -> int:
+    value = _field(obj, path)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _invalid(path, "an unsigned integer")
+    text = str(value)
+    if not _UINT.fullmatch(text) or int(text) > _UINT256_MAX:
+        raise _invalid(path, "an unsigned 256-bit integer")
+    return int(text)
+
+
+def _hex(obj: Any, path: str, pattern: re.Pattern[str] = _HEX) -> str:
+    value = _field(obj, path)
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise _invalid(path, "0x-prefixed hex")
+    return value.lower()
+
+
+def _check_amount(authorized: int, required: int) -> None:
+    if authorized < required:
+        raise _refuse("amount_too_low", f"authorized {authorized}, this request needs {required}")
+    if authorized > required:
+        raise _refuse(
+            "amount_too_high", f"authorized {authorized}, requirements ask exactly {required}"
+        )
+
+
+def _check_window(valid_after: int, valid_until: int, now: int) -> None:
+    # Facilitators refuse authorizations closer than this to their end: so do we, early.
+    if valid_until < now + PERMIT2_DEADLINE_BUFFER:
+        raise _refuse("payment_expired", "the payment authorization has expired")
+    if valid_after > now:
+        raise _refuse("payment_not_yet_valid", "the payment authorization is not valid yet")
+
+
+def _match(payload: PaymentPayload | PaymentPayloadV1, offer: Offer) -> PaymentRequirements:
+    """The offered requirements the payload claims to fulfil, by scheme then network."""
+    scheme = payload.get_scheme()
+    candidates = [r for r in offer.requirements if r.scheme == scheme]
+    if not candidates:
+        offered = ", ".join(r.scheme for r in offer.requirements)
+        raise _refuse(
+            "unsupported_scheme", f"scheme {scheme!r} is not offered here (offered: {offered})"
+        )
+    network = payload.get_network()
+    for requirements in candidates:
+        if network in (requirements.network, v1_network_name(requirements.network)):
+            break
+    else:
+        raise _refuse("network_mismatch", f"network {network!r} is not offered here")
+    if isinstance(payload, PaymentPayload):
+        accepted = payload.accepted
+        if accepted.asset.lower() != requirements.asset.lower():
+            raise _refuse("asset_mismatch", "accepted.asset is not the asset asked for")
+        if accepted.pay_to.lower() != requirements.pay_to.lower():
+            raise _refuse("pay_to_mismatch", "accepted.payTo is not this server's payee")
+    return requirements
+
+
+def _check_upto(
+    body: dict[str, Any], requirements: PaymentRequirements, offer: Offer, now: int
+) -> tuple[str, int, str]:
+    auth = "permit2Authorization"
+    payer = _address(body, f"{auth}.from")
+    token = _address(body, f"{auth}.permitted.token")
+    amount = _uint(body, f"{auth}.permitted.amount")
+    spender = _address(body, f"{auth}.spender")
+    nonce = _uint(body, f"{auth}.nonce")
+    deadline = _uint(body, f"{auth}.deadline")
+    to = _address(body, f"{auth}.witness.to")
+    facilitator = _address(body, f"{auth}.witness.facilitator")
+    valid_after = _uint(body, f"{auth}.witness.validAfter")
+    _hex(body, "signature")
+    if token != requirements.asset.lower():
+        raise _refuse("asset_mismatch", "the permit is for another token")
+    if to != requirements.pay_to.lower():
+        raise _refuse("pay_to_mismatch", "the permit pays someone else")
+    if spender != _UPTO_PROXY:
+        raise _refuse("spender_mismatch", "the permit's spender must be the x402 upto proxy")
+    if offer.facilitator_signers and facilitator not in offer.facilitator_signers:
+        raise _refuse("facilitator_mismatch", "the permit names another facilitator")
+    _check_amount(amount, int(requirements.amount))
+    _check_window(valid_after, deadline, now)
+    return payer, deadline, f"upto:{requirements.network}:{payer}:{nonce}"
+
+
+def _check_exact(
+    body: dict[str, Any], requirements: PaymentRequirements, now: int
+) -> tuple[str, int, str]:
+    auth = "authorization"
+    payer = _address(body, f"{auth}.from")
+    to = _address(body, f"{auth}.to")
+    value = _uint(body, f"{auth}.value")
+    valid_after = _uint(body, f"{auth}.validAfter")
+    valid_before = _uint(body, f"{auth}.validBefore")
+    nonce = _hex(body, f"{auth}.nonce", _BYTES32)
+    _hex(body, "signature")
+    if to != requirements.pay_to.lower():
+        raise _refuse("pay_to_mismatch", "the authorization pays someone else")
+    _check_amount(value, int(requirements.amount))
+    _check_window(valid_after, valid_before, now)
+    return (
+        payer,
+        valid_before,
+        f"exact:{requirements.network}:{requirements.asset.lower()}:{payer}:{nonce}",
+    )
+
+
+def check_payment(
+    payload: PaymentPayload | PaymentPayloadV1, offer: Offer, *, now: int, resource_url: str
+) -> Authorization:
+    """Check ``payload`` against ``offer``; raise a PaymentError with a reason if it fails."""
+    requirements = _match(payload, offer)
+    if isinstance(payload, PaymentPayload):
+        _check_amount(
+            _uint({"amount": payload.accepted.amount}, "amount"), int(requirements.amount)
+        )
+    if requirements.scheme == "upto":
+        payer, expires_at, key = _check_upto(payload.payload, requirements, offer, now)
+    else:
+        payer, expires_at, key = _check_exact(payload.payload, requirements, now)
+    sent: PaymentRequirements | PaymentRequirementsV1 = requirements
+    if isinstance(payload, PaymentPayloadV1):
+        sent = v1_requirements(requirements, resource_url, offer.terms.description)
+    return Authorization(
+        payload=payload,
+        requirements=sent,
+        scheme=requirements.scheme,
+        payer=payer,
+        max_amount=int(requirements.amount),
+        expires_at=expires_at,
+        key=key,
+    )

@@ -1,0 +1,105 @@
+"""What a metered route asks for: payment terms, compiled once into x402 requirements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS
+from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo
+from x402.schemas.v1 import PaymentRequirementsV1
+
+from x402_meter.assets import Asset
+from x402_meter.pricing import Tariff
+
+Scheme = Literal["upto", "exact"]
+SCHEMES: Final[frozenset[str]] = frozenset({"upto", "exact"})
+
+_V1_NAMES: Final = {f"eip155:{chain_id}": name for name, chain_id in V1_NETWORK_CHAIN_IDS.items()}
+
+
+def v1_network_name(network: str) -> str:
+    """The legacy (v1) name of a CAIP-2 network, or the CAIP-2 id where it has none."""
+    return _V1_NAMES.get(network, network)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentTerms:
+    """How one metered route is paid: where to, in what, at what price, by which schemes."""
+
+    network: str
+    asset: Asset
+    pay_to: str
+    tariff: Tariff
+    schemes: tuple[Scheme, ...] = ("upto",)
+    max_timeout_seconds: int = 300
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """The requirements of one route, ready to send in a 402 and to check payments against."""
+
+    terms: PaymentTerms
+    requirements: tuple[PaymentRequirements, ...]
+    facilitator_signers: frozenset[str] = field(default_factory=frozenset)
+    """Lower-cased addresses allowed as the upto witness's ``facilitator``."""
+
+    @classmethod
+    def build(
+        cls,
+        terms: PaymentTerms,
+        *,
+        facilitator_address: str | None,
+        facilitator_signers: frozenset[str],
+    ) -> Offer:
+        base_extra: dict[str, Any] = {"name": terms.asset.name, "version": terms.asset.version}
+        requirements = []
+        for scheme in terms.schemes:
+            extra = dict(base_extra)
+            if scheme == "upto":
+                extra["assetTransferMethod"] = "permit2"
+                if facilitator_address:
+                    extra["facilitatorAddress"] = facilitator_address
+            requirements.append(
+                PaymentRequirements(
+                    scheme=scheme,
+                    network=terms.network,
+                    asset=terms.asset.address,
+                    amount=str(terms.tariff.max_amount),
+                    pay_to=terms.pay_to,
+                    max_timeout_seconds=terms.max_timeout_seconds,
+                    extra=extra,
+                )
+            )
+        return cls(terms, tuple(requirements), facilitator_signers)
+
+    def payment_required(self, resource_url: str, error: str) -> PaymentRequired:
+        resource = ResourceInfo(
+            url=resource_url, description=self.terms.description, mime_type=None
+        )
+        return PaymentRequired(error=error, resource=resource, accepts=list(self.requirements))
+
+    def v1_requirements(self, resource_url: str) -> list[PaymentRequirementsV1]:
+        return [
+            v1_requirements(requirements, resource_url, self.terms.description)
+            for requirements in self.requirements
+        ]
+
+
+def v1_requirements(
+    requirements: PaymentRequirements, resource_url: str, description: str | None = None
+) -> PaymentRequirementsV1:
+    """The same requirements in the v1 shape (``maxAmountRequired``, legacy network name)."""
+    return PaymentRequirementsV1(
+        scheme=requirements.scheme,
+        network=v1_network_name(requirements.network),
+        max_amount_required=requirements.amount,
+        resource=resource_url,
+        description=description,
+        mime_type=None,
+        pay_to=requirements.pay_to,
+        max_timeout_seconds=requirements.max_timeout_seconds,
+        asset=requirements.asset,
+        extra=requirements.extra,
+    )

@@ -1,0 +1,80 @@
+"""The middleware's own HTTP answers: 402 challenges, refusals, 503s and receipts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import Send
+
+from x402_meter.protocol.headers import PAYMENT_REQUIRED, payment_required_header
+from x402_meter.protocol.offer import Offer
+from x402_meter.store import PaymentRecord
+
+
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    content = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                (b"cache-control", b"no-store"),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
+
+
+async def send_payment_required(
+    send: Send, offer: Offer, resource_url: str, *, reason: str, message: str, status: int = 402
+) -> None:
+    """402 (or 400) with the v2 ``PAYMENT-REQUIRED`` header and a v1-compatible JSON body.
+
+    v2 clients read the header; v1 clients read ``accepts`` in the body, where amounts are
+    ``maxAmountRequired`` and networks carry their legacy names. ``reason`` tells a program
+    why; ``error`` tells a person.
+    """
+    header = payment_required_header(offer.payment_required(resource_url, message))
+    body = {
+        "x402Version": 1,
+        "error": message,
+        "reason": reason,
+        "accepts": [
+            requirement.model_dump(by_alias=True, exclude_none=True, mode="json")
+            for requirement in offer.v1_requirements(resource_url)
+        ],
+    }
+    await send_json(send, status, body, [(PAYMENT_REQUIRED.encode(), header)])
+
+
+async def send_unavailable(send: Send, retry_after: int, message: str) -> None:
+    await send_json(
+        send,
+        503,
+        {"reason": "facilitator_unavailable", "error": message},
+        [(b"retry-after", str(retry_after).encode())],
+    )
+
+
+def receipt_body(record: PaymentRecord) -> dict[str, Any]:
+    return {
+        "status": record.state.receipt_status,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "usage_source": record.usage_source,
+        "amount": str(record.amount) if record.amount is not None else None,
+        "max_amount": str(record.max_amount),
+        "asset": record.asset,
+        "network": record.network,
+        "scheme": record.scheme,
+        "payer": record.payer,
+        "pay_to": record.pay_to,
+        "transaction": record.transaction,
+        "error": record.error,
+    }

@@ -1,0 +1,91 @@
+"""State shared by every request of one configured meter: store, facilitator, offers, worker.
+
+Some frameworks (Litestar) build one middleware instance per route. Instances created with
+an equal configuration share one runtime, so an authorization is single-use across all of
+a service's routes, not per route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Final
+
+from x402_meter.config import MeterConfig
+from x402_meter.errors import FacilitatorUnavailableError
+from x402_meter.facilitator import FacilitatorClient
+from x402_meter.protocol.offer import Offer
+from x402_meter.routing import RouteSpec
+from x402_meter.settlement import Settler
+from x402_meter.store import MemoryStore, PaymentStore
+
+SUPPORTED_TTL_SECONDS: Final = 600.0
+"""How long the facilitator's /supported answer (its settling addresses) is reused."""
+
+
+class MeterRuntime:
+    def __init__(self, config: MeterConfig) -> None:
+        self.config = config
+        headers = config.facilitator_headers
+        self.facilitator = FacilitatorClient(
+            config.facilitator_url,
+            timeout=config.facilitator_timeout,
+            headers=dict(headers) if isinstance(headers, tuple) else headers,
+        )
+        self.store: PaymentStore = config.store if config.store is not None else MemoryStore()
+        self.settler = Settler(self.facilitator, self.store)
+        self._offers: dict[RouteSpec, Offer] = {}
+        self._offers_fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def offer(self, spec: RouteSpec) -> Offer:
+        """The route's offer; the first call (and one every few minutes) asks ``/supported``."""
+        offer = self._offers.get(spec)
+        if offer is not None and time.monotonic() - self._offers_fetched_at < SUPPORTED_TTL_SECONDS:
+            return offer
+        async with self._lock:
+            if time.monotonic() - self._offers_fetched_at >= SUPPORTED_TTL_SECONDS:
+                await self._refresh()
+            offer = self._offers.get(spec)
+            if offer is None:
+                offer = self._build(spec)
+                self._offers[spec] = offer
+            return offer
+
+    async def _refresh(self) -> None:
+        supported = await self.facilitator.supported()
+        network = self.config.network
+        kinds = {kind.scheme: kind for kind in supported.kinds if kind.network == network}
+        missing = [scheme for scheme in self.config.schemes if scheme not in kinds]
+        if missing:
+            raise FacilitatorUnavailableError(
+                f"the facilitator does not support {', '.join(missing)} on {network}"
+            )
+        upto_extra = (kinds["upto"].extra or {}) if "upto" in kinds else {}
+        self._facilitator_address = upto_extra.get("facilitatorAddress")
+        signers: set[str] = set()
+        for pattern, addresses in supported.signers.items():
+            if pattern in (network, "eip155:*"):
+                signers.update(address.lower() for address in addresses)
+        if self._facilitator_address:
+            signers.add(str(self._facilitator_address).lower())
+        self._signers = frozenset(signers)
+        self._offers.clear()
+        self._offers_fetched_at = time.monotonic()
+
+    def _build(self, spec: RouteSpec) -> Offer:
+        return Offer.build(
+            self.config.terms_for(spec),
+            facilitator_address=self._facilitator_address,
+            facilitator_signers=self._signers,
+        )
+
+
+_RUNTIMES: dict[MeterConfig, MeterRuntime] = {}
+
+
+def runtime_for(config: MeterConfig) -> MeterRuntime:
+    runtime = _RUNTIMES.get(config)
+    if runtime is None:
+        runtime = _RUNTIMES[config] = MeterRuntime(config)
+    return runtime
