@@ -132,16 +132,6 @@ def _endpoint_lookup(app: Any) -> EndpointLookup | None:
     """How to find the ``@metered`` spec of the endpoint a request will reach, if the app says."""
     node, depth = app, 0
     while node is not None and depth < 32:
-        routes = getattr(node, "routes", None)
-        if isinstance(routes, list):  # Starlette, FastAPI (app or router)
-
-            def starlette(
-                method: str, path: str, root_path: str, routes: list[Any] = routes
-            ) -> RouteSpec | None:
-                scope = {"type": "http", "method": method, "path": path, "root_path": root_path}
-                return _starlette_spec(routes, scope)
-
-            return starlette
         router = getattr(node, "asgi_router", None)
         if router is not None and hasattr(router, "handle_routing"):  # a whole Litestar app
 
@@ -157,6 +147,17 @@ def _endpoint_lookup(app: Any) -> EndpointLookup | None:
                 return litestar_handler_spec(handler)
 
             return litestar
+        routes = getattr(node, "routes", None)
+        if isinstance(routes, list) and all(hasattr(route, "matches") for route in routes):
+            # Starlette or FastAPI (an app or a router)
+
+            def starlette(
+                method: str, path: str, root_path: str, routes: list[Any] = routes
+            ) -> RouteSpec | None:
+                scope = {"type": "http", "method": method, "path": path, "root_path": root_path}
+                return _starlette_spec(routes, scope)
+
+            return starlette
         node, depth = getattr(node, "app", None), depth + 1
     return None
 

@@ -32,7 +32,7 @@ class X402MeterPlugin(InitPluginProtocol):
         receipts_path = str(self.options.get("receipts_path", "/x402/receipts/"))
 
         @get(f"{receipts_path}{{receipt_id:str}}", include_in_schema=False, sync_to_thread=False)
-        def receipt(receipt_id: str) -> None:  # pragma: no cover - X402Meter answers first
+        def receipt() -> None:  # pragma: no cover - X402Meter answers first
             raise RuntimeError("X402Meter serves receipts; it is missing from this handler's stack")
 
         app_config.route_handlers.append(receipt)
