@@ -17,13 +17,13 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qs
 
 import anyio
 from starlette.datastructures import URL
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from x402.schemas import SettleResponse
 
 from x402_meter.assets import Asset
@@ -49,6 +49,9 @@ from x402_meter.store import LedgerState, PaymentRecord, PaymentStore
 
 logger = logging.getLogger("x402_meter")
 
+AnyASGIApp: TypeAlias = Callable[[Any, Any, Any], Awaitable[None]]
+"""Any ASGI app, whichever framework's type aliases it was written with."""
+
 RECEIPT_HEADER: Final = b"x-payment-receipt"
 _PAYMENT_HEADERS: Final = (PAYMENT_SIGNATURE.encode(), X_PAYMENT.encode())
 _STREAMING_TYPES: Final = frozenset(
@@ -69,7 +72,7 @@ class X402Meter:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: AnyASGIApp,
         *,
         pay_to: str,
         price_per_token: TokenPrice | PriceInput,
