@@ -9,7 +9,7 @@ unit (0.000001 USDC) more than the exact price, never more, and never less than 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import MAX_PREC, ROUND_CEILING, Context, Decimal, InvalidOperation, localcontext
 from typing import Final, TypeAlias
 
 from x402_meter.errors import ConfigurationError
@@ -18,6 +18,9 @@ PriceInput: TypeAlias = str | int | Decimal
 """A price as the user gives it: a decimal string, an int, or a Decimal (never a float)."""
 
 _MILLION: Final = Decimal(1_000_000)
+_EXACT: Final = Context(prec=MAX_PREC)
+"""Products, sums and scalings of finite decimals never round here (the default context
+rounds to 28 significant digits). Divisions are by powers of ten only, so they are exact too."""
 
 
 def parse_price(value: PriceInput, *, name: str = "price") -> Decimal:
@@ -78,11 +81,11 @@ class TokenPrice:
         cached = (
             None
             if cached_input is None
-            else parse_price(cached_input, name="cached_input price") / _MILLION
+            else parse_price(cached_input, name="cached_input price").scaleb(-6, _EXACT)
         )
         return cls(
-            parse_price(input, name="input price") / _MILLION,
-            parse_price(output, name="output price") / _MILLION,
+            parse_price(input, name="input price").scaleb(-6, _EXACT),
+            parse_price(output, name="output price").scaleb(-6, _EXACT),
             cached,
         )
 
@@ -97,7 +100,7 @@ def as_token_price(value: TokenPrice | PriceInput) -> TokenPrice:
 
 def to_atomic(amount: Decimal, decimals: int) -> int:
     """``amount`` asset units as atomic units, rounded up to a whole unit."""
-    return int(amount.scaleb(decimals).to_integral_value(rounding=ROUND_CEILING))
+    return int(amount.scaleb(decimals, _EXACT).to_integral_value(ROUND_CEILING, _EXACT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +118,15 @@ class Tariff:
     @property
     def max_amount(self) -> int:
         """The authorization's maximum: ``max_tokens`` at the highest of the prices."""
-        return to_atomic(self.price.highest * self.max_tokens, self.decimals)
+        with localcontext(_EXACT):
+            return to_atomic(self.price.highest * self.max_tokens, self.decimals)
 
     def charge(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> int:
         """The exact cost, rounded up once to an atomic unit, capped at ``max_amount``."""
-        exact = (
-            self.price.input * max(input_tokens - cached_input_tokens, 0)
-            + self.price.cached_input * min(cached_input_tokens, input_tokens)
-            + self.price.output * output_tokens
-        )
+        with localcontext(_EXACT):
+            exact = (
+                self.price.input * max(input_tokens - cached_input_tokens, 0)
+                + self.price.cached_input * min(cached_input_tokens, input_tokens)
+                + self.price.output * output_tokens
+            )
         return min(to_atomic(exact, self.decimals), self.max_amount)

@@ -1,4 +1,8 @@
-"""Serve an ASGI app with a real uvicorn server on a loopback port, inside the test's loop."""
+"""Serve an ASGI app with uvicorn on a free loopback port, inside the caller's event loop.
+
+Used by ``x402-meter demo`` and by tests: readiness is an event set by uvicorn's startup,
+so nothing polls. Needs the ``devstack`` extra (uvicorn).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ class _Server(uvicorn.Server):
         await super().startup(sockets=list(sockets) if sockets else None)
         self.ready.set()
 
-    def install_signal_handlers(self) -> None:  # the test runner owns the signals
+    def install_signal_handlers(self) -> None:  # the caller owns the process's signals
         return None
 
 
