@@ -31,9 +31,9 @@ from tests.apps import (
 )
 from tests.openai_stream import COMPLETION_TOKENS, PROMPT_TOKENS, sse_events
 from tests.sdk_payer import sdk_client, sign
-from x402_meter.devstack.asgi_server import serving
 from x402_meter import X402Meter
 from x402_meter.devstack import LocalStack, token_balance
+from x402_meter.devstack.asgi_server import serving
 
 pytestmark = pytest.mark.anyio
 

@@ -21,9 +21,9 @@ from x402.http.utils import decode_payment_response_header
 from tests.apps import MAX_TOKENS, PRICE_ATOMIC, completion_json, meter_options, sse_body
 from tests.openai_stream import PIECES, sse_events
 from tests.sdk_payer import sdk_client
-from x402_meter.devstack.asgi_server import serving
 from x402_meter import X402Meter
 from x402_meter.devstack import LocalStack
+from x402_meter.devstack.asgi_server import serving
 from x402_meter.metering.openai_chat import estimate_tokens
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}

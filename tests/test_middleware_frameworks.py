@@ -22,9 +22,9 @@ from x402.schemas import PaymentRequired
 from tests.apps import PRICE_ATOMIC, meter_options, sse_body
 from tests.openai_stream import COMPLETION_TOKENS, PROMPT_TOKENS, sse_events
 from tests.sdk_payer import sdk_client
-from x402_meter.devstack.asgi_server import serving
 from x402_meter import X402Meter, metered
 from x402_meter.devstack import LocalStack, token_balance
+from x402_meter.devstack.asgi_server import serving
 from x402_meter.integrations.litestar import X402MeterPlugin
 
 pytestmark = pytest.mark.anyio

@@ -32,7 +32,7 @@ from x402_meter.devstack.stub_model import complete_chat, stream_chat
 from x402_meter.metering.sse import SSEParser
 from x402_meter.middleware import X402Meter
 
-PRICE_PER_TOKEN = "0.000002"
+PRICE_PER_TOKEN = "0.000002"  # noqa: S105 - a price, not a password
 MAX_TOKENS = 4096
 QUESTION = {
     "model": "local-stub",
@@ -88,8 +88,9 @@ async def _converse(stack: LocalStack, base: str) -> dict[str, Any]:
         base64.b64decode(challenge.headers["payment-required"])
     )
     upto = required.accepts[0]
+    maximum = _usdc(stack, int(upto.amount))
     _step(
-        f"{challenge.status_code} Payment Required: '{upto.scheme}' up to {_usdc(stack, int(upto.amount))}"
+        f"{challenge.status_code} Payment Required: '{upto.scheme}' up to {maximum}"
         f" ({MAX_TOKENS} tokens at {PRICE_PER_TOKEN} USDC)"
     )
 
@@ -125,7 +126,8 @@ async def _run(stack: LocalStack) -> int:
     tokens = receipt["input_tokens"] + receipt["output_tokens"]
     _step(
         f"charged {_usdc(stack, int(receipt['amount']))} for {tokens} tokens"
-        f" ({receipt['input_tokens']} in, {receipt['output_tokens']} out, {receipt['usage_source']})"
+        f" ({receipt['input_tokens']} in, {receipt['output_tokens']} out,"
+        f" {receipt['usage_source']})"
     )
     _step(f"settled on chain: transaction {receipt['transaction']}")
     return 0

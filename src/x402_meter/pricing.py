@@ -17,7 +17,6 @@ from x402_meter.errors import ConfigurationError
 PriceInput: TypeAlias = str | int | Decimal
 """A price as the user gives it: a decimal string, an int, or a Decimal (never a float)."""
 
-_MILLION: Final = Decimal(1_000_000)
 _EXACT: Final = Context(prec=MAX_PREC)
 """Products, sums and scalings of finite decimals never round here (the default context
 rounds to 28 significant digits). Divisions are by powers of ten only, so they are exact too."""
