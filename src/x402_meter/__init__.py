@@ -22,6 +22,7 @@ from x402_meter.errors import (
     PaymentError,
     X402MeterError,
 )
+from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metering import Meter, MeterFactory, ResponseInfo, Usage
 from x402_meter.middleware import X402Meter
 from x402_meter.pricing import TokenPrice
@@ -36,6 +37,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "Asset",
     "ConfigurationError",
+    "FacilitatorClient",
     "FacilitatorUnavailableError",
     "MemoryStore",
     "Meter",

@@ -11,6 +11,7 @@ from x402.http.constants import DEFAULT_FACILITATOR_URL
 
 from x402_meter.assets import Asset, default_asset
 from x402_meter.errors import ConfigurationError
+from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metering import MeterFactory, openai_chat_meter
 from x402_meter.pricing import PriceInput, Tariff, TokenPrice, as_token_price
 from x402_meter.protocol.headers import DEFAULT_MAX_HEADER_BYTES
@@ -48,6 +49,7 @@ class MeterConfig:
     max_payment_header_bytes: int
     retry_after_seconds: int
     description: str | None
+    facilitator: FacilitatorClient | None
 
     @classmethod
     def create(
@@ -70,6 +72,7 @@ class MeterConfig:
         max_payment_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         retry_after_seconds: int = 5,
         description: str | None = None,
+        facilitator: FacilitatorClient | None = None,
     ) -> MeterConfig:
         if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
             raise ConfigurationError(
@@ -121,6 +124,7 @@ class MeterConfig:
             max_payment_header_bytes=max_payment_header_bytes,
             retry_after_seconds=retry_after_seconds,
             description=description,
+            facilitator=facilitator,
         )
 
     def terms_for(self, spec: RouteSpec) -> PaymentTerms:

@@ -29,6 +29,7 @@ from x402.schemas import SettleResponse
 from x402_meter.assets import Asset
 from x402_meter.config import FacilitatorHeaders, MeterConfig
 from x402_meter.errors import FacilitatorUnavailableError, PaymentAlreadyUsedError, PaymentError
+from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metering import Meter, MeterFactory, ResponseInfo, Usage, openai_chat_meter
 from x402_meter.pricing import PriceInput, TokenPrice
 from x402_meter.protocol.checks import Authorization, check_payment
@@ -92,6 +93,7 @@ class X402Meter:
         max_payment_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         retry_after_seconds: int = 5,
         description: str | None = None,
+        facilitator: FacilitatorClient | None = None,
     ) -> None:
         self.app = app
         self.config = MeterConfig.create(
@@ -112,6 +114,7 @@ class X402Meter:
             max_payment_header_bytes=max_payment_header_bytes,
             retry_after_seconds=retry_after_seconds,
             description=description,
+            facilitator=facilitator,
         )
         self.runtime: MeterRuntime = runtime_for(self.config)
         self._routes = RouteTable(routes, app)

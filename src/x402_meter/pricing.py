@@ -18,8 +18,8 @@ PriceInput: TypeAlias = str | int | Decimal
 """A price as the user gives it: a decimal string, an int, or a Decimal (never a float)."""
 
 _EXACT: Final = Context(prec=MAX_PREC)
-"""Products, sums and scalings of finite decimals never round here (the default context
-rounds to 28 significant digits). Divisions are by powers of ten only, so they are exact too."""
+"""Products, sums and power-of-ten scalings never round in this context: the default one
+rounds to 28 significant digits."""
 
 
 def parse_price(value: PriceInput, *, name: str = "price") -> Decimal:

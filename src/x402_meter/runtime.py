@@ -27,7 +27,7 @@ class MeterRuntime:
     def __init__(self, config: MeterConfig) -> None:
         self.config = config
         headers = config.facilitator_headers
-        self.facilitator = FacilitatorClient(
+        self.facilitator = config.facilitator or FacilitatorClient(
             config.facilitator_url,
             timeout=config.facilitator_timeout,
             headers=dict(headers) if isinstance(headers, tuple) else headers,

@@ -38,20 +38,19 @@ class DevAccount:
 
     index: int
     private_key: str
+    address: str
+    """Derived once: deriving a public key in pure Python costs milliseconds."""
 
     @property
     def account(self) -> LocalAccount:
         account: LocalAccount = Account.from_key(self.private_key)
         return account
 
-    @property
-    def address(self) -> str:
-        return str(self.account.address)
-
 
 def dev_account(index: int) -> DevAccount:
     """Return anvil's well-known dev account ``index`` (0-9)."""
-    return DevAccount(index, ANVIL_DEV_PRIVATE_KEYS[index])
+    key = ANVIL_DEV_PRIVATE_KEYS[index]
+    return DevAccount(index, key, str(Account.from_key(key).address))
 
 
 # Roles in the local stack. Separate accounts keep balances easy to reason about in tests:

@@ -55,36 +55,53 @@ def _content_of(choices: Any, key: str) -> str:
 
 
 class OpenAIChatStreamMeter:
-    """``text/event-stream`` chat completion chunks."""
+    """``text/event-stream`` chat completion chunks.
+
+    Only events that can carry a count (they contain ``"prompt_tokens"``) are JSON-decoded
+    as they pass; the others are kept as text and decoded at the end, and only if no usage
+    arrived and the count must be estimated from what was forwarded.
+    """
 
     def __init__(self) -> None:
         self._parser = SSEParser()
         self._usage: Usage | None = None
-        self._text: list[str] = []
+        self._unread: list[str] = []
+        self._unread_size = 0
 
     def feed(self, chunk: bytes) -> None:
         for event in self._parser.feed(chunk):
             self._event(event.data)
 
     def _event(self, data: str) -> None:
-        if data == "[DONE]":
-            return
-        try:
-            body = json.loads(data)
-        except ValueError:
-            return
-        usage = _usage_from(body)
-        if usage is not None:
-            self._usage = usage
-        elif isinstance(body, dict):
-            self._text.append(_content_of(body.get("choices"), "delta"))
+        if '"prompt_tokens"' in data:
+            try:
+                usage = _usage_from(json.loads(data))
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
+                usage = None
+            if usage is not None:
+                self._usage = usage
+                return
+        if self._usage is None and self._unread_size < MAX_JSON_BODY:
+            self._unread.append(data)
+            self._unread_size += len(data)
+
+    def _forwarded_text(self) -> str:
+        parts = []
+        for data in self._unread:
+            try:
+                body = json.loads(data)
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
+                continue
+            if isinstance(body, dict):
+                parts.append(_content_of(body.get("choices"), "delta"))
+        return "".join(parts)
 
     def finish(self) -> Usage:
         for event in self._parser.close():
             self._event(event.data)
         if self._usage is not None:
             return self._usage
-        return Usage(0, estimate_tokens("".join(self._text)), source="estimated")
+        return Usage(0, estimate_tokens(self._forwarded_text()), source="estimated")
 
 
 class OpenAIChatJSONMeter:
@@ -105,7 +122,7 @@ class OpenAIChatJSONMeter:
     def finish(self) -> Usage:
         try:
             body = json.loads(self._body) if not self._overflow else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             body = None
         usage = _usage_from(body)
         if usage is not None:

@@ -46,6 +46,12 @@ class SSEParser:
 
     def _lines(self, text: str) -> list[SSEEvent]:
         events: list[SSEEvent] = []
+        if "\r" not in text:
+            # Fast path: nearly every server ends lines with LF alone.
+            *lines, self._buffer = text.split("\n")
+            for line in lines:
+                self._line(line, events)
+            return events
         position = 0
         for match in _LINE_END.finditer(text):
             # A CR at the very end may be the first half of a CRLF split across chunks.

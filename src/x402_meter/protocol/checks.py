@@ -189,9 +189,8 @@ def check_payment(
     """Check ``payload`` against ``offer``; raise a PaymentError with a reason if it fails."""
     requirements = _match(payload, offer)
     if isinstance(payload, PaymentPayload):
-        _check_amount(
-            _uint({"amount": payload.accepted.amount}, "amount"), int(requirements.amount)
-        )
+        accepted = {"accepted": {"amount": payload.accepted.amount}}
+        _check_amount(_uint(accepted, "accepted.amount"), int(requirements.amount))
     if requirements.scheme == "upto":
         payer, expires_at, key = _check_upto(payload.payload, requirements, offer, now)
     else:

@@ -48,9 +48,10 @@ def decode_payment(
             "invalid_base64", "payment header is not standard base64 (with padding)"
         ) from None
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise _malformed("invalid_json", "payment header does not decode to JSON") from None
+        # Decoded here, not by json.loads, which would also take UTF-16 and UTF-32.
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
+        raise _malformed("invalid_json", "payment header does not decode to UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise _malformed("invalid_json", "payment header must decode to a JSON object")
     version = data.get("x402Version")
