@@ -180,6 +180,35 @@ async def test_a_replayed_payment_is_refused(
     assert calls["count"] == 1
 
 
+async def test_a_v2_payment_in_the_legacy_x_payment_header_is_accepted(
+    x402_local_stack: LocalStack, served: tuple[str, dict[str, int]]
+) -> None:
+    base, _ = served
+    headers = {"X-PAYMENT": (await paid_header(x402_local_stack, base))["PAYMENT-SIGNATURE"]}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{base}/v1/chat/completions", json=CHAT, headers=headers)
+        assert response.status_code == 200
+        assert (await receipt(client, base, response))["status"] == "settled"
+
+
+async def test_a_payment_for_less_than_the_maximum_is_refused_before_the_facilitator(
+    x402_local_stack: LocalStack, served: tuple[str, dict[str, int]]
+) -> None:
+    base, calls = served
+    async with httpx.AsyncClient() as client:
+        challenge = await client.post(f"{base}/v1/chat/completions", json=CHAT)
+        header = base64.b64decode(challenge.headers["payment-required"])
+        accepted = PaymentRequired.model_validate_json(header).accepts[0]
+        cheaper = accepted.model_copy(update={"amount": str(MAX_AMOUNT - 1)})
+        payload = await sign(x402_local_stack, payer(x402_local_stack)[0], cheaper)
+        signed = {"PAYMENT-SIGNATURE": encode_payment_signature_header(payload)}
+        response = await client.post(f"{base}/v1/chat/completions", json=CHAT, headers=signed)
+    assert response.status_code == 402
+    assert response.json()["reason"] == "amount_too_low"
+    assert "payment-required" in response.headers  # so the client can pay again, correctly
+    assert calls["count"] == 0
+
+
 async def test_twenty_concurrent_copies_of_one_payment_serve_exactly_one_response(
     x402_local_stack: LocalStack, served: tuple[str, dict[str, int]]
 ) -> None:

@@ -33,13 +33,20 @@ class Calls:
     count = 0
 
 
-def counted_app(stack: LocalStack, calls: type[Calls]) -> X402Meter:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        calls.count += 1
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"served"})
+_COUNTED_APPS: dict[str, X402Meter] = {}
 
-    return X402Meter(app, **meter_options(stack))
+
+def counted_app(stack: LocalStack, calls: type[Calls]) -> X402Meter:
+    """One metered app per stack, reused by every hypothesis example."""
+    if stack.facilitator_url not in _COUNTED_APPS:
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            calls.count += 1
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"served"})
+
+        _COUNTED_APPS[stack.facilitator_url] = X402Meter(app, **meter_options(stack))
+    return _COUNTED_APPS[stack.facilitator_url]
 
 
 header_values = st.one_of(

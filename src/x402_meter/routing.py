@@ -75,16 +75,11 @@ def _compile_pattern(pattern: str) -> tuple[frozenset[str] | None, re.Pattern[st
         raise ConfigurationError(f"routes entry {pattern!r}: unknown HTTP method {method!r}")
     if not path.startswith("/"):
         raise ConfigurationError(f"routes entry {pattern!r}: the path must start with '/'")
-    regex = ""
-    for index, part in enumerate(re.split(r"(\{[^}/]+\}|\*)", path)):
-        if part == "*":
-            # A trailing * takes the rest of the path; elsewhere it is one segment.
-            regex += ".*" if index == len(re.split(r"(\{[^}/]+\}|\*)", path)) - 2 else "[^/]+"
-        elif part.startswith("{") and part.endswith("}"):
-            regex += "[^/]+"
-        else:
-            regex += re.escape(part)
-    return methods, re.compile(regex)
+    # A trailing * takes the rest of the path; elsewhere a * or a {name} is one segment.
+    head, rest = (path[:-1], ".*") if path.endswith("*") else (path, "")
+    parts = re.split(r"(\{[^}/]+\}|\*)", head)  # the separators are at the odd indexes
+    regex = "".join("[^/]+" if i % 2 else re.escape(part) for i, part in enumerate(parts))
+    return methods, re.compile(regex + rest, re.DOTALL)  # a path may hold a decoded %0A
 
 
 def _find_routes(app: Any) -> Sequence[Any] | None:

@@ -13,15 +13,23 @@ class MemoryStore:
     Not shared between processes and lost on restart: use it for tests and development.
     """
 
+    _SWEEP_EVERY = 4096
+
     def __init__(self) -> None:
         self._reservations: dict[str, float] = {}
         self._records: dict[str, PaymentRecord] = {}
+        self._until_sweep = self._SWEEP_EVERY
 
     async def reserve(self, key: str, expires_at: float) -> bool:
+        now = time.time()
         held_until = self._reservations.get(key)
-        if held_until is not None and held_until > time.time():
+        if held_until is not None and held_until > now:
             return False
         self._reservations[key] = expires_at
+        self._until_sweep -= 1
+        if self._until_sweep <= 0:  # expired authorizations can never be replayed: forget them
+            self._until_sweep = self._SWEEP_EVERY
+            self._reservations = {k: t for k, t in self._reservations.items() if t > now}
         return True
 
     async def release(self, key: str) -> None:
