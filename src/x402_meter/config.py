@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Required, TypedDict
 
 from x402.http.constants import DEFAULT_FACILITATOR_URL
 
@@ -23,6 +23,30 @@ _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _CAIP2_EVM: Final = re.compile(r"eip155:[1-9][0-9]*")
 
 FacilitatorHeaders = Mapping[str, str] | Callable[[], Mapping[str, str]]
+
+
+class MeterOptions(TypedDict, total=False):
+    """``X402Meter``'s keyword arguments; ``MeterConfig.create`` documents and checks them."""
+
+    pay_to: Required[str]
+    price_per_token: Required[TokenPrice | PriceInput]
+    network: str
+    facilitator_url: str
+    asset: Asset | None
+    max_tokens: int
+    routes: Sequence[str] | None
+    schemes: Sequence[Scheme]
+    max_timeout_seconds: int
+    store: PaymentStore | None
+    meter: MeterFactory
+    receipts_path: str
+    settle_before_response: bool
+    facilitator_headers: FacilitatorHeaders | None
+    facilitator_timeout: float
+    max_payment_header_bytes: int
+    retry_after_seconds: int
+    description: str | None
+    facilitator: FacilitatorClient | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +74,7 @@ class MeterConfig:
     retry_after_seconds: int
     description: str | None
     facilitator: FacilitatorClient | None
+    routes: tuple[str, ...] | None
 
     @classmethod
     def create(
@@ -73,6 +98,7 @@ class MeterConfig:
         retry_after_seconds: int = 5,
         description: str | None = None,
         facilitator: FacilitatorClient | None = None,
+        routes: Sequence[str] | None = None,
     ) -> MeterConfig:
         if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
             raise ConfigurationError(
@@ -97,6 +123,8 @@ class MeterConfig:
             raise ConfigurationError(
                 f"receipts_path must start and end with '/', got {receipts_path!r}"
             )
+        if isinstance(routes, str):
+            raise ConfigurationError("routes must be a list of patterns, not a single string")
         if not facilitator_url.startswith(("http://", "https://")):
             raise ConfigurationError(
                 f"facilitator_url must be an http(s) URL, got {facilitator_url!r}"
@@ -125,6 +153,7 @@ class MeterConfig:
             retry_after_seconds=retry_after_seconds,
             description=description,
             facilitator=facilitator,
+            routes=None if routes is None else tuple(routes),
         )
 
     def terms_for(self, spec: RouteSpec) -> PaymentTerms:

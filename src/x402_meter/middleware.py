@@ -17,8 +17,8 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, TypeAlias
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeAlias, Unpack
 from urllib.parse import parse_qs
 
 import anyio
@@ -26,15 +26,11 @@ from starlette.datastructures import URL
 from starlette.types import Message, Receive, Scope, Send
 from x402.schemas import SettleResponse
 
-from x402_meter.assets import Asset
-from x402_meter.config import FacilitatorHeaders, MeterConfig
+from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import FacilitatorUnavailableError, PaymentAlreadyUsedError, PaymentError
-from x402_meter.facilitator import FacilitatorClient
-from x402_meter.metering import Meter, MeterFactory, ResponseInfo, Usage, openai_chat_meter
-from x402_meter.pricing import PriceInput, TokenPrice
+from x402_meter.metering import Meter, ResponseInfo, Usage
 from x402_meter.protocol.checks import Authorization, check_payment
 from x402_meter.protocol.headers import (
-    DEFAULT_MAX_HEADER_BYTES,
     PAYMENT_RESPONSE,
     PAYMENT_SIGNATURE,
     X_PAYMENT,
@@ -42,11 +38,11 @@ from x402_meter.protocol.headers import (
     decode_payment,
     settle_response_header,
 )
-from x402_meter.protocol.offer import Offer, Scheme
+from x402_meter.protocol.offer import Offer
 from x402_meter.responses import receipt_body, send_json, send_payment_required, send_unavailable
 from x402_meter.routing import RouteSpec, RouteTable
 from x402_meter.runtime import MeterRuntime, runtime_for
-from x402_meter.store import LedgerState, PaymentRecord, PaymentStore
+from x402_meter.store import LedgerState, PaymentRecord
 
 logger = logging.getLogger("x402_meter")
 
@@ -71,53 +67,11 @@ class X402Meter:
     ``@metered``. See ``MeterConfig.create`` for every option.
     """
 
-    def __init__(
-        self,
-        app: AnyASGIApp,
-        *,
-        pay_to: str,
-        price_per_token: TokenPrice | PriceInput,
-        network: str = "eip155:8453",
-        facilitator_url: str = "https://x402.org/facilitator",
-        asset: Asset | None = None,
-        max_tokens: int = 4096,
-        routes: Sequence[str] | None = None,
-        schemes: Sequence[Scheme] = ("upto",),
-        max_timeout_seconds: int = 300,
-        store: PaymentStore | None = None,
-        meter: MeterFactory = openai_chat_meter,
-        receipts_path: str = "/x402/receipts/",
-        settle_before_response: bool = False,
-        facilitator_headers: FacilitatorHeaders | Mapping[str, str] | None = None,
-        facilitator_timeout: float = 30.0,
-        max_payment_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-        retry_after_seconds: int = 5,
-        description: str | None = None,
-        facilitator: FacilitatorClient | None = None,
-    ) -> None:
+    def __init__(self, app: AnyASGIApp, **options: Unpack[MeterOptions]) -> None:
         self.app = app
-        self.config = MeterConfig.create(
-            pay_to=pay_to,
-            price_per_token=price_per_token,
-            network=network,
-            facilitator_url=facilitator_url,
-            asset=asset,
-            max_tokens=max_tokens,
-            schemes=schemes,
-            max_timeout_seconds=max_timeout_seconds,
-            store=store,
-            meter=meter,
-            receipts_path=receipts_path,
-            settle_before_response=settle_before_response,
-            facilitator_headers=facilitator_headers,
-            facilitator_timeout=facilitator_timeout,
-            max_payment_header_bytes=max_payment_header_bytes,
-            retry_after_seconds=retry_after_seconds,
-            description=description,
-            facilitator=facilitator,
-        )
+        self.config = MeterConfig.create(**options)
         self.runtime: MeterRuntime = runtime_for(self.config)
-        self._routes = RouteTable(routes, app)
+        self._routes = RouteTable(self.config.routes, app)
         self._receipts_path = self.config.receipts_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

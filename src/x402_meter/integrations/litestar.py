@@ -9,21 +9,21 @@ list them in ``routes``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 from litestar import get
 from litestar.config.app import AppConfig
 from litestar.middleware import DefineMiddleware
 from litestar.plugins import InitPluginProtocol
 
-from x402_meter.config import MeterConfig
+from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.middleware import X402Meter
 
 
 class X402MeterPlugin(InitPluginProtocol):
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, **options: Unpack[MeterOptions]) -> None:
         """``options`` are ``X402Meter``'s keyword arguments, checked now."""
-        MeterConfig.create(**{k: v for k, v in options.items() if k != "routes"})
+        MeterConfig.create(**options)
         self.options = options
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
