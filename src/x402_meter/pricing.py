@@ -17,6 +17,9 @@ from x402_meter.errors import ConfigurationError
 PriceInput: TypeAlias = str | int | Decimal
 """A price as the user gives it: a decimal string, an int, or a Decimal (never a float)."""
 
+MAX_PRICE_EXPONENT: Final = 12
+"""Prices are refused from 10^13 per token up: beyond any real price, and far from overflow."""
+
 _EXACT: Final = Context(prec=MAX_PREC)
 """Products, sums and power-of-ten scalings never round in this context: the default one
 rounds to 28 significant digits."""
@@ -39,6 +42,10 @@ def parse_price(value: PriceInput, *, name: str = "price") -> Decimal:
         raise ConfigurationError(f"{name} must be a decimal number, got {value!r}") from None
     if not price.is_finite() or price < 0:
         raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}")
+    if price and price.adjusted() > MAX_PRICE_EXPONENT:
+        raise ConfigurationError(
+            f"{name} must be below 1e{MAX_PRICE_EXPONENT + 1} per token, got {value!r}"
+        )
     return price
 
 

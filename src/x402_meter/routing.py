@@ -69,7 +69,10 @@ def metered(
 
 def _compile_pattern(pattern: str) -> tuple[frozenset[str] | None, re.Pattern[str]]:
     """``"POST /v1/chat/completions"``, ``"/v1/answer/*"``, ``"GET /items/{id}"``."""
-    method, _, path = pattern.strip().rpartition(" ")
+    words = pattern.split() or [""]
+    if len(words) not in (1, 2):
+        raise ConfigurationError(f"routes entry {pattern!r}: expected '[METHOD[|METHOD]] /path'")
+    method, path = ("", words[0]) if len(words) == 1 else (words[0], words[1])
     methods = frozenset(m.upper() for m in method.split("|")) if method else None
     if methods is not None and not methods <= _HTTP_METHODS:
         raise ConfigurationError(f"routes entry {pattern!r}: unknown HTTP method {method!r}")
@@ -80,17 +83,6 @@ def _compile_pattern(pattern: str) -> tuple[frozenset[str] | None, re.Pattern[st
     parts = re.split(r"(\{[^}/]+\}|\*)", head)  # the separators are at the odd indexes
     regex = "".join("[^/]+" if i % 2 else re.escape(part) for i, part in enumerate(parts))
     return methods, re.compile(regex + rest, re.DOTALL)  # a path may hold a decoded %0A
-
-
-def _find_routes(app: Any) -> Sequence[Any] | None:
-    """The route list of the Starlette/FastAPI app this middleware wraps, if any."""
-    node, seen = app, 0
-    while node is not None and seen < 32:
-        routes = getattr(node, "routes", None)
-        if isinstance(routes, list):
-            return routes
-        node, seen = getattr(node, "app", None), seen + 1
-    return None
 
 
 def _starlette_spec(routes: Iterable[Any], scope: dict[str, Any]) -> RouteSpec | None:
