@@ -1,13 +1,15 @@
 """The store interface: atomic reservations of authorizations, and the payment ledger.
 
-A reservation makes an authorization single-use across every request that shares the
+A reservation makes an authorization single-use across every process that shares the
 store, from the moment it is first seen until it expires on chain. The ledger holds one
-row per verified payment, from ``verified`` to a final state, with what the settlement
-worker needs to finish the job (the payload and the server's requirements).
+row per verified payment, from ``verified`` to a final state, with everything a settlement
+worker in any process needs to finish the job: the payload, the server's requirements, the
+running count, and a lease that says who is working on the row right now.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -17,20 +19,24 @@ class LedgerState(StrEnum):
     VERIFIED = "verified"
     """Verified by the facilitator; the response is being served and metered."""
     TO_SETTLE = "to_settle"
-    """The body closed; the charge is known and waits for the settlement worker."""
+    """The body closed (or its server died); the charge is known and waits for settlement."""
     SETTLED = "settled"
     FAILED = "failed"
+    """The facilitator refused the settlement for good; ``error`` keeps its reason."""
     NOT_CHARGED = "not_charged"
     """Nothing to charge (an error response, or no tokens): no settlement was sent."""
 
     @property
     def receipt_status(self) -> str:
         """The state as receipts show it: the two in-flight states are ``pending``."""
-        return "pending" if self in (LedgerState.VERIFIED, LedgerState.TO_SETTLE) else self.value
+        return "pending" if self in OPEN_STATES else self.value
 
     @property
     def is_final(self) -> bool:
-        return self in (LedgerState.SETTLED, LedgerState.FAILED, LedgerState.NOT_CHARGED)
+        return self not in OPEN_STATES
+
+
+OPEN_STATES = frozenset({LedgerState.VERIFIED, LedgerState.TO_SETTLE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,23 +58,30 @@ class PaymentRecord:
     created_at: float
     updated_at: float
     amount: int | None = None
+    """The charge: the checkpointed running charge while ``verified``, final from ``to_settle``."""
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
     usage_source: str | None = None
+    """``reported`` or ``estimated`` per side, e.g. ``input=reported,output=estimated``."""
     transaction: str | None = None
     error: str | None = None
     attempts: int = 0
+    next_attempt_at: float = 0.0
+    lease_owner: str | None = None
+    lease_until: float = 0.0
+    """Until then only ``lease_owner`` works on the row (serves it, or settles it)."""
 
 
 class PaymentStore(Protocol):
-    """What the middleware and the settlement worker need from a store."""
+    """What the middleware, the settlement worker and the ledger CLI need from a store."""
 
     async def reserve(self, key: str, expires_at: float) -> bool:
         """Atomically claim ``key`` until ``expires_at`` (unix time); False if already claimed."""
         ...
 
     async def release(self, key: str) -> None:
-        """Give up a claim, for a payment that was never verified (it was not used)."""
+        """Give up a reservation, for a payment that was never verified (it was not used)."""
         ...
 
     async def save(self, record: PaymentRecord) -> None:
@@ -76,5 +89,24 @@ class PaymentStore(Protocol):
         ...
 
     async def get(self, receipt_id: str) -> PaymentRecord | None: ...
+
+    async def claim(
+        self, receipt_id: str, owner: str, until: float, now: float
+    ) -> PaymentRecord | None:
+        """Atomically lease an open row to ``owner`` if its lease expired (or is ``owner``'s).
+
+        Returns the row with the new lease, or None if someone else holds it or it is final.
+        """
+        ...
+
+    async def due(self, now: float, limit: int = 100) -> list[PaymentRecord]:
+        """Open rows nobody holds whose next attempt is due: work for a settlement worker."""
+        ...
+
+    async def list(
+        self, states: Collection[LedgerState] | None = None, limit: int = 100, offset: int = 0
+    ) -> list[PaymentRecord]:
+        """Rows, newest first, optionally only in ``states``."""
+        ...
 
     async def aclose(self) -> None: ...

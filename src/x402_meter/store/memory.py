@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Collection
 
-from x402_meter.store.base import PaymentRecord
+from x402_meter.store.base import OPEN_STATES, LedgerState, PaymentRecord
 
 
 class MemoryStore:
@@ -40,6 +42,33 @@ class MemoryStore:
 
     async def get(self, receipt_id: str) -> PaymentRecord | None:
         return self._records.get(receipt_id)
+
+    async def claim(
+        self, receipt_id: str, owner: str, until: float, now: float
+    ) -> PaymentRecord | None:
+        record = self._records.get(receipt_id)
+        if record is None or record.state not in OPEN_STATES:
+            return None
+        if record.lease_owner not in (None, owner) and record.lease_until > now:
+            return None
+        claimed = dataclasses.replace(record, lease_owner=owner, lease_until=until)
+        self._records[receipt_id] = claimed
+        return claimed
+
+    async def due(self, now: float, limit: int = 100) -> list[PaymentRecord]:
+        open_rows = (
+            r
+            for r in self._records.values()
+            if r.state in OPEN_STATES and r.lease_until <= now and r.next_attempt_at <= now
+        )
+        return sorted(open_rows, key=lambda r: r.next_attempt_at)[:limit]
+
+    async def list(
+        self, states: Collection[LedgerState] | None = None, limit: int = 100, offset: int = 0
+    ) -> list[PaymentRecord]:
+        rows = [r for r in self._records.values() if states is None or r.state in states]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return rows[offset : offset + limit]
 
     async def aclose(self) -> None:
         return None

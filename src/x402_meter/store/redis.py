@@ -1,0 +1,171 @@
+"""Redis: the store for many workers on many hosts.
+
+A reservation is ``SET key NX PXAT <deadline>``: atomic, and it expires by itself when the
+authorization does. Each ledger row is a hash; sorted sets index the rows by creation time
+(per state, for listing) and the open rows by when they next need attention (``due``).
+Leases are taken by a Lua script, so claiming a row is one atomic step on the server. The
+ledger survives the death of any worker; it is as durable as the Redis server is
+configured to be (use AOF with ``appendfsync everysec`` or ``always`` for money).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Collection
+from typing import Any, Final
+
+from x402_meter.store.base import OPEN_STATES, LedgerState, PaymentRecord
+
+try:
+    from redis.asyncio import Redis
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError("the Redis store needs redis-py: pip install 'x402-meter[redis]'") from exc
+
+_INT_FIELDS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "attempts",
+    "x402_version",
+)
+_FLOAT_FIELDS: Final = ("created_at", "updated_at", "next_attempt_at", "lease_until")
+_OPTIONAL_FIELDS: Final = ("usage_source", "transaction", "error", "lease_owner")
+
+# KEYS: row hash, open zset. ARGV: owner, until, now, open states (csv).
+_CLAIM: Final = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or not string.find(',' .. ARGV[4] .. ',', ',' .. state .. ',', 1, true) then
+  return nil
+end
+local owner = redis.call('HGET', KEYS[1], 'lease_owner')
+local lease_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+if owner and owner ~= '' and owner ~= ARGV[1] and lease_until > tonumber(ARGV[3]) then
+  return nil
+end
+redis.call('HSET', KEYS[1], 'lease_owner', ARGV[1], 'lease_until', ARGV[2])
+local next_attempt = tonumber(redis.call('HGET', KEYS[1], 'next_attempt_at') or '0')
+redis.call('ZADD', KEYS[2], math.max(tonumber(ARGV[2]), next_attempt), ARGV[5])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def _encode(record: PaymentRecord) -> dict[Any, str]:  # Any: redis-py's key type is a union
+    fields: dict[Any, str] = {}
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        fields[field.name] = (
+            "" if value is None else str(value.value if isinstance(value, LedgerState) else value)
+        )
+    return fields
+
+
+def _decode(raw: dict[str, str]) -> PaymentRecord:
+    values: dict[str, Any] = dict(raw)
+    values["state"] = LedgerState(raw["state"])
+    values["max_amount"] = int(raw["max_amount"])
+    values["amount"] = int(raw["amount"]) if raw.get("amount") else None
+    for name in _INT_FIELDS:
+        values[name] = int(raw.get(name) or 0)
+    for name in _FLOAT_FIELDS:
+        values[name] = float(raw.get(name) or 0)
+    for name in _OPTIONAL_FIELDS:
+        values[name] = raw.get(name) or None
+    return PaymentRecord(**values)
+
+
+def _strings(values: Any) -> list[str]:
+    return [str(value) for value in values]
+
+
+class RedisStore:
+    """Reservations and ledger in Redis (``redis://host:port/db`` in store URLs)."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "x402:") -> None:
+        self._redis: Redis = Redis.from_url(url, decode_responses=True)
+        self._prefix = prefix
+        self._open = f"{prefix}open"
+        self._created = f"{prefix}created"
+        self._claim = self._redis.register_script(_CLAIM)
+
+    def _row_key(self, receipt_id: str) -> str:
+        return f"{self._prefix}payment:{receipt_id}"
+
+    def _state_key(self, state: LedgerState) -> str:
+        return f"{self._prefix}state:{state.value}"
+
+    async def reserve(self, key: str, expires_at: float) -> bool:
+        expiry_ms = max(int(expires_at * 1000), int(time.time() * 1000) + 1)
+        won = await self._redis.set(
+            f"{self._prefix}reservation:{key}", "1", nx=True, pxat=expiry_ms
+        )
+        return bool(won)
+
+    async def release(self, key: str) -> None:
+        await self._redis.delete(f"{self._prefix}reservation:{key}")
+
+    async def save(self, record: PaymentRecord) -> None:
+        row = self._row_key(record.receipt_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(row, mapping=_encode(record))
+            for state in LedgerState:
+                if state is not record.state:
+                    pipe.zrem(self._state_key(state), record.receipt_id)
+            pipe.zadd(self._state_key(record.state), {record.receipt_id: record.created_at})
+            pipe.zadd(self._created, {record.receipt_id: record.created_at})
+            if record.state in OPEN_STATES:
+                score = max(record.lease_until, record.next_attempt_at)
+                pipe.zadd(self._open, {record.receipt_id: score})
+            else:
+                pipe.zrem(self._open, record.receipt_id)
+            await pipe.execute()
+
+    async def get(self, receipt_id: str) -> PaymentRecord | None:
+        raw = await self._redis.hgetall(self._row_key(receipt_id))
+        return _decode({str(k): str(v) for k, v in raw.items()}) if raw else None
+
+    async def claim(
+        self, receipt_id: str, owner: str, until: float, now: float
+    ) -> PaymentRecord | None:
+        open_states = ",".join(state.value for state in OPEN_STATES)
+        flat = await self._claim(
+            keys=[self._row_key(receipt_id), self._open],
+            args=[owner, repr(until), repr(now), open_states, receipt_id],
+        )
+        if not flat:
+            return None
+        return _decode({str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)})
+
+    async def _rows(self, receipt_ids: list[str]) -> list[PaymentRecord]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for receipt_id in receipt_ids:
+                pipe.hgetall(self._row_key(receipt_id))
+            raws = await pipe.execute()
+        return [_decode(raw) for raw in raws if raw]
+
+    async def due(self, now: float, limit: int = 100) -> list[PaymentRecord]:
+        ids = await self._redis.zrangebyscore(self._open, "-inf", now, start=0, num=limit)
+        rows = await self._rows(_strings(ids))
+        return [
+            r
+            for r in rows
+            if r.state in OPEN_STATES and r.lease_until <= now and r.next_attempt_at <= now
+        ]
+
+    async def list(
+        self, states: Collection[LedgerState] | None = None, limit: int = 100, offset: int = 0
+    ) -> list[PaymentRecord]:
+        if states is None:
+            ids = await self._redis.zrevrange(self._created, offset, offset + limit - 1)
+            return await self._rows(_strings(ids))
+        rows: list[PaymentRecord] = []
+        for state in states:
+            ids = await self._redis.zrevrange(
+                self._state_key(LedgerState(state)), 0, offset + limit - 1
+            )
+            rows.extend(await self._rows(_strings(ids)))
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return rows[offset : offset + limit]
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
