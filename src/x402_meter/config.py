@@ -17,6 +17,7 @@ from x402_meter.pricing import PriceInput, Tariff, TokenPrice, as_token_price
 from x402_meter.protocol.headers import DEFAULT_MAX_HEADER_BYTES
 from x402_meter.protocol.offer import SCHEMES, PaymentTerms, Scheme
 from x402_meter.routing import RouteSpec
+from x402_meter.settlement import RetryPolicy, SettlementHook
 from x402_meter.store import PaymentStore
 
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -37,7 +38,7 @@ class MeterOptions(TypedDict, total=False):
     routes: Sequence[str] | None
     schemes: Sequence[Scheme]
     max_timeout_seconds: int
-    store: PaymentStore | None
+    store: PaymentStore | str | None
     meter: MeterFactory
     receipts_path: str
     settle_before_response: bool
@@ -47,6 +48,9 @@ class MeterOptions(TypedDict, total=False):
     retry_after_seconds: int
     description: str | None
     facilitator: FacilitatorClient | None
+    on_settled: SettlementHook | None
+    on_settlement_failed: SettlementHook | None
+    settlement_retry: RetryPolicy | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,8 @@ class MeterConfig:
     facilitator_url: str
     schemes: tuple[Scheme, ...]
     max_timeout_seconds: int
-    store: PaymentStore | None
+    store: PaymentStore | str | None
+    """A store, a store URL, or None: ``$X402_METER_STORE``, else ``sqlite:///x402-meter.sqlite3``."""
     meter: MeterFactory
     receipts_path: str
     settle_before_response: bool
@@ -75,6 +80,9 @@ class MeterConfig:
     description: str | None
     facilitator: FacilitatorClient | None
     routes: tuple[str, ...] | None
+    on_settled: SettlementHook | None
+    on_settlement_failed: SettlementHook | None
+    settlement_retry: RetryPolicy
 
     @classmethod
     def create(
@@ -88,7 +96,7 @@ class MeterConfig:
         max_tokens: int = 4096,
         schemes: Sequence[Scheme] = ("upto",),
         max_timeout_seconds: int = 300,
-        store: PaymentStore | None = None,
+        store: PaymentStore | str | None = None,
         meter: MeterFactory = openai_chat_meter,
         receipts_path: str = "/x402/receipts/",
         settle_before_response: bool = False,
@@ -99,6 +107,9 @@ class MeterConfig:
         description: str | None = None,
         facilitator: FacilitatorClient | None = None,
         routes: Sequence[str] | None = None,
+        on_settled: SettlementHook | None = None,
+        on_settlement_failed: SettlementHook | None = None,
+        settlement_retry: RetryPolicy | None = None,
     ) -> MeterConfig:
         if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
             raise ConfigurationError(
@@ -154,6 +165,9 @@ class MeterConfig:
             description=description,
             facilitator=facilitator,
             routes=None if routes is None else tuple(routes),
+            on_settled=on_settled,
+            on_settlement_failed=on_settlement_failed,
+            settlement_retry=settlement_retry or RetryPolicy(),
         )
 
     def terms_for(self, spec: RouteSpec) -> PaymentTerms:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import tempfile
 from decimal import Decimal
 from typing import Any
 
@@ -57,7 +58,7 @@ async def _chat(request: Request) -> Response:
     return JSONResponse(complete_chat(body))
 
 
-def demo_app(stack: LocalStack) -> X402Meter:
+def demo_app(stack: LocalStack, store_url: str = "memory://") -> X402Meter:
     """The stub model's chat endpoint, metered per token with x402."""
     app = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"])])
     return X402Meter(
@@ -69,6 +70,7 @@ def demo_app(stack: LocalStack) -> X402Meter:
         price_per_token=PRICE_PER_TOKEN,
         max_tokens=MAX_TOKENS,
         routes=["POST /v1/chat/completions"],
+        store=store_url,
     )
 
 
@@ -116,8 +118,8 @@ async def _converse(stack: LocalStack, base: str) -> dict[str, Any]:
     return receipt
 
 
-async def _run(stack: LocalStack) -> int:
-    async with serving(demo_app(stack)) as base:
+async def _run(stack: LocalStack, store_url: str) -> int:
+    async with serving(demo_app(stack, store_url)) as base:
         _step(f"chat endpoint metered by X402Meter at {base}/v1/chat/completions")
         receipt = await _converse(stack, base)
     if receipt["status"] != "settled":
@@ -135,12 +137,14 @@ async def _run(stack: LocalStack) -> int:
 
 def run_demo() -> int:
     _step("starting the local stack (anvil, test USDC, Permit2, upto proxy, facilitator)")
-    with local_stack() as stack:
+    with local_stack() as stack, tempfile.TemporaryDirectory(prefix="x402-demo-") as scratch:
+        store_url = f"sqlite:///{scratch}/ledger.sqlite3"
+        _step(f"payments are recorded in {store_url}")
         w3 = stack.web3()
         payer = Account.from_key(stack.payer_private_keys[0]).address
         accounts = (("payer", payer), ("seller", stack.pay_to))
         before = {who: token_balance(w3, stack.asset, address) for who, address in accounts}
-        status = anyio.run(_run, stack)
+        status = anyio.run(_run, stack, store_url)
         for who, address in accounts:
             now = token_balance(w3, stack.asset, address)
             print(f"    {who:6} {_usdc(stack, before[who])} -> {_usdc(stack, now)}", flush=True)

@@ -4,14 +4,16 @@ One request through a metered route:
 
 1. no payment header: 402 with the requirements (the most the request can cost);
 2. decode strictly, check locally against the server's own requirements;
-3. reserve the authorization (single use), verify it with the facilitator;
-4. record it, then stream the app's answer through untouched while a meter counts tokens;
+3. reserve the authorization (single use, in the shared store), verify it with the facilitator;
+4. record it in the ledger, then stream the app's answer through untouched while a meter
+   counts tokens; a heartbeat checkpoints the running count and keeps the row leased;
 5. when the body closes (or the client leaves, or the app fails) charge the exact cost, capped
    at the authorized maximum, and settle it in the background; the receipt tells the outcome.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -56,6 +58,8 @@ _STREAMING_TYPES: Final = frozenset(
 )
 _RECEIPT_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _MAX_RECEIPT_WAIT: Final = 30.0
+MAX_METERED_REQUEST_BODY: Final = 1024 * 1024
+"""How much of a request body meters get to see (to count a prompt): the first MiB."""
 
 
 class X402Meter:
@@ -64,7 +68,7 @@ class X402Meter:
     ``app.add_middleware(X402Meter, pay_to=..., price_per_token=..., ...)`` on Starlette or
     FastAPI; ``X402Meter(app, ...)`` around any ASGI app. Routes are metered when they match
     ``routes`` (``"POST /v1/chat/completions"``, ``"/v1/answer/*"``) or are marked with
-    ``@metered``. See ``MeterConfig.create`` for every option.
+    ``@metered``. ``MeterConfig.create`` documents every option.
     """
 
     def __init__(self, app: AnyASGIApp, **options: Unpack[MeterOptions]) -> None:
@@ -81,35 +85,39 @@ class X402Meter:
                 return
             spec = self._routes.spec_for(scope)
             if spec is not None:
+                self.runtime.settler.ensure_sweeper()
                 await _PaidExchange(self, spec, scope, receive, send).run()
                 return
         elif scope["type"] == "lifespan":
-            await self.app(scope, self._drain_before_shutdown(receive), send)
+            await self.app(scope, self._lifespan_receive(receive), send)
             return
         await self.app(scope, receive, send)
 
-    def _drain_before_shutdown(self, receive: Receive) -> Receive:
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        """Start the settlement sweeper with the app; let settlements finish before shutdown."""
+
         async def receive_lifespan() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                self.runtime.settler.ensure_sweeper()  # resumes what a previous run left
+            elif message["type"] == "lifespan.shutdown":
                 with anyio.move_on_after(30):
-                    await self.runtime.settler.drain()
+                    await self.runtime.settler.aclose()
             return message
 
         return receive_lifespan
 
     async def _receipt(self, scope: Scope, send: Send) -> None:
         receipt_id = scope["path"][len(self._receipts_path) :]
-        record = (
-            await self.runtime.store.get(receipt_id) if _RECEIPT_ID.fullmatch(receipt_id) else None
-        )
+        store = self.runtime.store
+        record = await store.get(receipt_id) if _RECEIPT_ID.fullmatch(receipt_id) else None
         if record is None:
             await send_json(send, 404, {"reason": "receipt_not_found", "error": "no such receipt"})
             return
         wait = _wait_seconds(scope)
         if wait and not record.state.is_final:
             await self.runtime.settler.wait(receipt_id, wait)
-            record = await self.runtime.store.get(receipt_id) or record
+            record = await store.get(receipt_id) or record
         await send_json(send, 200, receipt_body(record))
 
 
@@ -143,22 +151,29 @@ def _media_type(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str | None
     return content_type, encoding
 
 
+def usage_source(usage: Usage) -> str:
+    """How the ledger records where the counts came from, per side."""
+    return f"input={usage.input_source},output={usage.output_source}"
+
+
 class _PaidExchange:
     """One metered request, from challenge to settlement hand-off. Holds per-request state."""
 
     def __init__(
-        self, meter: X402Meter, spec: RouteSpec, scope: Scope, receive: Receive, send: Send
+        self, middleware: X402Meter, spec: RouteSpec, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        self.middleware = meter
-        self.runtime = meter.runtime
-        self.config = meter.config
+        self.middleware = middleware
+        self.runtime = middleware.runtime
+        self.config = middleware.config
         self.spec = spec
         self.scope = scope
         self.receive = receive
         self.send = send
         self.status: int | None = None
         self.meter: Meter | None = None
-        self.record: PaymentRecord | None = None
+        self.request_body = bytearray()
+        self.held: list[Message] | None = None
+        self.handed_off = False
 
     @property
     def resource_url(self) -> str:
@@ -173,36 +188,23 @@ class _PaidExchange:
             return
         header = _header(self.scope, _PAYMENT_HEADERS)
         if header is None:
-            await send_payment_required(
-                self.send,
-                offer,
-                self.resource_url,
-                reason="payment_required",
-                message="payment required",
-            )
+            await self._refuse(offer, "payment_required", "payment required", 402)
             return
         try:
             payload = decode_payment(header, max_bytes=self.config.max_payment_header_bytes)
-            authorization = check_payment(
-                payload, offer, now=int(time.time()), resource_url=self.resource_url
-            )
-            await self._reserve(authorization)
+            now = int(time.time())
+            authorization = check_payment(payload, offer, now=now, resource_url=self.resource_url)
+            if not await self.runtime.store.reserve(authorization.key, authorization.expires_at):
+                raise PaymentAlreadyUsedError()
         except PaymentError as exc:
-            await send_payment_required(
-                self.send,
-                offer,
-                self.resource_url,
-                reason=exc.reason,
-                message=exc.message,
-                status=exc.status_code,
-            )
+            await self._refuse(offer, exc.reason, exc.message, exc.status_code)
             return
         try:
             verified = await self.runtime.facilitator.verify(
                 authorization.payload, authorization.requirements
             )
         except FacilitatorUnavailableError as exc:
-            await self.runtime.store.release(authorization.key)
+            await self.runtime.store.release(authorization.key)  # it was never used
             logger.warning("facilitator unavailable during verify: %s", exc)
             await send_unavailable(self.send, self.config.retry_after_seconds, str(exc))
             return
@@ -212,23 +214,23 @@ class _PaidExchange:
         if not verified.is_valid:
             await self.runtime.store.release(authorization.key)
             reason = verified.invalid_reason or "payment_invalid"
-            await send_payment_required(
-                self.send,
-                offer,
-                self.resource_url,
-                reason=reason,
-                message=verified.invalid_message or reason,
-            )
+            await self._refuse(offer, reason, verified.invalid_message or reason, 402)
             return
         await self._serve(offer, authorization)
 
-    async def _reserve(self, authorization: Authorization) -> None:
-        if not await self.runtime.store.reserve(authorization.key, authorization.expires_at):
-            raise PaymentAlreadyUsedError()
+    async def _refuse(self, offer: Offer, reason: str, message: str, status: int) -> None:
+        await send_payment_required(
+            self.send, offer, self.resource_url, reason=reason, message=message, status=status
+        )
+
+    # -- serving -------------------------------------------------------------------------
 
     async def _serve(self, offer: Offer, authorization: Authorization) -> None:
         now = time.time()
-        record = PaymentRecord(
+        settler = self.runtime.settler
+        self.offer = offer
+        self.authorization = authorization
+        self.record = PaymentRecord(
             receipt_id=secrets.token_urlsafe(18),
             key=authorization.key,
             state=LedgerState.VERIFIED,
@@ -245,32 +247,42 @@ class _PaidExchange:
             ),
             created_at=now,
             updated_at=now,
+            lease_owner=settler.owner,
+            lease_until=now + settler.retry.lease_seconds,
         )
         # Durable before the first byte goes out: a payment that was verified is never lost.
-        await self.runtime.store.save(record)
-        self.runtime.settler.expect(record.receipt_id)
-        self.record = record
-        self.offer = offer
-        self.authorization = authorization
-        self.receipt_path = (
-            self.scope.get("root_path", "") + self.config.receipts_path + record.receipt_id
-        ).encode()
-        self.held: list[Message] | None = None
-        self.handed_off = False
+        await self.runtime.store.save(self.record)
+        settler.expect(self.record.receipt_id)
+        root = self.scope.get("root_path", "")
+        self.receipt_path = f"{root}{self.config.receipts_path}{self.record.receipt_id}".encode()
+        heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
-            await self.middleware.app(self.scope, self.receive, self._send)
+            await self.middleware.app(self.scope, self._receive, self._send)
         finally:
             # Also on client disconnect, app failure and cancellation: charge what was served.
             with anyio.CancelScope(shield=True):
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
                 if not self.handed_off:
                     await self._hand_off_settlement()
+
+    async def _receive(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request" and len(self.request_body) < MAX_METERED_REQUEST_BODY:
+            self.request_body += message.get("body", b"")[
+                : MAX_METERED_REQUEST_BODY - len(self.request_body)
+            ]
+        return message
 
     async def _send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             headers = [*message.get("headers", ()), (RECEIPT_HEADER, self.receipt_path)]
             content_type, encoding = _media_type(headers)
-            self.meter = self._new_meter(ResponseInfo(self.status, content_type, encoding))
+            info = ResponseInfo(
+                self.status, content_type, encoding, bytes(self.request_body), self.scope["path"]
+            )
+            self.meter = self._new_meter(info)
             message = {**message, "headers": headers}
             if self.config.settle_before_response and content_type not in _STREAMING_TYPES:
                 self.held = [message]
@@ -286,11 +298,13 @@ class _PaidExchange:
                 return
         await self.send(message)
 
+    # -- metering ------------------------------------------------------------------------
+
     def _new_meter(self, response: ResponseInfo) -> Meter | None:
         try:
             return self.config.meter(response)
         except Exception:
-            logger.exception("meter factory failed; falling back to estimation")
+            logger.exception("meter factory failed; the count falls back to estimation")
             return None
 
     def _feed(self, body: bytes) -> None:
@@ -298,37 +312,70 @@ class _PaidExchange:
         try:
             self.meter.feed(body)
         except Exception:  # a meter bug must not break the stream
-            logger.exception("meter failed on a chunk; the count falls back to what it had")
+            logger.exception("meter failed on a chunk; the count keeps what it had")
 
     def _usage(self) -> Usage:
-        if self.meter is None:
-            return Usage(source="estimated")
-        try:
-            return self.meter.finish()
-        except Exception:
-            logger.exception("meter failed at the end of the body")
-            return Usage(source="estimated")
+        if self.meter is not None:
+            try:
+                return self.meter.finish()
+            except Exception:
+                logger.exception("meter failed at the end of the body")
+        return Usage(input_source="estimated", output_source="estimated")
 
-    def _charged(self) -> PaymentRecord:
-        assert self.record is not None
-        usage = self._usage()
+    def _snapshot(self) -> Usage | None:
+        snapshot = getattr(self.meter, "snapshot", None)
+        if snapshot is None:
+            return None
+        try:
+            usage: Usage = snapshot()
+        except Exception:
+            logger.exception("meter snapshot failed")
+            return None
+        return usage
+
+    def _amount(self, usage: Usage) -> int:
         if self.status is None or self.status >= 400:
-            amount = 0  # the app failed: nothing was served
-        elif self.authorization.scheme == "exact":
-            amount = self.authorization.max_amount  # flat price
-        else:
-            amount = self.offer.terms.tariff.charge(
-                usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
-            )
+            return 0  # the app failed: nothing was served
+        if self.authorization.scheme == "exact":
+            return self.authorization.max_amount  # a flat price
+        tariff = self.offer.terms.tariff
+        charge = tariff.charge(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+        return min(charge, self.authorization.max_amount)
+
+    def _counted(self, record: PaymentRecord, usage: Usage, **changes: Any) -> PaymentRecord:
         return dataclasses.replace(
-            self.record,
-            state=LedgerState.TO_SETTLE,
-            amount=min(amount, self.authorization.max_amount),
+            record,
+            amount=self._amount(usage),
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
-            usage_source=usage.source,
+            cached_input_tokens=usage.cached_input_tokens,
+            usage_source=usage_source(usage),
             updated_at=time.time(),
+            **changes,
         )
+
+    async def _heartbeat(self) -> None:
+        """Keep the row leased while the answer runs, with a checkpoint of the count.
+
+        If this server dies, the lease runs out and another worker settles the row for its
+        last checkpoint: what had been served then (a little less than was served in all).
+        """
+        lease = self.runtime.settler.retry.lease_seconds
+        while True:
+            await anyio.sleep(lease / 3)
+            usage = self._snapshot()
+            until = time.time() + lease
+            self.record = (
+                self._counted(self.record, usage, lease_until=until)
+                if usage is not None
+                else dataclasses.replace(self.record, lease_until=until, updated_at=time.time())
+            )
+            await self.runtime.store.save(self.record)
+
+    # -- settlement ----------------------------------------------------------------------
+
+    def _charged(self) -> PaymentRecord:
+        return self._counted(self.record, self._usage(), state=LedgerState.TO_SETTLE)
 
     async def _hand_off_settlement(self) -> None:
         self.handed_off = True
@@ -342,20 +389,14 @@ class _PaidExchange:
         self.handed_off = True
         record = self._charged()
         await self.runtime.store.save(record)
-        settled = await self.runtime.settler.settle(record, max_attempts=1)
+        settled = await self.runtime.settler.settle(record, attempts=1)
         start, *bodies = self.held
         if settled.state is LedgerState.FAILED:
-            await send_payment_required(
-                self.send,
-                self.offer,
-                self.resource_url,
-                reason="settlement_failed",
-                message=settled.error or "settlement failed",
+            await self._refuse(
+                self.offer, "settlement_failed", settled.error or "settlement failed", 402
             )
             return
-        if not settled.state.is_final:
-            self.runtime.settler.submit(settled)  # the facilitator is down: keep trying later
-        else:
+        if settled.state.is_final:
             result = SettleResponse(
                 success=True,
                 transaction=settled.transaction or "",
@@ -364,10 +405,9 @@ class _PaidExchange:
                 amount=str(settled.amount or 0),
             )
             name = PAYMENT_RESPONSE if settled.x402_version == 2 else X_PAYMENT_RESPONSE
-            start = {
-                **start,
-                "headers": [*start["headers"], (name.encode(), settle_response_header(result))],
-            }
+            header = (name.encode(), settle_response_header(result))
+            start = {**start, "headers": [*start["headers"], header]}
+        # Otherwise the facilitator is unreachable: the sweeper keeps trying; answer anyway.
         await self.send(start)
         for body in bodies:
             await self.send(body)

@@ -62,12 +62,25 @@ async def send_unavailable(send: Send, retry_after: int, message: str) -> None:
     )
 
 
+def _sources(usage_source: str | None) -> dict[str, str | None]:
+    """``input=reported,output=estimated`` -> per side, and overall (reported only if both)."""
+    sides = dict(part.split("=", 1) for part in (usage_source or "").split(",") if "=" in part)
+    known = [sides.get("input"), sides.get("output")]
+    overall = None if None in known else ("reported" if known == ["reported"] * 2 else "estimated")
+    return {
+        "usage_source": overall,
+        "input_source": sides.get("input"),
+        "output_source": sides.get("output"),
+    }
+
+
 def receipt_body(record: PaymentRecord) -> dict[str, Any]:
     return {
         "status": record.state.receipt_status,
         "input_tokens": record.input_tokens,
         "output_tokens": record.output_tokens,
-        "usage_source": record.usage_source,
+        "cached_input_tokens": record.cached_input_tokens,
+        **_sources(record.usage_source),
         "amount": str(record.amount) if record.amount is not None else None,
         "max_amount": str(record.max_amount),
         "asset": record.asset,

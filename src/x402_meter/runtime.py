@@ -8,6 +8,7 @@ a service's routes, not per route.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Final
 
@@ -17,10 +18,20 @@ from x402_meter.facilitator import FacilitatorClient
 from x402_meter.protocol.offer import Offer
 from x402_meter.routing import RouteSpec
 from x402_meter.settlement import Settler
-from x402_meter.store import MemoryStore, PaymentStore
+from x402_meter.store import PaymentStore, open_store
 
 SUPPORTED_TTL_SECONDS: Final = 600.0
 """How long the facilitator's /supported answer (its settling addresses) is reused."""
+STORE_ENV: Final = "X402_METER_STORE"
+DEFAULT_STORE_URL: Final = "sqlite:///x402-meter.sqlite3"
+
+
+def _store(configured: PaymentStore | str | None) -> PaymentStore:
+    if configured is None:
+        return open_store(os.environ.get(STORE_ENV) or DEFAULT_STORE_URL)
+    if isinstance(configured, str):
+        return open_store(configured)
+    return configured
 
 
 class MeterRuntime:
@@ -32,8 +43,14 @@ class MeterRuntime:
             timeout=config.facilitator_timeout,
             headers=dict(headers) if isinstance(headers, tuple) else headers,
         )
-        self.store: PaymentStore = config.store if config.store is not None else MemoryStore()
-        self.settler = Settler(self.facilitator, self.store)
+        self.store: PaymentStore = _store(config.store)
+        self.settler = Settler(
+            self.facilitator,
+            self.store,
+            retry=config.settlement_retry,
+            on_settled=config.on_settled,
+            on_settlement_failed=config.on_settlement_failed,
+        )
         self._offers: dict[RouteSpec, Offer] = {}
         self._offers_fetched_at = 0.0
         self._lock = asyncio.Lock()

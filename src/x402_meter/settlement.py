@@ -1,23 +1,38 @@
-"""Settling charges after the body closes, in the background, from the ledger row alone.
+"""Settling charges after the body closes, from the ledger row alone, in any process.
 
-Each job reads everything it needs (payload, the server's requirements, the amount) from
-its ``PaymentRecord``, so a worker that starts after a crash can finish what another began.
-Transient failures (facilitator unreachable, ``settlement_pending``) are retried with
-exponential backoff and jitter; when the retries run out the row stays ``to_settle`` with
-the last error, and is never dropped.
+Every job reads what it needs (payload, the server's requirements, the amount) from its
+``PaymentRecord``, and works on a row only while it holds the row's lease, so two workers
+never settle the same payment. Outcomes:
+
+- success: ``settled`` with the transaction hash;
+- transient (facilitator unreachable or erroring, or ``settlement_pending``: broadcast but
+  unconfirmed): the row stays ``to_settle`` with the error and a ``next_attempt_at`` after an
+  exponential backoff with jitter; a retry re-sends the identical payload, which the
+  facilitator reconciles against the transaction it already sent;
+- permanent (the facilitator refused): ``failed``, with its reason kept.
+
+A sweeper, started on first use and stopped at shutdown, picks up rows that are due: ones
+left by retries, ones left ``to_settle`` by a process that stopped, and ``verified`` rows whose
+server died mid-stream (their lease ran out), which are charged for their last checkpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
+import os
 import random
+import secrets
+import socket
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 import anyio
-from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
+from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from x402_meter.errors import FacilitatorUnavailableError
@@ -27,6 +42,25 @@ from x402_meter.store import LedgerState, PaymentRecord, PaymentStore
 logger = logging.getLogger("x402_meter.settlement")
 
 SETTLEMENT_PENDING: Final = "settlement_pending"
+SettlementHook = Callable[[PaymentRecord], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff between settlement attempts: ``first`` doubling up to ``longest``, with jitter."""
+
+    first: float = 1.0
+    longest: float = 60.0
+    inline_attempts: int = 3
+    """Attempts made right away, in the request's background task, before the sweeper takes over."""
+    sweep_every: float = 5.0
+    """How often the sweeper looks for due rows."""
+    lease_seconds: float = 30.0
+    """How long a worker holds a row; a server's heartbeat renews it while it streams."""
+
+    def delay(self, attempts: int) -> float:
+        base = min(self.first * float(2 ** max(attempts - 1, 0)), self.longest)
+        return base * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
 
 
 def payload_of(record: PaymentRecord) -> PaymentPayload | PaymentPayloadV1:
@@ -45,116 +79,215 @@ def settle_requirements_of(record: PaymentRecord) -> PaymentRequirements | Payme
     return v2.model_copy(update={"amount": amount})
 
 
+def worker_id() -> str:
+    """Names this process in leases: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 class Settler:
-    """Runs settlement jobs as background tasks and lets callers wait for their outcome."""
+    """Runs settlement jobs and the sweeper; lets callers wait for a payment's outcome."""
 
     def __init__(
         self,
         facilitator: FacilitatorClient,
         store: PaymentStore,
         *,
-        max_attempts: int = 6,
-        first_backoff: float = 0.5,
-        max_backoff: float = 30.0,
+        retry: RetryPolicy | None = None,
+        on_settled: SettlementHook | None = None,
+        on_settlement_failed: SettlementHook | None = None,
     ) -> None:
         self._facilitator = facilitator
         self._store = store
-        self._max_attempts = max_attempts
-        self._first_backoff = first_backoff
-        self._max_backoff = max_backoff
-        self._tasks: set[asyncio.Task[PaymentRecord]] = set()
+        self.retry = retry or RetryPolicy()
+        self.owner = worker_id()
+        self._on_settled = on_settled
+        self._on_failed = on_settlement_failed
+        self._tasks: set[asyncio.Task[object]] = set()
         self._finished: dict[str, asyncio.Event] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper_loop: asyncio.AbstractEventLoop | None = None
 
-    def expect(self, receipt_id: str) -> None:
-        """A payment is being served: let ``wait`` callers wait from now on."""
-        self._finished.setdefault(receipt_id, asyncio.Event())
+    # -- scheduling --------------------------------------------------------------------
 
-    def submit(self, record: PaymentRecord) -> None:
-        """Settle ``record`` (state ``to_settle``) in the background; never blocks the caller."""
-        self._finished.setdefault(record.receipt_id, asyncio.Event())
-        task = asyncio.create_task(self.settle(record), name=f"x402-settle-{record.receipt_id}")
+    def _spawn(self, work: Awaitable[object], name: str) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(work)
+        task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def settle(
-        self, record: PaymentRecord, *, max_attempts: int | None = None
-    ) -> PaymentRecord:
-        """Take ``record`` to a final state (or leave it ``to_settle`` after the retries)."""
-        event = self._finished.setdefault(record.receipt_id, asyncio.Event())
-        try:
-            with anyio.CancelScope(shield=True):
-                settled = await self._settle(record, max_attempts or self._max_attempts)
-            return settled  # noqa: RET504 - a CancelScope may swallow exceptions, says mypy
-        finally:
-            event.set()
-            self._finished.pop(record.receipt_id, None)
+    def ensure_sweeper(self) -> None:
+        """Start the sweeper in the running loop, once (it also recovers rows at startup)."""
+        loop = asyncio.get_running_loop()
+        if self._sweeper is None or self._sweeper.done() or self._sweeper_loop is not loop:
+            self._sweeper = loop.create_task(self._sweep_forever(), name="x402-settlement-sweeper")
+            self._sweeper_loop = loop
 
-    async def _settle(self, record: PaymentRecord, max_attempts: int) -> PaymentRecord:
-        if not record.amount:
-            return await self._save(record, state=LedgerState.NOT_CHARGED, amount=0)
-        backoff = self._first_backoff
-        last_attempt = record.attempts + max_attempts
-        for attempt in range(record.attempts + 1, last_attempt + 1):
-            started = time.perf_counter()
-            try:
-                result = await self._facilitator.settle(
-                    payload_of(record), settle_requirements_of(record)
-                )
-            except FacilitatorUnavailableError as exc:
-                record = await self._save(record, attempts=attempt, error=str(exc))
-            else:
-                record = await self._outcome(record, result, attempt)
-                if record.state.is_final:
-                    logger.info(
-                        "settlement %s %s amount=%s tx=%s in %.0f ms",
-                        record.receipt_id,
-                        record.state.value,
-                        record.amount,
-                        record.transaction,
-                        (time.perf_counter() - started) * 1000,
-                    )
-                    return record
-            if attempt == last_attempt:
-                break
-            await anyio.sleep(backoff * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
-            backoff = min(backoff * 2, self._max_backoff)
-        logger.warning(
-            "settlement %s still pending after retries: %s", record.receipt_id, record.error
-        )
-        return record
+    def expect(self, receipt_id: str) -> None:
+        """A payment is being served: ``wait`` callers may wait for it from now on."""
+        self._finished.setdefault(receipt_id, asyncio.Event())
 
-    async def _outcome(
-        self, record: PaymentRecord, result: SettleResponse, attempt: int
-    ) -> PaymentRecord:
-        if result.success:
-            return await self._save(
-                record,
-                state=LedgerState.SETTLED,
-                transaction=result.transaction or None,
-                attempts=attempt,
-                error=None,
-            )
-        reason = result.error_reason or "settlement_failed"
-        if reason == SETTLEMENT_PENDING:
-            # Broadcast but unconfirmed: retrying the same payload reconciles, never re-sends.
-            return await self._save(
-                record, attempts=attempt, error=reason, transaction=result.transaction or None
-            )
-        return await self._save(record, state=LedgerState.FAILED, attempts=attempt, error=reason)
-
-    async def _save(self, record: PaymentRecord, **changes: object) -> PaymentRecord:
-        updated = dataclasses.replace(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
-        await self._store.save(updated)
-        return updated
+    def submit(self, record: PaymentRecord) -> None:
+        """Settle ``record`` (``to_settle``, leased to us) in the background; never blocks."""
+        self.expect(record.receipt_id)
+        self._spawn(self.settle(record), f"x402-settle-{record.receipt_id}")
 
     async def wait(self, receipt_id: str, seconds: float) -> None:
-        """Wait until an in-flight settlement in this process finishes, at most ``seconds``."""
+        """Wait until a settlement in flight in this process finishes, at most ``seconds``."""
         event = self._finished.get(receipt_id)
         if event is not None:
             with anyio.move_on_after(seconds):
                 await event.wait()
 
     async def drain(self) -> None:
-        """Wait for every settlement in flight (at shutdown, and in tests)."""
+        """Wait for every settlement job in flight (at shutdown, and in tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        await self.drain()
+
+    # -- one payment -------------------------------------------------------------------
+
+    async def settle(self, record: PaymentRecord, *, attempts: int | None = None) -> PaymentRecord:
+        """Up to ``attempts`` tries now (default: the policy's inline attempts), then hand over.
+
+        Returns the row as it was left: final, or ``to_settle`` with ``next_attempt_at``.
+        """
+        event = self._finished.setdefault(record.receipt_id, asyncio.Event())
+        final = True
+        try:
+            with anyio.CancelScope(shield=True):
+                result = await self._settle(record, attempts or self.retry.inline_attempts)
+            final = result.state.is_final
+            return result
+        finally:
+            if final:  # waiters want an outcome; a row handed to the sweeper has none yet
+                event.set()
+                self._finished.pop(record.receipt_id, None)
+
+    async def _settle(self, record: PaymentRecord, attempts: int) -> PaymentRecord:
+        for attempt in range(attempts):
+            record = await self._attempt(record)
+            if record.state.is_final:
+                await self._run_hook(record)
+                return record
+            if attempt + 1 < attempts:
+                await anyio.sleep(max(record.next_attempt_at - time.time(), 0))
+        # Left for the sweeper: give the lease up so any worker can continue when due.
+        return await self._save(record, lease_owner=None, lease_until=0.0)
+
+    async def _attempt(self, record: PaymentRecord) -> PaymentRecord:
+        if not record.amount:
+            return await self._save(
+                record, state=LedgerState.NOT_CHARGED, amount=0, lease_owner=None, lease_until=0.0
+            )
+        attempt = record.attempts + 1
+        started = time.perf_counter()
+        try:
+            result = await self._facilitator.settle(
+                payload_of(record), settle_requirements_of(record)
+            )
+        except FacilitatorUnavailableError as exc:
+            return await self._later(record, attempt, str(exc), None)
+        if result.success:
+            logger.info(
+                "settled %s amount=%s tx=%s in %.0f ms",
+                record.receipt_id,
+                record.amount,
+                result.transaction,
+                (time.perf_counter() - started) * 1000,
+            )
+            return await self._save(
+                record,
+                state=LedgerState.SETTLED,
+                transaction=result.transaction or None,
+                attempts=attempt,
+                error=None,
+                lease_owner=None,
+                lease_until=0.0,
+            )
+        reason = result.error_reason or "settlement_failed"
+        if reason == SETTLEMENT_PENDING:
+            return await self._later(record, attempt, reason, result.transaction or None)
+        if record.error is not None:
+            # An earlier attempt may have reached the chain (a timeout, a pending result):
+            # keep that in the reason so an operator knows to look at the transaction log.
+            reason = f"{reason} (after: {record.error})"
+        logger.warning("settlement %s refused: %s", record.receipt_id, reason)
+        return await self._save(
+            record,
+            state=LedgerState.FAILED,
+            attempts=attempt,
+            error=reason,
+            lease_owner=None,
+            lease_until=0.0,
+        )
+
+    async def _later(
+        self, record: PaymentRecord, attempt: int, error: str, transaction: str | None
+    ) -> PaymentRecord:
+        logger.warning("settlement %s attempt %d: %s", record.receipt_id, attempt, error)
+        return await self._save(
+            record,
+            attempts=attempt,
+            error=error,
+            transaction=transaction or record.transaction,
+            next_attempt_at=time.time() + self.retry.delay(attempt),
+        )
+
+    async def _save(self, record: PaymentRecord, **changes: object) -> PaymentRecord:
+        updated = dataclasses.replace(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        await self._store.save(updated)
+        return updated
+
+    async def _run_hook(self, record: PaymentRecord) -> None:
+        hook = self._on_settled if record.state is LedgerState.SETTLED else None
+        if record.state is LedgerState.FAILED:
+            hook = self._on_failed
+        if hook is None:
+            return
+        try:
+            outcome = hook(record)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            logger.exception("settlement hook failed for %s", record.receipt_id)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Settle every row that is due now; returns how many were taken up."""
+        now = time.time()
+        taken = 0
+        for row in await self._store.due(now):
+            claimed = await self._store.claim(
+                row.receipt_id, self.owner, now + self.retry.lease_seconds, now
+            )
+            if claimed is None:
+                continue  # another worker got there first
+            if claimed.state is LedgerState.VERIFIED:
+                # Its server died mid-stream: charge what the last checkpoint says was served.
+                logger.warning(
+                    "recovering %s from its checkpoint: amount=%s",
+                    claimed.receipt_id,
+                    claimed.amount,
+                )
+                claimed = await self._save(
+                    claimed, state=LedgerState.TO_SETTLE, amount=claimed.amount or 0
+                )
+            taken += 1
+            self._spawn(self.settle(claimed, attempts=1), f"x402-sweep-{claimed.receipt_id}")
+        return taken
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # the store may be briefly unavailable: try again next round
+                logger.exception("settlement sweep failed")
+            await anyio.sleep(self.retry.sweep_every)
