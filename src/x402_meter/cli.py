@@ -1,4 +1,4 @@
-"""The ``x402-meter`` command: ``dev``, ``facilitator`` and ``demo``."""
+"""The ``x402-meter`` command: ``dev``, ``facilitator``, ``demo`` and ``ledger``."""
 
 from __future__ import annotations
 
@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="pay for tokens on the local stack, end to end")
     demo.set_defaults(handler=_cmd_demo)
+
+    from x402_meter import ledger_cli
+
+    ledger_cli.add_parser(commands)
     return parser
 
 

@@ -13,6 +13,7 @@ from x402_meter.assets import Asset, default_asset
 from x402_meter.errors import ConfigurationError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metering import MeterFactory, openai_chat_meter
+from x402_meter.metrics import MeterMetrics
 from x402_meter.pricing import PriceInput, Tariff, TokenPrice, as_token_price
 from x402_meter.protocol.headers import DEFAULT_MAX_HEADER_BYTES
 from x402_meter.protocol.offer import SCHEMES, PaymentTerms, Scheme
@@ -51,6 +52,7 @@ class MeterOptions(TypedDict, total=False):
     on_settled: SettlementHook | None
     on_settlement_failed: SettlementHook | None
     settlement_retry: RetryPolicy | None
+    metrics: MeterMetrics | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ class MeterConfig:
     on_settled: SettlementHook | None
     on_settlement_failed: SettlementHook | None
     settlement_retry: RetryPolicy
+    metrics: MeterMetrics | None
 
     @classmethod
     def create(
@@ -110,6 +113,7 @@ class MeterConfig:
         on_settled: SettlementHook | None = None,
         on_settlement_failed: SettlementHook | None = None,
         settlement_retry: RetryPolicy | None = None,
+        metrics: MeterMetrics | None = None,
     ) -> MeterConfig:
         if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
             raise ConfigurationError(
@@ -168,6 +172,7 @@ class MeterConfig:
             on_settled=on_settled,
             on_settlement_failed=on_settlement_failed,
             settlement_retry=settlement_retry or RetryPolicy(),
+            metrics=metrics,
         )
 
     def terms_for(self, spec: RouteSpec) -> PaymentTerms:

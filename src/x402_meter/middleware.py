@@ -184,6 +184,7 @@ class _PaidExchange:
             offer = await self.runtime.offer(self.spec)
         except FacilitatorUnavailableError as exc:
             logger.warning("facilitator unavailable: %s", exc)
+            self._count("unavailable")
             await send_unavailable(self.send, self.config.retry_after_seconds, str(exc))
             return
         header = _header(self.scope, _PAYMENT_HEADERS)
@@ -206,6 +207,7 @@ class _PaidExchange:
         except FacilitatorUnavailableError as exc:
             await self.runtime.store.release(authorization.key)  # it was never used
             logger.warning("facilitator unavailable during verify: %s", exc)
+            self._count("unavailable")
             await send_unavailable(self.send, self.config.retry_after_seconds, str(exc))
             return
         except BaseException:
@@ -218,7 +220,12 @@ class _PaidExchange:
             return
         await self._serve(offer, authorization)
 
+    def _count(self, outcome: str, reason: str | None = None) -> None:
+        if self.config.metrics is not None:
+            self.config.metrics.request(outcome, reason)
+
     async def _refuse(self, offer: Offer, reason: str, message: str, status: int) -> None:
+        self._count("challenged" if reason == "payment_required" else "refused", reason)
         await send_payment_required(
             self.send, offer, self.resource_url, reason=reason, message=message, status=status
         )
@@ -375,7 +382,11 @@ class _PaidExchange:
     # -- settlement ----------------------------------------------------------------------
 
     def _charged(self) -> PaymentRecord:
-        return self._counted(self.record, self._usage(), state=LedgerState.TO_SETTLE)
+        usage = self._usage()
+        self._count("served")
+        if self.config.metrics is not None:
+            self.config.metrics.tokens(usage.input_tokens, usage.output_tokens)
+        return self._counted(self.record, usage, state=LedgerState.TO_SETTLE)
 
     async def _hand_off_settlement(self) -> None:
         self.handed_off = True

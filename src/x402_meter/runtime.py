@@ -50,6 +50,7 @@ class MeterRuntime:
             retry=config.settlement_retry,
             on_settled=config.on_settled,
             on_settlement_failed=config.on_settlement_failed,
+            metrics=config.metrics,
         )
         self._offers: dict[RouteSpec, Offer] = {}
         self._offers_fetched_at = 0.0

@@ -37,6 +37,7 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
+from x402_meter.metrics import MeterMetrics
 from x402_meter.store import LedgerState, PaymentRecord, PaymentStore
 
 logger = logging.getLogger("x402_meter.settlement")
@@ -95,8 +96,11 @@ class Settler:
         retry: RetryPolicy | None = None,
         on_settled: SettlementHook | None = None,
         on_settlement_failed: SettlementHook | None = None,
+        metrics: MeterMetrics | None = None,
     ) -> None:
         self._facilitator = facilitator
+        self._metrics = metrics
+        self._started: dict[str, float] = {}
         self._store = store
         self.retry = retry or RetryPolicy()
         self.owner = worker_id()
@@ -159,11 +163,17 @@ class Settler:
         Returns the row as it was left: final, or ``to_settle`` with ``next_attempt_at``.
         """
         event = self._finished.setdefault(record.receipt_id, asyncio.Event())
+        if self._metrics is not None and record.receipt_id not in self._started:
+            self._metrics.settlement_started()
+            self._started[record.receipt_id] = time.monotonic()
         final = True
         try:
             with anyio.CancelScope(shield=True):
                 result = await self._settle(record, attempts or self.retry.inline_attempts)
             final = result.state.is_final
+            if final and self._metrics is not None:
+                started = self._started.pop(record.receipt_id, time.monotonic())
+                self._metrics.settlement_finished(result, time.monotonic() - started)
             return result
         finally:
             if final:  # waiters want an outcome; a row handed to the sweeper has none yet
@@ -260,9 +270,9 @@ class Settler:
 
     # -- recovery ----------------------------------------------------------------------
 
-    async def sweep(self) -> int:
-        """Settle every row that is due now; returns how many were taken up."""
-        now = time.time()
+    async def sweep(self, now: float | None = None) -> int:
+        """Settle every row that is due (at ``now``); returns how many were taken up."""
+        now = time.time() if now is None else now
         taken = 0
         for row in await self._store.due(now):
             claimed = await self._store.claim(

@@ -1,0 +1,150 @@
+"""``x402-meter ledger``: look into, retry and export the payment ledger of any store.
+
+x402-meter ledger --store sqlite:///x402-meter.sqlite3 list --state failed
+x402-meter ledger --store redis://127.0.0.1:6379/0 show <receipt id>
+x402-meter ledger --store ... retry <receipt id> --facilitator-url https://...
+x402-meter ledger --store ... export --format csv > payments.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TextIO
+
+import anyio
+
+from x402_meter.facilitator import FacilitatorClient
+from x402_meter.runtime import DEFAULT_STORE_URL, STORE_ENV
+from x402_meter.settlement import Settler
+from x402_meter.store import OPEN_STATES, LedgerState, PaymentRecord, PaymentStore, open_store
+
+EXPORT_FIELDS = [
+    field.name
+    for field in dataclasses.fields(PaymentRecord)
+    if field.name not in ("payload_json", "requirements_json", "lease_owner", "lease_until")
+]
+
+
+def add_parser(commands: Any) -> None:
+    ledger = commands.add_parser("ledger", help="list, show, retry and export recorded payments")
+    ledger.add_argument(
+        "--store",
+        default=None,
+        help=f"store URL (default: ${STORE_ENV}, else {DEFAULT_STORE_URL})",
+    )
+    actions = ledger.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="recent payments, newest first")
+    listing.add_argument("--state", action="append", choices=[s.value for s in LedgerState])
+    listing.add_argument("--limit", type=int, default=50)
+    show = actions.add_parser("show", help="one payment, every field, as JSON")
+    show.add_argument("receipt_id")
+    retry = actions.add_parser("retry", help="settle a failed or pending payment again, now")
+    retry.add_argument("receipt_id")
+    retry.add_argument("--facilitator-url", required=True)
+    export = actions.add_parser("export", help="every payment, as CSV or JSON lines")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument("--state", action="append", choices=[s.value for s in LedgerState])
+    ledger.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    url = args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE_URL
+    result: int = anyio.run(_dispatch, open_store(url), args)
+    return result
+
+
+async def _dispatch(store: PaymentStore, args: argparse.Namespace) -> int:
+    try:
+        states = [LedgerState(s) for s in args.state] if getattr(args, "state", None) else None
+        if args.action == "list":
+            return _print_table(await store.list(states, limit=args.limit), sys.stdout)
+        if args.action == "show":
+            return await _show(store, args.receipt_id)
+        if args.action == "retry":
+            return await _retry(store, args.receipt_id, args.facilitator_url)
+        return await _export(store, states, args.format, sys.stdout)
+    finally:
+        await store.aclose()
+
+
+def _print_table(rows: list[PaymentRecord], out: TextIO) -> int:
+    out.write(f"{'receipt':<26} {'state':<11} {'amount':>10} {'max':>10} {'payer':<42} created\n")
+    for row in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.created_at))
+        amount = "" if row.amount is None else str(row.amount)
+        note = row.transaction or row.error or ""
+        out.write(
+            f"{row.receipt_id:<26} {row.state.value:<11} {amount:>10} {row.max_amount:>10}"
+            f" {row.payer:<42} {created}  {note}\n"
+        )
+    return 0
+
+
+async def _show(store: PaymentStore, receipt_id: str) -> int:
+    row = await store.get(receipt_id)
+    if row is None:
+        print(f"no payment {receipt_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(dataclasses.asdict(row), indent=2, default=str))
+    return 0
+
+
+async def _retry(store: PaymentStore, receipt_id: str, facilitator_url: str) -> int:
+    row = await store.get(receipt_id)
+    if row is None:
+        print(f"no payment {receipt_id}", file=sys.stderr)
+        return 1
+    if row.state not in (LedgerState.FAILED, *OPEN_STATES):
+        print(f"payment {receipt_id} is {row.state.value}: nothing to retry", file=sys.stderr)
+        return 1
+    if row.state is LedgerState.FAILED:  # reopen it, keeping the history of attempts
+        row = dataclasses.replace(row, state=LedgerState.TO_SETTLE, next_attempt_at=0.0)
+        await store.save(row)
+    settler = Settler(FacilitatorClient(facilitator_url), store)
+    now = time.time()
+    claimed = await store.claim(receipt_id, settler.owner, now + settler.retry.lease_seconds, now)
+    if claimed is None:
+        print(f"payment {receipt_id} is being worked on by {row.lease_owner}", file=sys.stderr)
+        return 1
+    if claimed.state is LedgerState.VERIFIED:
+        claimed = dataclasses.replace(claimed, state=LedgerState.TO_SETTLE)
+    result = await settler.settle(claimed, attempts=1)
+    print(f"{receipt_id}: {result.state.value} {result.transaction or result.error or ''}".rstrip())
+    return 0 if result.state.is_final and result.state is not LedgerState.FAILED else 1
+
+
+async def _rows(
+    store: PaymentStore, states: list[LedgerState] | None
+) -> AsyncIterator[PaymentRecord]:
+    offset, page = 0, 500
+    while True:
+        rows = await store.list(states, limit=page, offset=offset)
+        for row in rows:
+            yield row
+        if len(rows) < page:
+            return
+        offset += page
+
+
+async def _export(
+    store: PaymentStore, states: list[LedgerState] | None, fmt: str, out: TextIO
+) -> int:
+    writer = csv.DictWriter(out, EXPORT_FIELDS) if fmt == "csv" else None
+    if writer is not None:
+        writer.writeheader()
+    async for row in _rows(store, states):
+        fields = {name: getattr(row, name) for name in EXPORT_FIELDS}
+        fields["state"] = row.state.value
+        if writer is not None:
+            writer.writerow(fields)
+        else:
+            out.write(json.dumps(fields) + "\n")
+    return 0
