@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import Any
 
 import anyio
@@ -21,7 +22,7 @@ from x402.http.utils import decode_payment_response_header
 from tests.apps import MAX_TOKENS, PRICE_ATOMIC, completion_json, meter_options, sse_body
 from tests.openai_stream import PIECES, sse_events
 from tests.sdk_payer import sdk_client
-from x402_meter import X402Meter
+from x402_meter import MemoryStore, X402Meter
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.asgi_server import serving
 from x402_meter.metering.openai_chat import estimate_tokens
@@ -33,11 +34,11 @@ class Calls:
     count = 0
 
 
-_COUNTED_APPS: dict[str, X402Meter] = {}
+_COUNTED_APPS: dict[str, tuple[X402Meter, MemoryStore]] = {}
 
 
-def counted_app(stack: LocalStack, calls: type[Calls]) -> X402Meter:
-    """One metered app per stack, reused by every hypothesis example."""
+def counted_app(stack: LocalStack, calls: type[Calls]) -> tuple[X402Meter, MemoryStore]:
+    """One metered app (and its store) per stack, reused by every hypothesis example."""
     if stack.facilitator_url not in _COUNTED_APPS:
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -45,9 +46,16 @@ def counted_app(stack: LocalStack, calls: type[Calls]) -> X402Meter:
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"served"})
 
-        _COUNTED_APPS[stack.facilitator_url] = X402Meter(app, **meter_options(stack))
+        store = MemoryStore()
+        meter = X402Meter(app, **meter_options(stack, store=store))
+        _COUNTED_APPS[stack.facilitator_url] = meter, store
     return _COUNTED_APPS[stack.facilitator_url]
 
+
+# At least 10,000 cases in CI; fewer while iterating locally.
+FUZZ_EXAMPLES = int(
+    os.environ.get("X402_FUZZ_EXAMPLES", "10000" if os.environ.get("CI") else "500")
+)
 
 header_values = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300),
@@ -78,26 +86,37 @@ header_values = st.one_of(
 )
 
 
+bodies = st.binary(max_size=300) | st.builds(
+    lambda value: json.dumps(value).encode(),
+    st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=4),
+)
+
+
 @pytest.mark.anyio
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(value=header_values, name=st.sampled_from(["PAYMENT-SIGNATURE", "X-PAYMENT"]))
-async def test_random_payment_headers_never_get_a_5xx_or_a_free_answer(
-    x402_local_stack: LocalStack, value: str, name: str
+@given(value=header_values, name=st.sampled_from(["PAYMENT-SIGNATURE", "X-PAYMENT"]), body=bodies)
+async def test_random_headers_and_bodies_never_get_a_5xx_a_free_answer_or_a_record(
+    x402_local_stack: LocalStack, value: str, name: str, body: bytes
 ) -> None:
     Calls.count = 0
-    transport = httpx.ASGITransport(app=counted_app(x402_local_stack, Calls))
+    app, store = counted_app(x402_local_stack, Calls)
+    transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://meter.test") as client:
-        response = await client.post("/v1/chat/completions", json=CHAT, headers={name: value})
+        response = await client.post("/v1/chat/completions", content=body, headers={name: value})
     assert response.status_code in (400, 402), response.text
     assert response.json()["reason"]
     assert Calls.count == 0
+    assert store.reserved_keys() == frozenset()
+    assert await store.list() == []
 
 
 @pytest.mark.anyio
 async def test_an_oversized_header_is_refused_with_its_reason(x402_local_stack: LocalStack) -> None:
-    transport = httpx.ASGITransport(app=counted_app(x402_local_stack, Calls))
+    transport = httpx.ASGITransport(app=counted_app(x402_local_stack, Calls)[0])
     async with httpx.AsyncClient(transport=transport, base_url="http://meter.test") as client:
         response = await client.post(
             "/v1/chat/completions", headers={"PAYMENT-SIGNATURE": "A" * 9000}

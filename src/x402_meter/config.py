@@ -53,6 +53,7 @@ class MeterOptions(TypedDict, total=False):
     on_settlement_failed: SettlementHook | None
     settlement_retry: RetryPolicy | None
     metrics: MeterMetrics | None
+    checkpoint_every: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,8 @@ class MeterConfig:
     on_settlement_failed: SettlementHook | None
     settlement_retry: RetryPolicy
     metrics: MeterMetrics | None
+    checkpoint_every: float
+    """Seconds between checkpoints of a stream's running count (0: before every chunk)."""
 
     @classmethod
     def create(
@@ -114,6 +117,7 @@ class MeterConfig:
         on_settlement_failed: SettlementHook | None = None,
         settlement_retry: RetryPolicy | None = None,
         metrics: MeterMetrics | None = None,
+        checkpoint_every: float = 2.0,
     ) -> MeterConfig:
         if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
             raise ConfigurationError(
@@ -137,6 +141,10 @@ class MeterConfig:
         if not (receipts_path.startswith("/") and receipts_path.endswith("/")):
             raise ConfigurationError(
                 f"receipts_path must start and end with '/', got {receipts_path!r}"
+            )
+        if checkpoint_every < 0:
+            raise ConfigurationError(
+                f"checkpoint_every must be >= 0 seconds, got {checkpoint_every!r}"
             )
         if isinstance(routes, str):
             raise ConfigurationError("routes must be a list of patterns, not a single string")
@@ -173,6 +181,7 @@ class MeterConfig:
             on_settlement_failed=on_settlement_failed,
             settlement_retry=settlement_retry or RetryPolicy(),
             metrics=metrics,
+            checkpoint_every=checkpoint_every,
         )
 
     def terms_for(self, spec: RouteSpec) -> PaymentTerms:

@@ -58,6 +58,7 @@ _STREAMING_TYPES: Final = frozenset(
 )
 _RECEIPT_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _MAX_RECEIPT_WAIT: Final = 30.0
+_RECEIPT_POLL: Final = 0.5
 MAX_METERED_REQUEST_BODY: Final = 1024 * 1024
 """How much of a request body meters get to see (to count a prompt): the first MiB."""
 
@@ -114,9 +115,11 @@ class X402Meter:
         if record is None:
             await send_json(send, 404, {"reason": "receipt_not_found", "error": "no such receipt"})
             return
-        wait = _wait_seconds(scope)
-        if wait and not record.state.is_final:
-            await self.runtime.settler.wait(receipt_id, wait)
+        deadline = time.monotonic() + _wait_seconds(scope)
+        while not record.state.is_final and (left := deadline - time.monotonic()) > 0:
+            # Woken at once by a settlement in this process; another worker's outcome is
+            # seen when the store is read again, twice a second.
+            await self.runtime.settler.wait(receipt_id, min(left, _RECEIPT_POLL))
             record = await store.get(receipt_id) or record
         await send_json(send, 200, receipt_body(record))
 
@@ -174,6 +177,7 @@ class _PaidExchange:
         self.request_body = bytearray()
         self.held: list[Message] | None = None
         self.handed_off = False
+        self.checkpointed_at = time.monotonic()
 
     @property
     def resource_url(self) -> str:
@@ -298,6 +302,9 @@ class _PaidExchange:
             body = message.get("body", b"")
             if body:
                 self._feed(body)
+                if time.monotonic() - self.checkpointed_at >= self.config.checkpoint_every:
+                    # Before the chunk goes out: what a client has received is on record.
+                    await self._checkpoint()
             if self.held is not None:
                 self.held.append(message)
                 if not message.get("more_body", False):
@@ -361,23 +368,28 @@ class _PaidExchange:
             **changes,
         )
 
+    async def _checkpoint(self) -> None:
+        """Record the running count and charge, and extend this server's lease on the row."""
+        usage = self._snapshot()
+        until = time.time() + self.runtime.settler.retry.lease_seconds
+        if usage is not None:
+            self.record = self._counted(self.record, usage, lease_until=until)
+        else:
+            self.record = dataclasses.replace(
+                self.record, lease_until=until, updated_at=time.time()
+            )
+        self.checkpointed_at = time.monotonic()
+        await self.runtime.store.save(self.record)
+
     async def _heartbeat(self) -> None:
-        """Keep the row leased while the answer runs, with a checkpoint of the count.
+        """Keep the row leased while the answer runs, even when no chunk moves.
 
         If this server dies, the lease runs out and another worker settles the row for its
-        last checkpoint: what had been served then (a little less than was served in all).
+        last checkpoint: what had been served then (never more than was served).
         """
-        lease = self.runtime.settler.retry.lease_seconds
         while True:
-            await anyio.sleep(lease / 3)
-            usage = self._snapshot()
-            until = time.time() + lease
-            self.record = (
-                self._counted(self.record, usage, lease_until=until)
-                if usage is not None
-                else dataclasses.replace(self.record, lease_until=until, updated_at=time.time())
-            )
-            await self.runtime.store.save(self.record)
+            await anyio.sleep(self.runtime.settler.retry.lease_seconds / 3)
+            await self._checkpoint()
 
     # -- settlement ----------------------------------------------------------------------
 

@@ -135,12 +135,19 @@ class Settler:
         self.expect(record.receipt_id)
         self._spawn(self.settle(record), f"x402-settle-{record.receipt_id}")
 
-    async def wait(self, receipt_id: str, seconds: float) -> None:
-        """Wait until a settlement in flight in this process finishes, at most ``seconds``."""
-        event = self._finished.get(receipt_id)
-        if event is not None:
-            with anyio.move_on_after(seconds):
-                await event.wait()
+    async def wait(self, receipt_id: str, seconds: float) -> bool:
+        """Wait, at most ``seconds``, for this process to take the payment to a final state.
+
+        Also catches a settlement that starts here meanwhile (the sweeper resuming the row).
+        Returns whether it finished here; another process may finish it too (read the store).
+        """
+        created = receipt_id not in self._finished
+        event = self._finished.setdefault(receipt_id, asyncio.Event())
+        with anyio.move_on_after(seconds):
+            await event.wait()
+        if created and not event.is_set() and self._finished.get(receipt_id) is event:
+            self._finished.pop(receipt_id, None)  # only this waiter wanted it: don't keep it
+        return event.is_set()
 
     async def drain(self) -> None:
         """Wait for every settlement job in flight (at shutdown, and in tests)."""

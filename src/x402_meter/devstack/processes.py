@@ -62,7 +62,9 @@ class ChildProcess:
         name: str,
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
+        merge_stderr: bool = False,
     ) -> None:
+        """``merge_stderr`` reads stderr as stdout (for programs that log there, like uvicorn)."""
         self.name = name
         self._log_path = log_path
         self._log: IO[bytes] | None = log_path.open("ab") if log_path else None
@@ -75,7 +77,7 @@ class ChildProcess:
             list(args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=self._log if self._log else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if merge_stderr else (self._log or subprocess.DEVNULL),
             env=dict(env) if env is not None else None,
             preexec_fn=_death_signal_hook(),
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not the children twice

@@ -63,7 +63,7 @@ class LocalStack:
 
 
 def start_facilitator_process(
-    *, rpc_url: str, network: str, private_key: str, log_path: Path | None = None
+    *, rpc_url: str, network: str, private_key: str, log_path: Path | None = None, port: int = 0
 ) -> ChildProcess:
     """``x402-meter facilitator`` in a child process; the key travels by environment."""
     env = {**os.environ, PRIVATE_KEY_ENV: private_key}
@@ -78,7 +78,7 @@ def start_facilitator_process(
             "--network",
             network,
             "--port",
-            "0",
+            str(port),
         ],
         name="facilitator",
         env=env,

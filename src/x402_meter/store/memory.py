@@ -34,6 +34,10 @@ class MemoryStore:
             self._reservations = {k: t for k, t in self._reservations.items() if t > now}
         return True
 
+    def reserved_keys(self) -> frozenset[str]:
+        """The keys held right now (for tests and debugging)."""
+        return frozenset(self._reservations)
+
     async def release(self, key: str) -> None:
         self._reservations.pop(key, None)
 

@@ -1,0 +1,92 @@
+"""Real processes for the fault-injection tests: uvicorn servers and a facilitator we can stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from x402_meter.devstack import LocalStack
+from x402_meter.devstack.accounts import dev_account
+from x402_meter.devstack.processes import ChildProcess
+from x402_meter.devstack.stack import start_facilitator_process, wait_for_facilitator
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: ChildProcess
+
+
+@contextmanager
+def uvicorn_server(
+    stack: LocalStack,
+    store_url: str,
+    log_path: Path,
+    *,
+    workers: int = 1,
+    facilitator_url: str | None = None,
+) -> Iterator[Server]:
+    """tests/fault_app.py in its own uvicorn process (or ``workers`` of them on one port)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "X402_TEST_STACK": json.dumps(stack.as_json_dict()),
+        "X402_TEST_STORE": store_url,
+    }
+    if facilitator_url:
+        env["X402_TEST_FACILITATOR_URL"] = facilitator_url
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "tests.fault_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if workers > 1:
+        args += ["--workers", str(workers)]
+    process = ChildProcess(args, name="uvicorn", env=env, log_path=log_path, merge_stderr=True)
+    started = 0
+
+    def all_started(line: str) -> bool:
+        nonlocal started
+        started += "Application startup complete" in line
+        return started >= workers
+
+    try:
+        process.wait_for_line(all_started, timeout=60)
+        yield Server(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.stop()
+
+
+@contextmanager
+def own_facilitator(stack: LocalStack, log_path: Path, port: int) -> Iterator[ChildProcess]:
+    """A second facilitator on ``port``, for tests that stop it. It signs with its own dev
+    account (9): two processes sending transactions from one account would race for nonces."""
+    process = start_facilitator_process(
+        rpc_url=stack.rpc_url,
+        network=stack.network,
+        private_key=dev_account(9).private_key,
+        log_path=log_path,
+        port=port,
+    )
+    try:
+        wait_for_facilitator(process)
+        yield process
+    finally:
+        process.stop()
