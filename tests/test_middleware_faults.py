@@ -25,7 +25,7 @@ from tests.sdk_payer import sdk_client
 from x402_meter import MemoryStore, X402Meter
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.asgi_server import serving
-from x402_meter.metering.openai_chat import estimate_tokens
+from x402_meter.metering import estimate_tokens
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -158,10 +158,14 @@ async def test_a_client_that_leaves_mid_stream_pays_for_what_it_was_sent(
                 path = response.headers["x-payment-receipt"]
         receipt = await receipt_of(client, base, path)
 
-    expected_tokens = estimate_tokens("".join(PIECES[:2]))
+    # The stream never reported usage: both sides are estimated with the tokenizer,
+    # the answer from what was forwarded, the prompt from the request body.
+    output_tokens = estimate_tokens("".join(PIECES[:2]))
+    expected_tokens = output_tokens + estimate_tokens("hi")
     assert receipt["status"] == "settled", receipt
     assert receipt["usage_source"] == "estimated"
-    assert receipt["output_tokens"] == expected_tokens
+    assert receipt["output_tokens"] == output_tokens
+    assert receipt["input_tokens"] == estimate_tokens("hi")
     assert receipt["amount"] == str(expected_tokens * PRICE_ATOMIC)
 
 
@@ -187,7 +191,10 @@ async def test_an_app_that_fails_mid_stream_charges_what_was_sent(
             with pytest.raises(httpx.RemoteProtocolError):  # the stream is cut, not completed
                 await response.aread()
         receipt = await receipt_of(client, base, path)
-    expected_tokens = estimate_tokens("".join(PIECES[:2]))
+    # The stream never reported usage: both sides are estimated with the tokenizer,
+    # the answer from what was forwarded, the prompt from the request body.
+    output_tokens = estimate_tokens("".join(PIECES[:2]))
+    expected_tokens = output_tokens + estimate_tokens("hi")
     assert (receipt["status"], receipt["amount"]) == (
         "settled",
         str(expected_tokens * PRICE_ATOMIC),

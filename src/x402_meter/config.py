@@ -12,7 +12,7 @@ from x402.http.constants import DEFAULT_FACILITATOR_URL
 from x402_meter.assets import Asset, default_asset
 from x402_meter.errors import ConfigurationError
 from x402_meter.facilitator import FacilitatorClient
-from x402_meter.metering import MeterFactory, openai_chat_meter
+from x402_meter.metering import MeterFactory, auto_meter
 from x402_meter.metrics import MeterMetrics
 from x402_meter.pricing import PriceInput, Tariff, TokenPrice, as_token_price
 from x402_meter.protocol.headers import DEFAULT_MAX_HEADER_BYTES
@@ -103,7 +103,7 @@ class MeterConfig:
         schemes: Sequence[Scheme] = ("upto",),
         max_timeout_seconds: int = 300,
         store: PaymentStore | str | None = None,
-        meter: MeterFactory = openai_chat_meter,
+        meter: MeterFactory = auto_meter,
         receipts_path: str = "/x402/receipts/",
         settle_before_response: bool = False,
         facilitator_headers: FacilitatorHeaders | None = None,

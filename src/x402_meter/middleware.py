@@ -30,7 +30,7 @@ from x402.schemas import SettleResponse
 
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import FacilitatorUnavailableError, PaymentAlreadyUsedError, PaymentError
-from x402_meter.metering import Meter, ResponseInfo, Usage
+from x402_meter.metering import Meter, ResponseInfo, Usage, get_tokenizer
 from x402_meter.protocol.checks import Authorization, check_payment
 from x402_meter.protocol.headers import (
     PAYMENT_RESPONSE,
@@ -101,6 +101,7 @@ class X402Meter:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.runtime.settler.ensure_sweeper()  # resumes what a previous run left
+                warm_up_tokenizer()
             elif message["type"] == "lifespan.shutdown":
                 with anyio.move_on_after(30):
                     await self.runtime.settler.aclose()
@@ -122,6 +123,19 @@ class X402Meter:
             await self.runtime.settler.wait(receipt_id, min(left, _RECEIPT_POLL))
             record = await store.get(receipt_id) or record
         await send_json(send, 200, receipt_body(record))
+
+
+def warm_up_tokenizer() -> None:
+    """Load the fallback tokenizer's vocabulary on a thread now, not in a request later."""
+    import threading
+
+    def load() -> None:
+        try:
+            get_tokenizer()
+        except Exception:  # the optional extra is missing: estimates use bytes / 4
+            logger.info("no offline tokenizer (pip install 'x402-meter[tokenizer]')")
+
+    threading.Thread(target=load, name="x402-tokenizer-warm-up", daemon=True).start()
 
 
 def _wait_seconds(scope: Scope) -> float:

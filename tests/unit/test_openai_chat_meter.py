@@ -11,16 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from x402_meter.metering.base import Meter, ResponseInfo, Usage
-from x402_meter.metering.openai_chat import (
-    OpenAIChatJSONMeter,
-    OpenAIChatStreamMeter,
-    estimate_tokens,
-    openai_chat_meter,
-)
+from x402_meter.metering import Meter, ResponseInfo, Usage, openai_chat_meter
+from x402_meter.metering.openai_chat import estimate_tokens
 
 PIECES = ("The ", "answer ", "is ", "forty", "-two", ".", " Ça va ✓")
 TEXT = "".join(PIECES)
+MODEL = "gpt-test"
 
 
 def usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
@@ -38,7 +34,7 @@ def chunk(delta: dict[str, Any], **extra: Any) -> bytes:
     body = {
         "id": "chatcmpl-1",
         "object": "chat.completion.chunk",
-        "model": "gpt-test",
+        "model": MODEL,
         "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
         "usage": None,
         **extra,
@@ -69,6 +65,18 @@ def completion(content: str = TEXT, body_usage: dict[str, Any] | None = None) ->
     return json.dumps(body).encode()
 
 
+def stream_meter() -> Meter:
+    return openai_chat_meter(ResponseInfo(200, "text/event-stream"))
+
+
+def json_meter() -> Meter:
+    return openai_chat_meter(ResponseInfo(200, "application/json"))
+
+
+def estimated(output: int, model: str | None = None) -> Usage:
+    return Usage(0, output, 0, "estimated", "estimated", model)
+
+
 def metered(meter: Meter, *chunks: bytes) -> Usage:
     for part in chunks:
         meter.feed(part)
@@ -82,11 +90,11 @@ def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
 
 def test_a_stream_reports_the_usage_of_its_final_chunk() -> None:
     body = stream(final_usage=usage(57, 116, cached=20))
-    assert metered(OpenAIChatStreamMeter(), body) == Usage(57, 116, 20, "reported")
+    assert metered(stream_meter(), body) == Usage(57, 116, 20, model=MODEL)
 
 
 def test_a_stream_usage_without_details_has_no_cached_tokens() -> None:
-    assert metered(OpenAIChatStreamMeter(), stream(final_usage=usage(5, 7))) == Usage(5, 7, 0)
+    assert metered(stream_meter(), stream(final_usage=usage(5, 7))) == Usage(5, 7, 0, model=MODEL)
 
 
 @settings(max_examples=200)
@@ -101,13 +109,12 @@ def test_a_stream_reports_the_same_usage_for_any_chunking(
 ) -> None:
     body = stream(final_usage=usage(prompt, completion_tokens, cached))
     cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=40))
-    expected = Usage(prompt, completion_tokens, cached, "reported")
-    assert metered(OpenAIChatStreamMeter(), *split(body, cuts)) == expected
+    expected = Usage(prompt, completion_tokens, min(cached, prompt), model=MODEL)
+    assert metered(stream_meter(), *split(body, cuts)) == expected
 
 
 def test_a_stream_without_usage_is_estimated_from_the_forwarded_text() -> None:
-    expected = Usage(0, estimate_tokens(TEXT), 0, "estimated")
-    assert metered(OpenAIChatStreamMeter(), stream()) == expected
+    assert metered(stream_meter(), stream()) == estimated(estimate_tokens(TEXT), MODEL)
 
 
 @settings(max_examples=200)
@@ -120,16 +127,14 @@ def test_a_stream_without_usage_is_estimated_for_any_chunking(
 ) -> None:
     body = stream(pieces)
     cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=40))
-    expected = Usage(0, estimate_tokens("".join(pieces)), 0, "estimated")
-    assert metered(OpenAIChatStreamMeter(), *split(body, cuts)) == expected
+    expected = estimated(estimate_tokens("".join(pieces)), MODEL)
+    assert metered(stream_meter(), *split(body, cuts)) == expected
 
 
 def test_a_stream_cut_short_is_estimated_from_the_events_that_arrived() -> None:
     body = stream(final_usage=usage(57, 116))
     cut = body.index(b'"usage": {')  # the usage chunk never completes
-    assert metered(OpenAIChatStreamMeter(), body[:cut]) == Usage(
-        0, estimate_tokens(TEXT), 0, "estimated"
-    )
+    assert metered(stream_meter(), body[:cut]) == estimated(estimate_tokens(TEXT), MODEL)
 
 
 def test_a_stream_with_odd_events_only_counts_chat_chunks() -> None:
@@ -144,29 +149,27 @@ def test_a_stream_with_odd_events_only_counts_chat_chunks() -> None:
         + b"data: " + b"[" * 5000 + b"\n\n"
         + b"data: [DONE]\n\n"
     )  # fmt: skip
-    assert metered(OpenAIChatStreamMeter(), body) == Usage(0, 2, 0, "estimated")
+    assert metered(stream_meter(), body) == estimated(estimate_tokens("abcdefgh"), MODEL)
 
 
 def test_the_json_meter_reads_usage() -> None:
     body = completion(body_usage=usage(57, 116, cached=20))
-    assert metered(OpenAIChatJSONMeter(), body) == Usage(57, 116, 20, "reported")
+    assert metered(json_meter(), body) == Usage(57, 116, 20)
 
 
 def test_the_json_meter_reads_usage_for_any_chunking() -> None:
     body = completion(body_usage=usage(57, 116, cached=20))
     for cut in range(len(body)):
-        assert metered(OpenAIChatJSONMeter(), body[:cut], body[cut:]) == Usage(57, 116, 20)
+        assert metered(json_meter(), body[:cut], body[cut:]) == Usage(57, 116, 20)
 
 
 def test_the_json_meter_ignores_ill_typed_cached_tokens() -> None:
     body = completion(body_usage={**usage(5, 7), "prompt_tokens_details": {"cached_tokens": "3"}})
-    assert metered(OpenAIChatJSONMeter(), body) == Usage(5, 7, 0)
+    assert metered(json_meter(), body) == Usage(5, 7, 0)
 
 
 def test_the_json_meter_without_usage_estimates_from_the_message() -> None:
-    assert metered(OpenAIChatJSONMeter(), completion()) == Usage(
-        0, estimate_tokens(TEXT), 0, "estimated"
-    )
+    assert metered(json_meter(), completion()) == estimated(estimate_tokens(TEXT))
 
 
 @pytest.mark.parametrize(
@@ -184,36 +187,34 @@ def test_the_json_meter_without_usage_estimates_from_the_message() -> None:
     ],
 )
 def test_a_json_body_without_readable_usage_is_estimated_never_raised(body: bytes) -> None:
-    assert metered(OpenAIChatJSONMeter(), body).source == "estimated"
+    assert metered(json_meter(), body).source == "estimated"
 
 
 def test_a_truncated_json_body_is_estimated() -> None:
     body = completion(body_usage=usage(57, 116))
-    assert metered(OpenAIChatJSONMeter(), body[:-10]) == Usage(0, 0, 0, "estimated")
+    assert metered(json_meter(), body[:-10]) == estimated(0)
 
 
 @settings(max_examples=300)
 @given(body=st.binary(max_size=300))
 def test_the_meters_never_raise_on_arbitrary_bytes(body: bytes) -> None:
-    for meter in (OpenAIChatJSONMeter(), OpenAIChatStreamMeter()):
+    for meter in (json_meter(), stream_meter()):
         assert metered(meter, body, body).source in ("reported", "estimated")
 
 
 @pytest.mark.parametrize(
-    ("content_type", "meter_type"),
+    ("content_type", "body"),
     [
-        ("text/event-stream", OpenAIChatStreamMeter),
-        ("application/json", OpenAIChatJSONMeter),
-        ("application/problem+json", OpenAIChatJSONMeter),
+        ("text/event-stream", stream(final_usage=usage(5, 7))),
+        ("application/json", completion(body_usage=usage(5, 7))),
+        ("application/problem+json", completion(body_usage=usage(5, 7))),
     ],
 )
-def test_the_factory_picks_the_meter_by_content_type(
-    content_type: str, meter_type: type[Meter]
-) -> None:
-    assert isinstance(openai_chat_meter(ResponseInfo(200, content_type)), meter_type)
+def test_the_factory_reads_sse_and_json_bodies(content_type: str, body: bytes) -> None:
+    usage = metered(openai_chat_meter(ResponseInfo(200, content_type)), body)
+    assert (usage.input_tokens, usage.output_tokens, usage.source) == (5, 7, "reported")
 
 
 def test_other_content_is_estimated_from_its_size() -> None:
-    meter = openai_chat_meter(ResponseInfo(200, "text/plain"))
-    assert not isinstance(meter, OpenAIChatStreamMeter | OpenAIChatJSONMeter)
-    assert metered(meter, b"x" * 9, b"y" * 3) == Usage(0, 3, 0, "estimated")
+    meter = openai_chat_meter(ResponseInfo(200, "application/octet-stream"))
+    assert metered(meter, b"x" * 9, b"y" * 3) == estimated(3)

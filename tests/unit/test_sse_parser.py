@@ -158,6 +158,40 @@ def test_invalid_utf8_is_replaced_not_raised() -> None:
     assert parse(b"data: a\xffb\n\n") == [SSEEvent("a\ufffdb")]
 
 
+def test_an_event_over_the_bound_is_dropped_and_the_next_kept() -> None:
+    parser = SSEParser(max_event_size=10)
+    events = parser.feed(b"data: 12345\ndata: 67890\ndata: x\n\ndata: ok\n\n")
+    assert events == [SSEEvent("ok")]
+    assert parser.dropped > 0
+
+
+@pytest.mark.parametrize("end", LINE_ENDS)
+def test_a_line_over_the_bound_is_dropped_with_its_event(end: str) -> None:
+    parser = SSEParser(max_event_size=10)
+    long_line = b"data: " + b"x" * 30
+    events = [
+        *parser.feed(long_line[:20]),
+        *parser.feed(long_line[20:]),
+        *parser.feed(f"{end}data: y{end}{end}event: e{end}data: ok{end}{end}".encode()),
+        *parser.close(),
+    ]
+    assert events == [SSEEvent("ok", "e")]
+    assert parser.dropped >= 30
+
+
+@pytest.mark.parametrize(
+    ("rest", "kept"),
+    [
+        (b"\ndata: a\r\n\r\ndata: b\r\n\r\n", "b"),  # CRLF: "a" is in the dropped event
+        (b"\rdata: a\r\r", "a"),  # CR, then a blank line: "a" is an event of its own
+    ],
+)
+def test_a_cr_ending_a_dropped_line_is_still_a_line_end(rest: bytes, kept: str) -> None:
+    parser = SSEParser(max_event_size=8)
+    events = [*parser.feed(b"data: xxxxxxxxxx\r"), *parser.feed(rest), *parser.close()]
+    assert events == [SSEEvent(kept)]
+
+
 # --- properties ------------------------------------------------------------------------------
 
 FIELD_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\r\n\x00"), max_size=12)
@@ -260,3 +294,22 @@ def test_any_chunking_of_field_like_text_gives_the_same_events(
     stream = "".join(pieces).encode()
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=len(stream)))
     assert parse(*split(stream, cuts)) == parse(stream)
+
+
+@settings(max_examples=300)
+@given(
+    data=st.data(),
+    pieces=st.lists(st.sampled_from(["data: ", "event: ", ":", "xxxx", "é", "\r", "\n", "\n\n"])),
+    bound=st.integers(1, 12),
+)
+def test_any_chunking_gives_the_same_events_under_a_size_bound(
+    data: st.DataObject, pieces: list[str], bound: int
+) -> None:
+    stream = "".join(pieces).encode()
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=len(stream)))
+
+    def bounded(*chunks: bytes) -> list[SSEEvent]:
+        parser = SSEParser(max_event_size=bound)
+        return [event for chunk in chunks for event in parser.feed(chunk)] + parser.close()
+
+    assert bounded(*split(stream, cuts)) == bounded(stream)

@@ -7,16 +7,30 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 UsageSource = Literal["reported", "estimated"]
+"""``reported``: the provider's own count; ``estimated``: counted here from the text."""
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens one response used. ``source`` says whether the provider reported them."""
+    """Tokens one response used, each side marked with where its count came from."""
 
     input_tokens: int = 0
+    """All prompt tokens, cached ones included."""
     output_tokens: int = 0
+    """All generated tokens, reasoning ("thinking") tokens included."""
     cached_input_tokens: int = 0
-    source: UsageSource = "reported"
+    """The part of ``input_tokens`` read from a prompt cache."""
+    input_source: UsageSource = "reported"
+    output_source: UsageSource = "reported"
+    model: str | None = None
+    """The model as the response names it, when it does."""
+
+    @property
+    def source(self) -> UsageSource:
+        """``reported`` only if both sides were reported by the provider."""
+        if self.input_source == "reported" and self.output_source == "reported":
+            return "reported"
+        return "estimated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +41,10 @@ class ResponseInfo:
     content_type: str
     """Lower-cased media type without parameters, e.g. ``text/event-stream``."""
     content_encoding: str | None = None
+    """The response's ``Content-Encoding`` (lower-cased) if the app compressed it."""
+    request_body: bytes = b""
+    """The request body as the app received it (may be truncated; ``b""`` if none)."""
+    request_path: str = ""
 
 
 class Meter(Protocol):

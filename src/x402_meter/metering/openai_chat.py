@@ -1,153 +1,100 @@
-"""OpenAI-compatible Chat Completions: ``usage`` from JSON bodies and from SSE streams.
+"""OpenAI Chat Completions, and every server that speaks it (vLLM, llama.cpp, Ollama's
+``/v1``, LiteLLM ...): ``usage`` in JSON bodies and in SSE streams.
 
-Streams report usage in their final chunk when the request set
-``stream_options.include_usage``. Without it, or when a stream is cut short, the count is
-estimated from the text that was forwarded (``source="estimated"``).
+- JSON (``object: chat.completion``, or ``text_completion`` for legacy completions): ``usage``
+  with ``prompt_tokens`` (cached ones included, ``prompt_tokens_details.cached_tokens`` of
+  them from the cache) and ``completion_tokens`` (``completion_tokens_details
+  .reasoning_tokens`` included).
+- Streams (``chat.completion.chunk``) report usage when the request set
+  ``stream_options.include_usage``: in a final chunk with no choices, ``"usage": null`` in the
+  others. vLLM and llama.cpp with ``stream_options.continuous_usage_stats`` put the running
+  totals in every chunk: the last one wins.
+
+Without a report (no ``include_usage``, or a stream cut short) the output is estimated from
+the text of the chunks that were forwarded, and the input from the request.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any, Final
+from collections.abc import Iterator
+from typing import Any
 
-from x402_meter.metering.base import Meter, ResponseInfo, Usage
-from x402_meter.metering.sse import SSEParser
+from x402_meter.metering.base import Meter, ResponseInfo
+from x402_meter.metering.extractor import (
+    UsageExtractor,
+    compact_json,
+    count,
+    dicts,
+    field,
+    strings,
+)
+from x402_meter.metering.meter import BodyMeter
+from x402_meter.metering.tokenizer import DEFAULT_ENCODING, estimate_tokens
 
-MAX_JSON_BODY: Final = 16 * 1024 * 1024
-"""A JSON body larger than this is not parsed for usage (the count falls back to estimation)."""
+__all__ = ["OpenAIChatUsage", "estimate_tokens", "openai_chat_meter"]
 
-_BYTES_PER_TOKEN: Final = 4
-"""Provisional estimator: about four bytes of English text per token."""
-
-
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text.encode("utf-8")) / _BYTES_PER_TOKEN)
-
-
-def _usage_from(body: Any) -> Usage | None:
-    if not isinstance(body, dict):
-        return None
-    usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(
-        max(prompt, 0), max(completion, 0), cached if isinstance(cached, int) and cached > 0 else 0
-    )
+OBJECTS = frozenset({"chat.completion", "chat.completion.chunk", "text_completion"})
 
 
-def _content_of(choices: Any, key: str) -> str:
-    if not isinstance(choices, list):
-        return ""
-    parts = []
-    for choice in choices:
-        message = choice.get(key) if isinstance(choice, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-    return "".join(parts)
+class OpenAIChatUsage(UsageExtractor):
+    provider = "openai_chat"
+    markers = ('"prompt_tokens"',)
+    cumulative = True
 
+    @staticmethod
+    def recognises(event: dict[str, Any]) -> bool:
+        return event.get("object") in OBJECTS or isinstance(event.get("choices"), list)
 
-class OpenAIChatStreamMeter:
-    """``text/event-stream`` chat completion chunks.
-
-    Only events that can carry a count (they contain ``"prompt_tokens"``) are JSON-decoded
-    as they pass; the others are kept as text and decoded at the end, and only if no usage
-    arrived and the count must be estimated from what was forwarded.
-    """
-
-    def __init__(self) -> None:
-        self._parser = SSEParser()
-        self._usage: Usage | None = None
-        self._unread: list[str] = []
-        self._unread_size = 0
-
-    def feed(self, chunk: bytes) -> None:
-        for event in self._parser.feed(chunk):
-            self._event(event.data)
-
-    def _event(self, data: str) -> None:
-        if '"prompt_tokens"' in data:
-            try:
-                usage = _usage_from(json.loads(data))
-            except (ValueError, RecursionError):  # RecursionError: nested too deep
-                usage = None
-            if usage is not None:
-                self._usage = usage
-                return
-        if self._usage is None and self._unread_size < MAX_JSON_BODY:
-            self._unread.append(data)
-            self._unread_size += len(data)
-
-    def _forwarded_text(self) -> str:
-        parts = []
-        for data in self._unread:
-            try:
-                body = json.loads(data)
-            except (ValueError, RecursionError):  # RecursionError: nested too deep
-                continue
-            if isinstance(body, dict):
-                parts.append(_content_of(body.get("choices"), "delta"))
-        return "".join(parts)
-
-    def finish(self) -> Usage:
-        for event in self._parser.close():
-            self._event(event.data)
-        if self._usage is not None:
-            return self._usage
-        return Usage(0, estimate_tokens(self._forwarded_text()), source="estimated")
-
-
-class OpenAIChatJSONMeter:
-    """``application/json`` chat completions: usage is read once the body is complete."""
-
-    def __init__(self) -> None:
-        self._body = bytearray()
-        self._overflow = False
-
-    def feed(self, chunk: bytes) -> None:
-        if self._overflow:
+    def read(self, event: Any) -> None:
+        usage = field(event, "usage")
+        if not isinstance(usage, dict):
             return
-        self._body += chunk
-        if len(self._body) > MAX_JSON_BODY:
-            self._overflow = True
-            self._body.clear()
+        prompt = count(usage.get("prompt_tokens"))
+        completion = count(usage.get("completion_tokens"))
+        if prompt is None or completion is None:
+            return  # not a usage report this meter can trust
+        self.input_tokens = prompt
+        self.output_tokens = completion
+        self.cached_input_tokens = (
+            count(field(usage, "prompt_tokens_details", "cached_tokens")) or 0
+        )
+        self.read_model(event)
 
-    def finish(self) -> Usage:
-        try:
-            body = json.loads(self._body) if not self._overflow else None
-        except (ValueError, RecursionError):  # RecursionError: nested too deep
-            body = None
-        usage = _usage_from(body)
-        if usage is not None:
-            return usage
-        text = _content_of(body.get("choices"), "message") if isinstance(body, dict) else ""
-        return Usage(0, estimate_tokens(text), source="estimated")
+    def read_model(self, event: Any) -> None:
+        model = field(event, "model")
+        if isinstance(model, str) and model:
+            self.model = model
 
-
-class _NoUsageMeter:
-    """Bodies of unknown shape: nothing to count but the bytes themselves."""
-
-    def __init__(self) -> None:
-        self._size = 0
-
-    def feed(self, chunk: bytes) -> None:
-        self._size += len(chunk)
-
-    def finish(self) -> Usage:
-        return Usage(0, math.ceil(self._size / _BYTES_PER_TOKEN), source="estimated")
+    def texts(self, event: Any) -> Iterator[str]:
+        for choice in dicts(field(event, "choices")):
+            yield from strings(choice.get("text"))  # legacy completions
+            for key in ("delta", "message"):
+                message = choice.get(key)
+                if isinstance(message, dict):
+                    yield from _message_texts(message)
 
 
-def openai_chat_meter(response: ResponseInfo) -> Meter:
-    """The default meter factory: OpenAI-compatible chat completions by content type."""
-    if response.content_type == "text/event-stream":
-        return OpenAIChatStreamMeter()
-    if response.content_type == "application/json" or response.content_type.endswith("+json"):
-        return OpenAIChatJSONMeter()
-    return _NoUsageMeter()
+def _message_texts(message: dict[str, Any]) -> Iterator[str]:
+    # reasoning_content: vLLM, DeepSeek, llama.cpp; reasoning: OpenRouter, Ollama's /v1.
+    yield from strings(
+        message.get("reasoning_content"),
+        message.get("reasoning"),
+        message.get("content"),
+        message.get("refusal"),
+    )
+    for call in dicts(message.get("tool_calls")):
+        function = call.get("function")
+        if isinstance(function, dict):
+            arguments = function.get("arguments")
+            yield from strings(
+                function.get("name"),
+                arguments if isinstance(arguments, str) else compact_json(arguments),
+            )
+
+
+def openai_chat_meter(response: ResponseInfo, *, encoding: str = DEFAULT_ENCODING) -> Meter:
+    """A meter that reads every body as OpenAI Chat Completions (the 0.1 default).
+
+    :func:`~x402_meter.metering.auto_meter` recognises this format and the others by itself.
+    """
+    return BodyMeter(response, extractor=OpenAIChatUsage(), encoding=encoding)

@@ -1,6 +1,8 @@
 """An incremental Server-Sent Events parser (WHATWG HTML, "event stream interpretation").
 
 Fed arbitrary byte chunks: a UTF-8 character, a CRLF or a whole event may be split anywhere.
+Memory is bounded: a line or an event longer than ``max_event_size`` characters is dropped
+(and its size added to ``dropped``) instead of being buffered.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from dataclasses import dataclass
 from typing import Final
 
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
+_ANY_LINE_END: Final = re.compile(r"[\r\n]")
+
+MAX_EVENT_SIZE: Final = 16 * 1024 * 1024
+"""The default bound, in characters, of one line and of one event's data."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,28 +27,67 @@ class SSEEvent:
 
 
 class SSEParser:
-    def __init__(self) -> None:
+    def __init__(self, max_event_size: int = MAX_EVENT_SIZE) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._max = max_event_size
         self._buffer = ""
         self._started = False
         self._data: list[str] = []
+        self._size = 0
         self._event = ""
         self._id: str | None = None
+        self._skipping_line = False
+        self._oversized = False
+        self.dropped = 0
+        """Characters dropped because a line or an event was over the bound."""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         text = self._decoder.decode(chunk)
         if not self._started and text:
             self._started = True
             text = text.removeprefix("\ufeff")
-        return self._lines(self._buffer + text)
+        if self._skipping_line:
+            text = self._skip(text)
+        events = self._lines(self._buffer + text)
+        if len(self._buffer) > self._max:
+            self._drop_long_line()
+        return events
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a final unterminated line is processed, an undispatched event dropped."""
-        rest = self._buffer + self._decoder.decode(b"", final=True)
+        rest = self._decoder.decode(b"", final=True)
+        if self._skipping_line:
+            rest = self._skip(rest)
+        rest = self._buffer + rest
         self._buffer = ""
         events = self._lines(rest + "\n") if rest else []
         self._data.clear()
+        self._size = 0
         return events
+
+    def _drop_long_line(self) -> None:
+        """A line over the bound, its end not in sight: drop it and the event it belongs to."""
+        ended = self._buffer.endswith("\r")  # a line end, or the CR of a CRLF
+        if ended and len(self._buffer) - 1 <= self._max:
+            return
+        self.dropped += len(self._buffer)
+        self._oversized = True
+        self._data.clear()
+        if ended:
+            self._buffer = ":\r"  # a comment line stands in for it; the CR is kept
+        else:
+            self._buffer = ""
+            self._skipping_line = True
+
+    def _skip(self, text: str) -> str:
+        """The rest of an over-long line is dropped up to its line end, which is kept."""
+        end = _ANY_LINE_END.search(text)
+        if end is None:
+            self.dropped += len(text)
+            return ""
+        self._skipping_line = False
+        self.dropped += end.start()
+        return ":" + text[end.start() :]  # a comment line stands in for the dropped one
 
     def _lines(self, text: str) -> list[SSEEvent]:
         events: list[SSEEvent] = []
@@ -64,10 +109,17 @@ class SSEParser:
 
     def _line(self, line: str, events: list[SSEEvent]) -> None:
         if not line:
-            if self._data:
+            if self._data and not self._oversized:
                 events.append(SSEEvent("\n".join(self._data), self._event or "message", self._id))
             self._data.clear()
+            self._size = 0
+            self._oversized = False
             self._event = ""
+            return
+        if len(line) > self._max:  # the same bound as for a line still being received
+            self.dropped += len(line)
+            self._oversized = True
+            self._data.clear()
             return
         if line.startswith(":"):
             return
@@ -75,7 +127,15 @@ class SSEParser:
         if colon and value.startswith(" "):
             value = value[1:]
         if name == "data":
+            if self._oversized:
+                self.dropped += len(value)
+                return
             self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > self._max:
+                self.dropped += self._size
+                self._data.clear()
+                self._oversized = True
         elif name == "event":
             self._event = value
         elif name == "id" and "\0" not in value:

@@ -1,0 +1,286 @@
+"""The meter: an encoded body in, a :class:`Usage` out.
+
+bytes -> (inflate, if the app compressed) -> events (SSE, NDJSON, JSON values or plain text,
+by content type) -> a provider's usage extractor (fixed, or recognised from the first events)
+-> at the end, the provider's counts, or estimates for the side it did not report: the output
+from the text the events carried, the input from the request body.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Literal, Protocol
+
+from x402_meter.metering.base import ResponseInfo, Usage, UsageSource
+from x402_meter.metering.decompress import SUPPORTED_ENCODINGS, Decompressor
+from x402_meter.metering.extractor import (
+    PlainText,
+    UnknownFormat,
+    UsageExtractor,
+    decode,
+)
+from x402_meter.metering.json_values import JSONValuesReader
+from x402_meter.metering.ndjson import NDJSONReader
+from x402_meter.metering.prompt import prompt_text
+from x402_meter.metering.sse import SSEParser
+from x402_meter.metering.tokenizer import (
+    BYTES_PER_TOKEN,
+    DEFAULT_ENCODING,
+    ENCODINGS,
+    estimate_tokens,
+)
+
+logger = logging.getLogger("x402_meter.metering")
+
+Recogniser = Callable[[dict[str, Any]], type[UsageExtractor] | None]
+"""Names the extractor for a response from one of its decoded JSON events, if it can."""
+
+DETECT_LIMIT: Final = 16
+"""Events looked at to recognise the provider before counting the body as unknown JSON."""
+
+BodyFormat = Literal["sse", "ndjson", "json", "text", "opaque"]
+
+NDJSON_TYPES: Final = frozenset(
+    {
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonl",
+        "application/jsonlines",
+        "application/x-jsonlines",
+    }
+)
+
+
+def body_format(content_type: str) -> BodyFormat:
+    """How a body of this (lower-cased, parameter-less) media type is read."""
+    if content_type == "text/event-stream":
+        return "sse"
+    if content_type in NDJSON_TYPES:
+        return "ndjson"
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return "json"
+    if content_type.startswith("text/"):
+        return "text"
+    return "opaque"
+
+
+class _Events(Protocol):
+    """Turns body bytes into the text of each event."""
+
+    @property
+    def dropped(self) -> int:
+        """Bytes or characters skipped (over a size bound, or unreadable)."""
+        ...
+
+    def feed(self, chunk: bytes) -> list[str]: ...
+
+    def close(self) -> list[str]: ...
+
+
+class _SSEEvents:
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+
+    @property
+    def dropped(self) -> int:
+        return self._parser.dropped
+
+    def feed(self, chunk: bytes) -> list[str]:
+        return [event.data for event in self._parser.feed(chunk)]
+
+    def close(self) -> list[str]:
+        return [event.data for event in self._parser.close()]
+
+
+class _TextEvents:
+    """A plain-text body: each chunk's text is an event."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.dropped = 0
+
+    def feed(self, chunk: bytes) -> list[str]:
+        text = self._decoder.decode(chunk)
+        return [text] if text else []
+
+    def close(self) -> list[str]:
+        text = self._decoder.decode(b"", final=True)
+        return [text] if text else []
+
+
+class _OpaqueEvents:
+    """A body that cannot be read (binary, or compressed in a way not supported): its size."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self.dropped += len(chunk)
+        return []
+
+    def close(self) -> list[str]:
+        return []
+
+
+def _events_for(form: BodyFormat) -> _Events:
+    if form == "sse":
+        return _SSEEvents()
+    if form == "ndjson":
+        return NDJSONReader()
+    if form == "json":
+        return JSONValuesReader()
+    if form == "text":
+        return _TextEvents()
+    return _OpaqueEvents()
+
+
+class BodyMeter:
+    """A :class:`~x402_meter.metering.Meter` for one response body.
+
+    ``extractor`` fixes the provider; otherwise ``recognise`` names it from the first events
+    (JSON bodies only). ``encoding`` is the tokenizer encoding the fallback counts with.
+    """
+
+    def __init__(
+        self,
+        response: ResponseInfo,
+        *,
+        extractor: UsageExtractor | None = None,
+        recognise: Recogniser | None = None,
+        encoding: str = DEFAULT_ENCODING,
+    ) -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}; expected one of {sorted(ENCODINGS)}")
+        self._request_body = response.request_body
+        self._encoding = encoding
+        form = body_format(response.content_type)
+        content_encoding = (response.content_encoding or "").strip().lower()
+        self._decompressor: Decompressor | None = None
+        if content_encoding in SUPPORTED_ENCODINGS:
+            self._decompressor = Decompressor(content_encoding)
+        elif content_encoding not in ("", "identity"):
+            form = "opaque"  # e.g. br or zstd: counted by its (compressed) size
+        self._events = _events_for(form)
+        if form == "text":
+            extractor = PlainText()
+        elif form == "opaque":
+            extractor = UnknownFormat()
+        self._extractor = extractor
+        self._recognise = recognise
+        self._pending: list[tuple[str, Any]] = []
+        self._broken = False
+        self._prompt_tokens: int | None = None
+        self._usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._broken or self._usage is not None:
+            return
+        try:
+            if self._decompressor is None:
+                self._take(self._events.feed(chunk))
+            else:
+                for piece in self._decompressor.feed(chunk):
+                    self._take(self._events.feed(piece))
+        except Exception:  # a meter must never break the stream it reads
+            logger.exception("meter failed on a chunk; counting what it had")
+            self._broken = True
+
+    def finish(self) -> Usage:
+        if self._usage is None:
+            try:
+                self._usage = self._finish()
+            except Exception:
+                logger.exception("meter failed at the end of the body")
+                self._usage = Usage(input_source="estimated", output_source="estimated")
+        return self._usage
+
+    def snapshot(self) -> Usage:
+        """The count so far, the body not ended: for checkpoints during a long stream.
+
+        An event still incomplete is not counted yet. Not part of the :class:`Meter`
+        protocol; never raises, and :meth:`finish` is the same afterwards.
+        """
+        if self._usage is not None:
+            return self._usage
+        try:
+            extractor = self._extractor
+            if extractor is None:  # not recognised yet: what arrived, as unknown JSON
+                extractor = UnknownFormat()
+                for data, decoded in self._pending:
+                    extractor.event(data, decoded)
+            return self._count(extractor)
+        except Exception:
+            logger.exception("meter failed to take a snapshot")
+            return Usage(input_source="estimated", output_source="estimated")
+
+    def _finish(self) -> Usage:
+        if not self._broken:
+            if self._decompressor is not None:
+                for piece in self._decompressor.close():
+                    self._take(self._events.feed(piece))
+            self._take(self._events.close())
+        return self._count(self._extractor or self._settle_unknown())
+
+    def _count(self, extractor: UsageExtractor) -> Usage:
+        extractor.settle()
+        output: int
+        output_source: UsageSource
+        if extractor.output_tokens is not None:
+            output, output_source = extractor.output_tokens, "reported"
+        else:
+            dropped = math.ceil(self._events.dropped / BYTES_PER_TOKEN)
+            text = extractor.generated_text()
+            output = estimate_tokens(text, self._encoding) + extractor.dropped_tokens() + dropped
+            output_source = "estimated"
+        if extractor.input_tokens is not None:
+            return Usage(
+                extractor.input_tokens,
+                output,
+                min(extractor.cached_input_tokens, extractor.input_tokens),
+                "reported",
+                output_source,
+                extractor.model,
+            )
+        if self._prompt_tokens is None:
+            self._prompt_tokens = estimate_tokens(prompt_text(self._request_body), self._encoding)
+        return Usage(self._prompt_tokens, output, 0, "estimated", output_source, extractor.model)
+
+    def _take(self, events: Iterable[str]) -> None:
+        extractor = self._extractor
+        if extractor is None:
+            events = self._recognise_from(events)
+            extractor = self._extractor
+            if extractor is None:
+                return
+        on_event = extractor.event
+        for data in events:
+            on_event(data)
+
+    def _recognise_from(self, events: Iterable[str]) -> list[str]:
+        """Decode events until one names the provider; the rest of them are returned."""
+        remaining = list(events)
+        for index, data in enumerate(remaining):
+            decoded = decode(data)
+            kind = None
+            if isinstance(decoded, dict) and self._recognise is not None:
+                kind = self._recognise(decoded)
+            self._pending.append((data, decoded))
+            if kind is not None or len(self._pending) >= DETECT_LIMIT:
+                self._start(kind() if kind is not None else UnknownFormat())
+                return remaining[index + 1 :]
+        return []
+
+    def _settle_unknown(self) -> UsageExtractor:
+        self._start(UnknownFormat())
+        assert self._extractor is not None
+        return self._extractor
+
+    def _start(self, extractor: UsageExtractor) -> None:
+        self._extractor = extractor
+        for data, decoded in self._pending:
+            extractor.event(data, decoded)
+        self._pending.clear()
