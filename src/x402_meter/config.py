@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Required, TypedDict
+from typing import Final, Literal, Required, TypedDict
 
 from x402.http.constants import DEFAULT_FACILITATOR_URL
 
@@ -14,7 +14,7 @@ from x402_meter.errors import ConfigurationError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metering import MeterFactory, auto_meter
 from x402_meter.metrics import MeterMetrics
-from x402_meter.pricing import PriceInput, Tariff, TokenPrice, as_token_price
+from x402_meter.pricing import PriceInput, PriceModel, Tariff, TokenPrice, as_price_model
 from x402_meter.protocol.headers import DEFAULT_MAX_HEADER_BYTES
 from x402_meter.protocol.offer import SCHEMES, PaymentTerms, Scheme
 from x402_meter.routing import RouteSpec
@@ -25,13 +25,16 @@ _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _CAIP2_EVM: Final = re.compile(r"eip155:[1-9][0-9]*")
 
 FacilitatorHeaders = Mapping[str, str] | Callable[[], Mapping[str, str]]
+CapPolicy = Literal["end", "finish"]
+"""When a stream's count reaches the authorized maximum: end it there, or let it finish
+(the charge stays capped at the maximum either way)."""
 
 
 class MeterOptions(TypedDict, total=False):
     """``X402Meter``'s keyword arguments; ``MeterConfig.create`` documents and checks them."""
 
     pay_to: Required[str]
-    price_per_token: Required[TokenPrice | PriceInput]
+    price_per_token: Required[PriceModel | PriceInput]
     network: str
     facilitator_url: str
     asset: Asset | None
@@ -54,6 +57,8 @@ class MeterOptions(TypedDict, total=False):
     settlement_retry: RetryPolicy | None
     metrics: MeterMetrics | None
     checkpoint_every: float
+    shape_requests: bool
+    on_cap: CapPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,7 @@ class MeterConfig:
     pay_to: str
     network: str
     asset: Asset
-    price: TokenPrice
+    price: PriceModel
     max_tokens: int
     facilitator_url: str
     schemes: tuple[Scheme, ...]
@@ -89,13 +94,15 @@ class MeterConfig:
     metrics: MeterMetrics | None
     checkpoint_every: float
     """Seconds between checkpoints of a stream's running count (0: before every chunk)."""
+    shape_requests: bool
+    on_cap: CapPolicy
 
     @classmethod
     def create(
         cls,
         *,
         pay_to: str,
-        price_per_token: TokenPrice | PriceInput,
+        price_per_token: PriceModel | PriceInput,
         network: str = "eip155:8453",
         facilitator_url: str = DEFAULT_FACILITATOR_URL,
         asset: Asset | None = None,
@@ -118,6 +125,8 @@ class MeterConfig:
         settlement_retry: RetryPolicy | None = None,
         metrics: MeterMetrics | None = None,
         checkpoint_every: float = 2.0,
+        shape_requests: bool = False,
+        on_cap: CapPolicy = "end",
     ) -> MeterConfig:
         if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
             raise ConfigurationError(
@@ -142,6 +151,8 @@ class MeterConfig:
             raise ConfigurationError(
                 f"receipts_path must start and end with '/', got {receipts_path!r}"
             )
+        if on_cap not in ("end", "finish"):
+            raise ConfigurationError(f"on_cap must be 'end' or 'finish', got {on_cap!r}")
         if checkpoint_every < 0:
             raise ConfigurationError(
                 f"checkpoint_every must be >= 0 seconds, got {checkpoint_every!r}"
@@ -161,7 +172,7 @@ class MeterConfig:
             pay_to=pay_to,
             network=network,
             asset=asset if asset is not None else default_asset(network),
-            price=as_token_price(price_per_token),
+            price=as_price_model(price_per_token),
             max_tokens=max_tokens,
             facilitator_url=facilitator_url.rstrip("/"),
             schemes=scheme_tuple,
@@ -182,13 +193,16 @@ class MeterConfig:
             settlement_retry=settlement_retry or RetryPolicy(),
             metrics=metrics,
             checkpoint_every=checkpoint_every,
+            shape_requests=shape_requests,
+            on_cap=on_cap,
         )
 
-    def terms_for(self, spec: RouteSpec) -> PaymentTerms:
-        """The payment terms of a route: the middleware's, with the route's overrides."""
-        tariff = Tariff(
-            spec.price or self.price, self.asset.decimals, spec.max_tokens or self.max_tokens
-        )
+    def price_model_for(self, spec: RouteSpec) -> PriceModel:
+        return spec.price if spec.price is not None else self.price
+
+    def terms_for(self, spec: RouteSpec, price: TokenPrice) -> PaymentTerms:
+        """The payment terms of a route at ``price``, with the route's overrides."""
+        tariff = Tariff(price, self.asset.decimals, spec.max_tokens or self.max_tokens)
         return PaymentTerms(
             network=self.network,
             asset=self.asset,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 import secrets
@@ -31,6 +32,7 @@ from x402.schemas import SettleResponse
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import FacilitatorUnavailableError, PaymentAlreadyUsedError, PaymentError
 from x402_meter.metering import Meter, ResponseInfo, Usage, get_tokenizer
+from x402_meter.pricing import PricedRequest, PriceModel, PriceTable, TokenPrice, needs_request
 from x402_meter.protocol.checks import Authorization, check_payment
 from x402_meter.protocol.headers import (
     PAYMENT_RESPONSE,
@@ -44,6 +46,7 @@ from x402_meter.protocol.offer import Offer
 from x402_meter.responses import receipt_body, send_json, send_payment_required, send_unavailable
 from x402_meter.routing import RouteSpec, RouteTable
 from x402_meter.runtime import MeterRuntime, runtime_for
+from x402_meter.shaping import UsageChunkFilter, shape_request
 from x402_meter.store import LedgerState, PaymentRecord
 
 logger = logging.getLogger("x402_meter")
@@ -173,6 +176,13 @@ def usage_source(usage: Usage) -> str:
     return f"input={usage.input_source},output={usage.output_source}"
 
 
+class StreamCapped(OSError):  # noqa: N818 - named for what happened, like ConnectionResetError
+    """Raised to the app on ``send`` after its answer was ended at the authorized maximum.
+
+    An ``OSError``, as ASGI servers raise when the client has gone: apps already stop on it.
+    """
+
+
 class _PaidExchange:
     """One metered request, from challenge to settlement hand-off. Holds per-request state."""
 
@@ -192,14 +202,33 @@ class _PaidExchange:
         self.held: list[Message] | None = None
         self.handed_off = False
         self.checkpointed_at = time.monotonic()
+        self.replay: bytes | None = None
+        self.body_truncated = False
+        self.early_disconnect: Message | None = None
+        self.app_scope: Scope = scope
+        self.usage_filter: UsageChunkFilter | None = None
+        self.capped = False
+        self.forwarded = 0
+        self.cap_checked_at = 0
 
     @property
     def resource_url(self) -> str:
         return str(URL(scope=self.scope))
 
     async def run(self) -> None:
+        model = self.config.price_model_for(self.spec)
+        if self.config.shape_requests or needs_request(model):
+            await self._buffer_request_body()
         try:
-            offer = await self.runtime.offer(self.spec)
+            price = self._price(model)
+        except PaymentError as exc:
+            self._count("refused", exc.reason)
+            await send_json(
+                self.send, exc.status_code, {"reason": exc.reason, "error": exc.message}
+            )
+            return
+        try:
+            offer = await self.runtime.offer(self.spec, price)
         except FacilitatorUnavailableError as exc:
             logger.warning("facilitator unavailable: %s", exc)
             self._count("unavailable")
@@ -236,11 +265,66 @@ class _PaidExchange:
             reason = verified.invalid_reason or "payment_invalid"
             await self._refuse(offer, reason, verified.invalid_message or reason, 402)
             return
+        if self.config.shape_requests:
+            self._shape(offer)
         await self._serve(offer, authorization)
 
     def _count(self, outcome: str, reason: str | None = None) -> None:
         if self.config.metrics is not None:
             self.config.metrics.request(outcome, reason)
+
+    async def _buffer_request_body(self) -> None:
+        """Read the request body now (pricing or shaping needs it); the app gets it replayed."""
+        while len(self.request_body) < MAX_METERED_REQUEST_BODY:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                self.early_disconnect = message
+                break
+            self.request_body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        else:
+            self.body_truncated = True
+        self.replay = bytes(self.request_body)
+
+    def _request_json(self) -> object:
+        try:
+            return json.loads(self.request_body) if self.request_body else None
+        except (ValueError, RecursionError):
+            return None
+
+    def _price(self, model: PriceModel) -> TokenPrice:
+        if isinstance(model, TokenPrice):
+            return model
+        body = self._request_json()
+        name = body.get("model") if isinstance(body, dict) else None
+        requested = name if isinstance(name, str) else None
+        if isinstance(model, PriceTable):
+            price = model.price_for(requested)
+            if price is None:
+                raise PaymentError(
+                    "unknown_model", f"no price for model {requested!r} here", status_code=400
+                )
+            return price
+        request = PricedRequest(self.scope["method"], self.scope["path"], requested, body)
+        return model(request)
+
+    def _shape(self, offer: Offer) -> None:
+        """``shape_requests``: the body the app gets, within what the payment covers."""
+        if self.replay is None or self.body_truncated:
+            return
+        tariff = offer.terms.tariff
+        shaped = shape_request(
+            self.scope["path"], self.replay, tariff.price, tariff.decimals, tariff.max_amount
+        )
+        if shaped is None:
+            return
+        self.replay = shaped.body
+        if shaped.hide_usage_chunk:
+            self.usage_filter = UsageChunkFilter()
+        headers = [(k, v) for k, v in self.scope["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(shaped.body)).encode()))
+        self.app_scope = {**self.scope, "headers": headers}
 
     async def _refuse(self, offer: Offer, reason: str, message: str, status: int) -> None:
         self._count("challenged" if reason == "payment_required" else "refused", reason)
@@ -282,7 +366,7 @@ class _PaidExchange:
         self.receipt_path = f"{root}{self.config.receipts_path}{self.record.receipt_id}".encode()
         heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
-            await self.middleware.app(self.scope, self._receive, self._send)
+            await self.middleware.app(self.app_scope, self._receive, self._send)
         finally:
             # Also on client disconnect, app failure and cancellation: charge what was served.
             with anyio.CancelScope(shield=True):
@@ -292,6 +376,11 @@ class _PaidExchange:
                     await self._hand_off_settlement()
 
     async def _receive(self) -> Message:
+        if self.replay is not None:
+            body, self.replay = self.replay, None
+            return {"type": "http.request", "body": body, "more_body": self.body_truncated}
+        if self.early_disconnect is not None:
+            return self.early_disconnect
         message = await self.receive()
         if message["type"] == "http.request" and len(self.request_body) < MAX_METERED_REQUEST_BODY:
             self.request_body += message.get("body", b"")[
@@ -300,6 +389,8 @@ class _PaidExchange:
         return message
 
     async def _send(self, message: Message) -> None:
+        if self.capped:
+            raise StreamCapped("the authorized maximum was reached: the answer has ended")
         if message["type"] == "http.response.start":
             self.status = message["status"]
             headers = [*message.get("headers", ()), (RECEIPT_HEADER, self.receipt_path)]
@@ -316,9 +407,18 @@ class _PaidExchange:
             body = message.get("body", b"")
             if body:
                 self._feed(body)
+                self.forwarded += len(body)
                 if time.monotonic() - self.checkpointed_at >= self.config.checkpoint_every:
                     # Before the chunk goes out: what a client has received is on record.
                     await self._checkpoint()
+                if self._cap_reached():
+                    self.capped = True
+                    message = {**message, "more_body": False}  # this chunk is the last
+            if self.usage_filter is not None:
+                shown = self.usage_filter.filter(body)
+                if not message.get("more_body", False):
+                    shown += self.usage_filter.flush()
+                message = {**message, "body": shown}
             if self.held is not None:
                 self.held.append(message)
                 if not message.get("more_body", False):
@@ -360,6 +460,21 @@ class _PaidExchange:
             logger.exception("meter snapshot failed")
             return None
         return usage
+
+    def _cap_reached(self) -> bool:
+        """``on_cap="end"``: has the count reached the authorized maximum? Checked as the
+        stream doubles (and at least every 2 KiB), so the cost stays small on long answers."""
+        if self.config.on_cap != "end" or self.authorization.scheme != "upto":
+            return False
+        if self.forwarded - self.cap_checked_at < max(2048, self.cap_checked_at // 2):
+            return False
+        self.cap_checked_at = self.forwarded
+        usage = self._snapshot()
+        if usage is None:
+            return False
+        tariff = self.offer.terms.tariff
+        exact = tariff.charge(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+        return exact >= self.authorization.max_amount
 
     def _amount(self, usage: Usage) -> int:
         if self.status is None or self.status >= 400:

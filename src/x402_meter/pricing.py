@@ -8,6 +8,7 @@ unit (0.000001 USDC) more than the exact price, never more, and never less than 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import MAX_PREC, ROUND_CEILING, Context, Decimal, InvalidOperation, localcontext
 from typing import Final, TypeAlias
@@ -136,3 +137,74 @@ class Tariff:
                 + self.price.output * output_tokens
             )
         return min(to_atomic(exact, self.decimals), self.max_amount)
+
+
+@dataclass(frozen=True, slots=True)
+class PricedRequest:
+    """What a price may depend on: the request, and the model it asks for."""
+
+    method: str
+    path: str
+    model: str | None
+    body: object
+    """The JSON request body, or None when it is not JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    """Prices per model, as LLM sellers publish them, with a price for everything else.
+
+    The model is read from the request body (``"model"``); an exact name wins, then the
+    longest table entry the model starts with (``"gpt-4o"`` prices ``"gpt-4o-2024-08-06"``).
+    A request for a model with no price and no ``default`` is refused (400 ``unknown_model``).
+
+    >>> PriceTable({"small": TokenPrice.per_million("0.15", "0.60"),
+    ...             "large": TokenPrice.per_million("2.50", "10.00", cached_input="1.25")})
+    """
+
+    prices: tuple[tuple[str, TokenPrice], ...]
+    default: TokenPrice | None
+
+    def __init__(
+        self,
+        prices: Mapping[str, TokenPrice | PriceInput],
+        default: TokenPrice | PriceInput | None = None,
+    ) -> None:
+        if not prices and default is None:
+            raise ConfigurationError("a PriceTable needs at least one model price or a default")
+        entries = tuple(sorted((str(m), as_token_price(p)) for m, p in prices.items()))
+        object.__setattr__(self, "prices", entries)
+        object.__setattr__(self, "default", None if default is None else as_token_price(default))
+
+    def price_for(self, model: str | None) -> TokenPrice | None:
+        if model:
+            by_name = dict(self.prices)
+            if model in by_name:
+                return by_name[model]
+            prefixes = [name for name in by_name if model.startswith(name)]
+            if prefixes:
+                return by_name[max(prefixes, key=len)]
+        return self.default
+
+    @property
+    def highest(self) -> TokenPrice:
+        """The dearest price in the table, for when no request is there to choose."""
+        candidates = [price for _, price in self.prices] + ([self.default] if self.default else [])
+        return max(candidates, key=lambda price: price.highest)
+
+
+PriceFunction: TypeAlias = Callable[[PricedRequest], TokenPrice]
+"""Anything custom: the price of one request, from the request (per user, per route, ...)."""
+PriceModel: TypeAlias = TokenPrice | PriceTable | PriceFunction
+"""How a route is priced: one price, a table by model, or a function of the request."""
+
+
+def as_price_model(value: PriceModel | PriceInput) -> PriceModel:
+    if isinstance(value, TokenPrice | PriceTable) or callable(value):
+        return value
+    return TokenPrice.flat(value)
+
+
+def needs_request(model: PriceModel) -> bool:
+    """Whether the price depends on the request (and the body must be read first)."""
+    return not isinstance(model, TokenPrice)

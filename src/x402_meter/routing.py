@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any, Final, TypeVar
 
 from x402_meter.errors import ConfigurationError
-from x402_meter.pricing import PriceInput, TokenPrice, as_token_price
+from x402_meter.pricing import PriceInput, PriceModel, as_price_model
 
 METERED_ATTRIBUTE: Final = "__x402_meter__"
 LITESTAR_OPT_KEY: Final = "x402_meter"
@@ -28,7 +28,7 @@ _T = TypeVar("_T")
 class RouteSpec:
     """Per-route overrides of the middleware's price and cap (None: the middleware's)."""
 
-    price: TokenPrice | None = None
+    price: PriceModel | None = None
     max_tokens: int | None = None
     description: str | None = None
 
@@ -38,7 +38,7 @@ DEFAULT_SPEC: Final = RouteSpec()
 
 def metered(
     *,
-    price_per_token: TokenPrice | PriceInput | None = None,
+    price_per_token: PriceModel | PriceInput | None = None,
     max_tokens: int | None = None,
     description: str | None = None,
 ) -> Callable[[_T], _T]:
@@ -52,7 +52,7 @@ def metered(
     """
     if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens <= 0):
         raise ConfigurationError(f"max_tokens must be a positive int, got {max_tokens!r}")
-    price = None if price_per_token is None else as_token_price(price_per_token)
+    price = None if price_per_token is None else as_price_model(price_per_token)
     spec = RouteSpec(price, max_tokens, description)
 
     def mark(endpoint: _T) -> _T:

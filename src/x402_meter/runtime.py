@@ -15,6 +15,7 @@ from typing import Final
 from x402_meter.config import MeterConfig
 from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
+from x402_meter.pricing import TokenPrice
 from x402_meter.protocol.offer import Offer
 from x402_meter.routing import RouteSpec
 from x402_meter.settlement import Settler
@@ -52,22 +53,23 @@ class MeterRuntime:
             on_settlement_failed=config.on_settlement_failed,
             metrics=config.metrics,
         )
-        self._offers: dict[RouteSpec, Offer] = {}
+        self._offers: dict[tuple[RouteSpec, TokenPrice], Offer] = {}
         self._offers_fetched_at = 0.0
         self._lock = asyncio.Lock()
 
-    async def offer(self, spec: RouteSpec) -> Offer:
-        """The route's offer; the first call (and one every few minutes) asks ``/supported``."""
-        offer = self._offers.get(spec)
+    async def offer(self, spec: RouteSpec, price: TokenPrice) -> Offer:
+        """The route's offer at ``price``; the first call (and one every few minutes) asks
+        ``/supported``."""
+        offer = self._offers.get((spec, price))
         if offer is not None and time.monotonic() - self._offers_fetched_at < SUPPORTED_TTL_SECONDS:
             return offer
         async with self._lock:
             if time.monotonic() - self._offers_fetched_at >= SUPPORTED_TTL_SECONDS:
                 await self._refresh()
-            offer = self._offers.get(spec)
+            offer = self._offers.get((spec, price))
             if offer is None:
-                offer = self._build(spec)
-                self._offers[spec] = offer
+                offer = self._build(spec, price)
+                self._offers[spec, price] = offer
             return offer
 
     async def _refresh(self) -> None:
@@ -91,9 +93,9 @@ class MeterRuntime:
         self._offers.clear()
         self._offers_fetched_at = time.monotonic()
 
-    def _build(self, spec: RouteSpec) -> Offer:
+    def _build(self, spec: RouteSpec, price: TokenPrice) -> Offer:
         return Offer.build(
-            self.config.terms_for(spec),
+            self.config.terms_for(spec, price),
             facilitator_address=self._facilitator_address,
             facilitator_signers=self._signers,
         )
