@@ -32,7 +32,7 @@ from x402.schemas import (
     VerifyResponse,
 )
 
-from x402_meter import Asset, FacilitatorClient, MemoryStore, X402Meter
+from x402_meter import Asset, FacilitatorClient, MemoryStore, TokenPrice, X402Meter
 from x402_meter.devstack.accounts import FACILITATOR, PAYERS, SELLER
 from x402_meter.devstack.asgi_server import serving
 from x402_meter.routing import DEFAULT_SPEC
@@ -102,7 +102,7 @@ def metered(app: Any) -> X402Meter:
 
 
 async def signed_headers(app: X402Meter, count: int) -> list[bytes]:
-    offer = await app.runtime.offer(DEFAULT_SPEC)
+    offer = await app.runtime.offer(DEFAULT_SPEC, TokenPrice.flat("0.000002"))
     required = offer.payment_required("http://bench/v1/chat/completions", "payment required")
     client = x402Client().register(
         NETWORK, UptoEvmClientScheme(Account.from_key(PAYERS[0].private_key))
