@@ -95,6 +95,7 @@ def metered(app: Any) -> X402Meter:
         network=NETWORK,
         asset=ASSET,
         price_per_token="0.000002",
+        max_tokens=10_000_000,  # the 2 MB throughput stream must not reach the cap
         routes=["POST /v1/chat/completions"],
         store=MemoryStore(),
         facilitator=StandInFacilitator(),

@@ -32,7 +32,14 @@ from x402.schemas import SettleResponse
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import FacilitatorUnavailableError, PaymentAlreadyUsedError, PaymentError
 from x402_meter.metering import Meter, ResponseInfo, Usage, get_tokenizer
-from x402_meter.pricing import PricedRequest, PriceModel, PriceTable, TokenPrice, needs_request
+from x402_meter.pricing import (
+    PricedRequest,
+    PriceModel,
+    PriceTable,
+    TokenPrice,
+    needs_request,
+    to_atomic,
+)
 from x402_meter.protocol.checks import Authorization, check_payment
 from x402_meter.protocol.headers import (
     PAYMENT_RESPONSE,
@@ -469,10 +476,18 @@ class _PaidExchange:
         if self.forwarded - self.cap_checked_at < max(2048, self.cap_checked_at // 2):
             return False
         self.cap_checked_at = self.forwarded
+        # A token is at least one byte: until the bytes seen could pay for the maximum at the
+        # highest price, the count cannot have reached it, and nothing needs counting.
+        tariff = self.offer.terms.tariff
+        bytes_seen = self.forwarded + len(self.request_body)
+        if (
+            to_atomic(tariff.price.highest * bytes_seen, tariff.decimals)
+            < self.authorization.max_amount
+        ):
+            return False
         usage = self._snapshot()
         if usage is None:
             return False
-        tariff = self.offer.terms.tariff
         exact = tariff.charge(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
         return exact >= self.authorization.max_amount
 
