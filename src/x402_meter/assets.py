@@ -11,12 +11,17 @@ from x402_meter.errors import ConfigurationError
 
 @dataclass(frozen=True, slots=True)
 class Asset:
-    """An ERC-20 token and its EIP-712 domain (``name``, ``version``) as signatures need it."""
+    """An ERC-20 token and its EIP-712 domain (``name``, ``version``) as signatures need it.
+
+    ``eip2612``: the token has EIP-2612 ``permit`` (USDC does), so wallets that never approved
+    Permit2 can still pay an ``upto`` requirement, gas-free, if the facilitator sponsors it.
+    """
 
     address: str
     name: str
     version: str
     decimals: int = 6
+    eip2612: bool = True
 
     def __post_init__(self) -> None:
         if not (self.address.startswith("0x") and len(self.address) == 42):

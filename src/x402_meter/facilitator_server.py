@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from x402 import x402FacilitatorSync
+from x402.extensions.eip2612_gas_sponsoring import EIP2612_GAS_SPONSORING
 from x402.mechanisms.evm import FacilitatorWeb3Signer
 from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme, ExactEvmSchemeConfig
 from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme, UptoEvmSchemeConfig
@@ -84,6 +85,9 @@ def build_evm_facilitator(
     facilitator.register(
         [network], UptoEvmFacilitatorScheme(signer, UptoEvmSchemeConfig(simulate_in_settle=True))
     )
+    # First payments from wallets without a Permit2 approval: the payer signs an EIP-2612
+    # permit too, and the upto proxy's settleWithPermit submits both (the facilitator pays gas).
+    facilitator.register_extension(EIP2612_GAS_SPONSORING)
     return facilitator
 
 

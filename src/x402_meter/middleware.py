@@ -62,6 +62,7 @@ AnyASGIApp: TypeAlias = Callable[[Any, Any, Any], Awaitable[None]]
 """Any ASGI app, whichever framework's type aliases it was written with."""
 
 RECEIPT_HEADER: Final = b"x-payment-receipt"
+PERMIT2_ALLOWANCE_REQUIRED: Final = "permit2_allowance_required"
 _PAYMENT_HEADERS: Final = (PAYMENT_SIGNATURE.encode(), X_PAYMENT.encode())
 _STREAMING_TYPES: Final = frozenset(
     {"text/event-stream", "application/x-ndjson", "application/jsonl"}
@@ -270,7 +271,10 @@ class _PaidExchange:
         if not verified.is_valid:
             await self.runtime.store.release(authorization.key)
             reason = verified.invalid_reason or "payment_invalid"
-            await self._refuse(offer, reason, verified.invalid_message or reason, 402)
+            # The spec's answer for a wallet that has not approved Permit2 (and sent no
+            # gas-sponsoring permit): 412, so the client knows to approve or sign one.
+            status = 412 if reason == PERMIT2_ALLOWANCE_REQUIRED else 402
+            await self._refuse(offer, reason, verified.invalid_message or reason, status)
             return
         if self.config.shape_requests:
             self._shape(offer)

@@ -90,6 +90,7 @@ class MeterRuntime:
         if self._facilitator_address:
             signers.add(str(self._facilitator_address).lower())
         self._signers = frozenset(signers)
+        self._extensions = frozenset(supported.extensions or ())
         self._offers.clear()
         self._offers_fetched_at = time.monotonic()
 
@@ -98,6 +99,7 @@ class MeterRuntime:
             self.config.terms_for(spec, price),
             facilitator_address=self._facilitator_address,
             facilitator_signers=self._signers,
+            facilitator_extensions=self._extensions,
         )
 
 

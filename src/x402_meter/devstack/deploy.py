@@ -27,7 +27,7 @@ MAX_UINT256: Final = 2**256 - 1
 
 
 @dataclass(frozen=True, slots=True)
-class TestToken:
+class DevToken:
     """The USDC-like test token as deployed."""
 
     address: str
@@ -70,7 +70,7 @@ def deploy_token(
     version: str = "2",
     decimals: int = 6,
     deployer: DevAccount = DEPLOYER,
-) -> TestToken:
+) -> DevToken:
     """Deploy the test token; ``deployer`` becomes its minter."""
     artifact = load_artifact("Token")
     factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
@@ -78,12 +78,12 @@ def deploy_token(
         {"from": deployer.address}
     )
     receipt = _send(w3, tx)
-    return TestToken(str(receipt["contractAddress"]), name, symbol, version, decimals)
+    return DevToken(str(receipt["contractAddress"]), name, symbol, version, decimals)
 
 
 def fund_payers(
     w3: Web3,
-    token: TestToken,
+    token: DevToken,
     payers: Sequence[DevAccount],
     *,
     amount: int,

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from x402.extensions.eip2612_gas_sponsoring import (
+    EIP2612_GAS_SPONSORING_KEY,
+    declare_eip2612_gas_sponsoring_extension,
+)
 from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS
 from x402.schemas import PaymentRequired, PaymentRequirements, ResourceInfo
 from x402.schemas.v1 import PaymentRequirementsV1
@@ -44,6 +48,8 @@ class Offer:
     requirements: tuple[PaymentRequirements, ...]
     facilitator_signers: frozenset[str] = field(default_factory=frozenset)
     """Lower-cased addresses allowed as the upto witness's ``facilitator``."""
+    gas_sponsoring: bool = False
+    """Advertise ``eip2612GasSponsoring``: the facilitator supports it and the asset has permit."""
 
     @classmethod
     def build(
@@ -52,6 +58,7 @@ class Offer:
         *,
         facilitator_address: str | None,
         facilitator_signers: frozenset[str],
+        facilitator_extensions: frozenset[str] = frozenset(),
     ) -> Offer:
         base_extra: dict[str, Any] = {"name": terms.asset.name, "version": terms.asset.version}
         requirements = []
@@ -72,13 +79,21 @@ class Offer:
                     extra=extra,
                 )
             )
-        return cls(terms, tuple(requirements), facilitator_signers)
+        gas_sponsoring = (
+            "upto" in terms.schemes
+            and terms.asset.eip2612
+            and EIP2612_GAS_SPONSORING_KEY in facilitator_extensions
+        )
+        return cls(terms, tuple(requirements), facilitator_signers, gas_sponsoring)
 
     def payment_required(self, resource_url: str, error: str) -> PaymentRequired:
         resource = ResourceInfo(
             url=resource_url, description=self.terms.description, mime_type=None
         )
-        return PaymentRequired(error=error, resource=resource, accepts=list(self.requirements))
+        extensions = declare_eip2612_gas_sponsoring_extension() if self.gas_sponsoring else None
+        return PaymentRequired(
+            error=error, resource=resource, accepts=list(self.requirements), extensions=extensions
+        )
 
     def v1_requirements(self, resource_url: str) -> list[PaymentRequirementsV1]:
         return [
