@@ -150,12 +150,10 @@ async def test_without_a_permit_or_an_allowance_the_answer_is_412(
 ) -> None:
     stack = x402_local_stack
     wallet = new_wallet(stack)
-    async with serving(app_for(stack)) as base:
-        # A signer that cannot read the chain does not know it needs a permit, so sends none.
-        async with x402HttpxClient(
-            client_for(stack, wallet, reads_chain=False), timeout=60
-        ) as client:
-            response = await client.post(f"{base}/v1/chat/completions", json=CHAT)
+    # A signer that cannot read the chain does not know it needs a permit, so sends none.
+    payer = client_for(stack, wallet, reads_chain=False)
+    async with serving(app_for(stack)) as base, x402HttpxClient(payer, timeout=60) as client:
+        response = await client.post(f"{base}/v1/chat/completions", json=CHAT)
     assert response.status_code == 412
     assert response.json()["reason"] == "permit2_allowance_required"
     assert token_balance(stack.web3(), stack.asset, wallet.address) == 50 * 10**6
