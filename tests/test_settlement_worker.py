@@ -3,7 +3,6 @@ tests use the real one): retries, permanent refusals, reconciliation, recovery, 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from x402.schemas import SettleResponse
 
+from tests.ledger_rows import payment_row
 from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metrics import PrometheusMetrics
@@ -25,16 +25,6 @@ from x402_meter.store import LedgerState, MemoryStore, PaymentRecord, SQLiteStor
 pytestmark = pytest.mark.anyio
 
 FAST = RetryPolicy(first=0.001, longest=0.002, inline_attempts=3, sweep_every=0.01)
-REQUIREMENTS = {
-    "scheme": "upto",
-    "network": "eip155:31337",
-    "asset": "0x" + "11" * 20,
-    "amount": "8192",
-    "payTo": "0x" + "33" * 20,
-    "maxTimeoutSeconds": 300,
-    "extra": {},
-}
-PAYLOAD = {"x402Version": 2, "accepted": REQUIREMENTS, "payload": {}}
 
 
 class ScriptedFacilitator(FacilitatorClient):
@@ -64,24 +54,13 @@ def refused(reason: str, tx: str = "") -> SettleResponse:
 
 
 def row(receipt_id: str = "r1", **changes: object) -> PaymentRecord:
-    base = PaymentRecord(
-        receipt_id=receipt_id,
-        key=f"k-{receipt_id}",
-        state=LedgerState.TO_SETTLE,
-        scheme="upto",
-        network="eip155:31337",
-        asset="0x" + "11" * 20,
-        payer="0x" + "22" * 20,
-        pay_to="0x" + "33" * 20,
-        max_amount=8192,
-        x402_version=2,
-        payload_json=json.dumps(PAYLOAD),
-        requirements_json=json.dumps(REQUIREMENTS),
-        created_at=time.time(),
-        updated_at=time.time(),
-        amount=346,
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    """A payment whose body closed with a charge of 346, ready to settle."""
+    defaults: dict[str, object] = {
+        "state": LedgerState.TO_SETTLE,
+        "amount": 346,
+        "created_at": time.time(),
+    }
+    return payment_row(receipt_id, **{**defaults, **changes})
 
 
 async def test_a_settlement_records_the_transaction_and_charges_the_row_amount() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.ledger_rows import payment_row
 from x402_meter.store import LedgerState, MemoryStore, PaymentRecord, PaymentStore, SQLiteStore
 from x402_meter.store.redis import RedisStore
 
@@ -30,23 +30,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 def record(receipt_id: str = "r1", **changes: object) -> PaymentRecord:
-    base = PaymentRecord(
-        receipt_id=receipt_id,
-        key=f"upto:eip155:1:0xpayer:{receipt_id}",
-        state=LedgerState.VERIFIED,
-        scheme="upto",
-        network="eip155:1",
-        asset="0x" + "11" * 20,
-        payer="0x" + "22" * 20,
-        pay_to="0x" + "33" * 20,
-        max_amount=8192,
-        x402_version=2,
-        payload_json='{"x402Version": 2}',
-        requirements_json='{"scheme": "upto"}',
-        created_at=1_700_000_000.0,
-        updated_at=1_700_000_000.0,
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return payment_row(receipt_id, **changes)
 
 
 async def test_a_key_is_reserved_once(store: PaymentStore) -> None:
