@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo dev test lint format contracts bench clean
+.PHONY: install demo dev test lint format contracts bench clean docs
 
 $(STAMP): pyproject.toml package.json package-lock.json
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (Debian package) for the Redis store's tests"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }
+	@command -v redis-server >/dev/null && command -v chromium >/dev/null || { \
+	  echo "installing redis-server and chromium (Debian packages) for the tests"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get install -y -qq redis-server chromium; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -37,6 +38,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+docs: $(STAMP)  ## build the documentation site into site/ (fails on any warning)
+	$(BIN)/mkdocs build --strict
 
 contracts: $(STAMP)  ## recompile the Vyper contracts into their committed artifacts
 	$(BIN)/python -m x402_meter.devstack.contract_build

@@ -128,6 +128,13 @@ class MeterConfig:
         shape_requests: bool = False,
         on_cap: CapPolicy = "end",
     ) -> MeterConfig:
+        """Check every option once and compile it; a bad one raises ``ConfigurationError``.
+
+        ``pay_to`` receives the payments; ``price_per_token`` is a price in asset units per
+        token (str/Decimal), a ``TokenPrice``, a ``PriceTable`` or a function of the request;
+        ``max_tokens`` is what one authorization covers; ``routes`` lists metered routes
+        (``None``: only ``@metered`` endpoints). docs/middleware.md describes every option.
+        """
         if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
             raise ConfigurationError(
                 f"pay_to must be an EVM address (0x + 40 hex digits), got {pay_to!r}"

@@ -1,138 +1,170 @@
-"""``x402-meter demo``: one paid, streamed chat answer, end to end, on the local stack.
+"""``x402-meter demo``: a short paid conversation, end to end, on the local stack.
 
-Every part is real: anvil runs the chain, an OpenAI-compatible endpoint (an offline stub
-model) sits behind ``X402Meter`` in uvicorn, the official x402 SDK client pays, the local
-facilitator verifies over HTTP, and the actual cost is settled on chain after the stream.
+Every part is real: anvil runs the chain, the FastAPI example (``examples/fastapi_app``)
+serves an OpenAI-compatible chat behind ``X402Meter`` in uvicorn, the official ``openai``
+package asks the questions through x402-meter's paying client (the x402 SDK signs), the local
+facilitator verifies over HTTP, and each answer's actual cost is settled on chain after its
+stream closes. Each step is printed as it happens.
 """
 
 from __future__ import annotations
 
-import base64
-import json
+import importlib
 import sys
 import tempfile
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Final
 
 import anyio
-import httpx
-from eth_account import Account
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-from x402 import x402Client
-from x402.http.clients import x402HttpxClient
-from x402.mechanisms.evm.upto import UptoEvmClientScheme
-from x402.schemas import PaymentRequired
 
 from x402_meter.assets import Asset
+from x402_meter.client import PayingAsyncClient, Payment, PaymentStage, Receipt
 from x402_meter.devstack import LocalStack, local_stack, token_balance
 from x402_meter.devstack.asgi_server import serving
-from x402_meter.devstack.stub_model import complete_chat, stream_chat
-from x402_meter.metering.sse import SSEParser
-from x402_meter.middleware import X402Meter
 
-PRICE_PER_TOKEN = "0.000002"  # noqa: S105 - a price, not a password
-MAX_TOKENS = 4096
-QUESTION = {
-    "model": "local-stub",
-    "messages": [{"role": "user", "content": "What is x402, in two sentences?"}],
-    "stream": True,
-    "stream_options": {"include_usage": True},
-}
+MODEL: Final = "local-stub"
+QUESTIONS: Final = (
+    "What is x402, in two sentences?",
+    "And how is this answer paid for?",
+)
+MAX_PER_REQUEST: Final = "0.01"  # USDC: the paying client refuses to authorize more at once
+MAX_TOTAL: Final = "0.05"  # USDC: ... or to spend more in all
 
 
-def _usdc(stack: LocalStack, atomic: int) -> str:
-    return f"{Decimal(atomic).scaleb(-stack.asset_decimals):f} USDC"
+class DemoUnavailableError(RuntimeError):
+    """The demo needs a source checkout (for the example app) and the ``openai`` package."""
 
 
 def _step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-async def _chat(request: Request) -> Response:
-    body = await request.json()
-    if body.get("stream"):
-        return StreamingResponse(stream_chat(body), media_type="text/event-stream")
-    return JSONResponse(complete_chat(body))
+def _short(address: str) -> str:
+    return f"{address[:6]}...{address[-4:]}"
 
 
-def demo_app(stack: LocalStack, store_url: str = "memory://") -> X402Meter:
-    """The stub model's chat endpoint, metered per token with x402."""
-    app = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"])])
-    return X402Meter(
-        app,
-        pay_to=stack.pay_to,
-        facilitator_url=stack.facilitator_url,
-        network=stack.network,
-        asset=Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals),
-        price_per_token=PRICE_PER_TOKEN,
-        max_tokens=MAX_TOKENS,
-        routes=["POST /v1/chat/completions"],
-        store=store_url,
-    )
-
-
-def _delta_text(data: str) -> str:
+def _import_example() -> tuple[ModuleType, ModuleType]:
+    """``examples.fastapi_app.app`` and ``examples.common.settings``, from the source tree."""
+    names = ("examples.fastapi_app.app", "examples.common.settings")
     try:
-        chunk = json.loads(data)
-        return "".join(c["delta"].get("content") or "" for c in chunk.get("choices", []))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return ""
-
-
-async def _converse(stack: LocalStack, base: str) -> dict[str, Any]:
-    url = f"{base}/v1/chat/completions"
-    async with httpx.AsyncClient() as plain:
-        challenge = await plain.post(url, json=QUESTION)
-    required = PaymentRequired.model_validate_json(
-        base64.b64decode(challenge.headers["payment-required"])
-    )
-    upto = required.accepts[0]
-    maximum = _usdc(stack, int(upto.amount))
-    _step(
-        f"{challenge.status_code} Payment Required: '{upto.scheme}' up to {maximum}"
-        f" ({MAX_TOKENS} tokens at {PRICE_PER_TOKEN} USDC)"
+        return importlib.import_module(names[0]), importlib.import_module(names[1])
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("examples"):
+            raise
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / "examples" / "fastapi_app" / "app.py").is_file():
+            sys.path.insert(0, str(root))
+            return importlib.import_module(names[0]), importlib.import_module(names[1])
+    raise DemoUnavailableError(
+        "the demo serves examples/fastapi_app from a source checkout of x402-meter:"
+        " run it from the repository (make demo)"
     )
 
-    payer = Account.from_key(stack.payer_private_keys[0])
-    client = x402Client().register(stack.network, UptoEvmClientScheme(payer))
-    client.set_spend_controls(
-        {"allowed_assets": [{"network": stack.network, "asset": stack.asset}]}
-    )
-    async with x402HttpxClient(client, timeout=60) as paying:
-        _step(f"payer {payer.address} signs a Permit2 authorization (EIP-712) and retries")
-        async with paying.stream("POST", url, json=QUESTION) as response:
-            _step(f"{response.status_code}: verified by the facilitator; the answer streams:")
-            parser = SSEParser()
-            print("    ", end="", flush=True)
-            async for chunk in response.aiter_raw():
-                for event in parser.feed(chunk):
-                    print(_delta_text(event.data), end="", flush=True)
-            print(flush=True)
-            receipt_path = response.headers["x-payment-receipt"]
-        _step(f"the body closed; settling the actual cost (receipt {receipt_path})")
-        answer = await paying.get(f"{base}{receipt_path}", params={"wait": 30})
-    receipt: dict[str, Any] = answer.json()
-    return receipt
+
+class _Narrator:
+    """Prints each step of each payment as the paying client reports it."""
+
+    def __init__(self, stack: LocalStack, price_per_token: str, max_tokens: int) -> None:
+        self.decimals = stack.asset_decimals
+        self.price_per_token = price_per_token
+        self.max_tokens = max_tokens
+
+    def usdc(self, atomic: int) -> str:
+        return f"{Decimal(atomic).scaleb(-self.decimals):f} USDC"
+
+    def __call__(self, stage: PaymentStage, payment: Payment) -> None:
+        if stage == "required":
+            _step(
+                f"402 Payment Required: '{payment.scheme}' up to {self.usdc(payment.max_amount)}"
+                f" ({self.max_tokens} tokens at {self.price_per_token} USDC)"
+            )
+        elif stage == "signed":
+            what = (
+                "a Permit2 authorization (EIP-712)"
+                if payment.scheme == "upto"
+                else "an EIP-3009 transfer authorization (EIP-712)"
+            )
+            _step(f"payer {_short(payment.payer)} signs {what} and retries")
+        elif stage == "answered":
+            if payment.status_code == 200:
+                _step("200: verified by the facilitator; the answer streams:")
+            else:
+                _step(f"{payment.status_code}: the server did not accept the payment")
 
 
-async def _run(stack: LocalStack, store_url: str) -> int:
-    async with serving(demo_app(stack, store_url)) as base:
-        _step(f"chat endpoint metered by X402Meter at {base}/v1/chat/completions")
-        receipt = await _converse(stack, base)
-    if receipt["status"] != "settled":
-        print(f"settlement did not complete: {receipt}", file=sys.stderr)
-        return 1
-    tokens = receipt["input_tokens"] + receipt["output_tokens"]
-    _step(
-        f"charged {_usdc(stack, int(receipt['amount']))} for {tokens} tokens"
-        f" ({receipt['input_tokens']} in, {receipt['output_tokens']} out,"
-        f" {receipt['usage_source']})"
+async def _converse(stack: LocalStack, store_url: str) -> list[Receipt]:
+    """Serve the example, hold the conversation, return each answer's receipt."""
+    try:
+        import openai
+    except ImportError as exc:  # pragma: no cover - openai comes with the dev extra
+        raise DemoUnavailableError(f"the demo needs the openai package ({exc})") from exc
+    example, settings_module = _import_example()
+    asset = Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals)
+    settings = settings_module.Settings(
+        pay_to=stack.pay_to,
+        network=stack.network,
+        facilitator_url=stack.facilitator_url,
+        asset=asset,
+        store_url=store_url,
     )
-    _step(f"settled on chain: transaction {receipt['transaction']}")
-    return 0
+    narrator = _Narrator(stack, settings.prices[MODEL], settings.max_tokens)
+    receipts: list[Receipt] = []
+    async with serving(example.create_app(settings)) as base:
+        _step(f"the FastAPI example (examples/fastapi_app) serves {base}/v1/chat/completions")
+        _step(
+            f"the paying client: public anvil dev key {_short(_payer(stack))},"
+            f" at most {MAX_PER_REQUEST} USDC per request and {MAX_TOTAL} USDC in all"
+        )
+        async with PayingAsyncClient(
+            stack.payer_private_keys[0],
+            network=stack.network,
+            asset=asset,
+            max_per_request=MAX_PER_REQUEST,
+            max_total=MAX_TOTAL,
+            on_payment=narrator,
+        ) as http:
+            llm = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x402", http_client=http)
+            messages: list[Any] = []
+            for turn, question in enumerate(QUESTIONS, 1):
+                print(f"\n--- turn {turn}: {question}", flush=True)
+                messages.append({"role": "user", "content": question})
+                _step(f"openai: chat.completions.create(model={MODEL!r}, stream=True)")
+                stream = await llm.chat.completions.create(
+                    model=MODEL, messages=messages, stream=True
+                )
+                print("    ", end="", flush=True)
+                answer: list[str] = []
+                async for chunk in stream:
+                    for choice in chunk.choices:
+                        text = choice.delta.content or ""
+                        answer.append(text)
+                        print(text, end="", flush=True)
+                print(flush=True)
+                messages.append({"role": "assistant", "content": "".join(answer)})
+                payment = http.last_payment
+                assert payment is not None
+                _step(f"the stream closed; the receipt: {payment.receipt_url}")
+                receipt = await http.receipt(wait=30)
+                receipts.append(receipt)
+                if receipt.status != "settled":
+                    print(f"settlement did not complete: {receipt.raw}", file=sys.stderr)
+                    return receipts
+                tokens = (receipt.input_tokens or 0) + (receipt.output_tokens or 0)
+                _step(
+                    f"charged {narrator.usdc(receipt.amount or 0)} for {tokens} tokens"
+                    f" ({receipt.input_tokens} in, {receipt.output_tokens} out,"
+                    f" {receipt.usage_source})"
+                )
+                _step(f"settled on chain: transaction {receipt.transaction}")
+    return receipts
+
+
+def _payer(stack: LocalStack) -> str:
+    from eth_account import Account
+
+    return str(Account.from_key(stack.payer_private_keys[0]).address)
 
 
 def run_demo() -> int:
@@ -141,12 +173,29 @@ def run_demo() -> int:
         store_url = f"sqlite:///{scratch}/ledger.sqlite3"
         _step(f"payments are recorded in {store_url}")
         w3 = stack.web3()
-        payer = Account.from_key(stack.payer_private_keys[0]).address
-        accounts = (("payer", payer), ("seller", stack.pay_to))
+        accounts = (("payer", _payer(stack)), ("seller", stack.pay_to))
         before = {who: token_balance(w3, stack.asset, address) for who, address in accounts}
-        status = anyio.run(_run, stack, store_url)
+        try:
+            receipts = anyio.run(_converse, stack, store_url)
+        except DemoUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        settled = [r for r in receipts if r.status == "settled"]
+        status = 0 if len(settled) == len(QUESTIONS) else 1
+        print(flush=True)
+        _step("balances on chain, before -> after:")
+        usdc = _Narrator(stack, "", 0).usdc
+        after = {who: token_balance(w3, stack.asset, address) for who, address in accounts}
         for who, address in accounts:
-            now = token_balance(w3, stack.asset, address)
-            print(f"    {who:6} {_usdc(stack, before[who])} -> {_usdc(stack, now)}", flush=True)
-    _step("stopped the local stack" + (": demo complete" if status == 0 else ""))
+            print(
+                f"    {who:6} {_short(address)} {usdc(before[who])} -> {usdc(after[who])}",
+                flush=True,
+            )
+        paid = sum(r.amount or 0 for r in settled)
+        if after["seller"] - before["seller"] == paid == before["payer"] - after["payer"]:
+            _step(f"the seller received exactly the sum of the receipts: {usdc(paid)}")
+        elif status == 0:
+            print("the balances did not move by the receipts' amounts", file=sys.stderr)
+            status = 1
+    _step("stopped the example and the local stack" + (": demo complete" if status == 0 else ""))
     return status

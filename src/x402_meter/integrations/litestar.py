@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Unpack
 
+import anyio
 from litestar import get
 from litestar.config.app import AppConfig
 from litestar.middleware import DefineMiddleware
@@ -18,6 +19,7 @@ from litestar.plugins import InitPluginProtocol
 
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.middleware import X402Meter
+from x402_meter.runtime import runtime_for
 
 
 class X402MeterPlugin(InitPluginProtocol):
@@ -36,4 +38,11 @@ class X402MeterPlugin(InitPluginProtocol):
             raise RuntimeError("X402Meter serves receipts; it is missing from this handler's stack")
 
         app_config.route_handlers.append(receipt)
+        # Middleware sees no lifespan in Litestar: let settlements in flight finish at shutdown.
+        app_config.on_shutdown.append(self.drain)
         return app_config
+
+    async def drain(self) -> None:
+        """Wait (up to 30 s) for this meter's settlements in flight; stop its sweeper."""
+        with anyio.move_on_after(30):
+            await runtime_for(MeterConfig.create(**self.options)).settler.aclose()

@@ -1,0 +1,1 @@
+"""The FastAPI example: ``uvicorn examples.fastapi_app.app:app``."""

@@ -1,0 +1,1 @@
+"""The Litestar example: ``uvicorn examples.litestar_app.app:app``."""
