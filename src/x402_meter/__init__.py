@@ -25,7 +25,7 @@ from x402_meter.errors import (
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metering import Meter, MeterFactory, ResponseInfo, Usage
 from x402_meter.middleware import X402Meter
-from x402_meter.pricing import TokenPrice
+from x402_meter.pricing import PricedRequest, PriceTable, TokenPrice
 from x402_meter.routing import metered
 from x402_meter.store import MemoryStore, PaymentRecord, PaymentStore
 
@@ -46,6 +46,8 @@ __all__ = [
     "PaymentError",
     "PaymentRecord",
     "PaymentStore",
+    "PriceTable",
+    "PricedRequest",
     "ResponseInfo",
     "TokenPrice",
     "Usage",
