@@ -45,5 +45,8 @@ docs: $(STAMP)  ## build the documentation site into site/ (fails on any warning
 contracts: $(STAMP)  ## recompile the Vyper contracts into their committed artifacts
 	$(BIN)/python -m x402_meter.devstack.contract_build
 
+bench: $(STAMP)  ## every benchmark side by side (~5 min); writes docs/benchmarks.md
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

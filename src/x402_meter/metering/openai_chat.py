@@ -16,11 +16,13 @@ the text of the chunks that were forwarded, and the input from the request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from x402_meter.metering.base import Meter, ResponseInfo
 from x402_meter.metering.extractor import (
+    MAX_KEPT_SIZE,
     UsageExtractor,
     compact_json,
     count,
@@ -73,6 +75,47 @@ class OpenAIChatUsage(UsageExtractor):
                 if isinstance(message, dict):
                     yield from _message_texts(message)
 
+    def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
+        super().__init__(max_kept_size)
+        self._template: tuple[str, str] | None = None
+
+    def text_of(self, data: str) -> str:
+        # The chunks of one stream differ only in the text they carry: past the first, a
+        # chunk that is the last decoded one with another plain string as its content needs
+        # no decoding (see _template).
+        template = self._template
+        if template is not None:
+            prefix, suffix = template
+            if (
+                data.startswith(prefix)
+                and data.endswith(suffix)
+                and len(data) >= len(prefix) + len(suffix)
+            ):
+                content = data[len(prefix) : len(data) - len(suffix)]
+                if _NOT_PLAIN.search(content) is None:
+                    return content
+        text = super().text_of(data)
+        self._template = _template(data, text)
+        return text
+
+    def text(self, event: Any) -> str:
+        # texts(), joined, without a generator per level: run once per chunk of a stream
+        # that reports no usage (or, to check the cap, before it does).
+        choices = event.get("choices") if isinstance(event, dict) else None
+        if not isinstance(choices, list):
+            return ""
+        parts: list[str] = []
+        for choice in choices:
+            if isinstance(choice, dict):
+                value = choice.get("text")
+                if isinstance(value, str):
+                    parts.append(value)
+                for key in ("delta", "message"):
+                    message = choice.get(key)
+                    if isinstance(message, dict):
+                        _message_parts(message, parts)
+        return "".join(parts)
+
 
 def _message_texts(message: dict[str, Any]) -> Iterator[str]:
     # reasoning_content: vLLM, DeepSeek, llama.cpp; reasoning: OpenRouter, Ollama's /v1.
@@ -90,6 +133,55 @@ def _message_texts(message: dict[str, Any]) -> Iterator[str]:
                 function.get("name"),
                 arguments if isinstance(arguments, str) else compact_json(arguments),
             )
+
+
+_CONTENT_KEY = '"content":"'
+_OTHER_TEXT_KEYS = ('"text"', '"reasoning', '"refusal"', '"tool_calls"', '"name"', '"arguments"')
+_NOT_PLAIN = re.compile(r'["\\\x00-\x1f]')
+"""What a JSON string's text cannot hold unescaped (a quote, a backslash, a control)."""
+
+
+def _template(data: str, text: str) -> tuple[str, str] | None:
+    """The text before and after the content of a decoded chunk whose only text is one
+    ``"content":"..."`` string with no escape in the whole chunk, else None.
+
+    Another chunk made of the same prefix and suffix around a string with no quote,
+    backslash or control character is valid JSON of the same shape, so its text is that
+    string: exactly what decoding it would give. With no backslash in the chunk, every key
+    is written as it reads, so a single ``"content"`` and none of the other text keys means
+    the text came from that string.
+    """
+    if not text or "\\" in data or any(key in data for key in _OTHER_TEXT_KEYS):
+        return None
+    start = data.find(_CONTENT_KEY)
+    if start < 0 or data.count('"content"') != 1:
+        return None
+    begin = start + len(_CONTENT_KEY)
+    end = data.find('"', begin)
+    if end < 0 or data[begin:end] != text:
+        return None
+    return data[:begin], data[end:]
+
+
+_MESSAGE_TEXT_KEYS = ("reasoning_content", "reasoning", "content", "refusal")
+
+
+def _message_parts(message: dict[str, Any], parts: list[str]) -> None:
+    """What _message_texts yields, appended to ``parts`` (empty strings join to nothing)."""
+    for key in _MESSAGE_TEXT_KEYS:
+        value = message.get(key)
+        if isinstance(value, str):
+            parts.append(value)
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                name = function.get("name")
+                if isinstance(name, str):
+                    parts.append(name)
+                arguments = function.get("arguments")
+                parts.append(arguments if isinstance(arguments, str) else compact_json(arguments))
 
 
 def openai_chat_meter(response: ResponseInfo, *, encoding: str = DEFAULT_ENCODING) -> Meter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
 _ANY_LINE_END: Final = re.compile(r"[\r\n]")
@@ -27,6 +27,8 @@ class SSEEvent:
 
 
 class SSEParser:
+    """``feed`` gives whole events; ``feed_data`` only their data (what the meters read)."""
+
     def __init__(self, max_event_size: int = MAX_EVENT_SIZE) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._max = max_event_size
@@ -38,32 +40,58 @@ class SSEParser:
         self._id: str | None = None
         self._skipping_line = False
         self._oversized = False
+        self._data_only = False
         self.dropped = 0
         """Characters dropped because a line or an event was over the bound."""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        self._data_only = False
+        events: list[SSEEvent] = []
+        self._feed(chunk, events)
+        return events
+
+    def feed_data(self, chunk: bytes) -> list[str]:
+        """As :meth:`feed`, but only the ``data`` of each event (no event objects are made)."""
+        self._data_only = True
+        data: list[str] = []
+        self._feed(chunk, data)
+        return data
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a final unterminated line is processed, an undispatched event dropped."""
+        self._data_only = False
+        events: list[SSEEvent] = []
+        self._close(events)
+        return events
+
+    def close_data(self) -> list[str]:
+        """As :meth:`close`, but only the ``data`` of each event."""
+        self._data_only = True
+        data: list[str] = []
+        self._close(data)
+        return data
+
+    def _feed(self, chunk: bytes, events: list[Any]) -> None:
         text = self._decoder.decode(chunk)
         if not self._started and text:
             self._started = True
             text = text.removeprefix("\ufeff")
         if self._skipping_line:
             text = self._skip(text)
-        events = self._lines(self._buffer + text)
+        self._lines(self._buffer + text, events)
         if len(self._buffer) > self._max:
             self._drop_long_line()
-        return events
 
-    def close(self) -> list[SSEEvent]:
-        """End of stream: a final unterminated line is processed, an undispatched event dropped."""
+    def _close(self, events: list[Any]) -> None:
         rest = self._decoder.decode(b"", final=True)
         if self._skipping_line:
             rest = self._skip(rest)
         rest = self._buffer + rest
         self._buffer = ""
-        events = self._lines(rest + "\n") if rest else []
+        if rest:
+            self._lines(rest + "\n", events)
         self._data.clear()
         self._size = 0
-        return events
 
     def _drop_long_line(self) -> None:
         """A line over the bound, its end not in sight: drop it and the event it belongs to."""
@@ -89,14 +117,15 @@ class SSEParser:
         self.dropped += end.start()
         return ":" + text[end.start() :]  # a comment line stands in for the dropped one
 
-    def _lines(self, text: str) -> list[SSEEvent]:
-        events: list[SSEEvent] = []
+    def _lines(self, text: str, events: list[Any]) -> None:
         if "\r" not in text:
             # Fast path: nearly every server ends lines with LF alone.
+            if not (self._data or self._event or self._oversized):
+                text = self._simple_events(text, events)
             *lines, self._buffer = text.split("\n")
             for line in lines:
                 self._line(line, events)
-            return events
+            return
         position = 0
         for match in _LINE_END.finditer(text):
             # A CR at the very end may be the first half of a CRLF split across chunks.
@@ -105,12 +134,40 @@ class SSEParser:
             self._line(text[position : match.start()], events)
             position = match.end()
         self._buffer = text[position:]
-        return events
 
-    def _line(self, line: str, events: list[SSEEvent]) -> None:
+    def _simple_events(self, text: str, events: list[Any]) -> str:
+        """Dispatch the leading run of ``data: ...`` one-line events, if that is all ``text``
+        holds up to its last blank line; return what is left for the line-by-line parser.
+
+        Checked and split with ``str`` methods, not line by line: the run starts with
+        ``data: ``, splits on ``\\n\\ndata: ``, and has no line end but the two after each
+        event. Between events the parser holds no state an event depends on but the last
+        event id, so these are the events the line-by-line parser would give (the run being
+        shorter than the bound, none of its lines or events can be over it).
+        """
+        if not text.startswith("data: "):
+            return text
+        end = text.rfind("\n\n") + 2
+        if end < 8 or end > self._max:
+            return text
+        data = text[6 : end - 2].split("\n\ndata: ")
+        if text.count("\n", 0, end) != 2 * len(data):
+            return text
+        if self._data_only:
+            events += data
+        else:
+            last_id = self._id
+            events += [SSEEvent(value, "message", last_id) for value in data]
+        return text[end:]
+
+    def _line(self, line: str, events: list[Any]) -> None:
         if not line:
             if self._data and not self._oversized:
-                events.append(SSEEvent("\n".join(self._data), self._event or "message", self._id))
+                data = "\n".join(self._data)
+                if self._data_only:
+                    events.append(data)
+                else:
+                    events.append(SSEEvent(data, self._event or "message", self._id))
             self._data.clear()
             self._size = 0
             self._oversized = False

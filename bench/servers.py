@@ -1,0 +1,96 @@
+"""Uvicorn processes serving bench/sse_server.py, each dying with the benchmark that started it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from x402_meter.devstack import LocalStack
+from x402_meter.devstack.processes import ChildProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of a process (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    host: str
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@contextmanager
+def sse_server(
+    mode: str,
+    stack: LocalStack,
+    log_dir: Path,
+    *,
+    store_url: str = "",
+    max_tokens: int = 16384,
+    source: Path | None = None,
+    name: str | None = None,
+) -> Iterator[Server]:
+    """bench/sse_server.py in front of ``mode`` (bare, meter or sdk), in its own uvicorn process.
+
+    One worker, uvicorn's defaults otherwise, access log off. ``source``: a directory holding
+    another ``x402_meter`` package to serve instead of the installed one (to compare a change
+    with what it changes, side by side).
+    """
+    port = free_port()
+    name = name or mode
+    env = {
+        **os.environ,
+        "X402_BENCH_MODE": mode,
+        "X402_BENCH_STACK": json.dumps(stack.as_json_dict()),
+        "X402_BENCH_STORE": store_url,
+        "X402_BENCH_MAX_TOKENS": str(max_tokens),
+    }
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(source), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.sse_server:app",
+        "--app-dir",
+        str(ROOT),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+    process = ChildProcess(
+        args, name=f"uvicorn-{name}", env=env, log_path=log_dir / f"{name}.log", merge_stderr=True
+    )
+    try:
+        process.wait_for_line(lambda line: "Application startup complete" in line, timeout=60)
+        yield Server(name, "127.0.0.1", port, process.pid)
+    finally:
+        process.stop()

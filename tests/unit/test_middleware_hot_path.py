@@ -1,0 +1,248 @@
+"""X402Meter's hot-path shortcuts give what the plain computations give.
+
+The meter is fed in batches (the chunks that went out since it was last fed): the count at
+the end, at a checkpoint and at the cap is the one of the whole body. The byte bound of the
+cap check, the resource URL and the requirements' JSON are computed once and remembered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from eth_account import Account
+from starlette.datastructures import URL
+from x402 import x402Client
+from x402.http.utils import encode_payment_signature_header
+from x402.mechanisms.evm.upto import UptoEvmClientScheme
+from x402.schemas import (
+    PaymentRequired,
+    SettleResponse,
+    SupportedKind,
+    SupportedResponse,
+    VerifyResponse,
+)
+
+from x402_meter import Asset, FacilitatorClient, MemoryStore, TokenPrice, X402Meter
+from x402_meter.devstack.accounts import FACILITATOR, PAYERS, SELLER
+from x402_meter.metering import ResponseInfo, auto_meter, estimate_tokens
+from x402_meter.middleware import METER_BATCH_BYTES, bytes_to_reach
+from x402_meter.pricing import to_atomic
+from x402_meter.routing import DEFAULT_SPEC
+from x402_meter.store import LedgerState, PaymentRecord
+
+NETWORK = "eip155:31337"
+ASSET = Asset("0x5FbDB2315678afecb367f032d93F642f64180aa3", "USD Coin", "2", 6)
+
+
+@pytest.mark.parametrize(
+    ("price", "decimals", "maximum"),
+    [
+        ("0.000002", 6, 8192),
+        ("0.000002", 6, 8193),
+        ("0.0000005", 6, 1000),
+        ("0.0000005", 6, 1001),
+        ("1", 0, 7),
+        ("0.3", 1, 10),
+        ("0.000000001", 6, 1),
+        ("0", 6, 100),
+        ("0.000002", 6, 0),
+    ],
+)
+def test_bytes_to_reach_is_the_least_count_that_costs_the_maximum(
+    price: str, decimals: int, maximum: int
+) -> None:
+    value = Decimal(price)
+    found = bytes_to_reach(value, decimals, maximum)
+
+    def reaches(count: int) -> bool:
+        return to_atomic(value * count, decimals) >= maximum
+
+    if found == float("inf"):
+        assert not any(reaches(count) for count in range(0, 100_000, 997))
+        return
+    least = int(found)
+    assert reaches(least)
+    assert least == 0 or not reaches(least - 1)
+    assert bytes_to_reach(value, decimals, maximum) == found  # remembered
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        {"headers": [(b"host", b"example.com")], "path": "/v1/chat", "query_string": b""},
+        {"headers": [(b"host", b"example.com:8080")], "path": "/a b?#", "query_string": b"x=1"},
+        {"headers": [], "path": "/v1", "server": ("10.0.0.1", 80), "query_string": b""},
+        {"headers": [], "path": "/v1", "server": ["::1", 8000], "scheme": "https"},
+        {"headers": [], "path": "//v1", "query_string": b"q"},
+        {
+            "headers": [(b"host", b"[::1]:99999")],
+            "path": "/",
+            "server": ("h", 443),
+            "scheme": "https",
+        },
+    ],
+)
+def test_the_resource_url_is_starlettes(scope: dict[str, Any]) -> None:
+    meter = metered(app_with([]))
+    full = {"type": "http", **scope}
+    assert meter.resource_url(full) == str(URL(scope=full))
+    assert meter.resource_url(full) == str(URL(scope=full))  # remembered, still the same
+
+
+# -- a whole request, in-process --------------------------------------------------------------
+
+
+class StandInFacilitator(FacilitatorClient):
+    def __init__(self) -> None:
+        super().__init__("http://stand-in.invalid")
+
+    async def supported(self) -> SupportedResponse:
+        kind = SupportedKind(
+            x402_version=2,
+            scheme="upto",
+            network=NETWORK,
+            extra={"facilitatorAddress": FACILITATOR.address},
+        )
+        return SupportedResponse(
+            kinds=[kind], extensions=[], signers={"eip155:*": [FACILITATOR.address]}
+        )
+
+    async def verify(self, payload: Any, requirements: Any) -> VerifyResponse:
+        return VerifyResponse(is_valid=True, payer=PAYERS[0].address)
+
+    async def settle(self, payload: Any, requirements: Any) -> SettleResponse:
+        return SettleResponse(
+            success=True, transaction="0x" + "ab" * 32, network=NETWORK, payer=PAYERS[0].address
+        )
+
+
+def app_with(chunks: list[bytes]) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
+        try:
+            for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except OSError:  # StreamCapped, as when a client leaves: the app stops
+            return
+
+    return app
+
+
+def metered(app: Any, **options: Any) -> X402Meter:
+    return X402Meter(
+        app,
+        pay_to=SELLER.address,
+        network=NETWORK,
+        asset=ASSET,
+        price_per_token="0.000002",
+        routes=["POST /v1/chat/completions"],
+        store=MemoryStore(),
+        facilitator=StandInFacilitator(),
+        **options,
+    )
+
+
+async def paid_request(meter: X402Meter) -> tuple[list[dict[str, Any]], PaymentRecord]:
+    offer = await meter.runtime.offer(DEFAULT_SPEC, TokenPrice.flat("0.000002"))
+    required = offer.payment_required("http://test/v1/chat/completions", "payment required")
+    client = x402Client().register(
+        NETWORK, UptoEvmClientScheme(Account.from_key(PAYERS[0].private_key))
+    )
+    client.set_spend_controls({"allowed_assets": [{"network": NETWORK, "asset": ASSET.address}]})
+    payload = await client.create_payment_payload(PaymentRequired(accepts=required.accepts))
+    header = encode_payment_signature_header(payload).encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"test"), (b"payment-signature", header)],
+        "scheme": "http",
+        "server": ("test", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b'{"messages": []}', "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    await meter(scope, receive, send)
+    await meter.runtime.settler.drain()
+    rows = await meter.runtime.store.list()
+    assert len(rows) == 1
+    return sent, rows[0]
+
+
+def chunk(text: str) -> bytes:
+    return (
+        b'data: {"object":"chat.completion.chunk","choices":[{"delta":{"content":"%s"}}]}\n\n'
+        % (text.encode())
+    )
+
+
+def usage_of(body: bytes) -> Any:
+    meter = auto_meter(ResponseInfo(200, "text/event-stream", None, b'{"messages": []}'))
+    meter.feed(body)
+    return meter.finish()
+
+
+@pytest.mark.parametrize("size", [1, 7, 300, METER_BATCH_BYTES + 5])
+def test_a_long_stream_is_counted_whole_whatever_its_chunks(size: int) -> None:
+    text = "".join(f" word{index}" for index in range(3000))
+    body = b"".join(chunk(text[i : i + 5]) for i in range(0, len(text), 5))
+    body += b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9}}\n\n'
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    assert len(body) > 3 * METER_BATCH_BYTES
+    sent, row = asyncio.run(paid_request(metered(app_with(chunks), max_tokens=10**7)))
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == body  # forwarded untouched
+    assert (row.state, row.input_tokens, row.output_tokens) == (LedgerState.SETTLED, 3, 9)
+
+
+def test_a_stream_without_usage_is_estimated_from_all_it_sent() -> None:
+    text = "".join(f" token{index}" for index in range(4000))
+    body = b"".join(chunk(text[i : i + 7]) for i in range(0, len(text), 7))
+    chunks = [body[i : i + 333] for i in range(0, len(body), 333)]
+    _, row = asyncio.run(paid_request(metered(app_with(chunks), max_tokens=10**7)))
+    expected = usage_of(body)
+    assert row.output_tokens == expected.output_tokens == estimate_tokens(text)
+    assert row.amount == 2 * (expected.input_tokens + expected.output_tokens)
+
+
+def test_checkpoints_count_what_was_sent_before_each_chunk() -> None:
+    text = "".join(f" t{index}" for index in range(2000))
+    body = b"".join(chunk(text[i : i + 4]) for i in range(0, len(text), 4))
+    chunks = [body[i : i + 100] for i in range(0, len(body), 100)]
+    saved: list[PaymentRecord] = []
+
+    class Recording(MemoryStore):
+        async def save(self, record: PaymentRecord) -> None:
+            saved.append(record)
+            await super().save(record)
+
+    meter = metered(app_with(chunks), max_tokens=10**7, checkpoint_every=0.0)
+    meter.runtime.store = meter.runtime.settler._store = Recording()
+    asyncio.run(paid_request(meter))
+    checkpoints = [r for r in saved if r.state is LedgerState.VERIFIED and r.amount is not None]
+    assert len(checkpoints) == len(chunks)
+    for index, row in enumerate(checkpoints):  # before chunk `index` goes out: all up to it
+        assert row.output_tokens == usage_of(b"".join(chunks[: index + 1])).output_tokens
+
+
+def test_the_cap_ends_a_stream_that_reports_no_usage() -> None:
+    body = b"".join(chunk(" token") for _ in range(5000))
+    chunks = [body[i : i + 250] for i in range(0, len(body), 250)]
+    sent, row = asyncio.run(paid_request(metered(app_with(chunks), max_tokens=500)))
+    assert row.amount == row.max_amount == 1000
+    assert sent[-1].get("more_body") is False  # the last chunk that went out ended it
+    assert len(sent) - 1 < len(chunks)
