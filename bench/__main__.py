@@ -277,7 +277,7 @@ def write_report(
         "Written by `make bench` (`.venv/bin/python -m bench`): do not edit by hand. "
         "Every figure below comes from one run, its parts side by side; the machines these "
         "run on are small and shared, so read ratios and medians, and min–max as the noise. "
-        "[bench/README.md](../bench/README.md) says how each figure is taken."
+        "`bench/README.md` says how each figure is taken."
     )
     loop = "uvloop" if _has("uvloop") else "asyncio"
     http = "httptools" if _has("httptools") else "h11"
