@@ -20,7 +20,7 @@ from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metrics import PrometheusMetrics
 from x402_meter.settlement import RetryPolicy, Settler
-from x402_meter.store import LedgerState, MemoryStore, PaymentRecord, SQLiteStore
+from x402_meter.store import LedgerState, MemoryStore, PaymentRecord, PaymentStore, SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +53,13 @@ def refused(reason: str, tx: str = "") -> SettleResponse:
     )
 
 
+async def saved(store: PaymentStore, receipt_id: str = "r1", **changes: object) -> PaymentRecord:
+    """A row as the middleware leaves it: in the store, before the worker takes it."""
+    record = row(receipt_id, **changes)
+    await store.save(record)
+    return record
+
+
 def row(receipt_id: str = "r1", **changes: object) -> PaymentRecord:
     """A payment whose body closed with a charge of 346, ready to settle."""
     defaults: dict[str, object] = {
@@ -65,7 +72,7 @@ def row(receipt_id: str = "r1", **changes: object) -> PaymentRecord:
 
 async def test_a_settlement_records_the_transaction_and_charges_the_row_amount() -> None:
     store, facilitator = MemoryStore(), ScriptedFacilitator(ok("0xfeed"))
-    result = await Settler(facilitator, store, retry=FAST).settle(row())
+    result = await Settler(facilitator, store, retry=FAST).settle(await saved(store))
     assert (result.state, result.transaction, result.attempts) == (LedgerState.SETTLED, "0xfeed", 1)
     assert facilitator.amounts == ["346"]
     assert await store.get("r1") == result
@@ -73,7 +80,7 @@ async def test_a_settlement_records_the_transaction_and_charges_the_row_amount()
 
 async def test_nothing_to_charge_sends_no_settlement() -> None:
     store, facilitator = MemoryStore(), ScriptedFacilitator()
-    result = await Settler(facilitator, store, retry=FAST).settle(row(amount=0))
+    result = await Settler(facilitator, store, retry=FAST).settle(await saved(store, amount=0))
     assert result.state is LedgerState.NOT_CHARGED
     assert facilitator.amounts == []
 
@@ -84,7 +91,7 @@ async def test_transient_failures_are_retried_with_backoff_until_success() -> No
         MemoryStore(),
         ScriptedFacilitator(down, refused("settlement_pending", "0xpend"), ok()),
     )
-    result = await Settler(facilitator, store, retry=FAST).settle(row())
+    result = await Settler(facilitator, store, retry=FAST).settle(await saved(store))
     assert (result.state, result.attempts, result.error) == (LedgerState.SETTLED, 3, None)
 
 
@@ -92,7 +99,7 @@ async def test_a_permanent_refusal_fails_the_row_and_keeps_the_reason() -> None:
     store = MemoryStore()
     result = await Settler(
         ScriptedFacilitator(refused("permit2_deadline_expired")), store, retry=FAST
-    ).settle(row())
+    ).settle(await saved(store))
     assert (result.state, result.error) == (LedgerState.FAILED, "permit2_deadline_expired")
 
 
@@ -101,7 +108,7 @@ async def test_a_refusal_after_an_ambiguous_attempt_says_so() -> None:
     facilitator = ScriptedFacilitator(
         FacilitatorUnavailableError("ReadTimeout"), refused("invalid_upto_evm_transaction_failed")
     )
-    result = await Settler(facilitator, store, retry=FAST).settle(row())
+    result = await Settler(facilitator, store, retry=FAST).settle(await saved(store))
     assert result.state is LedgerState.FAILED
     assert result.error == "invalid_upto_evm_transaction_failed (after: ReadTimeout)"
 
@@ -110,7 +117,9 @@ async def test_when_inline_retries_run_out_the_row_waits_for_the_sweeper_unlease
     store = MemoryStore()
     down = FacilitatorUnavailableError("down")
     settler = Settler(ScriptedFacilitator(down, down, down, ok()), store, retry=FAST)
-    left = await settler.settle(row(lease_owner=settler.owner, lease_until=time.time() + 30))
+    left = await settler.settle(
+        await saved(store, lease_owner=settler.owner, lease_until=time.time() + 30)
+    )
     assert (left.state, left.attempts, left.lease_owner) == (LedgerState.TO_SETTLE, 3, None)
     assert await settler.sweep(now=left.next_attempt_at - 0.001) == 0  # not due yet
     assert await settler.sweep(now=left.next_attempt_at) == 1
@@ -175,16 +184,17 @@ async def test_hooks_hear_of_settled_and_failed_payments_and_cannot_break_them()
         on_settled=on_settled,
         on_settlement_failed=on_failed,
     )
-    assert (await settler.settle(row("a"))).state is LedgerState.SETTLED
-    assert (await settler.settle(row("b"))).state is LedgerState.FAILED
+    assert (await settler.settle(await saved(store, "a"))).state is LedgerState.SETTLED
+    assert (await settler.settle(await saved(store, "b"))).state is LedgerState.FAILED
     assert heard == [("settled", LedgerState.SETTLED), ("failed", LedgerState.FAILED)]
 
 
 async def test_metrics_count_settlements_and_amounts() -> None:
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry)
-    settler = Settler(ScriptedFacilitator(ok()), MemoryStore(), retry=FAST, metrics=metrics)
-    await settler.settle(row())
+    store = MemoryStore()
+    settler = Settler(ScriptedFacilitator(ok()), store, retry=FAST, metrics=metrics)
+    await settler.settle(await saved(store))
     labels = {"asset": "0x" + "11" * 20, "network": "eip155:31337"}
     assert registry.get_sample_value("x402_meter_settled_amount_total", labels) == 346
     assert registry.get_sample_value("x402_meter_settlements_pending") == 0

@@ -44,6 +44,12 @@ logger = logging.getLogger("x402_meter.settlement")
 
 SETTLEMENT_PENDING: Final = "settlement_pending"
 SettlementHook = Callable[[PaymentRecord], Awaitable[None] | None]
+ATTEMPT_GRACE: Final = 60.0
+"""Added to the lease for one attempt: covers the facilitator client's timeout."""
+
+
+class LeaseLostError(Exception):
+    """Another worker holds the row: this one must not settle it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +195,11 @@ class Settler:
 
     async def _settle(self, record: PaymentRecord, attempts: int) -> PaymentRecord:
         for attempt in range(attempts):
-            record = await self._attempt(record)
+            try:
+                record = await self._attempt(record)
+            except LeaseLostError:
+                logger.info("settlement %s is held by another worker", record.receipt_id)
+                return await self._store.get(record.receipt_id) or record
             if record.state.is_final:
                 await self._run_hook(record)
                 return record
@@ -203,6 +213,15 @@ class Settler:
             return await self._save(
                 record, state=LedgerState.NOT_CHARGED, amount=0, lease_owner=None, lease_until=0.0
             )
+        # Hold the row for the whole attempt: a settle call can wait on a busy facilitator for
+        # longer than a lease, and a second worker settling the same payment would collide.
+        now = time.time()
+        held = await self._store.claim(
+            record.receipt_id, self.owner, now + self.retry.lease_seconds + ATTEMPT_GRACE, now
+        )
+        if held is None:
+            raise LeaseLostError(record.receipt_id)
+        record = held
         attempt = record.attempts + 1
         started = time.perf_counter()
         try:
