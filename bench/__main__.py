@@ -269,7 +269,12 @@ def _verdict(ok: bool) -> str:
 
 
 def write_report(
-    results: Results, sizes: Sizes, sections: set[int], command: str, started: datetime
+    results: Results,
+    sizes: Sizes,
+    sections: set[int],
+    command: str,
+    started: datetime,
+    machine_line: str,
 ) -> str:
     report = Report()
     report.heading("Benchmarks", 1)
@@ -283,8 +288,9 @@ def write_report(
     http = "httptools" if _has("httptools") else "h11"
     report.text(
         f"- command: `{command}`\n"
-        f"- date: {started:%Y-%m-%d %H:%M} UTC, {time.time() - started.timestamp():.0f} s\n"
-        f"- machine: {machine()}\n"
+        f"- date: {started:%Y-%m-%d %H:%M} UTC, {time.time() - started.timestamp():.0f} s; "
+        f"load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+        f"- machine: {machine_line}\n"
         f"- server: uvicorn {uvicorn.__version__} ({http}, {loop} loop), one worker, "
         "access log off; X402Meter with a SQLite ledger, the local facilitator "
         "(`local_stack()`: anvil, the contracts, `x402-meter facilitator`)\n"
@@ -654,6 +660,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sections = {int(part) for part in args.sections.split(",") if part.strip()}
     results = Results()
     step(f"machine: {machine()}")
+    machine_line = machine()
     if 3 in sections:
         step("3. CPU per paid request (in-process)")
         results.cpu = run_cpu(sizes, args.baseline_src)
@@ -668,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             servers(stack, Path(scratch), args.baseline_src) as running,
         ):
             asyncio.run(run_loopback(stack, running, sizes, sections, results))
-    page = write_report(results, sizes, sections, command, started)
+    page = write_report(results, sizes, sections, command, started, machine_line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page, encoding="utf-8")
     step(f"wrote {args.out} in {time.time() - started.timestamp():.0f} s")

@@ -21,15 +21,13 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from decimal import Decimal
 from typing import Any, Final, TypeAlias, Unpack
 from urllib.parse import parse_qs
 
 import anyio
 from starlette.datastructures import URL
 from starlette.types import Message, Receive, Scope, Send
-from x402.schemas import PaymentRequirements, SettleResponse
-from x402.schemas.v1 import PaymentRequirementsV1
+from x402.schemas import SettleResponse
 
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import FacilitatorUnavailableError, PaymentAlreadyUsedError, PaymentError
@@ -80,7 +78,6 @@ a checkpoint, a cap check or the end needs the count): what it costs to read a s
 then paid per batch, not per chunk of a few hundred bytes."""
 _monotonic: Final = time.monotonic
 _RESOURCE_URLS_KEPT: Final = 256
-_REQUIREMENTS_JSON_KEPT: Final = 64
 
 
 class X402Meter:
@@ -99,7 +96,6 @@ class X402Meter:
         self._routes = RouteTable(self.config.routes, app)
         self._receipts_path = self.config.receipts_path
         self._resource_urls: dict[tuple[Any, ...], str] = {}
-        self._requirements_json: dict[int, tuple[object, str]] = {}
 
     def resource_url(self, scope: Scope) -> str:
         """``str(URL(scope=scope))``, remembered for the parts of the scope it is made of."""
@@ -122,21 +118,6 @@ class X402Meter:
                 self._resource_urls.clear()
             url = self._resource_urls[key] = str(URL(scope=scope))
         return url
-
-    def requirements_json(self, requirements: PaymentRequirements | PaymentRequirementsV1) -> str:
-        """The ledger's copy of the server's requirements, serialized once per offer.
-
-        v2 payments are checked against the offer's own requirements object, which is never
-        changed once built (an offer is rebuilt, not updated): its JSON is reused.
-        """
-        cached = self._requirements_json.get(id(requirements))
-        if cached is not None and cached[0] is requirements:
-            return cached[1]
-        dumped = requirements.model_dump_json(by_alias=True, exclude_none=True)
-        if len(self._requirements_json) >= _REQUIREMENTS_JSON_KEPT:
-            self._requirements_json.clear()
-        self._requirements_json[id(requirements)] = (requirements, dumped)
-        return dumped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -235,42 +216,6 @@ def _media_type(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str | None
         elif lower == b"content-encoding":
             encoding = value.decode("latin-1").strip().lower()
     return content_type, encoding
-
-
-_bytes_to_reach: dict[tuple[Decimal, int, int], float] = {}
-
-
-def bytes_to_reach(price: Decimal, decimals: int, maximum: int) -> float:
-    """The fewest bytes that, one token each at ``price``, cost ``maximum`` atomic units:
-    the least ``b`` with ``to_atomic(price * b, decimals) >= maximum`` (infinite if none).
-
-    Found once per price and maximum (the cost only grows with ``b``), so the check it
-    stands for costs a comparison where it cost decimal arithmetic.
-    """
-    key = (price, decimals, maximum)
-    found = _bytes_to_reach.get(key)
-    if found is not None:
-        return found
-
-    def reaches(count: int) -> bool:
-        return to_atomic(price * count, decimals) >= maximum
-
-    if reaches(0):
-        found = 0.0
-    elif price <= 0:
-        found = float("inf")
-    else:
-        low, high = 0, 1  # reaches(low) is False; doubled until reaches(high)
-        while not reaches(high):
-            low, high = high, high * 2
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (low, middle) if reaches(middle) else (middle, high)
-        found = float(high)
-    if len(_bytes_to_reach) >= 256:
-        _bytes_to_reach.clear()
-    _bytes_to_reach[key] = found
-    return found
 
 
 def usage_source(usage: Usage) -> str:
@@ -466,7 +411,9 @@ class _PaidExchange:
             max_amount=authorization.max_amount,
             x402_version=authorization.version,
             payload_json=authorization.payload.model_dump_json(by_alias=True, exclude_none=True),
-            requirements_json=self.middleware.requirements_json(authorization.requirements),
+            requirements_json=authorization.requirements.model_dump_json(
+                by_alias=True, exclude_none=True
+            ),
             created_at=now,
             updated_at=now,
             lease_owner=settler.owner,
@@ -605,8 +552,9 @@ class _PaidExchange:
         # highest price, the count cannot have reached it, and nothing needs counting.
         tariff = self.offer.terms.tariff
         bytes_seen = self.forwarded + len(self.request_body)
-        if bytes_seen < bytes_to_reach(
-            tariff.price.highest, tariff.decimals, self.authorization.max_amount
+        if (
+            to_atomic(tariff.price.highest * bytes_seen, tariff.decimals)
+            < self.authorization.max_amount
         ):
             return False
         usage = self._snapshot()
