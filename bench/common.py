@@ -1,4 +1,5 @@
-"""What every benchmark shares: summaries of samples, the machine, and the payer's signature.
+"""What every benchmark shares: summaries of samples, the machine, the payer's signature and
+the ``upto`` terms it signs on the local stack.
 
 The machines these run on are small and shared: compare figures taken side by side in one
 run (ratios of medians), and read min–max as the noise, not as a property of the code.
@@ -13,12 +14,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eth_account import Account
 from x402 import x402Client
+from x402.http import HTTPFacilitatorClient
 from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
-from x402.schemas import PaymentPayload, PaymentRequired
+from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
+
+if TYPE_CHECKING:
+    from x402_meter.devstack import LocalStack
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +111,26 @@ class Payer:
         decoded = decode_payment_required_header(payment_required_header)
         assert isinstance(decoded, PaymentRequired), "expected an x402 v2 challenge"
         return await self.headers(decoded, count)
+
+
+def upto_requirements(
+    stack: LocalStack,
+    facilitator: HTTPFacilitatorClient,
+    *,
+    max_timeout_seconds: int,
+    amount: str = "10000",
+) -> PaymentRequirements:
+    """``upto`` terms on the local stack that ``facilitator`` accepts: its ``/supported``
+    ``extra`` (the facilitator address a signature must name) plus the token's EIP-712
+    domain."""
+    kinds = facilitator.get_supported().kinds
+    extra = next(kind.extra for kind in kinds if kind.scheme == "upto") or {}
+    return PaymentRequirements(
+        scheme="upto",
+        network=stack.network,
+        asset=stack.asset,
+        amount=amount,
+        pay_to=stack.pay_to,
+        max_timeout_seconds=max_timeout_seconds,
+        extra={"name": stack.asset_name, "version": stack.asset_version, **extra},
+    )

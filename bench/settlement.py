@@ -20,6 +20,7 @@ from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 
+from bench.common import upto_requirements
 from x402_meter.devstack import LocalStack, local_stack
 
 
@@ -27,16 +28,7 @@ async def verified_payments(
     stack: LocalStack, count: int
 ) -> tuple[PaymentRequirements, list[PaymentPayload]]:
     facilitator = HTTPFacilitatorClient(FacilitatorConfig(url=stack.facilitator_url))
-    extra = next(k.extra for k in facilitator.get_supported().kinds if k.scheme == "upto") or {}
-    requirements = PaymentRequirements(
-        scheme="upto",
-        network=stack.network,
-        asset=stack.asset,
-        amount="10000",
-        pay_to=stack.pay_to,
-        max_timeout_seconds=600,
-        extra={"name": stack.asset_name, "version": stack.asset_version, **extra},
-    )
+    requirements = upto_requirements(stack, facilitator, max_timeout_seconds=600)
     payloads = []
     for index in range(count):
         key = stack.payer_private_keys[index % len(stack.payer_private_keys)]

@@ -19,8 +19,9 @@ import time
 from x402 import x402Client
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
-from x402.schemas import PaymentRequired, PaymentRequirements
+from x402.schemas import PaymentRequired
 
+from bench.common import upto_requirements
 from x402_meter.devstack import LocalStack, local_stack
 
 
@@ -53,16 +54,7 @@ async def time_facilitator(stack: LocalStack, payments: int) -> tuple[list[float
     from eth_account import Account
 
     facilitator = HTTPFacilitatorClient(FacilitatorConfig(url=stack.facilitator_url))
-    extra = next(k.extra for k in facilitator.get_supported().kinds if k.scheme == "upto") or {}
-    requirements = PaymentRequirements(
-        scheme="upto",
-        network=stack.network,
-        asset=stack.asset,
-        amount="10000",
-        pay_to=stack.pay_to,
-        max_timeout_seconds=300,
-        extra={"name": stack.asset_name, "version": stack.asset_version, **extra},
-    )
+    requirements = upto_requirements(stack, facilitator, max_timeout_seconds=300)
     client = x402Client().register(
         stack.network, UptoEvmClientScheme(Account.from_key(stack.payer_private_keys[0]))
     )

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+from copy import deepcopy
 from typing import Any
 
 import httpx
 import pytest
 from eth_account import Account
 from fastapi import FastAPI
-from litestar import Litestar, post
+from litestar import Litestar, Router, post
 from litestar.response import Stream
+from litestar.types import Receive as LitestarReceive
+from litestar.types import Scope as LitestarScope
+from litestar.types import Send as LitestarSend
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -25,7 +29,8 @@ from tests.sdk_payer import sdk_client
 from x402_meter import X402Meter, metered
 from x402_meter.devstack import LocalStack, token_balance
 from x402_meter.devstack.asgi_server import serving
-from x402_meter.integrations.litestar import X402MeterPlugin
+from x402_meter.integrations.litestar import X402MeterMiddleware, X402MeterPlugin
+from x402_meter.store import LedgerState, MemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -142,6 +147,57 @@ async def test_litestar_plugin_meters_table_routes_and_metered_handlers(
     assert table_receipt["amount"] == str(TOKENS * PRICE_ATOMIC)
     assert route_required.accepts[0].amount == str(ROUTE_MAX_TOKENS * ROUTE_PRICE_ATOMIC)
     assert route_receipt["amount"] == str(TOKENS * ROUTE_PRICE_ATOMIC)
+
+
+async def test_litestar_routes_given_one_store_object_write_to_that_store(
+    x402_local_stack: LocalStack,
+) -> None:
+    """The plugin's meter and a ``Router``'s own meter (Litestar deep-copies routers) both
+    record their payments in the store object they were given."""
+
+    @post("/v1/chat/completions", status_code=200)
+    async def chat() -> Stream:
+        return Stream(sse_body(), media_type="text/event-stream")
+
+    @post("/v1/answer", status_code=200)
+    @metered(price_per_token=ROUTE_PRICE, max_tokens=ROUTE_MAX_TOKENS)
+    async def answer() -> Stream:
+        return Stream(sse_body(), media_type="text/event-stream")
+
+    store = MemoryStore()
+    options = meter_options(x402_local_stack, store=store)
+    router_meter = X402MeterMiddleware(**{**options, "routes": ["POST /flat/v1/chat/completions"]})
+    flat = Router("/flat", route_handlers=[chat], middleware=[router_meter])
+    app = Litestar(route_handlers=[answer, flat], plugins=[X402MeterPlugin(**options)])
+    async with serving(app) as base:
+        _, answer_receipt = await pay_and_stream(x402_local_stack, 5, f"{base}/v1/answer")
+        _, flat_receipt = await pay_and_stream(
+            x402_local_stack, 5, f"{base}/flat/v1/chat/completions"
+        )
+    rows = await store.list()
+    assert [row.state for row in rows] == [LedgerState.SETTLED] * 2
+    assert {row.transaction for row in rows} == {
+        answer_receipt["transaction"],
+        flat_receipt["transaction"],
+    }
+
+
+def test_a_deep_copied_litestar_router_keeps_the_store_object() -> None:
+    @post("/v1/chat/completions", status_code=200)
+    async def chat() -> Stream:
+        return Stream(sse_body(), media_type="text/event-stream")
+
+    store = MemoryStore()
+    meter = X402MeterMiddleware(pay_to="0x" + "33" * 20, price_per_token="0.000001", store=store)
+    copied = deepcopy(Router("/flat", route_handlers=[chat], middleware=[meter]))
+    assert copied.middleware == [meter]
+
+    async def endpoint(scope: LitestarScope, receive: LitestarReceive, send: LitestarSend) -> None:
+        pass  # pragma: no cover - never called
+
+    built = meter(app=endpoint)
+    assert isinstance(built, X402Meter)
+    assert built.runtime.store is store
 
 
 async def test_a_whole_litestar_app_wrapped_as_plain_asgi(x402_local_stack: LocalStack) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import random
 import time
 from pathlib import Path
 
@@ -10,7 +11,15 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from x402_meter.store import MemoryStore, PaymentStore, SQLiteStore, open_store
+from tests.ledger_rows import payment_row
+from x402_meter.store import (
+    OPEN_STATES,
+    LedgerState,
+    MemoryStore,
+    PaymentStore,
+    SQLiteStore,
+    open_store,
+)
 from x402_meter.store.redis import RedisStore
 
 pytestmark = pytest.mark.anyio
@@ -83,3 +92,67 @@ def test_two_processes_racing_on_one_sqlite_file_win_each_key_once(tmp_path: Pat
 )
 def test_store_urls_name_their_backend(url: str, kind: type) -> None:
     assert isinstance(open_store(url), kind)
+
+
+async def _zrem_calls(client: Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_zrem", {}).get("calls", 0))
+
+
+async def test_a_redis_save_removes_a_row_only_from_the_sets_it_leaves(redis_url: str) -> None:
+    store = RedisStore(redis_url, prefix=f"zrem{time.time_ns()}:")
+    client = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        removals: list[int] = []
+        for row in (
+            payment_row("r1"),  # new: nothing to leave
+            payment_row("r1", attempts=1),  # same state
+            payment_row("r1", state=LedgerState.TO_SETTLE),  # verified -> to_settle
+            payment_row("r1", state=LedgerState.SETTLED, amount=346),  # and out of open
+            payment_row("r1", state=LedgerState.SETTLED, amount=346, transaction="0xabc"),
+        ):
+            before = await _zrem_calls(client)
+            await store.save(row)
+            removals.append(await _zrem_calls(client) - before)
+        assert removals == [0, 0, 1, 2, 0]
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_two_redis_writers_leave_each_row_listed_under_its_state_only(
+    redis_url: str,
+) -> None:
+    """Two servers sharing one Redis save the same rows in random states at once."""
+    prefix = f"race{time.time_ns()}:"
+    stores = [RedisStore(redis_url, prefix=prefix) for _ in range(2)]
+    ids = [f"r{index}" for index in range(20)]
+    states = list(LedgerState)
+    chooser = random.Random(402)
+    plans = [[(chooser.choice(ids), chooser.choice(states)) for _ in range(400)] for _ in stores]
+
+    async def write(store: RedisStore, plan: list[tuple[str, LedgerState]]) -> None:
+        for receipt_id, state in plan:
+            await store.save(payment_row(receipt_id, state=state))
+
+    async with anyio.create_task_group() as tasks:
+        for store, plan in zip(stores, plans, strict=True):
+            for part in range(4):  # several connections per server, interleaved
+                tasks.start_soon(write, store, plan[part::4])
+    client = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for receipt_id in ids:
+            row = await stores[0].get(receipt_id)
+            assert row is not None
+            indexed = {
+                state
+                for state in states
+                if await client.zscore(f"{prefix}state:{state.value}", receipt_id) is not None
+            }
+            assert indexed == {row.state}, receipt_id
+            is_open = await client.zscore(f"{prefix}open", receipt_id) is not None
+            assert is_open == (row.state in OPEN_STATES), receipt_id
+    finally:
+        await client.aclose()
+        for store in stores:
+            await store.aclose()

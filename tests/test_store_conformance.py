@@ -127,3 +127,22 @@ async def test_list_filters_by_state_newest_first_with_paging(store: PaymentStor
     assert [r.receipt_id for r in await store.list()] == ["r4", "r3", "r2", "r1", "r0"]
     assert [r.receipt_id for r in await store.list([LedgerState.SETTLED])] == ["r3", "r1"]
     assert [r.receipt_id for r in await store.list(limit=2, offset=1)] == ["r3", "r2"]
+
+
+async def test_a_row_that_changes_state_is_listed_under_its_new_state_only(
+    store: PaymentStore,
+) -> None:
+    await store.save(record("moved"))
+    await store.save(record("stays", state=LedgerState.TO_SETTLE))
+    await store.save(record("moved", state=LedgerState.TO_SETTLE))
+    await store.save(record("moved", state=LedgerState.SETTLED, amount=346))
+
+    async def listed(*states: LedgerState) -> set[str]:
+        return {row.receipt_id for row in await store.list(states)}
+
+    assert await listed(LedgerState.VERIFIED) == set()
+    assert await listed(LedgerState.TO_SETTLE) == {"stays"}
+    assert await listed(LedgerState.SETTLED) == {"moved"}
+    assert await listed(LedgerState.TO_SETTLE, LedgerState.SETTLED) == {"moved", "stays"}
+    assert len(await store.list()) == 2
+    assert [r.receipt_id for r in await store.due(time.time())] == ["stays"]

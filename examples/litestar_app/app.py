@@ -5,7 +5,7 @@
 - ``POST /premium/v1/chat/completions`` has its own price and cap with ``@metered`` (under
   ``@post``);
 - ``POST /flat/v1/chat/completions`` costs a flat price per request and model, paid with
-  ``exact``: a second ``X402Meter`` as the middleware of its own ``Router``;
+  ``exact``: a second meter (``X402MeterMiddleware``) as the middleware of its own ``Router``;
 - ``GET /v1/models`` lists the models and their prices (free).
 
 Configured by the environment variables of ``examples/common/settings.py``.
@@ -13,17 +13,16 @@ Configured by the environment variables of ``examples/common/settings.py``.
 
 from __future__ import annotations
 
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from litestar import Litestar, Request, Router, get, post
 from litestar.response import Stream
-from litestar.types import ASGIApp
 
 from examples.common.settings import Settings, price_table
 from examples.common.upstream import Upstream, upstream_from
-from x402_meter import PaymentStore, X402Meter, metered
+from x402_meter import PaymentStore, metered
 from x402_meter.config import MeterConfig
-from x402_meter.integrations.litestar import X402MeterPlugin
+from x402_meter.integrations.litestar import X402MeterMiddleware, X402MeterPlugin
 from x402_meter.runtime import runtime_for
 from x402_meter.store import open_store
 
@@ -82,11 +81,9 @@ def create_app(
     def models() -> dict[str, Any]:
         return {"object": "list", "data": settings.models()}
 
-    def flat_meter(app: ASGIApp) -> ASGIApp:
-        # A factory, not DefineMiddleware(X402Meter, **options): Litestar copies those
-        # options per route, and the copy of the store would be another ledger.
-        return cast(ASGIApp, X402Meter(app, **flat_price))
-
+    # Not DefineMiddleware(X402Meter, **options): Litestar deep-copies a Router with its
+    # options, and the copy of the store would be another ledger.
+    flat_meter = X402MeterMiddleware(**flat_price)
     flat = Router(FLAT_PREFIX, route_handlers=[flat_chat], middleware=[flat_meter])
 
     async def shutdown() -> None:

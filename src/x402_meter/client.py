@@ -726,19 +726,36 @@ class PayingTransport(httpx.BaseTransport):
 # -- clients -----------------------------------------------------------------------------------
 
 
-def _wallet(
+_DEFAULT_TIMEOUT: Final = 60.0
+"""Seconds; httpx's own 5 s is too short for a model's first token after a payment."""
+
+
+def _client_wallet(
     private_key: str | LocalAccount | None,
+    *,
     wallet: Wallet | None,
     network: str | None,
-    options: dict[str, Any],
+    asset: Asset | None,
+    max_per_request: AmountInput | None,
+    max_total: AmountInput | None,
+    on_payment: PaymentListener | None,
 ) -> Wallet:
+    """The wallet a paying client pays from: ``wallet`` as given, else one built from the
+    key and the ``Wallet`` options (the one place both clients check these arguments)."""
     if wallet is not None:
         if private_key is not None:
             raise ConfigurationError("pass private_key (and network) or wallet, not both")
         return wallet
     if private_key is None or network is None:
         raise ConfigurationError("pass private_key and network, or wallet=Wallet(...)")
-    return Wallet(private_key, network=network, **options)
+    return Wallet(
+        private_key,
+        network=network,
+        asset=asset,
+        max_per_request=max_per_request,
+        max_total=max_total,
+        on_payment=on_payment,
+    )
 
 
 class PayingAsyncClient(httpx.AsyncClient):
@@ -763,15 +780,17 @@ class PayingAsyncClient(httpx.AsyncClient):
         transport: httpx.AsyncBaseTransport | None = None,
         **httpx_options: Any,
     ) -> None:
-        options = {
-            "asset": asset,
-            "max_per_request": max_per_request,
-            "max_total": max_total,
-            "on_payment": on_payment,
-        }
-        self.wallet = _wallet(private_key, wallet, network, options)
+        self.wallet = _client_wallet(
+            private_key,
+            wallet=wallet,
+            network=network,
+            asset=asset,
+            max_per_request=max_per_request,
+            max_total=max_total,
+            on_payment=on_payment,
+        )
         self.paying_transport = PayingAsyncTransport(self.wallet, transport)
-        httpx_options.setdefault("timeout", 60.0)
+        httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)
         super().__init__(transport=self.paying_transport, **httpx_options)
 
     @property
@@ -818,15 +837,17 @@ class PayingClient(httpx.Client):
         transport: httpx.BaseTransport | None = None,
         **httpx_options: Any,
     ) -> None:
-        options = {
-            "asset": asset,
-            "max_per_request": max_per_request,
-            "max_total": max_total,
-            "on_payment": on_payment,
-        }
-        self.wallet = _wallet(private_key, wallet, network, options)
+        self.wallet = _client_wallet(
+            private_key,
+            wallet=wallet,
+            network=network,
+            asset=asset,
+            max_per_request=max_per_request,
+            max_total=max_total,
+            on_payment=on_payment,
+        )
         self.paying_transport = PayingTransport(self.wallet, transport)
-        httpx_options.setdefault("timeout", 60.0)
+        httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)
         super().__init__(transport=self.paying_transport, **httpx_options)
 
     @property

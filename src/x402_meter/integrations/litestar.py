@@ -4,33 +4,62 @@ Litestar runs app-level middleware per route handler, after routing. The plugin 
 ``X402Meter`` that way (instances share one runtime, see ``x402_meter.runtime``) and adds a
 route for the receipts path, so receipt requests reach a handler whose middleware answers
 them. Mark handlers with ``@metered`` (under ``@post``) or ``opt={"x402_meter": ...}``, or
-list them in ``routes``.
+list them in ``routes``. For a ``Router``'s own meter, use ``X402MeterMiddleware``.
+
+Options are passed on as they are, never copied: a store object given here is the one every
+route writes to. (Litestar deep-copies a ``Router`` when it is registered, and with it the
+arguments of its ``DefineMiddleware(X402Meter, store=...)``: the routes would write to a
+copy of the store, another ledger.)
 """
 
 from __future__ import annotations
 
-from typing import Unpack
+from typing import Any, Self, Unpack, cast
 
 import anyio
 from litestar import get
 from litestar.config.app import AppConfig
-from litestar.middleware import DefineMiddleware
 from litestar.plugins import InitPluginProtocol
+from litestar.types import ASGIApp
 
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.middleware import X402Meter
 from x402_meter.runtime import runtime_for
 
 
-class X402MeterPlugin(InitPluginProtocol):
+class X402MeterMiddleware:
+    """``X402Meter`` as Litestar middleware: ``Router(..., middleware=[X402MeterMiddleware(
+    pay_to=..., store=store, ...)])``.
+
+    Builds one ``X402Meter`` per route from the very options given here; Litestar's copies
+    of routers and handlers get this object itself (``copy`` and ``deepcopy`` return it), so
+    a store object is shared, not copied, and the routes share one runtime.
+    """
+
     def __init__(self, **options: Unpack[MeterOptions]) -> None:
         """``options`` are ``X402Meter``'s keyword arguments, checked now."""
         MeterConfig.create(**options)
         self.options = options
 
-    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+    def __call__(self, app: ASGIApp) -> ASGIApp:
         # X402Meter is typed with Starlette's ASGI aliases; Litestar's TypedDicts are narrower.
-        app_config.middleware.append(DefineMiddleware(X402Meter, **self.options))  # type: ignore[arg-type]
+        return cast(ASGIApp, X402Meter(app, **self.options))
+
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        return self
+
+
+class X402MeterPlugin(InitPluginProtocol):
+    def __init__(self, **options: Unpack[MeterOptions]) -> None:
+        """``options`` are ``X402Meter``'s keyword arguments, checked now."""
+        self.middleware = X402MeterMiddleware(**options)
+        self.options = options
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.middleware.append(self.middleware)
         receipts_path = str(self.options.get("receipts_path", "/x402/receipts/"))
 
         @get(f"{receipts_path}{{receipt_id:str}}", include_in_schema=False, sync_to_thread=False)

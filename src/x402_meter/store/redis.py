@@ -3,8 +3,11 @@
 A reservation is ``SET key NX PXAT <deadline>``: atomic, and it expires by itself when the
 authorization does. Each ledger row is a hash; sorted sets index the rows by creation time
 (per state, for listing) and the open rows by when they next need attention (``due``).
-Leases are taken by a Lua script, so claiming a row is one atomic step on the server. The
-ledger survives the death of any worker; it is as durable as the Redis server is
+Saving a row and taking a lease are Lua scripts, each one atomic step on the server. A save
+reads the state the row was in and takes it out of that state's set only (and out of the
+open set only when it leaves an open state), so it costs the same however many states
+there are, and writers on many hosts never leave a row listed under a state it has left.
+The ledger survives the death of any worker; it is as durable as the Redis server is
 configured to be (use AOF with ``appendfsync everysec`` or ``always`` for money).
 """
 
@@ -31,6 +34,30 @@ _INT_FIELDS: Final = (
 )
 _FLOAT_FIELDS: Final = ("created_at", "updated_at", "next_attempt_at", "lease_until")
 _OPTIONAL_FIELDS: Final = ("usage_source", "transaction", "error", "lease_owner")
+
+# KEYS: row hash, created zset, open zset, then one zset per state (in ARGV[5]'s order).
+# ARGV: receipt id, new state, created_at, open score ('' for a final state), states (csv),
+# open states (csv), then the row's field/value pairs. Reading the previous state in the
+# same atomic step as the write is what keeps concurrent writers from missing a move.
+_SAVE: Final = """
+local previous = redis.call('HGET', KEYS[1], 'state')
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+local index = 4
+for state in string.gmatch(ARGV[5], '[^,]+') do
+  if state == ARGV[2] then
+    redis.call('ZADD', KEYS[index], ARGV[3], ARGV[1])
+  elseif state == previous then
+    redis.call('ZREM', KEYS[index], ARGV[1])
+  end
+  index = index + 1
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+elseif previous and string.find(',' .. ARGV[6] .. ',', ',' .. previous .. ',', 1, true) then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
+"""
 
 # KEYS: row hash, open zset. ARGV: owner, until, now, open states (csv).
 _CLAIM: Final = """
@@ -87,6 +114,10 @@ class RedisStore:
         self._open = f"{prefix}open"
         self._created = f"{prefix}created"
         self._claim = self._redis.register_script(_CLAIM)
+        self._save = self._redis.register_script(_SAVE)
+        self._state_csv = ",".join(state.value for state in LedgerState)
+        self._open_state_csv = ",".join(state.value for state in OPEN_STATES)
+        self._state_keys = [self._state_key(state) for state in LedgerState]
 
     def _row_key(self, receipt_id: str) -> str:
         return f"{self._prefix}payment:{receipt_id}"
@@ -105,20 +136,26 @@ class RedisStore:
         await self._redis.delete(f"{self._prefix}reservation:{key}")
 
     async def save(self, record: PaymentRecord) -> None:
-        row = self._row_key(record.receipt_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(row, mapping=_encode(record))
-            for state in LedgerState:
-                if state is not record.state:
-                    pipe.zrem(self._state_key(state), record.receipt_id)
-            pipe.zadd(self._state_key(record.state), {record.receipt_id: record.created_at})
-            pipe.zadd(self._created, {record.receipt_id: record.created_at})
-            if record.state in OPEN_STATES:
-                score = max(record.lease_until, record.next_attempt_at)
-                pipe.zadd(self._open, {record.receipt_id: score})
-            else:
-                pipe.zrem(self._open, record.receipt_id)
-            await pipe.execute()
+        # Every state's set is declared as a key (as Redis asks of scripts); the script
+        # touches only the new state's and, if the row moved, the previous state's.
+        open_score = (
+            repr(max(record.lease_until, record.next_attempt_at))
+            if record.state in OPEN_STATES
+            else ""
+        )
+        fields = [item for pair in _encode(record).items() for item in pair]
+        await self._save(
+            keys=[self._row_key(record.receipt_id), self._created, self._open, *self._state_keys],
+            args=[
+                record.receipt_id,
+                record.state.value,
+                repr(record.created_at),
+                open_score,
+                self._state_csv,
+                self._open_state_csv,
+                *fields,
+            ],
+        )
 
     async def get(self, receipt_id: str) -> PaymentRecord | None:
         raw = await self._redis.hgetall(self._row_key(receipt_id))
@@ -158,13 +195,16 @@ class RedisStore:
         if states is None:
             ids = await self._redis.zrevrange(self._created, offset, offset + limit - 1)
             return await self._rows(_strings(ids))
-        rows: list[PaymentRecord] = []
-        for state in states:
-            ids = await self._redis.zrevrange(
-                self._state_key(LedgerState(state)), 0, offset + limit - 1
-            )
-            rows.extend(await self._rows(_strings(ids)))
-        rows.sort(key=lambda r: r.created_at, reverse=True)
+        wanted = {LedgerState(state) for state in states}
+        found: dict[str, PaymentRecord] = {}
+        for state in wanted:
+            ids = await self._redis.zrevrange(self._state_key(state), 0, offset + limit - 1)
+            # A row another writer moves between these reads is fetched as it is now: keep
+            # it once, and only if its state is still one of those asked for.
+            for row in await self._rows(_strings(ids)):
+                if row.state in wanted:
+                    found[row.receipt_id] = row
+        rows = sorted(found.values(), key=lambda r: r.created_at, reverse=True)
         return rows[offset : offset + limit]
 
     async def aclose(self) -> None:
