@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from x402_meter.devstack import LocalStack
-from x402_meter.devstack.processes import ChildProcess
+from x402_meter.devstack.processes import ChildProcess, uvicorn_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def sse_server(
         args, name=f"uvicorn-{name}", env=env, log_path=log_dir / f"{name}.log", merge_stderr=True
     )
     try:
-        process.wait_for_line(lambda line: "Application startup complete" in line, timeout=60)
+        process.wait_for_line(uvicorn_ready(), timeout=60)
         yield Server(name, "127.0.0.1", port, process.pid)
     finally:
         process.stop()

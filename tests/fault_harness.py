@@ -13,7 +13,7 @@ from pathlib import Path
 
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.accounts import dev_account
-from x402_meter.devstack.processes import ChildProcess
+from x402_meter.devstack.processes import ChildProcess, uvicorn_ready
 from x402_meter.devstack.stack import start_facilitator_process, wait_for_facilitator
 
 
@@ -60,15 +60,8 @@ def uvicorn_server(
     if workers > 1:
         args += ["--workers", str(workers)]
     process = ChildProcess(args, name="uvicorn", env=env, log_path=log_path, merge_stderr=True)
-    started = 0
-
-    def all_started(line: str) -> bool:
-        nonlocal started
-        started += "Application startup complete" in line
-        return started >= workers
-
     try:
-        process.wait_for_line(all_started, timeout=60)
+        process.wait_for_line(uvicorn_ready(workers), timeout=60)
         yield Server(f"http://127.0.0.1:{port}", process)
     finally:
         process.stop()

@@ -143,3 +143,22 @@ class ChildProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def uvicorn_ready(workers: int = 1) -> Callable[[str], bool]:
+    """A ``wait_for_line`` predicate: uvicorn listens and all its workers have started.
+
+    One worker logs "Application startup complete" before it binds its socket; only
+    "Uvicorn running on" says a connection will be accepted. With several workers the
+    supervisor binds first and each worker then starts: both lines are waited for.
+    """
+    listening = False
+    started = 0
+
+    def ready(line: str) -> bool:
+        nonlocal listening, started
+        listening = listening or "Uvicorn running on" in line
+        started += "Application startup complete" in line
+        return listening and started >= workers
+
+    return ready
