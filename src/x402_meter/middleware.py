@@ -76,7 +76,6 @@ METER_BATCH_BYTES: Final = 16 * 1024
 """Chunks are handed to the meter together, once this much has gone out (or sooner, when
 a checkpoint, a cap check or the end needs the count): what it costs to read a stream is
 then paid per batch, not per chunk of a few hundred bytes."""
-_monotonic: Final = time.monotonic
 _RESOURCE_URLS_KEPT: Final = 256
 
 
@@ -255,15 +254,21 @@ class _PaidExchange:
         self.app_scope: Scope = scope
         self.usage_filter: UsageChunkFilter | None = None
         self.capped = False
-        self.forwarded = 0
+        self.fast = False
+        """Body chunks may take ``_send``'s fast path: metered, nothing held or filtered,
+        not capped. ``feed_at`` stays 0 (no chunk takes it) while this is false."""
         self.cap_checked_at = 0
         self.next_cap_check = 2048.0
-        """``forwarded`` at which ``_cap_reached`` looks next (infinite if it never would)."""
-        self.checkpoint_due = self.checkpointed_at + self.config.checkpoint_every
+        """Bytes forwarded at which ``_cap_reached`` looks next (infinite if it never would)."""
         self.pending: list[bytes] = []
         """Chunks forwarded but not yet fed to the meter (less than METER_BATCH_BYTES)."""
         self.fed = 0
-        """``forwarded`` when the meter was last fed."""
+        """Bytes fed to the meter."""
+        self.unfed = 0
+        """Bytes of ``pending``."""
+        self.feed_at = 0
+        """``unfed`` at which a chunk leaves the fast path: a batch is full, or the cap is
+        due a look (0 while every chunk must: ``checkpoint_every=0``)."""
         self.heartbeat_timer: asyncio.TimerHandle | None = None
         self.heartbeat_task: asyncio.Task[None] | None = None
         self.serving = False
@@ -450,7 +455,26 @@ class _PaidExchange:
             ]
         return message
 
-    async def _send(self, message: Message) -> None:
+    @property
+    def forwarded(self) -> int:
+        """Bytes of the body sent so far."""
+        return self.fed + self.unfed
+
+    def _send(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine: most chunks only go into the meter's next batch and on to the
+        # server, and the app then awaits the server's own send, with no frame of ours in
+        # between. The rest (a full batch, a look at the cap, the start, the end, a held
+        # answer) takes _send_slowly.
+        if message["type"] == "http.response.body":  # feed_at is 0 unless the fast path may
+            body = message.get("body", b"")
+            unfed = self.unfed + len(body)
+            if unfed < self.feed_at:
+                self.unfed = unfed
+                self.pending.append(body)
+                return self.send(message)
+        return self._send_slowly(message)
+
+    async def _send_slowly(self, message: Message) -> None:
         if self.capped:
             raise StreamCapped("the authorized maximum was reached: the answer has ended")
         if message["type"] == "http.response.body" and self.meter is not None:
@@ -459,15 +483,16 @@ class _PaidExchange:
                 # The meter reads in batches (METER_BATCH_BYTES); whatever needs the count
                 # (a checkpoint, the cap, the end) hands it what is pending first.
                 self.pending.append(body)
-                forwarded = self.forwarded = self.forwarded + len(body)
-                if forwarded - self.fed >= METER_BATCH_BYTES:
+                self.unfed += len(body)
+                if self.unfed >= METER_BATCH_BYTES:
                     self._feed_pending()
-                if _monotonic() >= self.checkpoint_due:
+                if self.config.checkpoint_every == 0:
                     # Before the chunk goes out: what a client has received is on record.
                     await self._checkpoint()
-                if forwarded >= self.next_cap_check and self._cap_reached():
-                    self.capped = True
+                if self.forwarded >= self.next_cap_check and self._cap_reached():
+                    self.capped, self.fast = True, False
                     message = {**message, "more_body": False}  # this chunk is the last
+                self._set_feed_at()
             if self.usage_filter is not None:
                 shown = self.usage_filter.filter(body)
                 if not message.get("more_body", False):
@@ -490,7 +515,16 @@ class _PaidExchange:
             if self.config.settle_before_response and content_type not in _STREAMING_TYPES:
                 self.held = [message]
                 return
+            self.fast = self.meter is not None and self.usage_filter is None
+            self._set_feed_at()
         await self.send(message)
+
+    def _set_feed_at(self) -> None:
+        if not self.fast or self.config.checkpoint_every == 0:
+            self.feed_at = 0
+        else:
+            room = self.next_cap_check - self.forwarded
+            self.feed_at = int(min(METER_BATCH_BYTES, max(room, 0)))
 
     # -- metering ------------------------------------------------------------------------
 
@@ -508,7 +542,9 @@ class _PaidExchange:
         pending = self.pending
         body = pending[0] if len(pending) == 1 else b"".join(pending)
         self.pending = []
-        self.fed = self.forwarded
+        self.fed += self.unfed
+        self.unfed = 0
+        self._set_feed_at()
         assert self.meter is not None
         try:
             self.meter.feed(body)
@@ -595,17 +631,20 @@ class _PaidExchange:
                 self.record, lease_until=until, updated_at=time.time()
             )
         self.checkpointed_at = time.monotonic()
-        self.checkpoint_due = self.checkpointed_at + self.config.checkpoint_every
         await self.runtime.store.save(self.record)
 
-    # The heartbeat keeps the row leased while the answer runs, even when no chunk moves: a
-    # checkpoint every third of the lease. If this server dies, the lease runs out and another
-    # worker settles the row for its last checkpoint: what had been served then (never more
-    # than was served). A timer, not a task sleeping in a loop: most answers end before it
-    # ever fires, and a timer costs a fraction of a task to start and to stop.
+    # The heartbeat checkpoints the running count every ``checkpoint_every`` seconds and
+    # keeps the row leased while the answer runs, even when no chunk moves (at least every
+    # third of the lease). If this server dies, the lease runs out and another worker settles
+    # the row for its last checkpoint: what had been served then (never more than was
+    # served). A timer, not a task sleeping in a loop, nor a clock read per chunk: most
+    # answers end before it ever fires, and a timer costs a fraction of a task to start and
+    # to stop. (``checkpoint_every=0`` checkpoints before each chunk, in _send_slowly.)
 
     def _arm_heartbeat(self) -> None:
         period = self.runtime.settler.retry.lease_seconds / 3
+        if self.config.checkpoint_every:
+            period = min(period, self.config.checkpoint_every)
         self.heartbeat_timer = asyncio.get_running_loop().call_later(period, self._beat)
 
     def _beat(self) -> None:

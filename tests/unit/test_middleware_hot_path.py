@@ -212,3 +212,36 @@ def test_the_cap_ends_a_stream_that_reports_no_usage() -> None:
     assert row.amount == row.max_amount == 1000
     assert sent[-1].get("more_body") is False  # the last chunk that went out ended it
     assert len(sent) - 1 < len(chunks)
+
+
+def test_the_heartbeat_checkpoints_what_went_out_while_the_stream_runs() -> None:
+    text = "".join(f" t{index}" for index in range(600))
+    body = b"".join(chunk(text[i : i + 4]) for i in range(0, len(text), 4))
+    first, rest = body[: len(body) // 2], body[len(body) // 2 :]
+    checkpointed = asyncio.Event()
+    saved: list[PaymentRecord] = []
+
+    class Recording(MemoryStore):
+        async def save(self, record: PaymentRecord) -> None:
+            saved.append(record)
+            if record.state is LedgerState.VERIFIED and record.amount is not None:
+                checkpointed.set()
+            await super().save(record)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
+        for index in range(0, len(first), 100):  # chunks that stay below one meter batch
+            piece = first[index : index + 100]
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await checkpointed.wait()  # the timer's checkpoint, taken beside the stream
+        await send({"type": "http.response.body", "body": rest})
+
+    meter = metered(app, max_tokens=10**7, checkpoint_every=0.01)
+    meter.runtime.store = meter.runtime.settler._store = Recording()
+    _, row = asyncio.run(paid_request(meter))
+    checkpoint = next(r for r in saved if r.state is LedgerState.VERIFIED and r.amount is not None)
+    assert checkpoint.output_tokens == usage_of(first).output_tokens > 0
+    assert row.output_tokens == usage_of(body).output_tokens > checkpoint.output_tokens

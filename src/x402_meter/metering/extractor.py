@@ -10,6 +10,11 @@ the end only if it never is, to count the text that was generated.
 ``cumulative`` formats (each usage report replaces the previous one: OpenAI-compatible
 streams with continuous usage, Gemini) decode usage events only until an output count is
 known; after that only the text of the latest one is kept, and decoded at the end.
+
+Kept events are decoded when their text is taken (:meth:`UsageExtractor.take_text`: a
+snapshot, or the end) and then let go: the meter counts the text as it comes. A run of
+stream chunks that all have one shape may arrive as text already (``keep_text``): see
+:meth:`UsageExtractor.chunk_template`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ _BULK_FROM: Final = 8
 
 UNDECODED: Final[Any] = object()
 """Marks an event not decoded yet (``None`` is a valid decoded JSON value)."""
+
+
+class KnownText(str):
+    """Generated text kept as text (read without decoding its events), among kept events."""
+
+    __slots__ = ()
 
 
 # What json.loads(text) runs, called directly: the C scanner of a default decoder, between
@@ -114,7 +125,6 @@ class UsageExtractor:
         self._max_kept = max_kept_size
         self._kept: list[str] = []
         self._kept_size = 0
-        self._texts: list[str] = []  # the generated text of _kept[:len(_texts)], decoded
         self._latest: str | None = None
 
     # -- what each provider defines ----------------------------------------------------------
@@ -154,7 +164,6 @@ class UsageExtractor:
                 self.dropped += len(data)
         elif self._kept:
             self._kept.clear()  # the output was reported: the text is no longer needed
-            self._texts.clear()
             self._kept_size = 0
 
     def events(self, events: list[str]) -> None:
@@ -208,7 +217,6 @@ class UsageExtractor:
                     self.dropped += len(data)
         elif self._kept:
             self._kept.clear()
-            self._texts.clear()
             self._kept_size = 0
 
     def settle(self) -> None:
@@ -217,15 +225,32 @@ class UsageExtractor:
             self.read(decode(self._latest))
             self._latest = None
 
-    def generated_text(self) -> str:
-        """The text of the events kept: what the output estimate counts.
+    def keep_text(self, text: str) -> None:
+        """Generated text read without decoding its events (a run of chunks of one shape):
+        kept in their place, within the same budget."""
+        if self.output_tokens is not None:
+            return
+        if self._kept_size + len(text) <= self._max_kept:
+            self._kept.append(KnownText(text))
+            self._kept_size += len(text)
+        else:
+            self.dropped += len(text)
 
-        Events are decoded the first time they are asked for, so asking again during a
-        stream (snapshots) only decodes the events that came since.
-        """
+    def take_text(self) -> str:
+        """The generated text of the events kept since the last call: what the output
+        estimate counts. The events are let go: a running count has them now."""
+        if not self._kept:
+            return ""
         text_of = self.text_of
-        self._texts += [text_of(data) for data in self._kept[len(self._texts) :]]
-        return "".join(self._texts)
+        kept, self._kept, self._kept_size = self._kept, [], 0
+        return "".join([data if type(data) is KnownText else text_of(data) for data in kept])
+
+    def chunk_template(self) -> tuple[str, str] | None:
+        """The JSON before and after the text of a stream's chunks, if they all share it:
+        each ``prefix + s + suffix`` with ``s`` free of quotes, backslashes and control
+        characters is a chunk whose generated text is ``s``. Lets a meter read such runs
+        without decoding them; ``None`` (the default) if the format has no such shape."""
+        return None
 
     def text_of(self, data: str) -> str:
         """The generated text of one kept event (naming the model, if still unknown)."""
@@ -242,14 +267,28 @@ class UsageExtractor:
 
 
 class UnknownFormat(UsageExtractor):
-    """JSON events of no known provider: nothing is reported; their whole text is counted."""
+    """JSON events of no known provider: nothing is reported; their whole text is counted,
+    one event per line."""
 
-    def generated_text(self) -> str:
-        return "\n".join(self._kept)
+    def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
+        super().__init__(max_kept_size)
+        self._taken = False
+
+    def take_text(self) -> str:
+        if not self._kept:
+            return ""
+        text = "\n".join(self._kept)
+        self._kept, self._kept_size = [], 0
+        if self._taken:
+            return "\n" + text
+        self._taken = True
+        return text
 
 
 class PlainText(UsageExtractor):
     """A ``text/*`` body: the body is the generated text."""
 
-    def generated_text(self) -> str:
-        return "".join(self._kept)
+    def take_text(self) -> str:
+        text = "".join(self._kept)
+        self._kept, self._kept_size = [], 0
+        return text

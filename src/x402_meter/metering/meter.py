@@ -26,10 +26,12 @@ from x402_meter.metering.json_values import JSONValuesReader
 from x402_meter.metering.ndjson import NDJSONReader
 from x402_meter.metering.prompt import prompt_text
 from x402_meter.metering.sse import SSEParser
+from x402_meter.metering.sse_runs import MAX_CARRY, SSEChunkRuns
 from x402_meter.metering.tokenizer import (
     BYTES_PER_TOKEN,
     DEFAULT_ENCODING,
     ENCODINGS,
+    TokenTally,
     estimate_tokens,
 )
 
@@ -83,17 +85,17 @@ class _Events(Protocol):
 
 class _SSEEvents:
     def __init__(self) -> None:
-        self._parser = SSEParser()
+        self.parser = SSEParser()
 
     @property
     def dropped(self) -> int:
-        return self._parser.dropped
+        return self.parser.dropped
 
     def feed(self, chunk: bytes) -> list[str]:
-        return self._parser.feed_data(chunk)
+        return self.parser.feed_data(chunk)
 
     def close(self) -> list[str]:
-        return self._parser.close_data()
+        return self.parser.close_data()
 
 
 class _TextEvents:
@@ -165,6 +167,11 @@ class BodyMeter:
         elif content_encoding not in ("", "identity"):
             form = "opaque"  # e.g. br or zstd: counted by its (compressed) size
         self._events = _events_for(form)
+        self._sse = self._events.parser if isinstance(self._events, _SSEEvents) else None
+        self._runs: SSEChunkRuns | None = None
+        """Reads the runs of chunks of one shape, once the extractor knows that shape."""
+        self._tally = TokenTally(encoding)
+        """The output so far, counted as its text is taken from the extractor."""
         if form == "text":
             extractor = PlainText()
         elif form == "opaque":
@@ -181,10 +188,10 @@ class BodyMeter:
             return
         try:
             if self._decompressor is None:
-                self._take(self._events.feed(chunk))
+                self._read(chunk)
             else:
                 for piece in self._decompressor.feed(chunk):
-                    self._take(self._events.feed(piece))
+                    self._read(piece)
         except Exception:  # a meter must never break the stream it reads
             logger.exception("meter failed on a chunk; counting what it had")
             self._broken = True
@@ -212,7 +219,8 @@ class BodyMeter:
                 extractor = UnknownFormat()
                 for data, decoded in self._pending:
                     extractor.event(data, decoded)
-            return self._count(extractor)
+                return self._count(extractor, TokenTally(self._encoding))
+            return self._count(extractor, self._tally)
         except Exception:
             logger.exception("meter failed to take a snapshot")
             return Usage(input_source="estimated", output_source="estimated")
@@ -221,11 +229,46 @@ class BodyMeter:
         if not self._broken:
             if self._decompressor is not None:
                 for piece in self._decompressor.close():
-                    self._take(self._events.feed(piece))
+                    self._read(piece)
+            if self._runs is not None:  # the unfinished event it held back
+                self._take(self._events.feed(self._runs.carry))
+                self._runs = None
             self._take(self._events.close())
-        return self._count(self._extractor or self._settle_unknown())
+        return self._count(self._extractor or self._settle_unknown(), self._tally)
 
-    def _count(self, extractor: UsageExtractor) -> Usage:
+    def _read(self, piece: bytes) -> None:
+        """Bytes of the body, inflated: chunk runs read as text while that holds, else
+        parsed into events."""
+        runs = self._runs
+        if runs is None:
+            self._take(self._events.feed(piece))
+            self._start_runs()
+            return
+        if b"\r" in piece:  # CR line ends: only the parser reads those
+            self._runs = None
+            self._take(self._events.feed(runs.carry + piece))
+            return
+        extractor, sse = self._extractor, self._sse
+        assert extractor is not None
+        assert sse is not None
+        for is_text, text in runs.feed(piece):
+            if is_text:
+                extractor.keep_text(text)
+            else:
+                self._take(sse.feed_text(text))
+        if len(runs.carry) > MAX_CARRY:  # one event that long: the parser bounds it
+            self._runs = None
+            self._take(self._events.feed(runs.carry))
+
+    def _start_runs(self) -> None:
+        extractor, sse = self._extractor, self._sse
+        if extractor is None or sse is None or not sse.idle:
+            return
+        template = extractor.chunk_template()
+        if template is not None and "\n" not in template[0] + template[1]:
+            self._runs = SSEChunkRuns(*template)
+
+    def _count(self, extractor: UsageExtractor, tally: TokenTally) -> Usage:
         extractor.settle()
         output: int
         output_source: UsageSource
@@ -233,8 +276,8 @@ class BodyMeter:
             output, output_source = extractor.output_tokens, "reported"
         else:
             dropped = math.ceil(self._events.dropped / BYTES_PER_TOKEN)
-            text = extractor.generated_text()
-            output = estimate_tokens(text, self._encoding) + extractor.dropped_tokens() + dropped
+            tally.add(extractor.take_text())
+            output = tally.tokens + extractor.dropped_tokens() + dropped
             output_source = "estimated"
         if extractor.input_tokens is not None:
             return Usage(

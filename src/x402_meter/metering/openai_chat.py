@@ -23,9 +23,11 @@ from typing import Any
 from x402_meter.metering.base import Meter, ResponseInfo
 from x402_meter.metering.extractor import (
     MAX_KEPT_SIZE,
+    KnownText,
     UsageExtractor,
     compact_json,
     count,
+    decode,
     dicts,
     field,
     strings,
@@ -78,6 +80,20 @@ class OpenAIChatUsage(UsageExtractor):
     def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
         super().__init__(max_kept_size)
         self._template: tuple[str, str] | None = None
+        self._template_tries = _TEMPLATE_TRIES
+
+    def chunk_template(self) -> tuple[str, str] | None:
+        # Found from the last chunk kept, decoded here, a few times at most (a stream of
+        # tool calls has no such shape): asked after every batch until one is found.
+        if self._template is None and self._template_tries and self._kept:
+            self._template_tries -= 1
+            data = self._kept[-1]
+            if type(data) is not KnownText and not any(m in data for m in self.markers):
+                event = decode(data)
+                if self.model is None:
+                    self.read_model(event)
+                self._template = _template(data, self.text(event))
+        return self._template
 
     def text_of(self, data: str) -> str:
         # The chunks of one stream differ only in the text they carry: past the first, a
@@ -95,7 +111,8 @@ class OpenAIChatUsage(UsageExtractor):
                 if _NOT_PLAIN.search(content) is None:
                     return content
         text = super().text_of(data)
-        self._template = _template(data, text)
+        # A template holds for the whole stream once found: keep it past other shapes.
+        self._template = _template(data, text) or template
         return text
 
     def text(self, event: Any) -> str:
@@ -135,6 +152,8 @@ def _message_texts(message: dict[str, Any]) -> Iterator[str]:
             )
 
 
+_TEMPLATE_TRIES = 8
+"""Batches a meter looks for the chunks' shape in before it reads them one by one."""
 _CONTENT_KEY = '"content":"'
 _OTHER_TEXT_KEYS = ('"text"', '"reasoning', '"refusal"', '"tool_calls"', '"name"', '"arguments"')
 _NOT_PLAIN = re.compile(r'["\\\x00-\x1f]')

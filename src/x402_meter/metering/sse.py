@@ -57,6 +57,27 @@ class SSEParser:
         self._feed(chunk, data)
         return data
 
+    def feed_text(self, text: str) -> list[str]:
+        """:meth:`feed_data` for text already decoded (the parser's own decoder holding
+        nothing, as :attr:`idle` says)."""
+        self._data_only = True
+        data: list[str] = []
+        self._lines(self._buffer + text, data)
+        if len(self._buffer) > self._max:
+            self._drop_long_line()
+        return data
+
+    @property
+    def idle(self) -> bool:
+        """Between two events, with nothing held: the stream from here on may be read by
+        someone else for a while (see ``sse_runs``), and given back at an event boundary."""
+        return (
+            self._started
+            and not (self._buffer or self._data or self._event or self._oversized)
+            and not self._skipping_line
+            and not self._decoder.getstate()[0]
+        )
+
     def close(self) -> list[SSEEvent]:
         """End of stream: a final unterminated line is processed, an undispatched event dropped."""
         self._data_only = False

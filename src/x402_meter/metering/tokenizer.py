@@ -169,6 +169,59 @@ def estimate_tokens(text: str, encoding: str = DEFAULT_ENCODING) -> int:
     return tokenizer.count(text)
 
 
+class TokenTally:
+    """The tokens of a text that only grows, each part counted once (for running counts).
+
+    BPE counts pieces of a text to more than the whole when a piece ends inside a word, so
+    each part is counted up to its last safe cut and the rest carried into the next: a
+    space after a character that is not whitespace. No pre-token of ``o200k_base`` or
+    ``cl100k_base`` runs across such a space (a word, a number or punctuation ends before
+    it; a whitespace run would have to start before it), so the parts add up exactly to what
+    counting the whole text gives. Without a tokenizer it adds up UTF-8 bytes instead, and
+    divides at the end, as :func:`estimate_tokens` does.
+    """
+
+    def __init__(self, encoding: str = DEFAULT_ENCODING) -> None:
+        self._encoding = encoding
+        self._counted = 0
+        self._carry = ""
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        text = self._carry + text
+        cut = _safe_cut(text)
+        if cut:
+            self._counted += _part_count(text[:cut], self._encoding)
+        self._carry = text[cut:]
+
+    @property
+    def tokens(self) -> int:
+        """The count of everything added so far, exactly as counting it at once would give."""
+        total = self._counted + _part_count(self._carry, self._encoding)
+        if not tokenizer_available(self._encoding):
+            return math.ceil(total / BYTES_PER_TOKEN)  # total is a count of bytes then
+        return total
+
+
+def _safe_cut(text: str) -> int:
+    """The last index a text can be cut at with the parts counting as the whole, or 0."""
+    cut = text.rfind(" ")
+    while cut > 0 and text[cut - 1].isspace():
+        cut = text.rfind(" ", 0, cut - 1)
+    return max(cut, 0)
+
+
+def _part_count(text: str, encoding: str) -> int:
+    """Tokens, or UTF-8 bytes without a tokenizer (their sum is divided once, at the end)."""
+    if not text:
+        return 0
+    try:
+        return get_tokenizer(encoding).count(text)
+    except TokenizerUnavailableError:
+        return len(text.encode("utf-8", "surrogatepass"))
+
+
 def tokenizer_available(encoding: str = DEFAULT_ENCODING) -> bool:
     """Whether :func:`count_tokens` works here (loads the vocabulary if it can)."""
     try:
