@@ -37,6 +37,7 @@ _STREAM_TYPES: Final = frozenset(
 class AnthropicUsage(UsageExtractor):
     provider = "anthropic"
     markers = ('"usage"',)
+    model_paths = (("model",), ("message", "model"))
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,11 +63,6 @@ class AnthropicUsage(UsageExtractor):
             self._read_input(usage)
             self._read_output(usage)
             self.read_model(event)
-
-    def read_model(self, event: Any) -> None:
-        model = field(event, "model") or field(event, "message", "model")
-        if isinstance(model, str) and model:
-            self.model = model
 
     def _read_input(self, usage: Any) -> None:
         if not isinstance(usage, dict):

@@ -114,6 +114,8 @@ class UsageExtractor:
     provider: ClassVar[str] = "unknown"
     markers: ClassVar[tuple[str, ...]] = ()
     cumulative: ClassVar[bool] = False
+    model_paths: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    """Where events name the model, e.g. ``(("model",),)``: see :meth:`read_model`."""
 
     def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
         self.input_tokens: int | None = None
@@ -260,7 +262,12 @@ class UsageExtractor:
         return self.text(event)
 
     def read_model(self, event: Any) -> None:
-        """Name the model from any event, when no usage report named it."""
+        """Name the model from any event (at the first of ``model_paths`` holding a name)."""
+        for path in self.model_paths:
+            model = field(event, *path)
+            if isinstance(model, str) and model:
+                self.model = model
+                return
 
     def dropped_tokens(self) -> int:
         return math.ceil(self.dropped / BYTES_PER_TOKEN)

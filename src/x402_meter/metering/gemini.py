@@ -27,6 +27,7 @@ from x402_meter.metering.extractor import (
 
 class GeminiUsage(UsageExtractor):
     provider = "gemini"
+    model_paths = (("modelVersion",),)
     markers = ('"usageMetadata"',)
     cumulative = True
 
@@ -56,11 +57,6 @@ class GeminiUsage(UsageExtractor):
         if output is not None:
             self.output_tokens = output
         self.read_model(event)
-
-    def read_model(self, event: Any) -> None:
-        model = field(event, "modelVersion")
-        if isinstance(model, str) and model:
-            self.model = model
 
     def texts(self, event: Any) -> Iterator[str]:
         for candidate in dicts(field(event, "candidates")):

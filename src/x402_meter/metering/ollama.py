@@ -17,13 +17,13 @@ from x402_meter.metering.extractor import (
     compact_json,
     count,
     dicts,
-    field,
     strings,
 )
 
 
 class OllamaUsage(UsageExtractor):
     provider = "ollama"
+    model_paths = (("model",),)
     markers = ('"eval_count"', '"prompt_eval_count"')
 
     @staticmethod
@@ -40,11 +40,6 @@ class OllamaUsage(UsageExtractor):
         if output is not None:
             self.output_tokens = output
         self.read_model(event)
-
-    def read_model(self, event: Any) -> None:
-        model = field(event, "model")
-        if isinstance(model, str) and model:
-            self.model = model
 
     def texts(self, event: Any) -> Iterator[str]:
         if not isinstance(event, dict):

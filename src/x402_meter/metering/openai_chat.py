@@ -42,6 +42,7 @@ OBJECTS = frozenset({"chat.completion", "chat.completion.chunk", "text_completio
 
 class OpenAIChatUsage(UsageExtractor):
     provider = "openai_chat"
+    model_paths = (("model",),)
     markers = ('"prompt_tokens"',)
     cumulative = True
 
@@ -63,11 +64,6 @@ class OpenAIChatUsage(UsageExtractor):
             count(field(usage, "prompt_tokens_details", "cached_tokens")) or 0
         )
         self.read_model(event)
-
-    def read_model(self, event: Any) -> None:
-        model = field(event, "model")
-        if isinstance(model, str) and model:
-            self.model = model
 
     def texts(self, event: Any) -> Iterator[str]:
         for choice in dicts(field(event, "choices")):

@@ -3,17 +3,18 @@
 A model streams thousands of chunks that differ only in their text: ``data: {..."content":
 "<text>"...}`` and a blank line. Given that shape (a prefix and a suffix around the text, see
 :meth:`~x402_meter.metering.extractor.UsageExtractor.chunk_template`), a batch of whole
-events is split on the key that ends the prefix (``"content":"``); a piece that ends with
-``suffix + "\n\n" + "data: " + prefix-before-the-key`` (or, last, with ``suffix +
-"\n\n"``), right after a piece that ends with a blank line and that same beginning, is one
-chunk of that shape, and what is left of it, free of quotes, backslashes and control
-characters, is its text. Whatever else the batch holds (the first chunk, chunks of another
-shape or with escapes, usage reports) comes back as SSE text of whole events, in order, for
-the parser.
+events is split on the key that ends the prefix (``"content":"``). A piece that ends with
+the suffix, a blank line and the prefix up to the key (the last piece: the suffix and a blank
+line), right after a piece that ends with a blank line and that beginning, is one chunk of
+that shape; what comes before its suffix is the body of its JSON string, and the text is that
+body decoded (as is when it holds no quote, backslash or control character; else by the C
+scanner ``json`` uses). Whatever else the batch holds (the first chunk, chunks of another
+shape, usage reports) comes back as SSE text of whole events, in order, for the parser.
 
-Exact, not a heuristic: such an event is ``data: prefix + text + suffix`` and a blank line,
-the text holds nothing that could end the JSON string, and any chunk of that form is valid
-JSON of the template's shape, whose generated text is that string.
+Exact, not a heuristic: such an event is ``data: prefix + body + suffix`` and a blank line,
+the body is one JSON string's body (its first unescaped quote is the suffix's), and any chunk
+of that form is valid JSON of the template's shape, whose generated text is that string. A
+batch of nothing but such chunks, the common case, takes no Python step per chunk.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def _json_strings(pieces: list[str], bodies: list[str]) -> str | None:
     return "".join(map(_first, scanned))
 
 
+def _json_string(piece: str, size: int) -> str | None:
+    """:func:`_json_strings` for one piece whose body is ``size`` characters long."""
+    try:
+        text, end = _scanstring(piece, 0)
+    except ValueError:
+        return None
+    return text if end == size + 1 else None
+
+
 class SSEChunkRuns:
     """Splits an SSE stream, from an event boundary on, into text runs and other events.
 
@@ -72,8 +82,7 @@ class SSEChunkRuns:
         self._end = suffix + "\n\n"
         self._tail = self._end + self._head
         self._after_boundary = "\n\n" + self._head
-        self._separator = self._tail + self._key
-        if self._separator.count(self._key) != 1:
+        if (self._tail + self._key).count(self._key) != 1:
             raise ValueError("the key is in the template's suffix")
         self._before_tail = itemgetter(slice(0, -len(self._tail)))
         self.carry = b""
@@ -88,7 +97,7 @@ class SSEChunkRuns:
             self.carry = data
             return []
         self.carry = data[end:]
-        return self.split(data[:end].decode("utf-8", "replace"))
+        return self.split(str(memoryview(data)[:end], "utf-8", "replace"))
 
     def split(self, text: str) -> list[tuple[bool, str]]:
         """``text``: whole events, starting at an event boundary and ending with one."""
@@ -100,11 +109,11 @@ class SSEChunkRuns:
             last > 1
             and pieces[0] == head
             and pieces[last].endswith(end)
-            and text.count(self._separator) == last - 1
+            and all(map(str.endswith, pieces[1:last], repeat(tail)))
         ):
-            # Every key but the first ends a separator: each piece between two keys is a
-            # chunk's text and the same tail. One batch of nothing but such chunks (the
-            # common case) is read without a Python step per chunk.
+            # Each piece between two keys is a chunk's text and the same tail: a batch of
+            # nothing but such chunks (the common case) is read without a Python step per
+            # chunk (the maps run in C).
             texts = list(map(self._before_tail, pieces[1:last]))
             texts.append(pieces[last][: len(pieces[last]) - len(end)])
             joined = "".join(texts)
@@ -122,14 +131,18 @@ class SSEChunkRuns:
             piece = pieces[index]
             closing = tail if index < last else end
             size = len(piece) - len(closing)
-            if starts and piece.endswith(closing) and search(piece, 0, size) is None:
+            text_of_chunk = None
+            if starts and piece.endswith(closing):
+                plain = search(piece, 0, size) is None
+                text_of_chunk = piece[:size] if plain else _json_string(piece, size)
+            if text_of_chunk is not None:
                 begin = position - len(head) - len(key)
                 if begin > done:
                     if run:
                         segments.append((TEXT, "".join(run)))
                         run = []
                     segments.append((not TEXT, text[done:begin]))
-                run.append(piece[:size])
+                run.append(text_of_chunk)
                 done = position + size + len(end)
                 starts = True
             else:
