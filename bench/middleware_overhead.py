@@ -25,46 +25,17 @@ from typing import Any
 
 from x402.schemas import (
     PaymentRequired,
-    SettleResponse,
-    SupportedKind,
-    SupportedResponse,
-    VerifyResponse,
 )
 
 from bench.common import Payer, Summary
 from bench.sse_server import DONE, EVENT, PRICE_PER_TOKEN, usage_event
-from x402_meter import Asset, FacilitatorClient, MemoryStore, TokenPrice, X402Meter
-from x402_meter.devstack.accounts import FACILITATOR, PAYERS, SELLER
+from x402_meter import Asset, MemoryStore, TokenPrice, X402Meter
+from x402_meter.devstack.accounts import PAYERS, SELLER
+from x402_meter.devstack.instant_facilitator import DEV_NETWORK, InstantFacilitator
 from x402_meter.routing import DEFAULT_SPEC
 
-NETWORK = "eip155:31337"
+NETWORK = DEV_NETWORK
 ASSET = Asset("0x5FbDB2315678afecb367f032d93F642f64180aa3", "USD Coin", "2", 6)
-
-
-class StandInFacilitator(FacilitatorClient):
-    """Answers like a facilitator that accepts everything, instantly and in-process."""
-
-    def __init__(self) -> None:
-        super().__init__("http://stand-in.invalid")
-
-    async def supported(self) -> SupportedResponse:
-        kind = SupportedKind(
-            x402_version=2,
-            scheme="upto",
-            network=NETWORK,
-            extra={"facilitatorAddress": FACILITATOR.address},
-        )
-        return SupportedResponse(
-            kinds=[kind], extensions=[], signers={"eip155:*": [FACILITATOR.address]}
-        )
-
-    async def verify(self, payload: Any, requirements: Any) -> VerifyResponse:
-        return VerifyResponse(is_valid=True, payer=PAYERS[0].address)
-
-    async def settle(self, payload: Any, requirements: Any) -> SettleResponse:
-        return SettleResponse(
-            success=True, transaction="0x" + "ab" * 32, network=NETWORK, payer=PAYERS[0].address
-        )
 
 
 def sse_app(events: int) -> Any:
@@ -98,7 +69,7 @@ def metered(app: Any, max_tokens: int = 16384) -> X402Meter:
         max_tokens=max_tokens,
         routes=["POST /v1/chat/completions"],
         store=MemoryStore(),
-        facilitator=StandInFacilitator(),
+        facilitator=InstantFacilitator(),
     )
 
 

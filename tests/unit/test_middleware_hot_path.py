@@ -19,20 +19,17 @@ from x402.http.utils import encode_payment_signature_header
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
 from x402.schemas import (
     PaymentRequired,
-    SettleResponse,
-    SupportedKind,
-    SupportedResponse,
-    VerifyResponse,
 )
 
-from x402_meter import Asset, FacilitatorClient, MemoryStore, TokenPrice, X402Meter
-from x402_meter.devstack.accounts import FACILITATOR, PAYERS, SELLER
+from x402_meter import Asset, MemoryStore, TokenPrice, X402Meter
+from x402_meter.devstack.accounts import PAYERS, SELLER
+from x402_meter.devstack.instant_facilitator import DEV_NETWORK, InstantFacilitator
 from x402_meter.metering import ResponseInfo, auto_meter, estimate_tokens
 from x402_meter.middleware import METER_BATCH_BYTES
 from x402_meter.routing import DEFAULT_SPEC
 from x402_meter.store import LedgerState, PaymentRecord
 
-NETWORK = "eip155:31337"
+NETWORK = DEV_NETWORK
 ASSET = Asset("0x5FbDB2315678afecb367f032d93F642f64180aa3", "USD Coin", "2", 6)
 
 
@@ -62,30 +59,6 @@ def test_the_resource_url_is_starlettes(scope: dict[str, Any]) -> None:
 # -- a whole request, in-process --------------------------------------------------------------
 
 
-class StandInFacilitator(FacilitatorClient):
-    def __init__(self) -> None:
-        super().__init__("http://stand-in.invalid")
-
-    async def supported(self) -> SupportedResponse:
-        kind = SupportedKind(
-            x402_version=2,
-            scheme="upto",
-            network=NETWORK,
-            extra={"facilitatorAddress": FACILITATOR.address},
-        )
-        return SupportedResponse(
-            kinds=[kind], extensions=[], signers={"eip155:*": [FACILITATOR.address]}
-        )
-
-    async def verify(self, payload: Any, requirements: Any) -> VerifyResponse:
-        return VerifyResponse(is_valid=True, payer=PAYERS[0].address)
-
-    async def settle(self, payload: Any, requirements: Any) -> SettleResponse:
-        return SettleResponse(
-            success=True, transaction="0x" + "ab" * 32, network=NETWORK, payer=PAYERS[0].address
-        )
-
-
 def app_with(chunks: list[bytes]) -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -111,7 +84,7 @@ def metered(app: Any, **options: Any) -> X402Meter:
         price_per_token="0.000002",
         routes=["POST /v1/chat/completions"],
         store=MemoryStore(),
-        facilitator=StandInFacilitator(),
+        facilitator=InstantFacilitator(),
         **options,
     )
 
