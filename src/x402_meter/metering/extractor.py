@@ -29,10 +29,11 @@ from itertools import count as counting
 from operator import add
 from typing import Any, ClassVar, Final, cast
 
-from x402_meter.metering.tokenizer import BYTES_PER_TOKEN
+from x402_meter.metering.tokenizer import BYTES_PER_TOKEN, TokenTally
 
 MAX_KEPT_SIZE: Final = 16 * 1024 * 1024
-"""Characters of event text kept for the fallback count; past that, events count by size."""
+"""Characters of event text kept for the fallback count. Past that, a meter's running count
+takes the text kept so far (the extractor's ``tally``); without one, events count by size."""
 
 _BULK_FROM: Final = 8
 """Fewer events than this go through event() one by one: what bulk saves, it saves on many."""
@@ -125,6 +126,8 @@ class UsageExtractor:
         self.dropped = 0
         """Characters of events that were neither kept nor decoded (over the budget)."""
         self._max_kept = max_kept_size
+        self.tally: TokenTally | None = None
+        """Where kept text is counted when the budget fills (a meter's running count)."""
         self._kept: list[str] = []
         self._kept_size = 0
         self._latest: str | None = None
@@ -159,7 +162,7 @@ class UsageExtractor:
                 self.read(decode(data) if decoded is UNDECODED else decoded)
                 break
         if self.output_tokens is None:
-            if self._kept_size + len(data) <= self._max_kept:
+            if self._room_for(len(data)):
                 self._kept.append(data)
                 self._kept_size += len(data)
             else:
@@ -212,7 +215,7 @@ class UsageExtractor:
                 self._kept_size += size
                 return
             for data in events:
-                if self._kept_size + len(data) <= self._max_kept:
+                if self._room_for(len(data)):
                     self._kept.append(data)
                     self._kept_size += len(data)
                 else:
@@ -227,12 +230,22 @@ class UsageExtractor:
             self.read(decode(self._latest))
             self._latest = None
 
+    def _room_for(self, size: int) -> bool:
+        """Whether ``size`` more characters can be kept: with a ``tally``, the text kept so
+        far is counted into it to make room; without one, what does not fit is dropped."""
+        if self._kept_size + size <= self._max_kept:
+            return True
+        if self.tally is None or not self._kept:
+            return False
+        self.tally.add(self.take_text())
+        return size <= self._max_kept
+
     def keep_text(self, text: str) -> None:
         """Generated text read without decoding its events (a run of chunks of one shape):
         kept in their place, within the same budget."""
         if self.output_tokens is not None:
             return
-        if self._kept_size + len(text) <= self._max_kept:
+        if self._room_for(len(text)):
             self._kept.append(KnownText(text))
             self._kept_size += len(text)
         else:
@@ -245,7 +258,14 @@ class UsageExtractor:
             return ""
         text_of = self.text_of
         kept, self._kept, self._kept_size = self._kept, [], 0
-        return "".join([data if type(data) is KnownText else text_of(data) for data in kept])
+        text = "".join([data if type(data) is KnownText else text_of(data) for data in kept])
+        if self.model is None and any(type(data) is KnownText for data in kept):
+            self.model = self.known_text_model()
+        return text
+
+    def known_text_model(self) -> str | None:
+        """The model the chunks kept as text name (decoding them would have named it)."""
+        return None
 
     def chunk_template(self) -> tuple[str, str] | None:
         """The JSON before and after the text of a stream's chunks, if they all share it:
@@ -262,12 +282,18 @@ class UsageExtractor:
         return self.text(event)
 
     def read_model(self, event: Any) -> None:
-        """Name the model from any event (at the first of ``model_paths`` holding a name)."""
+        """Name the model from any event, if it names one."""
+        model = self.model_of(event)
+        if model is not None:
+            self.model = model
+
+    def model_of(self, event: Any) -> str | None:
+        """The model an event names: at the first of ``model_paths`` holding a name."""
         for path in self.model_paths:
             model = field(event, *path)
             if isinstance(model, str) and model:
-                self.model = model
-                return
+                return model
+        return None
 
     def dropped_tokens(self) -> int:
         return math.ceil(self.dropped / BYTES_PER_TOKEN)

@@ -177,6 +177,8 @@ class BodyMeter:
         elif form == "opaque":
             extractor = UnknownFormat()
         self._extractor = extractor
+        if extractor is not None:
+            extractor.tally = self._tally
         self._recognise = recognise
         self._pending: list[tuple[str, Any]] = []
         self._broken = False
@@ -324,6 +326,7 @@ class BodyMeter:
 
     def _start(self, extractor: UsageExtractor) -> None:
         self._extractor = extractor
+        extractor.tally = self._tally
         for data, decoded in self._pending:
             extractor.event(data, decoded)
         self._pending.clear()

@@ -76,20 +76,35 @@ class OpenAIChatUsage(UsageExtractor):
     def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
         super().__init__(max_kept_size)
         self._template: tuple[str, str] | None = None
-        self._template_tries = _TEMPLATE_TRIES
+        self._template_model: str | None = None
+        """The model the template's chunk names: every chunk of that shape names it too."""
+        self._batches_asked = 0
 
     def chunk_template(self) -> tuple[str, str] | None:
-        # Found from the last chunk kept, decoded here, a few times at most (a stream of
-        # tool calls has no such shape): asked after every batch until one is found.
-        if self._template is None and self._template_tries and self._kept:
-            self._template_tries -= 1
-            data = self._kept[-1]
-            if type(data) is not KnownText and not any(m in data for m in self.markers):
-                event = decode(data)
-                if self.model is None:
-                    self.read_model(event)
-                self._template = _template(data, self.text(event))
+        # Found from the last chunk kept, decoded here: asked after every batch until one is
+        # found, for the first batches, then after every sixteenth (a stream of tool calls or
+        # of reasoning has no such shape; its answer that follows may).
+        if self._template is None and self._kept:
+            self._batches_asked += 1
+            asked = self._batches_asked
+            if asked <= _TEMPLATE_TRIES or asked % _TEMPLATE_RETRY_EVERY == 0:
+                data = self._kept[-1]
+                if type(data) is not KnownText and not any(m in data for m in self.markers):
+                    self._learn_template(data, decode(data))
         return self._template
+
+    def known_text_model(self) -> str | None:
+        return self._template_model
+
+    def _learn_template(self, data: str, event: Any) -> str:
+        """The text of a decoded chunk; its shape becomes the template if it can be one (a
+        template, once found, holds for the whole stream: the last one is kept past chunks
+        of other shapes)."""
+        text = self.text(event)
+        template = _template(data, text)
+        if template is not None:
+            self._template, self._template_model = template, self.model_of(event)
+        return text
 
     def text_of(self, data: str) -> str:
         # The chunks of one stream differ only in the text they carry: past the first, a
@@ -105,11 +120,13 @@ class OpenAIChatUsage(UsageExtractor):
             ):
                 content = data[len(prefix) : len(data) - len(suffix)]
                 if _NOT_PLAIN.search(content) is None:
+                    if self.model is None:  # what decoding this chunk would have read
+                        self.model = self._template_model
                     return content
-        text = super().text_of(data)
-        # A template holds for the whole stream once found: keep it past other shapes.
-        self._template = _template(data, text) or template
-        return text
+        event = decode(data)
+        if self.model is None:
+            self.read_model(event)
+        return self._learn_template(data, event)
 
     def text(self, event: Any) -> str:
         # texts(), joined, without a generator per level: run once per chunk of a stream
@@ -149,7 +166,9 @@ def _message_texts(message: dict[str, Any]) -> Iterator[str]:
 
 
 _TEMPLATE_TRIES = 8
-"""Batches a meter looks for the chunks' shape in before it reads them one by one."""
+"""Batches a meter looks for the chunks' shape in, one after the other, at first."""
+_TEMPLATE_RETRY_EVERY = 16
+"""Then it looks again in one batch out of so many."""
 _CONTENT_KEY = '"content":"'
 _OTHER_TEXT_KEYS = ('"text"', '"reasoning', '"refusal"', '"tool_calls"', '"name"', '"arguments"')
 _NOT_PLAIN = re.compile(r'["\\\x00-\x1f]')

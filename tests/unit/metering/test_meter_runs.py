@@ -1,0 +1,290 @@
+"""A meter reading runs of chunks as text counts exactly what the plain path counts.
+
+The reference is the same meter with the runs fast path off (its OpenAI extractor never
+offers a chunk template): every event goes through the SSE parser and is decoded. Streams are
+random OpenAI chat streams, with or without a usage report, LF or CRLF, gzipped or not, with
+events longer than the run reader carries, cut into random chunks, snapshots taken between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import zlib
+from itertools import accumulate
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.metering.chunk_streams import (
+    ANY_CONTENT,
+    CONTINUOUS_USAGE_SHAPE,
+    FINISH,
+    PLAIN,
+    ROLE,
+    TEMPLATE_SHAPES,
+    USAGE_WITH_MODEL,
+    USAGE_WITHOUT_MODEL,
+    data,
+    fill,
+    fragments,
+    named,
+)
+from tests.unit.metering.support import one_byte_chunks, split
+from x402_meter.metering import ResponseInfo, Usage, auto_meter
+from x402_meter.metering.auto import recognise
+from x402_meter.metering.extractor import KnownText, UsageExtractor
+from x402_meter.metering.meter import BodyMeter
+from x402_meter.metering.openai_chat import OpenAIChatUsage
+from x402_meter.metering.sse_runs import MAX_CARRY
+from x402_meter.metering.tokenizer import estimate_tokens
+
+REQUEST = b'{"messages":[]}'
+
+
+class WithoutRuns(OpenAIChatUsage):
+    """OpenAIChatUsage that never offers a template: the meter parses every event."""
+
+    def chunk_template(self) -> tuple[str, str] | None:
+        return None
+
+
+def recognise_without_runs(event: dict[str, Any]) -> type[UsageExtractor] | None:
+    kind = recognise(event)
+    return WithoutRuns if kind is OpenAIChatUsage else kind
+
+
+def meters(content_encoding: str | None = None) -> tuple[BodyMeter, BodyMeter]:
+    """(the meter under test, the reference meter) for one SSE response."""
+    info = ResponseInfo(200, "text/event-stream", content_encoding, REQUEST)
+    fast = auto_meter(info)
+    assert isinstance(fast, BodyMeter)
+    return fast, BodyMeter(info, recognise=recognise_without_runs)
+
+
+LONG = 70_000
+assert LONG > MAX_CARRY
+
+
+def long_event(kind: str, shape: str) -> str:
+    """One event longer than the run reader carries (the parser takes it over)."""
+    if kind == "chunk":
+        return data(fill(shape, "word " * (LONG // 5)))
+    if kind == "comment":
+        return ": " + "x" * LONG + "\n\n"
+    return data('{"choices":[{"delta":{"content":"' + "é" * LONG + '"}}],"x":1}')
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[list[bytes], bool, bool]:
+    """(SSE events, whether a usage report names the model, whether one is long)."""
+    shape = draw(st.sampled_from(TEMPLATE_SHAPES))
+    contents = draw(st.sampled_from([PLAIN, ANY_CONTENT]))
+    chunk = contents.map(lambda text: data(fill(shape, text)))
+    run = st.lists(PLAIN.map(lambda text: data(fill(shape, text))), min_size=1, max_size=10)
+    blocks = draw(st.lists(run | st.lists(chunk | fragments(shape, contents), max_size=4)))
+    events = [event for block in blocks for event in block]
+    if draw(st.booleans()):
+        events.insert(0, data(named(ROLE, shape)))
+    usage = draw(st.sampled_from(["none", "end", "middle", "continuous"]))
+    names_model = draw(st.booleans())
+    report = data(named(USAGE_WITH_MODEL, shape) if names_model else USAGE_WITHOUT_MODEL)
+    if usage == "end":
+        events.append(report)
+    elif usage == "middle":
+        events.insert(draw(st.integers(0, len(events))), report)
+    elif usage == "continuous":
+        more = draw(st.lists(st.tuples(PLAIN, st.integers(0, 99)), min_size=1, max_size=6))
+        for text, completion in more:
+            at = draw(st.integers(0, len(events)))
+            continuous = CONTINUOUS_USAGE_SHAPE.replace("%d", str(completion))
+            events.insert(at, data(fill(continuous, text)))
+    finish = data(named(FINISH, shape))
+    events += draw(st.sampled_from([[], [finish], [finish, "data: [DONE]\n\n"]]))
+    long = draw(st.sampled_from([None] * 10 + ["chunk", "comment", "other"]))
+    if long is not None:
+        events.insert(draw(st.integers(0, len(events))), long_event(long, shape))
+    line_ends = draw(st.sampled_from(["lf"] * 5 + ["crlf", "one crlf event", "cr"]))
+    if line_ends == "crlf":
+        events = [event.replace("\n", "\r\n") for event in events]
+    elif line_ends == "one crlf event" and events:
+        at = draw(st.integers(0, len(events) - 1))
+        events[at] = events[at].replace("\n", "\r\n")
+    elif line_ends == "cr" and events:
+        at = draw(st.integers(0, len(events) - 1))
+        events[at] = events[at].replace("\n", "\r")
+    cut_short = draw(st.sampled_from(["no", "no", "anywhere", "before the last LF"]))
+    if events and cut_short == "anywhere":  # the last event unfinished
+        events[-1] = events[-1][: draw(st.integers(0, len(events[-1])))]
+    elif events and cut_short == "before the last LF":  # not ended: dropped at the close
+        events[-1] = events[-1][:-1]
+    # the counts are compared in full unless a usage report leaves the model out
+    names_model = all('"model"' in event for event in events if '"prompt_tokens"' in event)
+    return [event.encode() for event in events], names_model, long is not None
+
+
+def gzipped_events(events: list[bytes]) -> list[bytes]:
+    """Each event gzipped and flushed, as a server compressing each message sends it."""
+    compressor = zlib.compressobj(wbits=31)
+    pieces = [compressor.compress(event) + compressor.flush(zlib.Z_SYNC_FLUSH) for event in events]
+    return [*pieces, compressor.flush()]
+
+
+def without_model(usage: Usage) -> Usage:
+    return dataclasses.replace(usage, model=None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    stream=streams(),
+    gzipped=st.booleans(),
+    chunking=st.data(),
+    snapshots=st.sets(st.integers(0, 40), max_size=6),
+)
+def test_the_runs_fast_path_counts_what_the_plain_path_counts(
+    stream: tuple[list[bytes], bool, bool],
+    gzipped: bool,
+    chunking: st.DataObject,
+    snapshots: set[int],
+) -> None:
+    events, names_model, long = stream
+    pieces = gzipped_events(events) if gzipped else events
+    body = b"".join(pieces)
+    if gzipped:
+        assert gzip.decompress(body) == b"".join(events)
+    ends = list(accumulate(map(len, pieces)))
+    how = chunking.draw(st.sampled_from(["events", "events", "events and cuts", "cuts", "bytes"]))
+    if how == "bytes" and (long or len(body) > 6000):
+        how = "cuts"
+    if how == "bytes":
+        chunks = one_byte_chunks(body)
+        snapshots = {index * 97 for index in snapshots}
+    else:
+        cuts = [] if how == "events" else chunking.draw(st.lists(st.integers(0, len(body))))
+        chunks = split(body, cuts if how == "cuts" else [*ends, *cuts])
+    fast, reference = meters("gzip" if gzipped else None)
+    # A usage report without a model: the model is only named if some chunk was decoded (by
+    # the fast path's template, or a snapshot) before the report: see test_the_model_... below
+    same = (lambda usage: usage) if names_model else without_model
+    for index, chunk in enumerate(chunks):
+        fast.feed(chunk)
+        reference.feed(chunk)
+        if index in snapshots:
+            assert same(fast.snapshot()) == same(reference.snapshot())
+    assert same(fast.finish()) == same(reference.finish())
+    assert fast.snapshot() == fast.finish()
+
+
+# --- the fast path is taken, and handed back --------------------------------------------------
+
+SHAPE = TEMPLATE_SHAPES[0]
+WORDS = [" word", " é", " 日本", " 😀", "!"]
+
+
+def chunks_of(*texts: str) -> bytes:
+    return "".join(data(fill(SHAPE, text)) for text in texts).encode()
+
+
+def test_a_run_of_chunks_is_kept_as_text_once_the_template_is_known() -> None:
+    fast, reference = meters()
+    head = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello")
+    for chunk in (head, chunks_of(*WORDS * 20)):
+        fast.feed(chunk)
+        reference.feed(chunk)
+    assert fast._runs is not None
+    extractor = fast._extractor
+    assert extractor is not None
+    assert any(type(kept) is KnownText for kept in extractor._kept)
+    assert fast.snapshot() == reference.snapshot()
+    tail = chunks_of("bye") + data(FINISH).encode() + b"data: [DONE]\n\n"
+    fast.feed(tail)
+    reference.feed(tail)
+    assert fast.finish() == reference.finish()
+    assert fast.finish().output_source == "estimated"
+
+
+@pytest.mark.parametrize("cr", [b"\r\n", b"\r"], ids=repr)
+def test_a_chunk_with_a_cr_hands_the_stream_back_to_the_parser(cr: bytes) -> None:
+    fast, reference = meters()
+    pieces = [
+        chunks_of("Hello"),
+        chunks_of(*WORDS),
+        chunks_of(" a", " b")[:-5],  # an unfinished event carried
+        chunks_of(" a", " b")[-5:-2] + cr + cr,  # the CR line ends
+        chunks_of(" c"),
+        chunks_of(" d").replace(b"\n", cr),
+        chunks_of(" e"),
+    ]
+    for index, piece in enumerate(pieces):
+        fast.feed(piece)
+        reference.feed(piece)
+        if cr in piece:
+            assert fast._runs is None
+        assert fast.snapshot() == reference.snapshot(), index
+    assert fast.finish() == reference.finish()
+
+
+def test_an_event_longer_than_the_carry_bound_is_read_by_the_parser() -> None:
+    fast, reference = meters()
+    long = data(fill(SHAPE, "long " * (LONG // 5))).encode()
+    pieces = [chunks_of("Hello"), chunks_of(*WORDS), long[:-10], long[-10:]]
+    pieces += [chunks_of(*WORDS) for _ in range(3)]
+    runs_after: list[bool] = []
+    for piece in pieces:
+        fast.feed(piece)
+        reference.feed(piece)
+        runs_after.append(fast._runs is not None)
+        assert fast.snapshot() == reference.snapshot()
+    assert runs_after[1]  # the runs were read as text
+    assert not runs_after[2]  # the long event went to the parser
+    assert runs_after[3]  # and, once it ended, the runs again
+    assert fast.finish() == reference.finish()
+
+
+def test_an_event_the_parser_began_is_ended_by_the_parser() -> None:
+    fast, reference = meters()
+    pieces = [
+        chunks_of("Hello") + b"data: x\n",  # a template, and the parser inside an event
+        chunks_of(" not", " a", " chunk"),  # its data goes on: one event of 2 lines, then 2
+        chunks_of(*WORDS),
+    ]
+    for piece in pieces:
+        fast.feed(piece)
+        reference.feed(piece)
+        assert fast.snapshot() == reference.snapshot()
+    assert fast.finish() == reference.finish()
+
+
+def test_an_event_carried_at_the_end_is_dropped_at_the_close_as_the_parser_drops_it() -> None:
+    fast, reference = meters()
+    body = chunks_of("Hello") + chunks_of(*WORDS) + chunks_of(" last")[:-1]
+    for piece in (chunks_of("Hello"), body[len(chunks_of("Hello")) :]):
+        fast.feed(piece)
+        reference.feed(piece)
+    assert fast._runs is not None
+    assert fast.finish() == reference.finish()
+    assert fast.finish().output_tokens == estimate_tokens("Hello" + "".join(WORDS))
+
+
+# --- where the fast path and the plain path once differed ---------------------------------------
+
+
+def test_the_model_does_not_depend_on_the_fast_path() -> None:
+    fast, reference = meters()
+    stream = [chunks_of("Hello"), chunks_of(*WORDS) + data(USAGE_WITHOUT_MODEL).encode()]
+    for chunk in stream:
+        fast.feed(chunk)
+        reference.feed(chunk)
+    assert fast.finish() == reference.finish()
+
+
+def test_the_estimate_over_the_kept_budget_does_not_depend_on_the_fast_path() -> None:
+    info = ResponseInfo(200, "text/event-stream", None, REQUEST)
+    fast = BodyMeter(info, extractor=OpenAIChatUsage(max_kept_size=2000))
+    reference = BodyMeter(info, extractor=WithoutRuns(max_kept_size=2000))
+    for chunk in (chunks_of("Hello"), chunks_of(*WORDS * 20)):
+        fast.feed(chunk)
+        reference.feed(chunk)
+    assert fast.finish() == reference.finish()
