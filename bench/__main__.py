@@ -26,7 +26,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 
@@ -43,6 +43,10 @@ CAP = 16384
 """max_tokens of the metered servers: an 8,000-token answer is well within it."""
 TARGET_RATIO = 0.95
 TARGET_CPU_US = 250.0
+
+
+NOTHING: Final = "X402Meter, a meter that counts nothing"
+"""The section-1 variant that isolates the meter: X402Meter reading nothing."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,7 @@ class Servers:
     forward: Server
     meter: Server
     dormant: Server
+    nothing: Server
     sdk: Server
     baseline: Server | None
     baseline_dormant: Server | None
@@ -189,6 +194,7 @@ def servers(stack: LocalStack, scratch: Path, baseline: Path | None) -> Iterator
             forward=start("forward", "forward"),
             meter=start("meter", "meter", max_tokens=CAP),
             dormant=start("meter", "meter-dormant", max_tokens=DORMANT_CAP),
+            nothing=start("meter", "meter-nothing", max_tokens=DORMANT_CAP, null_meter=True),
             sdk=start("sdk", "sdk", max_tokens=CAP),
             baseline=start("meter", "baseline", max_tokens=CAP, source=baseline)
             if baseline
@@ -222,6 +228,7 @@ async def run_loopback(
             loopback.Variant("forwarding middleware", running.forward, paid=False),
             loopback.Variant("X402Meter", running.meter, paid=True),
             loopback.Variant("X402Meter, cap out of reach", running.dormant, paid=True),
+            loopback.Variant(NOTHING, running.nothing, paid=True),
         ]
         if running.baseline is not None and running.baseline_dormant is not None:
             variants += [
@@ -383,8 +390,11 @@ def _throughput(report: Report, result: loopback.Throughput, sizes: Sizes) -> No
     report.text(
         f"`X402Meter` has `max_tokens={CAP}`: past {CAP:,} bytes the cap is checked as the "
         "stream grows, and as OpenAI streams report usage only at the end, each check counts "
-        "the text so far (decoded, tokenized). `cap out of reach`: `max_tokens` so high that "
-        "the byte bound rules the cap out and no running count is taken: the meter's own cost."
+        "the text so far (only the text since the last check is tokenized). `cap out of "
+        "reach`: `max_tokens` so high that the byte bound rules the cap out and no running "
+        "count is taken: the meter's own cost. `meter that counts nothing`: X402Meter with a "
+        "meter whose `feed` does nothing: the payment, the ledger and the batching around the "
+        "meter, without the reading."
     )
     rows = []
     for label, rate in result.rates.items():
@@ -409,13 +419,16 @@ def _throughput(report: Report, result: loopback.Throughput, sizes: Sizes) -> No
         rows,
     )
     per_event = result.cpu_ms["bare"].median * 1000 / result.events
+    reading = result.cpu_ms["X402Meter, cap out of reach"].median - result.cpu_ms[NOTHING].median
     report.text(
         f"The bare server spends {per_event:.1f} µs of CPU per event (uvicorn, h11, the "
         "socket); at 0.95 a middleware has half a microsecond per event to spend, about what "
         "passing each message through one more coroutine costs (the forwarding middleware). "
-        "X402Meter's own cost per event is in section 3; its CPU per answer here also holds "
-        "the payment's fixed work (two facilitator round trips through httpx, the SQLite "
-        "rows), which a longer answer spreads thinner."
+        f"Reading the stream (the meter) costs {reading * 1000 / result.events:.2f} µs per "
+        "event here (CPU per answer, cap out of reach minus counting nothing); X402Meter's "
+        "CPU per answer also holds the payment's fixed work (two facilitator round trips "
+        "through httpx, the SQLite rows), outside the timed stream, which a longer answer "
+        "spreads thinner. Section 3 has the cost per event without a server around it."
     )
 
 

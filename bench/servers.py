@@ -53,9 +53,11 @@ def sse_server(
     max_tokens: int = 16384,
     source: Path | None = None,
     name: str | None = None,
+    null_meter: bool = False,
 ) -> Iterator[Server]:
     """bench/sse_server.py in front of ``mode`` (bare, meter or sdk), in its own uvicorn process.
 
+    ``null_meter``: X402Meter with a meter that reads nothing (its cost around the meter).
     One worker, uvicorn's defaults otherwise, access log off. ``source``: a directory holding
     another ``x402_meter`` package to serve instead of the installed one (to compare a change
     with what it changes, side by side).
@@ -69,6 +71,8 @@ def sse_server(
         "X402_BENCH_STORE": store_url,
         "X402_BENCH_MAX_TOKENS": str(max_tokens),
     }
+    if null_meter:
+        env["X402_BENCH_NULL_METER"] = "1"
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(source), *filter(None, [os.environ.get("PYTHONPATH")])]

@@ -16,7 +16,8 @@ chunks, ``MS`` milliseconds apart (default: back to back), then a usage chunk an
 before the rest, so a benchmark can hold streams open on an event rather than a timer.
 
 Environment: ``X402_BENCH_MODE``, ``X402_BENCH_STACK`` (the local stack as JSON),
-``X402_BENCH_STORE`` (the ledger URL, ``meter`` only), ``X402_BENCH_MAX_TOKENS``.
+``X402_BENCH_STORE`` (the ledger URL, ``meter`` only), ``X402_BENCH_MAX_TOKENS``,
+``X402_BENCH_NULL_METER`` (set: ``meter`` with a meter that reads nothing).
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:  # the bare app's process never imports x402_meter
+    from x402_meter.metering import ResponseInfo, Usage
 
 PRICE_PER_TOKEN: Final = "0.000002"
 """USDC per token (2 atomic units of a 6-decimals asset)."""
@@ -157,6 +161,7 @@ def max_tokens() -> int:
 
 def _metered(app: ASGIApp) -> ASGIApp:
     from x402_meter import Asset, X402Meter
+    from x402_meter.metering import auto_meter
 
     stack = _stack()
     return X402Meter(
@@ -171,7 +176,24 @@ def _metered(app: ASGIApp) -> ASGIApp:
         max_tokens=max_tokens(),
         routes=[f"POST {PATH}"],
         store=os.environ["X402_BENCH_STORE"],
+        meter=_counts_nothing if os.environ.get("X402_BENCH_NULL_METER") else auto_meter,
     )
+
+
+class _NothingCounted:
+    """A meter that reads nothing: what X402Meter costs around its meter (section 1)."""
+
+    def feed(self, chunk: bytes) -> None:
+        pass
+
+    def finish(self) -> Usage:
+        from x402_meter.metering import Usage
+
+        return Usage(PROMPT_TOKENS, 0)
+
+
+def _counts_nothing(response: ResponseInfo) -> _NothingCounted:
+    return _NothingCounted()
 
 
 def _sdk(app: ASGIApp) -> ASGIApp:
