@@ -522,9 +522,9 @@ class _PaidExchange:
     def _set_feed_at(self) -> None:
         if not self.fast or self.config.checkpoint_every == 0:
             self.feed_at = 0
-        else:
-            room = self.next_cap_check - self.forwarded
-            self.feed_at = int(min(METER_BATCH_BYTES, max(room, 0)))
+        else:  # the unfed bytes at which a batch is full or the cap is due a look
+            due = self.next_cap_check - self.fed
+            self.feed_at = int(min(METER_BATCH_BYTES, max(due, 0)))
 
     # -- metering ------------------------------------------------------------------------
 

@@ -243,8 +243,10 @@ class BodyMeter:
         parsed into events."""
         runs = self._runs
         if runs is None:
+            # Looked for before a batch, not after: an answer of one batch never pays for it.
+            runs = self._start_runs()
+        if runs is None:
             self._take(self._events.feed(piece))
-            self._start_runs()
             return
         if b"\r" in piece:  # CR line ends: only the parser reads those
             self._runs = None
@@ -262,13 +264,14 @@ class BodyMeter:
             self._runs = None
             self._take(self._events.feed(runs.carry))
 
-    def _start_runs(self) -> None:
+    def _start_runs(self) -> SSEChunkRuns | None:
         extractor, sse = self._extractor, self._sse
         if extractor is None or sse is None or not sse.idle:
-            return
+            return None
         template = extractor.chunk_template()
         if template is not None and "\n" not in template[0] + template[1]:
             self._runs = SSEChunkRuns(*template)
+        return self._runs
 
     def _count(self, extractor: UsageExtractor, tally: TokenTally) -> Usage:
         extractor.settle()

@@ -239,7 +239,7 @@ def test_an_event_longer_than_the_carry_bound_is_read_by_the_parser() -> None:
         assert fast.snapshot() == reference.snapshot()
     assert runs_after[1]  # the runs were read as text
     assert not runs_after[2]  # the long event went to the parser
-    assert runs_after[3]  # and, once it ended, the runs again
+    assert runs_after[4]  # and, from the batch after its end, the runs again
     assert fast.finish() == reference.finish()
 
 
