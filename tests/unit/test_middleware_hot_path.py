@@ -25,7 +25,7 @@ from x402_meter import Asset, MemoryStore, TokenPrice, X402Meter
 from x402_meter.devstack.accounts import PAYERS, SELLER
 from x402_meter.devstack.instant_facilitator import DEV_NETWORK, InstantFacilitator
 from x402_meter.metering import ResponseInfo, auto_meter, estimate_tokens
-from x402_meter.middleware import METER_BATCH_BYTES
+from x402_meter.middleware import METER_BATCH_BYTES, _PaidExchange
 from x402_meter.routing import DEFAULT_SPEC
 from x402_meter.store import LedgerState, PaymentRecord
 
@@ -218,3 +218,21 @@ def test_the_heartbeat_checkpoints_what_went_out_while_the_stream_runs() -> None
     checkpoint = next(r for r in saved if r.state is LedgerState.VERIFIED and r.amount is not None)
     assert checkpoint.output_tokens == usage_of(first).output_tokens > 0
     assert row.output_tokens == usage_of(body).output_tokens > checkpoint.output_tokens
+
+
+def test_chunks_between_looks_at_the_cap_take_the_fast_path(monkeypatch: Any) -> None:
+    slow: list[str] = []
+    send_slowly = _PaidExchange._send_slowly
+
+    async def counted(self: _PaidExchange, message: Any) -> None:
+        slow.append(message["type"])
+        await send_slowly(self, message)
+
+    monkeypatch.setattr(_PaidExchange, "_send_slowly", counted)
+    chunks = [chunk(f" word{index}") for index in range(40)]  # ~3 KiB, under one batch
+    sent, row = asyncio.run(paid_request(metered(app_with(chunks), max_tokens=10**7)))
+    assert len(sent) == len(chunks) + 2
+    assert row.output_tokens == usage_of(b"".join(chunks)).output_tokens
+    # the start, and a look at the cap at 2 KiB: every other chunk went straight through
+    assert slow.count("http.response.start") == 1
+    assert slow.count("http.response.body") <= 2
