@@ -40,6 +40,10 @@ logger = logging.getLogger("x402_meter.metering")
 Recogniser = Callable[[dict[str, Any]], type[UsageExtractor] | None]
 """Names the extractor for a response from one of its decoded JSON events, if it can."""
 
+_FIRST_LOOK_FROM: Final = 8 * 1024
+"""A first batch this long is parsed only up to ``_FIRST_LOOK`` (and its event's end)."""
+_FIRST_LOOK: Final = 1024
+
 DETECT_LIMIT: Final = 16
 """Events looked at to recognise the provider before counting the body as unknown JSON."""
 
@@ -243,9 +247,19 @@ class BodyMeter:
         parsed into events."""
         runs = self._runs
         if runs is None:
-            # Looked for before a batch, not after: an answer of one batch never pays for it.
+            # Looked for before a batch, not after: a short answer never pays for it.
             runs = self._start_runs()
         if runs is None:
+            if self._extractor is None and len(piece) >= _FIRST_LOOK_FROM:
+                # The first batch of a long one: parse its first events only, to know the
+                # provider and the chunks' shape, and read the rest of it as runs already.
+                cut = piece.find(b"\n\n", _FIRST_LOOK) + 2
+                if cut > 1:
+                    self._take(self._events.feed(piece[:cut]))
+                    if self._start_runs() is not None:
+                        self._read(piece[cut:])
+                        return
+                    piece = piece[cut:]
             self._take(self._events.feed(piece))
             return
         if b"\r" in piece:  # CR line ends: only the parser reads those
