@@ -288,3 +288,21 @@ def test_the_estimate_over_the_kept_budget_does_not_depend_on_the_fast_path() ->
         fast.feed(chunk)
         reference.feed(chunk)
     assert fast.finish() == reference.finish()
+
+
+@pytest.mark.parametrize("usage", [None, USAGE_WITHOUT_MODEL], ids=["no usage", "usage"])
+def test_a_long_first_batch_is_read_as_runs_after_its_first_events(usage: str | None) -> None:
+    fast, reference = meters()
+    body = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello", *WORDS * 60)
+    body += chunks_of("line\\nbreak", ' a \\"quote\\"') + chunks_of(*WORDS * 20)  # escaped
+    if usage is not None:
+        body += data(usage).encode()
+    assert len(body) > 16 * 1024  # one batch, as X402Meter feeds it
+    fast.feed(body)
+    reference.feed(body)
+    assert fast._runs is not None
+    extractor = fast._extractor
+    assert extractor is not None
+    assert usage is not None or any(type(kept) is KnownText for kept in extractor._kept)
+    assert fast.snapshot() == reference.snapshot()
+    assert fast.finish() == reference.finish()
