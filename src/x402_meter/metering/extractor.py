@@ -115,6 +115,9 @@ class UsageExtractor:
     provider: ClassVar[str] = "unknown"
     markers: ClassVar[tuple[str, ...]] = ()
     cumulative: ClassVar[bool] = False
+    final_reports: ClassVar[bool] = False
+    """Whether a whole usage report (:meth:`reports_output`) replaces everything counted
+    before it, so that a meter may leave the events before one unread."""
     model_paths: ClassVar[tuple[tuple[str, ...], ...]] = ()
     """Where events name the model, e.g. ``(("model",),)``: see :meth:`read_model`."""
 
@@ -141,6 +144,10 @@ class UsageExtractor:
 
     def read(self, event: Any) -> None:
         """Take the counts (and the model) a decoded event reports, if any."""
+
+    def reports_output(self, event: Any) -> bool:
+        """Whether :meth:`read` would take an output count from this decoded event."""
+        return False
 
     def texts(self, event: Any) -> Iterator[str]:
         """The generated text a decoded event carries, in order."""

@@ -40,6 +40,9 @@ logger = logging.getLogger("x402_meter.metering")
 Recogniser = Callable[[dict[str, Any]], type[UsageExtractor] | None]
 """Names the extractor for a response from one of its decoded JSON events, if it can."""
 
+DEFER_LIMIT: Final = 4 * 1024 * 1024
+"""Bytes of a stream held unread at most, waiting for a usage report (see ``_defer``)."""
+
 _FIRST_LOOK_FROM: Final = 8 * 1024
 """A first batch this long is parsed only up to ``_FIRST_LOOK`` (and its event's end)."""
 _FIRST_LOOK: Final = 1024
@@ -176,6 +179,13 @@ class BodyMeter:
         """Reads the runs of chunks of one shape, once the extractor knows that shape."""
         self._tally = TokenTally(encoding)
         """The output so far, counted as its text is taken from the extractor."""
+        self._deferred: list[bytes] = []
+        """Pieces held unread: no usage report in them, and no count asked for yet."""
+        self._deferred_size = 0
+        self._markers: tuple[bytes, ...] = ()
+        """The extractor's markers, while pieces may be held (see ``_defer``)."""
+        self._tail = b""
+        """The end of the last piece held, for a marker split between two pieces."""
         if form == "text":
             extractor = PlainText()
         elif form == "opaque":
@@ -220,6 +230,7 @@ class BodyMeter:
         if self._usage is not None:
             return self._usage
         try:
+            self._catch_up()
             extractor = self._extractor
             if extractor is None:  # not recognised yet: what arrived, as unknown JSON
                 extractor = UnknownFormat()
@@ -233,6 +244,7 @@ class BodyMeter:
 
     def _finish(self) -> Usage:
         if not self._broken:
+            self._catch_up()
             if self._decompressor is not None:
                 for piece in self._decompressor.close():
                     self._read(piece)
@@ -263,8 +275,20 @@ class BodyMeter:
             self._take(self._events.feed(piece))
             return
         if b"\r" in piece:  # CR line ends: only the parser reads those
-            self._runs = None
-            self._take(self._events.feed(runs.carry + piece))
+            self._catch_up()
+            runs = self._runs
+            if runs is not None:
+                self._runs = None
+                piece = runs.carry + piece
+            self._take(self._events.feed(piece))
+            return
+        if not self._defer(piece):
+            self._read_now(piece)
+
+    def _read_now(self, piece: bytes) -> None:
+        runs = self._runs
+        if runs is None:
+            self._take(self._events.feed(piece))
             return
         extractor, sse = self._extractor, self._sse
         assert extractor is not None
@@ -278,6 +302,64 @@ class BodyMeter:
             self._runs = None
             self._take(self._events.feed(runs.carry))
 
+    # A provider that reports usage at the end of a stream (OpenAI's include_usage) makes
+    # everything counted before the report moot: the report replaces it. So pieces with no
+    # usage report in them are held unread (up to DEFER_LIMIT) until a count is asked for (a
+    # checkpoint, a look at the cap, the end) or a piece holds a report. When that report
+    # is a whole one (``reports_output``), the events before it are let go unread; otherwise
+    # everything held is read in order, as if it had never been held. A short answer that
+    # reports its usage is then metered for the cost of looking for the report.
+
+    def _defer(self, piece: bytes) -> bool:
+        """Hold ``piece``, or let go what it makes moot (True: taken care of here)."""
+        extractor = self._extractor
+        markers = self._markers
+        if not markers or extractor is None or extractor.output_tokens is not None:
+            return False
+        reach = max(map(len, markers)) - 1
+        window = self._tail + piece[:reach]
+        self._tail = (self._tail + piece)[-reach:]
+        if not any(marker in piece or marker in window for marker in markers):
+            if self._deferred_size + len(piece) <= DEFER_LIMIT:
+                self._deferred.append(piece)
+                self._deferred_size += len(piece)
+                return True
+        elif self._deferred and self._skip_to_report(piece, extractor):
+            return True
+        self._catch_up()
+        return False
+
+    def _skip_to_report(self, piece: bytes, extractor: UsageExtractor) -> bool:
+        """Read from the event holding the first marker on, if it is a whole usage report
+        (what came before it, whole events with no marker, is then moot)."""
+        runs = self._runs
+        assert runs is not None
+        # The held pieces hold no marker: the first one is in this piece, or across it and
+        # the last piece held. Its event must start in them too (else: read it all).
+        data = self._deferred[-1] + piece
+        found = [at for at in map(data.find, self._markers) if at >= 0]
+        if not found:  # across more pieces than two (pieces of a few bytes)
+            return False
+        at = min(found)
+        begin = data.rfind(b"\n\n", 0, at) + 2
+        end = data.find(b"\n\n", at)
+        if begin < 2 or end < 0:
+            return False
+        report = SSEParser().feed_data(data[begin : end + 2])
+        if not any(extractor.reports_output(decode(event)) for event in report):
+            return False
+        self._deferred, self._deferred_size = [], 0
+        runs.carry = b""
+        self._read_now(data[begin:])
+        return True
+
+    def _catch_up(self) -> None:
+        """Read the pieces held, in order."""
+        if self._deferred:
+            pieces, self._deferred, self._deferred_size = self._deferred, [], 0
+            for piece in pieces:
+                self._read_now(piece)
+
     def _start_runs(self) -> SSEChunkRuns | None:
         extractor, sse = self._extractor, self._sse
         if extractor is None or sse is None or not sse.idle:
@@ -285,6 +367,8 @@ class BodyMeter:
         template = extractor.chunk_template()
         if template is not None and "\n" not in template[0] + template[1]:
             self._runs = SSEChunkRuns(*template)
+            if extractor.final_reports and extractor.markers:
+                self._markers = tuple(marker.encode() for marker in extractor.markers)
         return self._runs
 
     def _count(self, extractor: UsageExtractor, tally: TokenTally) -> Usage:

@@ -45,10 +45,19 @@ class OpenAIChatUsage(UsageExtractor):
     model_paths = (("model",),)
     markers = ('"prompt_tokens"',)
     cumulative = True
+    final_reports = True
 
     @staticmethod
     def recognises(event: dict[str, Any]) -> bool:
         return event.get("object") in OBJECTS or isinstance(event.get("choices"), list)
+
+    def reports_output(self, event: Any) -> bool:
+        usage = field(event, "usage")
+        return (
+            isinstance(usage, dict)
+            and count(usage.get("prompt_tokens")) is not None
+            and count(usage.get("completion_tokens")) is not None
+        )
 
     def read(self, event: Any) -> None:
         usage = field(event, "usage")

@@ -34,11 +34,12 @@ from tests.unit.metering.chunk_streams import (
 )
 from tests.unit.metering.support import one_byte_chunks, split
 from x402_meter.metering import ResponseInfo, Usage, auto_meter
+from x402_meter.metering import meter as meter_module
 from x402_meter.metering.auto import recognise
 from x402_meter.metering.extractor import KnownText, UsageExtractor
 from x402_meter.metering.meter import BodyMeter
 from x402_meter.metering.openai_chat import OpenAIChatUsage
-from x402_meter.metering.sse_runs import MAX_CARRY
+from x402_meter.metering.sse_runs import MAX_CARRY, SSEChunkRuns
 from x402_meter.metering.tokenizer import estimate_tokens
 
 REQUEST = b'{"messages":[]}'
@@ -56,10 +57,25 @@ def recognise_without_runs(event: dict[str, Any]) -> type[UsageExtractor] | None
     return WithoutRuns if kind is OpenAIChatUsage else kind
 
 
-def meters(content_encoding: str | None = None) -> tuple[BodyMeter, BodyMeter]:
-    """(the meter under test, the reference meter) for one SSE response."""
+class RunsRead(OpenAIChatUsage):
+    """OpenAIChatUsage whose usage reports do not let a meter hold pieces unread: the runs
+    are read as they come (for the tests that look at how they are read)."""
+
+    final_reports = False
+
+
+def recognise_runs_read(event: dict[str, Any]) -> type[UsageExtractor] | None:
+    kind = recognise(event)
+    return RunsRead if kind is OpenAIChatUsage else kind
+
+
+def meters(
+    content_encoding: str | None = None, *, held: bool = True
+) -> tuple[BodyMeter, BodyMeter]:
+    """(the meter under test, the reference meter) for one SSE response. ``held``: the
+    meter under test may hold pieces unread until a count is asked for (as auto_meter's)."""
     info = ResponseInfo(200, "text/event-stream", content_encoding, REQUEST)
-    fast = auto_meter(info)
+    fast = auto_meter(info) if held else BodyMeter(info, recognise=recognise_runs_read)
     assert isinstance(fast, BodyMeter)
     return fast, BodyMeter(info, recognise=recognise_without_runs)
 
@@ -188,7 +204,7 @@ def chunks_of(*texts: str) -> bytes:
 
 
 def test_a_run_of_chunks_is_kept_as_text_once_the_template_is_known() -> None:
-    fast, reference = meters()
+    fast, reference = meters(held=False)
     head = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello")
     for chunk in (head, chunks_of(*WORDS * 20)):
         fast.feed(chunk)
@@ -227,7 +243,7 @@ def test_a_chunk_with_a_cr_hands_the_stream_back_to_the_parser(cr: bytes) -> Non
 
 
 def test_an_event_longer_than_the_carry_bound_is_read_by_the_parser() -> None:
-    fast, reference = meters()
+    fast, reference = meters(held=False)
     long = data(fill(SHAPE, "long " * (LONG // 5))).encode()
     pieces = [chunks_of("Hello"), chunks_of(*WORDS), long[:-10], long[-10:]]
     pieces += [chunks_of(*WORDS) for _ in range(3)]
@@ -292,7 +308,7 @@ def test_the_estimate_over_the_kept_budget_does_not_depend_on_the_fast_path() ->
 
 @pytest.mark.parametrize("usage", [None, USAGE_WITHOUT_MODEL], ids=["no usage", "usage"])
 def test_a_long_first_batch_is_read_as_runs_after_its_first_events(usage: str | None) -> None:
-    fast, reference = meters()
+    fast, reference = meters(held=False)
     body = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello", *WORDS * 60)
     body += chunks_of("line\\nbreak", ' a \\"quote\\"') + chunks_of(*WORDS * 20)  # escaped
     if usage is not None:
@@ -304,5 +320,79 @@ def test_a_long_first_batch_is_read_as_runs_after_its_first_events(usage: str | 
     extractor = fast._extractor
     assert extractor is not None
     assert usage is not None or any(type(kept) is KnownText for kept in extractor._kept)
+    assert fast.snapshot() == reference.snapshot()
+    assert fast.finish() == reference.finish()
+
+
+# --- pieces held unread until a count is asked for -------------------------------------------
+
+
+def batches(body: bytes, size: int = 16 * 1024) -> list[bytes]:
+    return [body[index : index + size] for index in range(0, len(body), size)]
+
+
+def test_a_stream_that_reports_its_usage_is_let_go_unread(monkeypatch: Any) -> None:
+    splits: list[int] = []
+    split = SSEChunkRuns.split
+
+    def counted(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
+        splits.append(len(text))
+        return split(self, text)
+
+    monkeypatch.setattr(SSEChunkRuns, "split", counted)
+    fast, reference = meters()
+    body = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello", *WORDS * 400)
+    body += data(USAGE_WITHOUT_MODEL).encode() + b"data: [DONE]\n\n"
+    pieces = batches(body)
+    assert len(pieces) > 4
+    for piece in pieces[:-1]:
+        fast.feed(piece)
+        reference.feed(piece)
+    assert fast._deferred  # held
+    fast.feed(pieces[-1])
+    reference.feed(pieces[-1])
+    assert not fast._deferred
+    assert sum(splits) < 2 * 1024  # only from the report on: the rest was never read
+    assert fast.finish() == reference.finish()
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        '{"choices":[],"usage":{"prompt_tokens":3}}',  # no output count: not a whole report
+        '{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":"9"}}',
+    ],
+)
+def test_a_partial_report_has_everything_held_read_in_order(report: str) -> None:
+    fast, reference = meters()
+    body = chunks_of("Hello", *WORDS * 400) + data(report).encode() + chunks_of(*WORDS * 5)
+    for piece in batches(body):
+        fast.feed(piece)
+        reference.feed(piece)
+    assert fast.snapshot() == reference.snapshot()
+    assert fast.finish() == reference.finish()
+    assert fast.finish().output_source == "estimated"
+
+
+@pytest.mark.parametrize("cut", [-20, -50, -70])
+def test_a_report_split_between_two_pieces_is_found(cut: int) -> None:
+    fast, reference = meters()
+    body = chunks_of("Hello", *WORDS * 400) + data(USAGE_WITHOUT_MODEL).encode()
+    pieces = [*batches(body[:cut]), body[cut:]]
+    for piece in pieces:
+        fast.feed(piece)
+        reference.feed(piece)
+    assert fast.finish() == reference.finish()
+    assert fast.finish().output_tokens == 9
+
+
+def test_what_is_held_is_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(meter_module, "DEFER_LIMIT", 40 * 1024)
+    fast, reference = meters()
+    body = chunks_of("Hello", *WORDS * 2000)
+    for piece in batches(body):
+        fast.feed(piece)
+        reference.feed(piece)
+        assert fast._deferred_size <= 40 * 1024
     assert fast.snapshot() == reference.snapshot()
     assert fast.finish() == reference.finish()
