@@ -34,7 +34,7 @@ from bench import loopback
 from bench.common import Payer, Summary, machine, percentile
 from bench.middleware_overhead import DORMANT_CAP, Overhead, Series
 from bench.report import Report
-from bench.servers import ROOT, Server, sse_server
+from bench.servers import ROOT, Server, pin_client, sse_server
 from bench.settlement import settle_all
 from x402_meter.devstack import LocalStack, local_stack
 
@@ -687,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             tempfile.TemporaryDirectory(prefix="x402-bench-") as scratch,
             servers(stack, Path(scratch), args.baseline_src) as running,
         ):
+            pin_client()  # the servers have a core of their own (bench/servers.py)
             asyncio.run(run_loopback(stack, running, sizes, sections, results))
     page = write_report(results, sizes, sections, command, started, machine_line)
     args.out.parent.mkdir(parents=True, exist_ok=True)

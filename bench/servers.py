@@ -10,11 +10,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.processes import ChildProcess, uvicorn_ready
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+CPUS: Final = sorted(os.sched_getaffinity(0))
+SERVER_CPU: Final = CPUS[-1]
+"""Every server runs on this core, and the client (the harness) on the others, so that no
+variant shares a core with its client by chance: the noise the scheduler adds to a ratio."""
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Keep a process (0: this one) on one core; nothing on a machine of one core."""
+    if len(CPUS) > 1:
+        os.sched_setaffinity(pid, {cpu})
+
+
+def pin_client() -> None:
+    """The harness on every core but the servers'."""
+    if len(CPUS) > 1:
+        os.sched_setaffinity(0, set(CPUS[:-1]))
 
 
 def free_port() -> int:
@@ -95,6 +114,7 @@ def sse_server(
     )
     try:
         process.wait_for_line(uvicorn_ready(), timeout=60)
+        pin(process.pid, SERVER_CPU)
         yield Server(name, "127.0.0.1", port, process.pid)
     finally:
         process.stop()
