@@ -117,7 +117,8 @@ class UsageExtractor:
     cumulative: ClassVar[bool] = False
     final_reports: ClassVar[bool] = False
     """Whether a whole usage report (:meth:`reports_output`) replaces everything counted
-    before it, so that a meter may leave the events before one unread."""
+    before it, earlier reports included (a ``cumulative`` format whose report has both
+    sides), so that a meter may leave the events before one unread."""
     model_paths: ClassVar[tuple[tuple[str, ...], ...]] = ()
     """Where events name the model, e.g. ``(("model",),)``: see :meth:`read_model`."""
 

@@ -334,8 +334,10 @@ class BodyMeter:
         (what came before it, whole events with no marker, is then moot)."""
         runs = self._runs
         assert runs is not None
-        # The held pieces hold no marker: the first one is in this piece, or across it and
-        # the last piece held. Its event must start in them too (else: read it all).
+        # The marker is in this piece, or across it and the last piece held (the pieces
+        # held were looked through); its event must start in them too, else all is read.
+        # Whatever comes before that event is moot once it is a whole report, earlier
+        # reports included (``final_reports``: a report replaces everything before it).
         data = self._deferred[-1] + piece
         found = [at for at in map(data.find, self._markers) if at >= 0]
         if not found:  # across more pieces than two (pieces of a few bytes)
