@@ -170,14 +170,9 @@ class UsageExtractor:
                 self.read(decode(data) if decoded is UNDECODED else decoded)
                 break
         if self.output_tokens is None:
-            if self._room_for(len(data)):
-                self._kept.append(data)
-                self._kept_size += len(data)
-            else:
-                self.dropped += len(data)
+            self._keep(data)
         elif self._kept:
-            self._kept.clear()  # the output was reported: the text is no longer needed
-            self._kept_size = 0
+            self._forget_kept()
 
     def events(self, events: list[str]) -> None:
         """:meth:`event` for each of ``events`` (undecoded), in order.
@@ -223,14 +218,9 @@ class UsageExtractor:
                 self._kept_size += size
                 return
             for data in events:
-                if self._room_for(len(data)):
-                    self._kept.append(data)
-                    self._kept_size += len(data)
-                else:
-                    self.dropped += len(data)
+                self._keep(data)
         elif self._kept:
-            self._kept.clear()
-            self._kept_size = 0
+            self._forget_kept()
 
     def settle(self) -> None:
         """Read the latest deferred usage report (at the end, or for a snapshot)."""
@@ -251,13 +241,21 @@ class UsageExtractor:
     def keep_text(self, text: str) -> None:
         """Generated text read without decoding its events (a run of chunks of one shape):
         kept in their place, within the same budget."""
-        if self.output_tokens is not None:
-            return
-        if self._room_for(len(text)):
-            self._kept.append(KnownText(text))
-            self._kept_size += len(text)
+        if self.output_tokens is None:
+            self._keep(KnownText(text))
+
+    def _keep(self, data: str) -> None:
+        """Keep one event (or known text) for the fallback count, within the budget."""
+        if self._room_for(len(data)):
+            self._kept.append(data)
+            self._kept_size += len(data)
         else:
-            self.dropped += len(text)
+            self.dropped += len(data)
+
+    def _forget_kept(self) -> None:
+        """The output was reported: the text kept for an estimate is no longer needed."""
+        self._kept.clear()
+        self._kept_size = 0
 
     def take_text(self) -> str:
         """The generated text of the events kept since the last call: what the output

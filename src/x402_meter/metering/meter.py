@@ -184,6 +184,8 @@ class BodyMeter:
         self._deferred_size = 0
         self._markers: tuple[bytes, ...] = ()
         """The extractor's markers, while pieces may be held (see ``_defer``)."""
+        self._marker_reach = 0
+        """Bytes of one piece a marker may still need from the next: the longest one, less 1."""
         self._tail = b""
         """The end of the last piece held, for a marker split between two pieces."""
         if form == "text":
@@ -316,7 +318,7 @@ class BodyMeter:
         markers = self._markers
         if not markers or extractor is None or extractor.output_tokens is not None:
             return False
-        reach = max(map(len, markers)) - 1
+        reach = self._marker_reach
         window = self._tail + piece[:reach]
         self._tail = (self._tail + piece)[-reach:]
         if not any(marker in piece or marker in window for marker in markers):
@@ -371,6 +373,7 @@ class BodyMeter:
             self._runs = SSEChunkRuns(*template)
             if extractor.final_reports and extractor.markers:
                 self._markers = tuple(marker.encode() for marker in extractor.markers)
+                self._marker_reach = max(map(len, self._markers)) - 1
         return self._runs
 
     def _count(self, extractor: UsageExtractor, tally: TokenTally) -> Usage:

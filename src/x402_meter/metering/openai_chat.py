@@ -52,21 +52,13 @@ class OpenAIChatUsage(UsageExtractor):
         return event.get("object") in OBJECTS or isinstance(event.get("choices"), list)
 
     def reports_output(self, event: Any) -> bool:
-        usage = field(event, "usage")
-        return (
-            isinstance(usage, dict)
-            and count(usage.get("prompt_tokens")) is not None
-            and count(usage.get("completion_tokens")) is not None
-        )
+        return _usage_report(event) is not None
 
     def read(self, event: Any) -> None:
-        usage = field(event, "usage")
-        if not isinstance(usage, dict):
+        report = _usage_report(event)
+        if report is None:
             return
-        prompt = count(usage.get("prompt_tokens"))
-        completion = count(usage.get("completion_tokens"))
-        if prompt is None or completion is None:
-            return  # not a usage report this meter can trust
+        usage, prompt, completion = report
         self.input_tokens = prompt
         self.output_tokens = completion
         self.cached_input_tokens = (
@@ -154,6 +146,19 @@ class OpenAIChatUsage(UsageExtractor):
                     if isinstance(message, dict):
                         _message_parts(message, parts)
         return "".join(parts)
+
+
+def _usage_report(event: Any) -> tuple[dict[str, Any], int, int] | None:
+    """``(usage, prompt_tokens, completion_tokens)`` of a usage report this meter can trust
+    (both counts there), else None."""
+    usage = field(event, "usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = count(usage.get("prompt_tokens"))
+    completion = count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return usage, prompt, completion
 
 
 def _message_texts(message: dict[str, Any]) -> Iterator[str]:
