@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from x402_meter.metering.bounded import BoundedParts
+
 MAX_VALUE_SIZE: Final = 16 * 1024 * 1024
 
 _STRUCTURAL: Final = re.compile(rb'[\[\]{}"]')
@@ -31,17 +33,17 @@ _OPENERS: Final = frozenset(b"[{")
 
 class JSONValuesReader:
     def __init__(self, max_value_size: int = MAX_VALUE_SIZE) -> None:
-        self._max = max_value_size
         self._depth = 0
         self._value_depth = 0  # the depth at which values start: 1 inside a top-level array
         self._in_string = False
         self._escaped = False  # the chunk ended on a backslash inside a string
         self._reading = False  # inside a value that will be given
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._oversized = False
-        self.dropped = 0
+        self._value = BoundedParts(max_value_size)
+
+    @property
+    def dropped(self) -> int:
         """Bytes dropped because a value was over the bound."""
+        return self._value.dropped
 
     def feed(self, chunk: bytes) -> list[str]:
         values: list[str] = []
@@ -91,33 +93,16 @@ class JSONValuesReader:
                 elif self._depth == 0:
                     self._value_depth = 0  # the top-level array is closed
         if self._reading:
-            self._hold(chunk[start:])
+            self._value.hold(chunk[start:])
         return values
 
     def close(self) -> list[str]:
         """End of body: a value still open is incomplete and given to no one."""
-        self._parts.clear()
-        self._size = 0
+        self._value.clear()
         self._reading = False
         return []
 
-    def _hold(self, piece: bytes) -> None:
-        if self._oversized:
-            self.dropped += len(piece)
-            return
-        self._parts.append(piece)
-        self._size += len(piece)
-        if self._size > self._max:
-            self.dropped += self._size
-            self._parts.clear()
-            self._size = 0
-            self._oversized = True
-
     def _complete(self, last: bytes) -> str | None:
-        self._hold(last)
-        oversized = self._oversized
-        value = b"".join(self._parts)
-        self._parts.clear()
-        self._size = 0
-        self._oversized = False
-        return None if oversized else value.decode("utf-8", "replace")
+        self._value.hold(last)
+        value = self._value.take()
+        return None if value is None else value.decode("utf-8", "replace")

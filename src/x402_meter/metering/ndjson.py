@@ -10,63 +10,48 @@ from __future__ import annotations
 
 from typing import Final
 
+from x402_meter.metering.bounded import BoundedParts
+
 MAX_LINE_SIZE: Final = 16 * 1024 * 1024
 
 
 class NDJSONReader:
     def __init__(self, max_line_size: int = MAX_LINE_SIZE) -> None:
         self._max = max_line_size
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._skipping = False
-        self.dropped = 0
+        self._line_held = BoundedParts(max_line_size)
+        self._long_lines = 0  # bytes of whole lines in one chunk that were over the bound
+
+    @property
+    def dropped(self) -> int:
         """Bytes dropped because a line was over the bound."""
+        return self._line_held.dropped + self._long_lines
 
     def feed(self, chunk: bytes) -> list[str]:
         if b"\n" not in chunk:
-            self._hold(chunk)
+            self._line_held.hold(chunk)
             return []
         first, *middle, last = chunk.split(b"\n")
         lines: list[str] = []
-        if self._skipping:
-            self.dropped += len(first)
-            self._skipping = False
-        else:
-            self._parts.append(first)
-            self._line(b"".join(self._parts), lines)
-        self._parts.clear()
-        self._size = 0
+        self._line_held.hold(first)
+        line = self._line_held.take()
+        if line is not None:
+            self._line(line, lines)
         for line in middle:
             self._line(line, lines)
-        self._hold(last)
+        self._line_held.hold(last)
         return lines
 
     def close(self) -> list[str]:
         """End of body: a last line without its LF still counts."""
         lines: list[str] = []
-        if not self._skipping:
-            self._line(b"".join(self._parts), lines)
-        self._parts.clear()
-        self._size = 0
-        self._skipping = False
+        line = self._line_held.take()
+        if line is not None:
+            self._line(line, lines)
         return lines
-
-    def _hold(self, piece: bytes) -> None:
-        if self._skipping:
-            self.dropped += len(piece)
-            return
-        if piece:
-            self._parts.append(piece)
-            self._size += len(piece)
-        if self._size > self._max:
-            self.dropped += self._size
-            self._parts.clear()
-            self._size = 0
-            self._skipping = True
 
     def _line(self, line: bytes, lines: list[str]) -> None:
         if len(line) > self._max:
-            self.dropped += len(line)
+            self._long_lines += len(line)
             return
         text = line.decode("utf-8", "replace").strip()
         if text:
