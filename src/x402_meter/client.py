@@ -758,7 +758,32 @@ def _client_wallet(
     )
 
 
-class PayingAsyncClient(httpx.AsyncClient):
+class _WalletPayments:
+    """What both paying clients tell of their wallet's payments."""
+
+    wallet: Wallet
+
+    @property
+    def payments(self) -> tuple[Payment, ...]:
+        """The wallet's payments, oldest first."""
+        return self.wallet.payments
+
+    @property
+    def last_payment(self) -> Payment | None:
+        payments = self.wallet.payments
+        return payments[-1] if payments else None
+
+    def payment_of(self, response: httpx.Response) -> Payment | None:
+        """The payment made for ``response`` (found by its receipt header), if it was paid:
+        for requests running at once, where ``last_payment`` may be another one's."""
+        path = response.headers.get(RECEIPT_HEADER)
+        if not path:
+            return None
+        url = str(response.request.url.join(path))
+        return next((p for p in reversed(self.wallet.payments) if p.receipt_url == url), None)
+
+
+class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
     """``httpx.AsyncClient`` that pays x402 402s; give it to ``openai.AsyncOpenAI``.
 
     ``PayingAsyncClient(key, network="eip155:8453")`` pays in the network's USDC; the keyword
@@ -793,21 +818,6 @@ class PayingAsyncClient(httpx.AsyncClient):
         httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)
         super().__init__(transport=self.paying_transport, **httpx_options)
 
-    @property
-    def payments(self) -> tuple[Payment, ...]:
-        """The wallet's payments, oldest first."""
-        return self.wallet.payments
-
-    @property
-    def last_payment(self) -> Payment | None:
-        payments = self.wallet.payments
-        return payments[-1] if payments else None
-
-    def payment_of(self, response: httpx.Response) -> Payment | None:
-        """The payment made for ``response`` (found by its receipt header), if it was paid:
-        for requests running at once, where ``last_payment`` may be another one's."""
-        return _payment_of(self.wallet, response)
-
     async def receipt(
         self, payment: Payment | None = None, *, wait: float = DEFAULT_RECEIPT_WAIT
     ) -> Receipt:
@@ -818,7 +828,7 @@ class PayingAsyncClient(httpx.AsyncClient):
         return await self.paying_transport.fetch_receipt(_required(payment), wait)
 
 
-class PayingClient(httpx.Client):
+class PayingClient(_WalletPayments, httpx.Client):
     """``httpx.Client`` that pays x402 402s; give it to ``openai.OpenAI``.
 
     The same arguments as ``PayingAsyncClient``, with a sync ``transport``.
@@ -850,21 +860,6 @@ class PayingClient(httpx.Client):
         httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)
         super().__init__(transport=self.paying_transport, **httpx_options)
 
-    @property
-    def payments(self) -> tuple[Payment, ...]:
-        """The wallet's payments, oldest first."""
-        return self.wallet.payments
-
-    @property
-    def last_payment(self) -> Payment | None:
-        payments = self.wallet.payments
-        return payments[-1] if payments else None
-
-    def payment_of(self, response: httpx.Response) -> Payment | None:
-        """The payment made for ``response`` (found by its receipt header), if it was paid:
-        for requests running at once, where ``last_payment`` may be another one's."""
-        return _payment_of(self.wallet, response)
-
     def receipt(
         self, payment: Payment | None = None, *, wait: float = DEFAULT_RECEIPT_WAIT
     ) -> Receipt:
@@ -872,14 +867,6 @@ class PayingClient(httpx.Client):
         ``PayingAsyncClient.receipt``."""
         payment = payment or self.last_payment
         return self.paying_transport.fetch_receipt(_required(payment), wait)
-
-
-def _payment_of(wallet: Wallet, response: httpx.Response) -> Payment | None:
-    path = response.headers.get(RECEIPT_HEADER)
-    if not path:
-        return None
-    url = str(response.request.url.join(path))
-    return next((p for p in reversed(wallet.payments) if p.receipt_url == url), None)
 
 
 def _required(payment: Payment | None) -> Payment:
