@@ -45,6 +45,8 @@ TARGET_RATIO = 0.95
 TARGET_CPU_US = 250.0
 
 
+_LOOPBACK_SIZES: Final = frozenset(f.name for f in fields(loopback.LoopbackSizes))
+
 NOTHING: Final = "X402Meter, a meter that counts nothing"
 """The section-1 variant that isolates the meter: X402Meter reading nothing."""
 
@@ -212,13 +214,8 @@ async def run_loopback(
 ) -> None:
     keys = stack.payer_private_keys
     payers = [Payer(stack.network, stack.asset, key) for key in keys]
-    lb_sizes = loopback.LoopbackSizes(
-        throughput_events=sizes.throughput_events,
-        throughput_rounds=sizes.throughput_rounds,
-        ttfb_events=sizes.ttfb_events,
-        ttfb_interval_ms=sizes.ttfb_interval_ms,
-        ttfb_rounds=sizes.ttfb_rounds,
-        streams=sizes.streams,
+    lb_sizes = loopback.LoopbackSizes(  # the sizes of this run that loopback has too
+        **{f.name: getattr(sizes, f.name) for f in fields(sizes) if f.name in _LOOPBACK_SIZES}
     )
     receipts: list[loopback.Receipt] = []
     if 1 in sections:
