@@ -182,8 +182,10 @@ class BodyMeter:
         self._deferred: list[bytes] = []
         """Pieces held unread: no usage report in them, and no count asked for yet."""
         self._deferred_size = 0
+        self._holds = True
+        """Pieces may be held (see ``_defer``): until a count is asked for mid-stream."""
         self._markers: tuple[bytes, ...] = ()
-        """The extractor's markers, while pieces may be held (see ``_defer``)."""
+        """The extractor's markers, while pieces may be held."""
         self._marker_reach = 0
         """Bytes of one piece a marker may still need from the next: the longest one, less 1."""
         self._tail = b""
@@ -232,6 +234,9 @@ class BodyMeter:
         if self._usage is not None:
             return self._usage
         try:
+            # One count asked for mid-stream means more will be (the cap, checkpoints): the
+            # stream is read as it comes from here on, not searched for a report first.
+            self._holds, self._markers = False, ()
             self._catch_up()
             extractor = self._extractor
             if extractor is None:  # not recognised yet: what arrived, as unknown JSON
@@ -320,7 +325,7 @@ class BodyMeter:
             return False
         reach = self._marker_reach
         window = self._tail + piece[:reach]
-        self._tail = (self._tail + piece)[-reach:]
+        self._tail = piece[-reach:] if len(piece) >= reach else (self._tail + piece)[-reach:]
         if not any(marker in piece or marker in window for marker in markers):
             if self._deferred_size + len(piece) <= DEFER_LIMIT:
                 self._deferred.append(piece)
@@ -371,7 +376,7 @@ class BodyMeter:
         template = extractor.chunk_template()
         if template is not None and "\n" not in template[0] + template[1]:
             self._runs = SSEChunkRuns(*template)
-            if extractor.final_reports and extractor.markers:
+            if self._holds and extractor.final_reports and extractor.markers:
                 self._markers = tuple(marker.encode() for marker in extractor.markers)
                 self._marker_reach = max(map(len, self._markers)) - 1
         return self._runs

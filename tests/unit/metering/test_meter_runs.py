@@ -396,3 +396,24 @@ def test_what_is_held_is_bounded(monkeypatch: Any) -> None:
         assert fast._deferred_size <= 40 * 1024
     assert fast.snapshot() == reference.snapshot()
     assert fast.finish() == reference.finish()
+
+
+def test_once_a_count_is_asked_for_the_stream_is_read_as_it_comes() -> None:
+    fast, reference = meters()
+    body = chunks_of("Hello", *WORDS * 800) + data(USAGE_WITHOUT_MODEL).encode()
+    pieces = batches(body)
+    half = len(pieces) // 2
+    for piece in pieces[:half]:
+        fast.feed(piece)
+        reference.feed(piece)
+    assert fast._deferred  # held while no count was asked for
+    assert fast.snapshot() == reference.snapshot()
+    for piece in pieces[half:-1]:
+        fast.feed(piece)
+        reference.feed(piece)
+        assert not fast._deferred  # a look at the cap or a checkpoint will read it anyway
+    assert fast.snapshot() == reference.snapshot()
+    fast.feed(pieces[-1])
+    reference.feed(pieces[-1])
+    assert fast.finish() == reference.finish()
+    assert fast.finish().output_source == "reported"
