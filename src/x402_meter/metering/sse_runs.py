@@ -41,6 +41,13 @@ _add_one: Final = (1).__add__
 _first, _second = itemgetter(0), itemgetter(1)
 
 
+def _plain(text: str) -> bool:
+    """No quote, backslash or control character in ``text`` (the first test settles most)."""
+    if '"' not in text and "\\" not in text and text.isprintable():
+        return True
+    return _NOT_PLAIN.search(text) is None
+
+
 def _json_strings(pieces: list[str], bodies: list[str]) -> str | None:
     """Each body (the start of its piece, up to a quote) decoded as the body of a JSON
     string, joined; None unless each piece's first unescaped quote is the one after its
@@ -105,23 +112,23 @@ class SSEChunkRuns:
         after_boundary, search = self._after_boundary, _NOT_PLAIN.search
         pieces = text.split(key)
         last = len(pieces) - 1
-        if (
-            last > 1
-            and pieces[0] == head
-            and pieces[last].endswith(end)
-            and all(map(str.endswith, pieces[1:last], repeat(tail)))
-        ):
+        if last > 1 and pieces[0] == head and pieces[last].endswith(end):
             # Each piece between two keys is a chunk's text and the same tail: a batch of
             # nothing but such chunks (the common case) is read without a Python step per
-            # chunk (the maps run in C).
-            texts = list(map(self._before_tail, pieces[1:last]))
-            texts.append(pieces[last][: len(pieces[last]) - len(end)])
-            joined = "".join(texts)
-            if search(joined) is None:
-                return [(TEXT, joined)]
-            decoded = _json_strings(pieces[1:], texts)  # escapes: decoded as JSON would
-            if decoded is not None:
-                return [(TEXT, decoded)]
+            # chunk (the maps and joins run in C).
+            middle = pieces[1:last]
+            texts = list(map(self._before_tail, middle))
+            texts.append("")
+            # Each piece ends with the tail: the texts joined by it are the pieces (a piece
+            # shorter than the tail makes the join longer).
+            if tail.join(texts) == "".join(middle):
+                texts[-1] = pieces[last][: len(pieces[last]) - len(end)]
+                joined = "".join(texts)
+                if _plain(joined):
+                    return [(TEXT, joined)]
+                decoded = _json_strings(pieces[1:], texts)  # escapes: decoded as JSON would
+                if decoded is not None:
+                    return [(TEXT, decoded)]
         segments: list[tuple[bool, str]] = []
         run: list[str] = []
         done = 0  # text[:done] is in segments or run
