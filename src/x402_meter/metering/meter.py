@@ -186,10 +186,6 @@ class BodyMeter:
         """Pieces may be held (see ``_defer``): until a count is asked for mid-stream."""
         self._markers: tuple[bytes, ...] = ()
         """The extractor's markers, while pieces may be held."""
-        self._marker_reach = 0
-        """Bytes of one piece a marker may still need from the next: the longest one, less 1."""
-        self._tail = b""
-        """The end of the last piece held, for a marker split between two pieces."""
         if form == "text":
             extractor = PlainText()
         elif form == "opaque":
@@ -234,10 +230,10 @@ class BodyMeter:
         if self._usage is not None:
             return self._usage
         try:
-            # One count asked for mid-stream means more will be (the cap, checkpoints): the
-            # stream is read as it comes from here on, not searched for a report first.
-            self._holds, self._markers = False, ()
             self._catch_up()
+            # One count asked for mid-stream means more will be (the cap, checkpoints): the
+            # stream is read as it comes from here on.
+            self._holds, self._markers = False, ()
             extractor = self._extractor
             if extractor is None:  # not recognised yet: what arrived, as unknown JSON
                 extractor = UnknownFormat()
@@ -310,64 +306,65 @@ class BodyMeter:
             self._take(self._events.feed(runs.carry))
 
     # A provider that reports usage at the end of a stream (OpenAI's include_usage) makes
-    # everything counted before the report moot: the report replaces it. So pieces with no
-    # usage report in them are held unread (up to DEFER_LIMIT) until a count is asked for (a
-    # checkpoint, a look at the cap, the end) or a piece holds a report. When that report
-    # is a whole one (``reports_output``), the events before it are let go unread; otherwise
-    # everything held is read in order, as if it had never been held. A short answer that
-    # reports its usage is then metered for the cost of looking for the report.
+    # everything counted before the report moot: the report replaces it. So pieces are held
+    # unread (up to DEFER_LIMIT) until a count is asked for (a checkpoint, a look at the cap,
+    # the end). Then, if the last usage report in them is a whole one (``reports_output``),
+    # the events before it are let go unread; otherwise everything held is read in order, as
+    # if it had never been held. A short answer that reports its usage is then metered for
+    # the cost of reading its report.
 
     def _defer(self, piece: bytes) -> bool:
-        """Hold ``piece``, or let go what it makes moot (True: taken care of here)."""
+        """Hold ``piece`` unread (True), while no count was asked for and a report may come."""
         extractor = self._extractor
-        markers = self._markers
-        if not markers or extractor is None or extractor.output_tokens is not None:
+        if not self._markers or extractor is None or extractor.output_tokens is not None:
             return False
-        reach = self._marker_reach
-        window = self._tail + piece[:reach]
-        self._tail = piece[-reach:] if len(piece) >= reach else (self._tail + piece)[-reach:]
-        if not any(marker in piece or marker in window for marker in markers):
-            if self._deferred_size + len(piece) <= DEFER_LIMIT:
-                self._deferred.append(piece)
-                self._deferred_size += len(piece)
-                return True
-        elif self._deferred and self._skip_to_report(piece, extractor):
-            return True
-        self._catch_up()
-        return False
-
-    def _skip_to_report(self, piece: bytes, extractor: UsageExtractor) -> bool:
-        """Read from the event holding the first marker on, if it is a whole usage report
-        (what came before it, whole events with no marker, is then moot)."""
-        runs = self._runs
-        assert runs is not None
-        # The marker is in this piece, or across it and the last piece held (the pieces
-        # held were looked through); its event must start in them too, else all is read.
-        # Whatever comes before that event is moot once it is a whole report, earlier
-        # reports included (``final_reports``: a report replaces everything before it).
-        data = self._deferred[-1] + piece
-        found = [at for at in map(data.find, self._markers) if at >= 0]
-        if not found:  # across more pieces than two (pieces of a few bytes)
+        if self._deferred_size + len(piece) > DEFER_LIMIT:
+            self._catch_up()
             return False
-        at = min(found)
-        begin = data.rfind(b"\n\n", 0, at) + 2
-        end = data.find(b"\n\n", at)
-        if begin < 2 or end < 0:
-            return False
-        report = SSEParser().feed_data(data[begin : end + 2])
-        if not any(extractor.reports_output(decode(event)) for event in report):
-            return False
-        self._deferred, self._deferred_size = [], 0
-        runs.carry = b""
-        self._read_now(data[begin:])
+        self._deferred.append(piece)
+        self._deferred_size += len(piece)
         return True
 
     def _catch_up(self) -> None:
-        """Read the pieces held, in order."""
-        if self._deferred:
-            pieces, self._deferred, self._deferred_size = self._deferred, [], 0
+        """Read the pieces held: from the last whole usage report on, if there is one."""
+        if not self._deferred:
+            return
+        pieces, self._deferred, self._deferred_size = self._deferred, [], 0
+        report = self._from_last_report(pieces)
+        if report is None:
             for piece in pieces:
                 self._read_now(piece)
+            return
+        runs = self._runs
+        assert runs is not None
+        runs.carry = b""
+        self._read_now(report)
+
+    def _from_last_report(self, pieces: list[bytes]) -> bytes | None:
+        """The held stream from the event of the last marker on, if that event is a whole
+        usage report: what came before it is moot, earlier reports included
+        (``final_reports``: a report replaces everything before it).
+
+        A report ends a stream, so only the last two pieces are looked in (the event must
+        start and end there, else all is read).
+        """
+        runs = self._runs
+        assert runs is not None
+        # What came before them: an event ends there if it ends with a blank line (the runs
+        # reader carries nothing unless it is in the middle of one).
+        before = pieces[-3][-2:] if len(pieces) > 2 else runs.carry[-2:] or b"\n\n"
+        data = before + b"".join(pieces[-2:])
+        at = max(map(data.rfind, self._markers))
+        begin = data.rfind(b"\n\n", 0, at) + 2
+        end = data.find(b"\n\n", at)
+        if at < 0 or begin < 2 or end < 0:
+            return None
+        extractor = self._extractor
+        assert extractor is not None
+        report = SSEParser().feed_data(data[begin : end + 2])
+        if not any(extractor.reports_output(decode(event)) for event in report):
+            return None
+        return data[begin:]
 
     def _start_runs(self) -> SSEChunkRuns | None:
         extractor, sse = self._extractor, self._sse
@@ -378,7 +375,6 @@ class BodyMeter:
             self._runs = SSEChunkRuns(*template)
             if self._holds and extractor.final_reports and extractor.markers:
                 self._markers = tuple(marker.encode() for marker in extractor.markers)
-                self._marker_reach = max(map(len, self._markers)) - 1
         return self._runs
 
     def _count(self, extractor: UsageExtractor, tally: TokenTally) -> Usage:

@@ -345,15 +345,13 @@ def test_a_stream_that_reports_its_usage_is_let_go_unread(monkeypatch: Any) -> N
     body += data(USAGE_WITHOUT_MODEL).encode() + b"data: [DONE]\n\n"
     pieces = batches(body)
     assert len(pieces) > 4
-    for piece in pieces[:-1]:
+    for piece in pieces:
         fast.feed(piece)
         reference.feed(piece)
-    assert fast._deferred  # held
-    fast.feed(pieces[-1])
-    reference.feed(pieces[-1])
+    assert len(fast._deferred) == len(pieces)  # held, not even searched
+    assert fast.finish() == reference.finish()
     assert not fast._deferred
     assert sum(splits) < 2 * 1024  # only from the report on: the rest was never read
-    assert fast.finish() == reference.finish()
 
 
 @pytest.mark.parametrize(
@@ -372,6 +370,41 @@ def test_a_partial_report_has_everything_held_read_in_order(report: str) -> None
     assert fast.snapshot() == reference.snapshot()
     assert fast.finish() == reference.finish()
     assert fast.finish().output_source == "estimated"
+
+
+@pytest.mark.parametrize("done", [False, True])
+def test_a_report_in_a_piece_of_its_own_is_found(monkeypatch: Any, done: bool) -> None:
+    read: list[str] = []
+    split = SSEChunkRuns.split
+
+    def counted(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
+        read.append(text)
+        return split(self, text)
+
+    monkeypatch.setattr(SSEChunkRuns, "split", counted)
+    fast, reference = meters()
+    report = data(USAGE_WITHOUT_MODEL).encode()
+    # The report starts right after the pieces before it: at the start of the data looked in.
+    pieces = [*batches(chunks_of("Hello", *WORDS * 400)), report]
+    if done:
+        pieces.append(b"data: [DONE]\n\n")
+    for piece in pieces:
+        fast.feed(piece)
+        reference.feed(piece)
+    assert fast.finish() == reference.finish()
+    assert fast.finish().output_source == "reported"
+    assert "".join(read).startswith(report.decode())  # nothing before the report was read
+
+
+def test_a_whole_report_before_the_last_partial_one_has_everything_read() -> None:
+    fast, reference = meters()
+    partial = '{"choices":[],"usage":{"prompt_tokens":3}}'
+    body = chunks_of("Hello", *WORDS * 400) + data(USAGE_WITHOUT_MODEL).encode()
+    body += chunks_of(*WORDS * 5) + data(partial).encode()
+    for piece in batches(body):
+        fast.feed(piece)
+        reference.feed(piece)
+    assert fast.finish() == reference.finish()
 
 
 @pytest.mark.parametrize("cut", [-20, -50, -70])
