@@ -76,6 +76,8 @@ METER_BATCH_BYTES: Final = 16 * 1024
 """Chunks are handed to the meter together, once this much has gone out (or sooner, when
 a checkpoint, a cap check or the end needs the count): what it costs to read a stream is
 then paid per batch, not per chunk of a few hundred bytes."""
+CAP_LOOK_BYTES: Final = 2048
+"""The least that goes out between two looks at the cap (``on_cap="end"``)."""
 _RESOURCE_URLS_KEPT: Final = 256
 
 
@@ -257,8 +259,7 @@ class _PaidExchange:
         self.fast = False
         """Body chunks may take ``_send``'s fast path: metered, nothing held or filtered,
         not capped. ``feed_at`` stays 0 (no chunk takes it) while this is false."""
-        self.cap_checked_at = 0
-        self.next_cap_check = 2048.0
+        self.next_cap_check = float(CAP_LOOK_BYTES)
         """Bytes forwarded at which ``_cap_reached`` looks next (infinite if it never would)."""
         self.pending: list[bytes] = []
         """Chunks forwarded but not yet fed to the meter (less than METER_BATCH_BYTES)."""
@@ -573,31 +574,35 @@ class _PaidExchange:
         return usage
 
     def _cap_reached(self) -> bool:
-        """``on_cap="end"``: has the count reached the authorized maximum? Checked as the
-        stream doubles (and at least every 2 KiB), so the cost stays small on long answers.
+        """``on_cap="end"``: has the count reached the authorized maximum?
 
-        ``_send`` calls it once ``forwarded`` reaches ``next_cap_check``.
+        ``_send`` calls it once ``forwarded`` reaches ``next_cap_check``. The looks are half
+        again as far apart as the stream is long (at least 2 KiB), so that a long answer
+        pays for few of them; once the count is taken, the next one comes no later than
+        halfway to where, at the rate so far, the maximum would be reached: a stream that
+        goes on at a steady rate is ended within 2 KiB past it.
         """
         if self.config.on_cap != "end" or self.authorization.scheme != "upto":
             return False
-        if self.forwarded - self.cap_checked_at < max(2048, self.cap_checked_at // 2):
-            return False
-        self.cap_checked_at = self.forwarded
-        self.next_cap_check = self.forwarded + max(2048, self.forwarded // 2)
+        forwarded = self.forwarded
+        self.next_cap_check = forwarded + max(CAP_LOOK_BYTES, forwarded // 2)
         # A token is at least one byte: until the bytes seen could pay for the maximum at the
         # highest price, the count cannot have reached it, and nothing needs counting.
         tariff = self.offer.terms.tariff
-        bytes_seen = self.forwarded + len(self.request_body)
-        if (
-            to_atomic(tariff.price.highest * bytes_seen, tariff.decimals)
-            < self.authorization.max_amount
-        ):
+        maximum = self.authorization.max_amount
+        bytes_seen = forwarded + len(self.request_body)
+        if to_atomic(tariff.price.highest * bytes_seen, tariff.decimals) < maximum:
             return False
         usage = self._snapshot()
         if usage is None:
             return False
         exact = tariff.charge(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
-        return exact >= self.authorization.max_amount
+        if exact >= maximum:
+            return True
+        if exact > 0:  # the bytes at which the rate so far reaches the maximum, halfway there
+            halfway = forwarded + (forwarded * maximum // exact - forwarded) // 2
+            self.next_cap_check = min(self.next_cap_check, max(forwarded + CAP_LOOK_BYTES, halfway))
+        return False
 
     def _amount(self, usage: Usage) -> int:
         if self.status is None or self.status >= 400:

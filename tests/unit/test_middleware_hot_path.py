@@ -25,7 +25,7 @@ from x402_meter import Asset, MemoryStore, TokenPrice, X402Meter
 from x402_meter.devstack.accounts import PAYERS, SELLER
 from x402_meter.devstack.instant_facilitator import DEV_NETWORK, InstantFacilitator
 from x402_meter.metering import ResponseInfo, auto_meter, estimate_tokens
-from x402_meter.middleware import METER_BATCH_BYTES, _PaidExchange
+from x402_meter.middleware import CAP_LOOK_BYTES, METER_BATCH_BYTES, _PaidExchange
 from x402_meter.routing import DEFAULT_SPEC
 from x402_meter.store import LedgerState, PaymentRecord
 
@@ -185,6 +185,18 @@ def test_the_cap_ends_a_stream_that_reports_no_usage() -> None:
     assert row.amount == row.max_amount == 1000
     assert sent[-1].get("more_body") is False  # the last chunk that went out ended it
     assert len(sent) - 1 < len(chunks)
+
+
+@pytest.mark.parametrize("max_tokens", [300, 2000, 9000])
+def test_a_steady_stream_is_ended_within_two_kib_past_the_cap(max_tokens: int) -> None:
+    chunks = [chunk(" token") for _ in range(3 * max_tokens)]
+    sent, row = asyncio.run(paid_request(metered(app_with(chunks), max_tokens=max_tokens)))
+    served = usage_of(b"".join(message.get("body", b"") for message in sent[1:]))
+    assert row.amount == row.max_amount
+    # one token per chunk: past the cap, at most the chunks of one look's spacing, and the
+    # chunk that crossed the last look (it goes out, ending the answer)
+    slack = CAP_LOOK_BYTES // len(chunks[0]) + 1
+    assert max_tokens <= served.input_tokens + served.output_tokens <= max_tokens + slack
 
 
 def test_the_heartbeat_checkpoints_what_went_out_while_the_stream_runs() -> None:
