@@ -182,10 +182,8 @@ class BodyMeter:
         self._deferred: list[bytes] = []
         """Pieces held unread: no usage report in them, and no count asked for yet."""
         self._deferred_size = 0
-        self._holds = True
-        """Pieces may be held (see ``_defer``): until a count is asked for mid-stream."""
         self._markers: tuple[bytes, ...] = ()
-        """The extractor's markers, while pieces may be held."""
+        """The extractor's markers, while pieces may be held (see ``_defer``)."""
         if form == "text":
             extractor = PlainText()
         elif form == "opaque":
@@ -231,9 +229,6 @@ class BodyMeter:
             return self._usage
         try:
             self._catch_up()
-            # One count asked for mid-stream means more will be (the cap, checkpoints): the
-            # stream is read as it comes from here on.
-            self._holds, self._markers = False, ()
             extractor = self._extractor
             if extractor is None:  # not recognised yet: what arrived, as unknown JSON
                 extractor = UnknownFormat()
@@ -373,7 +368,7 @@ class BodyMeter:
         template = extractor.chunk_template()
         if template is not None and "\n" not in template[0] + template[1]:
             self._runs = SSEChunkRuns(*template)
-            if self._holds and extractor.final_reports and extractor.markers:
+            if extractor.final_reports and extractor.markers:
                 self._markers = tuple(marker.encode() for marker in extractor.markers)
         return self._runs
 

@@ -431,22 +431,30 @@ def test_what_is_held_is_bounded(monkeypatch: Any) -> None:
     assert fast.finish() == reference.finish()
 
 
-def test_once_a_count_is_asked_for_the_stream_is_read_as_it_comes() -> None:
+def test_after_a_count_the_stream_is_held_again_and_its_end_let_go(monkeypatch: Any) -> None:
+    read: list[str] = []
+    split = SSEChunkRuns.split
+
+    def counted(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
+        read.append(text)
+        return split(self, text)
+
+    monkeypatch.setattr(SSEChunkRuns, "split", counted)
     fast, reference = meters()
-    body = chunks_of("Hello", *WORDS * 800) + data(USAGE_WITHOUT_MODEL).encode()
-    pieces = batches(body)
+    report = data(USAGE_WITHOUT_MODEL).encode()
+    pieces = batches(chunks_of("Hello", *WORDS * 800) + report)
     half = len(pieces) // 2
     for piece in pieces[:half]:
         fast.feed(piece)
         reference.feed(piece)
-    assert fast._deferred  # held while no count was asked for
+    assert len(fast._deferred) == half  # held while no count was asked for
     assert fast.snapshot() == reference.snapshot()
-    for piece in pieces[half:-1]:
+    assert not fast._deferred  # read for the count
+    seen = len(read)
+    for piece in pieces[half:]:
         fast.feed(piece)
         reference.feed(piece)
-        assert not fast._deferred  # a look at the cap or a checkpoint will read it anyway
-    assert fast.snapshot() == reference.snapshot()
-    fast.feed(pieces[-1])
-    reference.feed(pieces[-1])
+    assert len(fast._deferred) == len(pieces) - half  # held again
     assert fast.finish() == reference.finish()
     assert fast.finish().output_source == "reported"
+    assert len("".join(read[seen:])) < 2 * 1024  # the end: only its report was read
