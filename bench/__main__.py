@@ -387,10 +387,11 @@ def _throughput(report: Report, result: loopback.Throughput, sizes: Sizes) -> No
     report.text(
         f"`X402Meter` has `max_tokens={CAP}`: past {CAP:,} bytes the cap is checked as the "
         "stream grows, and as OpenAI streams report usage only at the end, each check counts "
-        "the text so far (only the text since the last check is tokenized). `cap out of "
-        "reach`: `max_tokens` so high that the byte bound rules the cap out and no running "
-        "count is taken: the meter's own cost. `meter that counts nothing`: X402Meter with a "
-        "meter whose `feed` does nothing: the payment, the ledger and the batching around the "
+        "the text so far (only the text since the last check is read and tokenized). `cap "
+        "out of reach`: `max_tokens` so high that the byte bound rules the cap out and no "
+        "running count is taken: the stream is held unread and, once its usage report has "
+        "come, only the report is read. `meter that counts nothing`: X402Meter with a meter "
+        "whose `feed` does nothing: the payment, the ledger and the batching around the "
         "meter, without the reading."
     )
     rows = []
@@ -416,16 +417,22 @@ def _throughput(report: Report, result: loopback.Throughput, sizes: Sizes) -> No
         rows,
     )
     per_event = result.cpu_ms["bare"].median * 1000 / result.events
-    reading = result.cpu_ms["X402Meter, cap out of reach"].median - result.cpu_ms[NOTHING].median
+
+    def beyond_nothing(label: str) -> float:
+        """µs of server CPU per event over the meter that counts nothing."""
+        return (result.cpu_ms[label].median - result.cpu_ms[NOTHING].median) * 1000 / result.events
+
     report.text(
         f"The bare server spends {per_event:.1f} µs of CPU per event (uvicorn, h11, the "
         "socket); at 0.95 a middleware has half a microsecond per event to spend, about what "
         "passing each message through one more coroutine costs (the forwarding middleware). "
-        f"Reading the stream (the meter) costs {reading * 1000 / result.events:.2f} µs per "
-        "event here (CPU per answer, cap out of reach minus counting nothing); X402Meter's "
-        "CPU per answer also holds the payment's fixed work (two facilitator round trips "
-        "through httpx, the SQLite rows), outside the timed stream, which a longer answer "
-        "spreads thinner. Section 3 has the cost per event without a server around it."
+        f"Counting the stream as it goes, for the cap, costs {beyond_nothing('X402Meter'):.2f} "
+        "µs per event here (CPU per answer over the meter that counts nothing); holding it and "
+        f"reading the report, {beyond_nothing('X402Meter, cap out of reach'):.2f} µs. "
+        "X402Meter's CPU per answer also holds the payment's fixed work (two facilitator "
+        "round trips through httpx, the SQLite rows), outside the timed stream, which a "
+        "longer answer spreads thinner. Section 3 has the cost per event without a server "
+        "around it."
     )
 
 
