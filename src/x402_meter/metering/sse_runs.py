@@ -116,12 +116,16 @@ class SSEChunkRuns:
             # Each piece between two keys is a chunk's text and the same tail: a batch of
             # nothing but such chunks (the common case) is read without a Python step per
             # chunk (the maps and joins run in C).
-            middle = pieces[1:last]
-            texts = list(map(self._before_tail, middle))
+            texts = list(map(self._before_tail, pieces[1:last]))
             texts.append("")
-            # Each piece ends with the tail: the texts joined by it are the pieces (a piece
-            # shorter than the tail makes the join longer).
-            if tail.join(texts) == "".join(middle):
+            # Each piece ends with the tail: the texts joined by the tail and the key are the
+            # text from the first piece on up to the last (a piece shorter than the tail
+            # makes the join longer).
+            between = (tail + key).join(texts)
+            start = len(head) + len(key)
+            if len(between) == len(text) - len(pieces[last]) - start and text.startswith(
+                between, start
+            ):
                 texts[-1] = pieces[last][: len(pieces[last]) - len(end)]
                 joined = "".join(texts)
                 if _plain(joined):
