@@ -309,7 +309,7 @@ class BodyMeter:
     # the cost of reading its report.
 
     def _defer(self, piece: bytes) -> bool:
-        """Hold ``piece`` unread (True), while no count was asked for and a report may come."""
+        """Hold ``piece`` unread (True) until a count is asked for, while no report was read."""
         extractor = self._extractor
         if not self._markers or extractor is None or extractor.output_tokens is not None:
             return False
