@@ -390,7 +390,8 @@ def _throughput(report: Report, result: loopback.Throughput, sizes: Sizes) -> No
         "the text so far (only the text since the last check is read and tokenized). `cap "
         "out of reach`: `max_tokens` so high that the byte bound rules the cap out and no "
         "running count is taken: the stream is held unread and, once its usage report has "
-        "come, only the report is read. `meter that counts nothing`: X402Meter with a meter "
+        'come, only the report is read (what `on_cap="finish"` costs, whatever the '
+        "maximum). `meter that counts nothing`: X402Meter with a meter "
         "whose `feed` does nothing: the payment, the ledger and the batching around the "
         "meter, without the reading."
     )
