@@ -331,15 +331,21 @@ def batches(body: bytes, size: int = 16 * 1024) -> list[bytes]:
     return [body[index : index + size] for index in range(0, len(body), size)]
 
 
-def test_a_stream_that_reports_its_usage_is_let_go_unread(monkeypatch: Any) -> None:
-    splits: list[int] = []
+@pytest.fixture
+def read(monkeypatch: Any) -> list[str]:
+    """The text each split of a chunk run was given, in order (what the meter read)."""
+    texts: list[str] = []
     split = SSEChunkRuns.split
 
-    def counted(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
-        splits.append(len(text))
+    def recorded(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
+        texts.append(text)
         return split(self, text)
 
-    monkeypatch.setattr(SSEChunkRuns, "split", counted)
+    monkeypatch.setattr(SSEChunkRuns, "split", recorded)
+    return texts
+
+
+def test_a_stream_that_reports_its_usage_is_let_go_unread(read: list[str]) -> None:
     fast, reference = meters()
     body = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello", *WORDS * 400)
     body += data(USAGE_WITHOUT_MODEL).encode() + b"data: [DONE]\n\n"
@@ -351,7 +357,7 @@ def test_a_stream_that_reports_its_usage_is_let_go_unread(monkeypatch: Any) -> N
     assert len(fast._deferred) == len(pieces)  # held, not even searched
     assert fast.finish() == reference.finish()
     assert not fast._deferred
-    assert sum(splits) < 2 * 1024  # only from the report on: the rest was never read
+    assert len("".join(read)) < 2 * 1024  # only from the report on: the rest was never read
 
 
 @pytest.mark.parametrize(
@@ -373,15 +379,7 @@ def test_a_partial_report_has_everything_held_read_in_order(report: str) -> None
 
 
 @pytest.mark.parametrize("done", [False, True])
-def test_a_report_in_a_piece_of_its_own_is_found(monkeypatch: Any, done: bool) -> None:
-    read: list[str] = []
-    split = SSEChunkRuns.split
-
-    def counted(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
-        read.append(text)
-        return split(self, text)
-
-    monkeypatch.setattr(SSEChunkRuns, "split", counted)
+def test_a_report_in_a_piece_of_its_own_is_found(read: list[str], done: bool) -> None:
     fast, reference = meters()
     report = data(USAGE_WITHOUT_MODEL).encode()
     # The report starts right after the pieces before it: at the start of the data looked in.
@@ -431,15 +429,7 @@ def test_what_is_held_is_bounded(monkeypatch: Any) -> None:
     assert fast.finish() == reference.finish()
 
 
-def test_after_a_count_the_stream_is_held_again_and_its_end_let_go(monkeypatch: Any) -> None:
-    read: list[str] = []
-    split = SSEChunkRuns.split
-
-    def counted(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
-        read.append(text)
-        return split(self, text)
-
-    monkeypatch.setattr(SSEChunkRuns, "split", counted)
+def test_after_a_count_the_stream_is_held_again_and_its_end_let_go(read: list[str]) -> None:
     fast, reference = meters()
     report = data(USAGE_WITHOUT_MODEL).encode()
     pieces = batches(chunks_of("Hello", *WORDS * 800) + report)
