@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
+_NAMED_RUN: Final = re.compile(r"(?:(?:event: [^\n]*\n)?data: [^\n]*\n\n)+")
+"""Events of one ``data: `` line, each after an ``event: `` line or not (Anthropic's)."""
+_NAMED_DATA: Final = re.compile(r"data: ([^\n]*)\n\n")
 _ANY_LINE_END: Final = re.compile(r"[\r\n]")
 
 MAX_EVENT_SIZE: Final = 16 * 1024 * 1024
@@ -141,6 +144,14 @@ class SSEParser:
     def _lines(self, text: str, events: list[Any]) -> None:
         if "\r" not in text:
             # Fast path: nearly every server ends lines with LF alone.
+            if self._data or self._event or self._oversized:
+                # The event in progress (a chunk ended in it), line by line up to its end:
+                # what follows may be a run.
+                end = text.find("\n\n") + 2
+                if end > 1:
+                    for line in text[: end - 1].split("\n"):
+                        self._line(line, events)
+                    text = text[end:]
             if not (self._data or self._event or self._oversized):
                 text = self._simple_events(text, events)
             *lines, self._buffer = text.split("\n")
@@ -167,6 +178,8 @@ class SSEParser:
         shorter than the bound, none of its lines or events can be over it).
         """
         if not text.startswith("data: "):
+            if self._data_only and text.startswith("event: "):
+                return self._named_events(text, events)
             return text
         end = text.rfind("\n\n") + 2
         if end < 8 or end > self._max:
@@ -179,6 +192,20 @@ class SSEParser:
         else:
             last_id = self._id
             events += [SSEEvent(value, "message", last_id) for value in data]
+        return text[end:]
+
+    def _named_events(self, text: str, events: list[Any]) -> str:
+        """:meth:`_simple_events` for a run whose events may each start with an ``event: ``
+        line, for :meth:`feed_data` (the data is the same whatever the event's name): the
+        run is checked and its data found by two regular expressions, not line by line.
+
+        In the run, a ``data: `` match starts a line: one inside a name or a value would
+        need a blank line right after it, and neither holds a line end.
+        """
+        end = text.rfind("\n\n") + 2
+        if end < 8 or end > self._max or _NAMED_RUN.fullmatch(text, 0, end) is None:
+            return text
+        events += _NAMED_DATA.findall(text, 0, end)
         return text[end:]
 
     def _line(self, line: str, events: list[Any]) -> None:

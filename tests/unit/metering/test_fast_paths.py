@@ -1,7 +1,8 @@
 """The meters' fast paths give exactly what the plain paths give (bench/README.md: why).
 
 - SSEParser.feed_data: the data of the events feed gives, a run of one-line events split in
-  bulk;
+  bulk (named ones, Anthropic's, found by two regular expressions), also after a chunk that
+  ended inside an event;
 - decode: json.loads' result (or None), without its Python layers;
 - UsageExtractor.events: event() for each event, the runs without a marker kept in bulk;
 - OpenAIChatUsage.text: texts() joined; its text_of: decoding skipped for a chunk that
@@ -71,6 +72,34 @@ def test_feed_data_matches_feed_on_field_like_text(
     assert fast == events
     # and the event objects are those of the line-by-line parse of the whole stream
     assert data_of(stream, bound=bound)[0] == events
+
+
+FIELD_TEXT = st.lists(
+    st.sampled_from(["a", " ", ":", "é", "data: ", "event: ", "\\n", "{}"]), max_size=6
+).map("".join)
+"""A field's value: pieces of what the lines around it are made of, no line end."""
+
+
+@settings(max_examples=300)
+@given(
+    data=st.data(),
+    events=st.lists(st.tuples(st.none() | FIELD_TEXT, FIELD_TEXT), max_size=12),
+    other=st.sampled_from(["", ": ping\n\n", "event: x\n\n", "data: a\ndata: b\n\n"]),
+)
+def test_a_run_of_named_events_gives_their_data_for_any_chunking(
+    data: st.DataObject, events: list[tuple[str | None, str]], other: str
+) -> None:
+    blocks = [
+        ("" if name is None else f"event: {name}\n") + f"data: {value}\n\n"
+        for name, value in events
+    ]
+    if other:  # something a run cannot hold, somewhere in it
+        blocks.insert(data.draw(st.integers(0, len(blocks))), other)
+    stream = "".join(blocks).encode()
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=6))
+    whole, fast = data_of(*split(stream, cuts))
+    assert fast == whole
+    assert [value for value in fast if value != "a\nb"] == [value for _, value in events]
 
 
 def test_a_run_of_one_line_events_keeps_the_last_event_id() -> None:
