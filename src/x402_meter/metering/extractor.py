@@ -29,6 +29,7 @@ from itertools import count as counting
 from operator import add
 from typing import Any, ClassVar, Final, cast
 
+from x402_meter.metering.sse_runs import NOT_PLAIN
 from x402_meter.metering.tokenizer import BYTES_PER_TOKEN, TokenTally
 
 MAX_KEPT_SIZE: Final = 16 * 1024 * 1024
@@ -99,6 +100,37 @@ def strings(*values: Any) -> Iterator[str]:
             yield value
 
 
+_TEMPLATE_TRIES: Final = 8
+"""Batches a meter looks for the chunks' shape in, one after the other, at first."""
+_TEMPLATE_RETRY_EVERY: Final = 16
+"""Then it looks again in one batch out of so many."""
+
+
+def _template(
+    data: str, text: str, key: str, other_keys: tuple[str, ...]
+) -> tuple[str, str] | None:
+    """The text before and after the text of a decoded chunk whose only text is one
+    ``key:"..."`` string with no escape in the whole chunk, else None.
+
+    Another chunk made of the same prefix and suffix around a string with no quote,
+    backslash or control character is valid JSON of the same shape, so its text is that
+    string: exactly what decoding it would give. With no backslash in the chunk, every key
+    is written as it reads, so a single ``key`` and none of the other text keys means the
+    text came from that string.
+    """
+    if not text or "\\" in data or any(other in data for other in other_keys):
+        return None
+    opening = key + ':"'
+    start = data.find(opening)
+    if start < 0 or data.count(key) != 1:
+        return None
+    begin = start + len(opening)
+    end = data.find('"', begin)
+    if end < 0 or data[begin:end] != text:
+        return None
+    return data[:begin], data[end:]
+
+
 def compact_json(value: Any) -> str:
     """Tool-call arguments given as an object, as a model would have written them."""
     if value is None or value == {}:
@@ -121,6 +153,13 @@ class UsageExtractor:
     sides), so that a meter may leave the events before one unread."""
     model_paths: ClassVar[tuple[tuple[str, ...], ...]] = ()
     """Where events name the model, e.g. ``(("model",),)``: see :meth:`read_model`."""
+    text_key: ClassVar[str | None] = None
+    """The key (quoted) of the one JSON string a stream's chunks carry their text in, for a
+    format whose chunks share one shape that differs only in that text (``'"content"'``):
+    see :meth:`chunk_template`. ``None``: no such shape."""
+    other_text_keys: ClassVar[tuple[str, ...]] = ()
+    """The starts of the other keys (quoted) :meth:`texts` reads text from: a chunk holding
+    one is never a template."""
 
     def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
         self.input_tokens: int | None = None
@@ -135,6 +174,10 @@ class UsageExtractor:
         self._kept: list[str] = []
         self._kept_size = 0
         self._latest: str | None = None
+        self._template: tuple[str, str] | None = None
+        self._template_model: str | None = None
+        """The model the template's chunk names: every chunk of that shape names it too."""
+        self._batches_asked = 0
 
     # -- what each provider defines ----------------------------------------------------------
 
@@ -271,21 +314,65 @@ class UsageExtractor:
 
     def known_text_model(self) -> str | None:
         """The model the chunks kept as text name (decoding them would have named it)."""
-        return None
+        return self._template_model
 
     def chunk_template(self) -> tuple[str, str] | None:
         """The JSON before and after the text of a stream's chunks, if they all share it:
         each ``prefix + s + suffix`` with ``s`` free of quotes, backslashes and control
         characters is a chunk whose generated text is ``s``. Lets a meter read such runs
-        without decoding them; ``None`` (the default) if the format has no such shape."""
-        return None
+        without decoding them; ``None`` if the format has no such shape (no ``text_key``)
+        or none was seen yet.
+
+        Found from the last chunk kept, decoded here: asked after every batch until one is
+        found, for the first batches, then after every sixteenth (a stream of tool calls or
+        of reasoning has no such shape; its answer that follows may).
+        """
+        if self._template is None and self._kept and self.text_key is not None:
+            self._batches_asked += 1
+            asked = self._batches_asked
+            if asked <= _TEMPLATE_TRIES or asked % _TEMPLATE_RETRY_EVERY == 0:
+                data = self._kept[-1]
+                if type(data) is not KnownText and not any(m in data for m in self.markers):
+                    self._learn_template(data, decode(data))
+        return self._template
+
+    def _learn_template(self, data: str, event: Any) -> str:
+        """The text of a decoded chunk; its shape becomes the template if it can be one (a
+        template, once found, holds for the whole stream: the last one is kept past chunks
+        of other shapes)."""
+        text = self.text(event)
+        assert self.text_key is not None
+        template = _template(data, text, self.text_key, self.other_text_keys)
+        if template is not None:
+            self._template, self._template_model = template, self.model_of(event)
+        return text
 
     def text_of(self, data: str) -> str:
-        """The generated text of one kept event (naming the model, if still unknown)."""
+        """The generated text of one kept event (naming the model, if still unknown).
+
+        The chunks of one stream differ only in the text they carry: past the first, a
+        chunk that is the template's with another plain string as its text needs no
+        decoding (see :func:`_template`).
+        """
+        template = self._template
+        if template is not None:
+            prefix, suffix = template
+            if (
+                data.startswith(prefix)
+                and data.endswith(suffix)
+                and len(data) >= len(prefix) + len(suffix)
+            ):
+                content = data[len(prefix) : len(data) - len(suffix)]
+                if NOT_PLAIN.search(content) is None:
+                    if self.model is None:  # what decoding this chunk would have read
+                        self.model = self._template_model
+                    return content
         event = decode(data)
         if self.model is None:
             self.read_model(event)
-        return self.text(event)
+        if self.text_key is None:
+            return self.text(event)
+        return self._learn_template(data, event)
 
     def read_model(self, event: Any) -> None:
         """Name the model from any event, if it names one."""

@@ -16,18 +16,14 @@ the text of the chunks that were forwarded, and the input from the request.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
 from x402_meter.metering.base import Meter, ResponseInfo
 from x402_meter.metering.extractor import (
-    MAX_KEPT_SIZE,
-    KnownText,
     UsageExtractor,
     compact_json,
     count,
-    decode,
     dicts,
     field,
     strings,
@@ -46,6 +42,8 @@ class OpenAIChatUsage(UsageExtractor):
     markers = ('"prompt_tokens"',)
     cumulative = True
     final_reports = True
+    text_key = '"content"'
+    other_text_keys = ('"text"', '"reasoning', '"refusal"', '"tool_calls"', '"name"', '"arguments"')
 
     @staticmethod
     def recognises(event: dict[str, Any]) -> bool:
@@ -73,61 +71,6 @@ class OpenAIChatUsage(UsageExtractor):
                 message = choice.get(key)
                 if isinstance(message, dict):
                     yield from _message_texts(message)
-
-    def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
-        super().__init__(max_kept_size)
-        self._template: tuple[str, str] | None = None
-        self._template_model: str | None = None
-        """The model the template's chunk names: every chunk of that shape names it too."""
-        self._batches_asked = 0
-
-    def chunk_template(self) -> tuple[str, str] | None:
-        # Found from the last chunk kept, decoded here: asked after every batch until one is
-        # found, for the first batches, then after every sixteenth (a stream of tool calls or
-        # of reasoning has no such shape; its answer that follows may).
-        if self._template is None and self._kept:
-            self._batches_asked += 1
-            asked = self._batches_asked
-            if asked <= _TEMPLATE_TRIES or asked % _TEMPLATE_RETRY_EVERY == 0:
-                data = self._kept[-1]
-                if type(data) is not KnownText and not any(m in data for m in self.markers):
-                    self._learn_template(data, decode(data))
-        return self._template
-
-    def known_text_model(self) -> str | None:
-        return self._template_model
-
-    def _learn_template(self, data: str, event: Any) -> str:
-        """The text of a decoded chunk; its shape becomes the template if it can be one (a
-        template, once found, holds for the whole stream: the last one is kept past chunks
-        of other shapes)."""
-        text = self.text(event)
-        template = _template(data, text)
-        if template is not None:
-            self._template, self._template_model = template, self.model_of(event)
-        return text
-
-    def text_of(self, data: str) -> str:
-        # The chunks of one stream differ only in the text they carry: past the first, a
-        # chunk that is the last decoded one with another plain string as its content needs
-        # no decoding (see _template).
-        template = self._template
-        if template is not None:
-            prefix, suffix = template
-            if (
-                data.startswith(prefix)
-                and data.endswith(suffix)
-                and len(data) >= len(prefix) + len(suffix)
-            ):
-                content = data[len(prefix) : len(data) - len(suffix)]
-                if _NOT_PLAIN.search(content) is None:
-                    if self.model is None:  # what decoding this chunk would have read
-                        self.model = self._template_model
-                    return content
-        event = decode(data)
-        if self.model is None:
-            self.read_model(event)
-        return self._learn_template(data, event)
 
     def text(self, event: Any) -> str:
         # texts(), joined, without a generator per level: run once per chunk of a stream
@@ -177,38 +120,6 @@ def _message_texts(message: dict[str, Any]) -> Iterator[str]:
                 function.get("name"),
                 arguments if isinstance(arguments, str) else compact_json(arguments),
             )
-
-
-_TEMPLATE_TRIES = 8
-"""Batches a meter looks for the chunks' shape in, one after the other, at first."""
-_TEMPLATE_RETRY_EVERY = 16
-"""Then it looks again in one batch out of so many."""
-_CONTENT_KEY = '"content":"'
-_OTHER_TEXT_KEYS = ('"text"', '"reasoning', '"refusal"', '"tool_calls"', '"name"', '"arguments"')
-_NOT_PLAIN = re.compile(r'["\\\x00-\x1f]')
-"""What a JSON string's text cannot hold unescaped (a quote, a backslash, a control)."""
-
-
-def _template(data: str, text: str) -> tuple[str, str] | None:
-    """The text before and after the content of a decoded chunk whose only text is one
-    ``"content":"..."`` string with no escape in the whole chunk, else None.
-
-    Another chunk made of the same prefix and suffix around a string with no quote,
-    backslash or control character is valid JSON of the same shape, so its text is that
-    string: exactly what decoding it would give. With no backslash in the chunk, every key
-    is written as it reads, so a single ``"content"`` and none of the other text keys means
-    the text came from that string.
-    """
-    if not text or "\\" in data or any(key in data for key in _OTHER_TEXT_KEYS):
-        return None
-    start = data.find(_CONTENT_KEY)
-    if start < 0 or data.count('"content"') != 1:
-        return None
-    begin = start + len(_CONTENT_KEY)
-    end = data.find('"', begin)
-    if end < 0 or data[begin:end] != text:
-        return None
-    return data[:begin], data[end:]
 
 
 _MESSAGE_TEXT_KEYS = ("reasoning_content", "reasoning", "content", "refusal")

@@ -26,8 +26,8 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Final
 
-_NOT_PLAIN: Final = re.compile(r'["\\\x00-\x1f]')
-"""What a chunk's text cannot hold to be read here: a quote, a backslash, a control."""
+NOT_PLAIN: Final = re.compile(r'["\\\x00-\x1f]')
+"""What a JSON string's text cannot hold unescaped: a quote, a backslash, a control."""
 
 MAX_CARRY: Final = 64 * 1024
 """Bytes of one unfinished event held back; past that the parser takes the stream over."""
@@ -45,7 +45,7 @@ def _plain(text: str) -> bool:
     """No quote, backslash or control character in ``text`` (the first test settles most)."""
     if '"' not in text and "\\" not in text and text.isprintable():
         return True
-    return _NOT_PLAIN.search(text) is None
+    return NOT_PLAIN.search(text) is None
 
 
 def _json_strings(pieces: list[str], bodies: list[str]) -> str | None:
@@ -109,7 +109,7 @@ class SSEChunkRuns:
     def split(self, text: str) -> list[tuple[bool, str]]:
         """``text``: whole events, starting at an event boundary and ending with one."""
         key, head, tail, end = self._key, self._head, self._tail, self._end
-        after_boundary, search = self._after_boundary, _NOT_PLAIN.search
+        after_boundary, search = self._after_boundary, NOT_PLAIN.search
         pieces = text.split(key)
         last = len(pieces) - 1
         if last > 1 and pieces[0] == head and pieces[last].endswith(end):
