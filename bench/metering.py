@@ -61,10 +61,19 @@ def _events(body: bytes, content_type: str) -> list[bytes]:
     return [element + b"\n,\r\n" for element in elements[:-1]] + elements[-1:]
 
 
-def stretched(file: str, content_type: str, megabytes: float, tail: int) -> Stream:
-    """The fixture with its middle events repeated until the stream is ``megabytes`` long."""
+def stretched(
+    file: str, content_type: str, megabytes: float, tail: int, repeated: bytes = b""
+) -> Stream:
+    """The fixture with its middle events repeated until the stream is ``megabytes`` long.
+
+    ``repeated``: only the middle events holding it are (the others stay once, before
+    them), as a model streams one content block's deltas, not a new block every few.
+    """
     events = _events((FIXTURES / file).read_bytes(), content_type)
     head, middle, end = events[:1], events[1:-tail], events[-tail:]
+    if repeated:
+        head += [event for event in middle if repeated not in event]
+        middle = [event for event in middle if repeated in event]
     if content_type == "application/json":  # array elements: separators must stay between
         middle = [event if event.endswith(b"\n,\r\n") else event + b"\n,\r\n" for event in middle]
     size = sum(map(len, middle))
@@ -91,7 +100,9 @@ def streams(megabytes: float) -> list[Stream]:
         ),
         stretched("vllm/chat_continuous_usage.sse", "text/event-stream", megabytes, tail=2),
         stretched("openai_responses/stream.sse", "text/event-stream", megabytes, tail=4),
-        stretched("anthropic/stream.sse", "text/event-stream", megabytes, tail=3),
+        stretched(
+            "anthropic/stream.sse", "text/event-stream", megabytes, 3, b"content_block_delta"
+        ),
         stretched("gemini/stream_generate_content.sse", "text/event-stream", megabytes, tail=1),
         stretched("gemini/stream_generate_content.json", "application/json", megabytes, tail=1),
         stretched("ollama/chat.ndjson", "application/x-ndjson", megabytes, tail=1),

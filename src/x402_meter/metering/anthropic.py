@@ -13,7 +13,7 @@ before its ``message_delta`` has its output estimated from the ``content_block_d
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from x402_meter.metering.extractor import (
     UsageExtractor,
@@ -38,6 +38,9 @@ class AnthropicUsage(UsageExtractor):
     provider = "anthropic"
     markers = ('"usage"',)
     model_paths = (("model",), ("message", "model"))
+    text_key: ClassVar[str | None] = '"text"'
+    other_text_keys = ('"thinking"', '"partial_json"', '"name"', '"input"')
+    chunk_event = "content_block_delta"
 
     def __init__(self) -> None:
         super().__init__()

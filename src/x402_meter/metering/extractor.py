@@ -160,6 +160,8 @@ class UsageExtractor:
     other_text_keys: ClassVar[tuple[str, ...]] = ()
     """The starts of the other keys (quoted) :meth:`texts` reads text from: a chunk holding
     one is never a template."""
+    chunk_event: ClassVar[str | None] = None
+    """The SSE event name those chunks come under, for a format that names its events."""
 
     def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
         self.input_tokens: int | None = None

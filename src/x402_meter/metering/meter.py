@@ -367,7 +367,7 @@ class BodyMeter:
             return None
         template = extractor.chunk_template()
         if template is not None and "\n" not in template[0] + template[1]:
-            self._runs = SSEChunkRuns(*template)
+            self._runs = SSEChunkRuns(*template, event=extractor.chunk_event)
             if extractor.final_reports and extractor.markers:
                 self._markers = tuple(marker.encode() for marker in extractor.markers)
         return self._runs

@@ -1,7 +1,8 @@
 """Read the runs of an SSE stream's chunks that share one shape without parsing them.
 
 A model streams thousands of chunks that differ only in their text: ``data: {..."content":
-"<text>"...}`` and a blank line. Given that shape (a prefix and a suffix around the text, see
+"<text>"...}`` and a blank line (after an ``event:`` line, for formats that name events).
+Given that shape (a prefix and a suffix around the text, see
 :meth:`~x402_meter.metering.extractor.UsageExtractor.chunk_template`), a batch of whole
 events is split on the key that ends the prefix (``"content":"``). A piece that ends with
 the suffix, a blank line and the prefix up to the key (the last piece: the suffix and a blank
@@ -77,11 +78,13 @@ class SSEChunkRuns:
     whose lines end in ``\\n`` alone (a caller seeing ``\\r`` hands the rest to its parser).
     """
 
-    def __init__(self, prefix: str, suffix: str) -> None:
-        start = "data: " + prefix
+    def __init__(self, prefix: str, suffix: str, event: str | None = None) -> None:
+        """``event``: the name of the ``event:`` line each chunk of the shape comes after
+        (Anthropic's ``content_block_delta``); ``None``: chunks are a ``data:`` line alone."""
+        start = ("" if event is None else f"event: {event}\n") + "data: " + prefix
         closing = prefix.rfind('"', 0, len(prefix) - 1) if prefix.endswith('"') else -1
         cut = prefix.rfind('"', 0, closing) if closing > 0 else -1
-        if cut < 0 or "\n" in prefix + suffix:
+        if cut < 0 or "\n" in prefix + suffix + (event or ""):
             raise ValueError("not the template of a JSON string's text")
         self._key = prefix[cut:]
         """The key that ends the prefix, its opening quote included: ``"content":"``."""
