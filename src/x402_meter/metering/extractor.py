@@ -235,6 +235,16 @@ class UsageExtractor:
             self._keep_all(events)
             return
         joined = "\n".join(events)
+        if self.cumulative and self.output_tokens is not None:
+            # All event() still does: the last report in them becomes the latest (and no
+            # text is kept once the output is reported).
+            if self._kept:
+                self._forget_kept()
+            at = max(map(joined.rfind, self.markers))
+            if at >= 0:
+                where = list(map(add, accumulate(map(len, events)), counting(1)))
+                self._latest = events[bisect_right(where, at)]
+            return
         ends: list[int] | None = None
         marked: set[int] = set()
         for marker in self.markers:

@@ -144,28 +144,40 @@ class SSEParser:
     def _lines(self, text: str, events: list[Any]) -> None:
         if "\r" not in text:
             # Fast path: nearly every server ends lines with LF alone.
-            if self._data or self._event or self._oversized:
-                # The event in progress (a chunk ended in it), line by line up to its end:
-                # what follows may be a run.
-                end = text.find("\n\n") + 2
-                if end > 1:
-                    for line in text[: end - 1].split("\n"):
-                        self._line(line, events)
-                    text = text[end:]
-            if not (self._data or self._event or self._oversized):
-                text = self._simple_events(text, events)
-            *lines, self._buffer = text.split("\n")
-            for line in lines:
-                self._line(line, events)
+            self._lf_lines(text, events)
+            return
+        # A CR at the very end may be the first half of a CRLF split across chunks.
+        cr_at_end = text.endswith("\r")
+        lf = (text[:-1] if cr_at_end else text).replace("\r\n", "\n")
+        if "\r" not in lf:
+            # Every line end a CRLF (Google's): the same lines with LF alone.
+            self._lf_lines(lf, events)
+            if cr_at_end:
+                self._buffer += "\r"
             return
         position = 0
         for match in _LINE_END.finditer(text):
-            # A CR at the very end may be the first half of a CRLF split across chunks.
             if match.group() == "\r" and match.end() == len(text):
                 break
             self._line(text[position : match.start()], events)
             position = match.end()
         self._buffer = text[position:]
+
+    def _lf_lines(self, text: str, events: list[Any]) -> None:
+        """:meth:`_lines` for text whose line ends are all LF."""
+        if self._data or self._event or self._oversized:
+            # The event in progress (a chunk ended in it), line by line up to its end:
+            # what follows may be a run.
+            end = text.find("\n\n") + 2
+            if end > 1:
+                for line in text[: end - 1].split("\n"):
+                    self._line(line, events)
+                text = text[end:]
+        if not (self._data or self._event or self._oversized):
+            text = self._simple_events(text, events)
+        *lines, self._buffer = text.split("\n")
+        for line in lines:
+            self._line(line, events)
 
     def _simple_events(self, text: str, events: list[Any]) -> str:
         """Dispatch the leading run of ``data: ...`` one-line events, if that is all ``text``
