@@ -131,6 +131,35 @@ def _template(
     return data[:begin], data[end:]
 
 
+_JSON_INTEGER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)")
+
+
+def _numbered(prefix: str, key: str | None) -> tuple[str, str] | None:
+    """``prefix`` before and after the integer value of ``key`` in it, if it holds one.
+
+    With no backslash in the chunk (see :func:`_template`), ``key`` in it is a key, not
+    text: another integer in its place makes valid JSON of the same shape and text.
+    """
+    at = prefix.find(key) if key is not None else -1
+    if at < 0 or key is None:
+        return None
+    number = _JSON_INTEGER.match(prefix, at + len(key))
+    if number is None:
+        return None
+    return prefix[: number.start()], prefix[number.end() :]
+
+
+def _numbered_start(data: str, head: str, middle: str) -> int:
+    """Where the text starts in ``data`` if it is ``head``, an integer, ``middle`` and
+    the rest; else -1."""
+    if not data.startswith(head):
+        return -1
+    number = _JSON_INTEGER.match(data, len(head))
+    if number is None or not data.startswith(middle, number.end()):
+        return -1
+    return number.end() + len(middle)
+
+
 def compact_json(value: Any) -> str:
     """Tool-call arguments given as an object, as a model would have written them."""
     if value is None or value == {}:
@@ -162,6 +191,10 @@ class UsageExtractor:
     one is never a template."""
     chunk_event: ClassVar[str | None] = None
     """The SSE event name those chunks come under, for a format that names its events."""
+    numbered_key: ClassVar[str | None] = None
+    """A key (quoted, with its colon) whose integer value changes from chunk to chunk
+    (``'"sequence_number":'``): chunks that differ in it too still share the shape, for
+    :meth:`text_of` (a meter cannot read runs of them: :meth:`chunk_template` is None)."""
 
     def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
         self.input_tokens: int | None = None
@@ -177,6 +210,8 @@ class UsageExtractor:
         self._kept_size = 0
         self._latest: str | None = None
         self._template: tuple[str, str] | None = None
+        self._numbered: tuple[str, str] | None = None
+        """The template's prefix before and after the ``numbered_key``'s value, if it has one."""
         self._template_model: str | None = None
         """The model the template's chunk names: every chunk of that shape names it too."""
         self._batches_asked = 0
@@ -346,7 +381,7 @@ class UsageExtractor:
                 data = self._kept[-1]
                 if type(data) is not KnownText and not any(m in data for m in self.markers):
                     self._learn_template(data, decode(data))
-        return self._template
+        return self._template if self._numbered is None else None
 
     def _learn_template(self, data: str, event: Any) -> str:
         """The text of a decoded chunk; its shape becomes the template if it can be one (a
@@ -357,6 +392,7 @@ class UsageExtractor:
         template = _template(data, text, self.text_key, self.other_text_keys)
         if template is not None:
             self._template, self._template_model = template, self.model_of(event)
+            self._numbered = _numbered(template[0], self.numbered_key)
         return text
 
     def text_of(self, data: str) -> str:
@@ -369,12 +405,13 @@ class UsageExtractor:
         template = self._template
         if template is not None:
             prefix, suffix = template
-            if (
-                data.startswith(prefix)
-                and data.endswith(suffix)
-                and len(data) >= len(prefix) + len(suffix)
-            ):
-                content = data[len(prefix) : len(data) - len(suffix)]
+            numbered = self._numbered
+            if numbered is None:
+                start = len(prefix) if data.startswith(prefix) else -1
+            else:
+                start = _numbered_start(data, *numbered)
+            if start >= 0 and data.endswith(suffix) and len(data) >= start + len(suffix):
+                content = data[start : len(data) - len(suffix)]
                 if NOT_PLAIN.search(content) is None:
                     if self.model is None:  # what decoding this chunk would have read
                         self.model = self._template_model

@@ -29,6 +29,8 @@ _NOT_TEXT: Final = frozenset({"response.audio.delta"})
 class OpenAIResponsesUsage(UsageExtractor):
     provider = "openai_responses"
     markers = ('"input_tokens"',)
+    text_key = '"delta"'
+    numbered_key = '"sequence_number":'
 
     @staticmethod
     def recognises(event: dict[str, Any]) -> bool:

@@ -20,9 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_sse_parser import BLOCKS, LINE_ENDS, serialize, split
+from x402_meter.metering import extractor as extractor_module
 from x402_meter.metering.anthropic import AnthropicUsage
 from x402_meter.metering.extractor import UnknownFormat, UsageExtractor, decode
 from x402_meter.metering.openai_chat import OpenAIChatUsage
+from x402_meter.metering.openai_responses import OpenAIResponsesUsage
 from x402_meter.metering.sse import SSEParser
 
 # --- SSE --------------------------------------------------------------------------------------
@@ -325,3 +327,48 @@ def test_openai_chunks_after_a_plain_one_are_read_as_decoding_would(
     extractor.events(events)
     expected = "".join(reference_text(reference, data) for data in events)
     assert extractor.take_text() == expected
+
+
+RESPONSES_DELTA = (
+    '{"type":"response.output_text.delta","sequence_number":%s,"item_id":"msg_1",'
+    '"output_index":0,"content_index":0,"delta":"%s","logprobs":[]}'
+)
+SEQUENCE_NUMBERS = st.integers(-5, 10**12).map(str) | st.sampled_from(
+    ["007", "-0", "1.5", "1e3", "", "x", "4,", " 4"]
+)
+"""JSON integers, and what is not one (the event is then another shape, or not JSON)."""
+
+
+@settings(max_examples=300)
+@given(
+    chunks=st.lists(
+        st.tuples(SEQUENCE_NUMBERS, st.text(max_size=3) | st.sampled_from(['\\"', "\\n", '"'])),
+        max_size=30,
+    ),
+    first=st.sampled_from(["4", "12", "0"]),
+)
+def test_responses_text_of_deltas_whatever_their_sequence_number_is_what_decoding_gives(
+    chunks: list[tuple[str, str]], first: str
+) -> None:
+    extractor = OpenAIResponsesUsage()
+    events = [RESPONSES_DELTA % (first, "first")] + [RESPONSES_DELTA % c for c in chunks]
+    extractor.events(events)
+    expected = "".join("".join(extractor.texts(loads_or_none(data))) for data in events)
+    assert extractor.take_text() == expected
+
+
+def test_responses_deltas_past_the_first_are_not_decoded(monkeypatch: Any) -> None:
+    decoded: list[str] = []
+    real_decode = extractor_module.decode
+
+    def counted(text: str) -> Any:
+        decoded.append(text)
+        return real_decode(text)
+
+    monkeypatch.setattr(extractor_module, "decode", counted)
+    extractor = OpenAIResponsesUsage()
+    events = [RESPONSES_DELTA % (4 + index, f" w{index}") for index in range(40)]
+    extractor.events(events)
+    assert extractor.take_text() == "".join(f" w{index}" for index in range(40))
+    assert decoded == events[:1]  # the first taught the shape, its number left out
+    assert extractor.chunk_template() is None  # no runs of chunks whose prefix changes
