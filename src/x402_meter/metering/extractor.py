@@ -29,7 +29,7 @@ from itertools import count as counting
 from operator import add
 from typing import Any, ClassVar, Final, cast
 
-from x402_meter.metering.sse_runs import NOT_PLAIN
+from x402_meter.metering.sse_runs import is_plain
 from x402_meter.metering.tokenizer import BYTES_PER_TOKEN, TokenTally
 
 MAX_KEPT_SIZE: Final = 16 * 1024 * 1024
@@ -140,8 +140,10 @@ def _numbered(prefix: str, key: str | None) -> tuple[str, str] | None:
     With no backslash in the chunk (see :func:`_template`), ``key`` in it is a key, not
     text: another integer in its place makes valid JSON of the same shape and text.
     """
-    at = prefix.find(key) if key is not None else -1
-    if at < 0 or key is None:
+    if key is None:
+        return None
+    at = prefix.find(key)
+    if at < 0:
         return None
     number = _JSON_INTEGER.match(prefix, at + len(key))
     if number is None:
@@ -158,6 +160,11 @@ def _numbered_start(data: str, head: str, middle: str) -> int:
     if number is None or not data.startswith(middle, number.end()):
         return -1
     return number.end() + len(middle)
+
+
+def _ends(events: list[str]) -> list[int]:
+    """Where each event ends in the events joined by line ends, its line end included."""
+    return list(map(add, accumulate(map(len, events)), counting(1)))
 
 
 def compact_json(value: Any) -> str:
@@ -277,16 +284,15 @@ class UsageExtractor:
                 self._forget_kept()
             at = max(map(joined.rfind, self.markers))
             if at >= 0:
-                where = list(map(add, accumulate(map(len, events)), counting(1)))
-                self._latest = events[bisect_right(where, at)]
+                self._latest = events[bisect_right(_ends(events), at)]
             return
         ends: list[int] | None = None
         marked: set[int] = set()
         for marker in self.markers:
             found = joined.find(marker)
             while found >= 0:
-                if ends is None:  # where each event ends in joined, its line end included
-                    ends = list(map(add, accumulate(map(len, events)), counting(1)))
+                if ends is None:
+                    ends = _ends(events)
                 index = bisect_right(ends, found)
                 marked.add(index)
                 found = joined.find(marker, ends[index])
@@ -342,6 +348,11 @@ class UsageExtractor:
         else:
             self.dropped += len(data)
 
+    def _take_kept(self) -> list[str]:
+        """The events (or known text) kept so far, no longer kept."""
+        kept, self._kept, self._kept_size = self._kept, [], 0
+        return kept
+
     def _forget_kept(self) -> None:
         """The output was reported: the text kept for an estimate is no longer needed."""
         self._kept.clear()
@@ -353,7 +364,7 @@ class UsageExtractor:
         if not self._kept:
             return ""
         text_of = self.text_of
-        kept, self._kept, self._kept_size = self._kept, [], 0
+        kept = self._take_kept()
         text = "".join([data if type(data) is KnownText else text_of(data) for data in kept])
         if self.model is None and any(type(data) is KnownText for data in kept):
             self.model = self.known_text_model()
@@ -412,7 +423,7 @@ class UsageExtractor:
                 start = _numbered_start(data, *numbered)
             if start >= 0 and data.endswith(suffix) and len(data) >= start + len(suffix):
                 content = data[start : len(data) - len(suffix)]
-                if NOT_PLAIN.search(content) is None:
+                if is_plain(content):
                     if self.model is None:  # what decoding this chunk would have read
                         self.model = self._template_model
                     return content
@@ -452,8 +463,7 @@ class UnknownFormat(UsageExtractor):
     def take_text(self) -> str:
         if not self._kept:
             return ""
-        text = "\n".join(self._kept)
-        self._kept, self._kept_size = [], 0
+        text = "\n".join(self._take_kept())
         if self._taken:
             return "\n" + text
         self._taken = True
@@ -464,6 +474,4 @@ class PlainText(UsageExtractor):
     """A ``text/*`` body: the body is the generated text."""
 
     def take_text(self) -> str:
-        text = "".join(self._kept)
-        self._kept, self._kept_size = [], 0
-        return text
+        return "".join(self._take_kept())

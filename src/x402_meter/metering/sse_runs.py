@@ -27,7 +27,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Final
 
-NOT_PLAIN: Final = re.compile(r'["\\\x00-\x1f]')
+_NOT_PLAIN: Final = re.compile(r'["\\\x00-\x1f]')
 """What a JSON string's text cannot hold unescaped: a quote, a backslash, a control."""
 
 MAX_CARRY: Final = 64 * 1024
@@ -42,11 +42,11 @@ _add_one: Final = (1).__add__
 _first, _second = itemgetter(0), itemgetter(1)
 
 
-def _plain(text: str) -> bool:
+def is_plain(text: str) -> bool:
     """No quote, backslash or control character in ``text`` (the first test settles most)."""
     if '"' not in text and "\\" not in text and text.isprintable():
         return True
-    return NOT_PLAIN.search(text) is None
+    return _NOT_PLAIN.search(text) is None
 
 
 def _json_strings(pieces: list[str], bodies: list[str]) -> str | None:
@@ -112,7 +112,7 @@ class SSEChunkRuns:
     def split(self, text: str) -> list[tuple[bool, str]]:
         """``text``: whole events, starting at an event boundary and ending with one."""
         key, head, tail, end = self._key, self._head, self._tail, self._end
-        after_boundary, search = self._after_boundary, NOT_PLAIN.search
+        after_boundary, search = self._after_boundary, _NOT_PLAIN.search
         pieces = text.split(key)
         last = len(pieces) - 1
         if last > 1 and pieces[0] == head and pieces[last].endswith(end):
@@ -131,7 +131,7 @@ class SSEChunkRuns:
             ):
                 texts[-1] = pieces[last][: len(pieces[last]) - len(end)]
                 joined = "".join(texts)
-                if _plain(joined):
+                if is_plain(joined):
                     return [(TEXT, joined)]
                 decoded = _json_strings(pieces[1:], texts)  # escapes: decoded as JSON would
                 if decoded is not None:
