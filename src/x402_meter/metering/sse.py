@@ -65,9 +65,7 @@ class SSEParser:
         nothing, as :attr:`idle` says)."""
         self._data_only = True
         data: list[str] = []
-        self._lines(self._buffer + text, data)
-        if len(self._buffer) > self._max:
-            self._drop_long_line()
+        self._text(text, data)
         return data
 
     @property
@@ -102,6 +100,10 @@ class SSEParser:
             text = text.removeprefix("\ufeff")
         if self._skipping_line:
             text = self._skip(text)
+        self._text(text, events)
+
+    def _text(self, text: str, events: list[Any]) -> None:
+        """Decoded text, after what was held of an unfinished line."""
         self._lines(self._buffer + text, events)
         if len(self._buffer) > self._max:
             self._drop_long_line()
@@ -188,14 +190,24 @@ class SSEParser:
         event. Between events the parser holds no state an event depends on but the last
         event id, so these are the events the line-by-line parser would give (the run being
         shorter than the bound, none of its lines or events can be over it).
+
+        For :meth:`feed_data` (the data is the same whatever an event's name), a run whose
+        events may each start with an ``event: `` line (Anthropic's) is checked and its
+        data found by two regular expressions. In it, a ``data: `` match starts a line: one
+        inside a name or a value would need a blank line right after it, and neither holds
+        a line end.
         """
-        if not text.startswith("data: "):
-            if self._data_only and text.startswith("event: "):
-                return self._named_events(text, events)
+        named = self._data_only and text.startswith("event: ")
+        if not (named or text.startswith("data: ")):
             return text
         end = text.rfind("\n\n") + 2
         if end < 8 or end > self._max:
             return text
+        if named:
+            if _NAMED_RUN.fullmatch(text, 0, end) is None:
+                return text
+            events += _NAMED_DATA.findall(text, 0, end)
+            return text[end:]
         data = text[6 : end - 2].split("\n\ndata: ")
         if text.count("\n", 0, end) != 2 * len(data):
             return text
@@ -204,20 +216,6 @@ class SSEParser:
         else:
             last_id = self._id
             events += [SSEEvent(value, "message", last_id) for value in data]
-        return text[end:]
-
-    def _named_events(self, text: str, events: list[Any]) -> str:
-        """:meth:`_simple_events` for a run whose events may each start with an ``event: ``
-        line, for :meth:`feed_data` (the data is the same whatever the event's name): the
-        run is checked and its data found by two regular expressions, not line by line.
-
-        In the run, a ``data: `` match starts a line: one inside a name or a value would
-        need a blank line right after it, and neither holds a line end.
-        """
-        end = text.rfind("\n\n") + 2
-        if end < 8 or end > self._max or _NAMED_RUN.fullmatch(text, 0, end) is None:
-            return text
-        events += _NAMED_DATA.findall(text, 0, end)
         return text[end:]
 
     def _line(self, line: str, events: list[Any]) -> None:
