@@ -350,9 +350,11 @@ class BodyMeter:
         before = pieces[-3][-2:] if len(pieces) > 2 else runs.carry[-2:] or b"\n\n"
         data = before + b"".join(pieces[-2:])
         at = max(map(data.rfind, self._markers))
+        if at < 0:
+            return None
         begin = data.rfind(b"\n\n", 0, at) + 2
         end = data.find(b"\n\n", at)
-        if at < 0 or begin < 2 or end < 0:
+        if begin < 2 or end < 0:
             return None
         extractor = self._extractor
         assert extractor is not None
@@ -366,10 +368,14 @@ class BodyMeter:
         if extractor is None or sse is None or not sse.idle:
             return None
         template = extractor.chunk_template()
-        if template is not None and "\n" not in template[0] + template[1]:
+        if template is None:
+            return None
+        try:
             self._runs = SSEChunkRuns(*template, event=extractor.chunk_event)
-            if extractor.final_reports and extractor.markers:
-                self._markers = tuple(marker.encode() for marker in extractor.markers)
+        except ValueError:  # a shape the run reader cannot split on (a line end in it)
+            return None
+        if extractor.final_reports and extractor.markers:
+            self._markers = tuple(marker.encode() for marker in extractor.markers)
         return self._runs
 
     def _count(self, extractor: UsageExtractor, tally: TokenTally) -> Usage:

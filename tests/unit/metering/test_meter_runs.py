@@ -203,6 +203,20 @@ def chunks_of(*texts: str) -> bytes:
     return "".join(data(fill(SHAPE, text)) for text in texts).encode()
 
 
+def test_chunks_whose_data_spans_two_lines_are_parsed_not_read_as_runs() -> None:
+    # Their shape has a line end in it (JSON whitespace between the data lines), which the
+    # run reader cannot split on: the meter goes on parsing them.
+    two_lines = '{"choices":[{"delta":\ndata: {"content":"%s"}}]}'
+    body = "".join(data(fill(two_lines, text)) for text in ["Hello", *WORDS * 300]).encode()
+    fast, reference = meters(held=False)
+    for piece in batches(body):
+        fast.feed(piece)
+        reference.feed(piece)
+    assert fast._runs is None
+    assert fast.finish() == reference.finish()
+    assert fast.finish().output_tokens > 300
+
+
 def test_a_run_of_chunks_is_kept_as_text_once_the_template_is_known() -> None:
     fast, reference = meters(held=False)
     head = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello")
