@@ -679,8 +679,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sizes = replace(sizes, **overrides)
     sections = {int(part) for part in args.sections.split(",") if part.strip()}
     results = Results()
-    step(f"machine: {machine()}")
     machine_line = machine()
+    step(f"machine: {machine_line}")
     if 3 in sections:
         step("3. CPU per paid request (in-process)")
         results.cpu = run_cpu(sizes, args.baseline_src)

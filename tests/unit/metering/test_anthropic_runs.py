@@ -18,11 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.metering.chunk_streams import ANY_CONTENT, ESCAPED, PLAIN
-from tests.unit.metering.support import split
+from tests.unit.metering.support import recognising, split
 from x402_meter.metering import ResponseInfo, auto_meter
 from x402_meter.metering.anthropic import AnthropicUsage
-from x402_meter.metering.auto import recognise
-from x402_meter.metering.extractor import UsageExtractor
 from x402_meter.metering.meter import BodyMeter
 
 INFO = ResponseInfo(200, "text/event-stream", None, b'{"messages":[]}', "/v1/messages")
@@ -41,9 +39,7 @@ class WithoutRuns(AnthropicUsage):
     text_key = None
 
 
-def recognise_without_runs(event: dict[str, Any]) -> type[UsageExtractor] | None:
-    kind = recognise(event)
-    return WithoutRuns if kind is AnthropicUsage else kind
+recognise_without_runs = recognising(AnthropicUsage, WithoutRuns)
 
 
 def event(name: str, payload: str | dict[str, Any]) -> str:

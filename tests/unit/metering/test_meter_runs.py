@@ -32,11 +32,10 @@ from tests.unit.metering.chunk_streams import (
     fragments,
     named,
 )
-from tests.unit.metering.support import one_byte_chunks, split
+from tests.unit.metering.support import one_byte_chunks, recognising, split
 from x402_meter.metering import ResponseInfo, Usage, auto_meter
 from x402_meter.metering import meter as meter_module
-from x402_meter.metering.auto import recognise
-from x402_meter.metering.extractor import KnownText, UsageExtractor
+from x402_meter.metering.extractor import KnownText
 from x402_meter.metering.meter import BodyMeter
 from x402_meter.metering.openai_chat import OpenAIChatUsage
 from x402_meter.metering.sse_runs import MAX_CARRY, SSEChunkRuns
@@ -52,9 +51,7 @@ class WithoutRuns(OpenAIChatUsage):
         return None
 
 
-def recognise_without_runs(event: dict[str, Any]) -> type[UsageExtractor] | None:
-    kind = recognise(event)
-    return WithoutRuns if kind is OpenAIChatUsage else kind
+recognise_without_runs = recognising(OpenAIChatUsage, WithoutRuns)
 
 
 class RunsRead(OpenAIChatUsage):
@@ -64,9 +61,7 @@ class RunsRead(OpenAIChatUsage):
     final_reports = False
 
 
-def recognise_runs_read(event: dict[str, Any]) -> type[UsageExtractor] | None:
-    kind = recognise(event)
-    return RunsRead if kind is OpenAIChatUsage else kind
+recognise_runs_read = recognising(OpenAIChatUsage, RunsRead)
 
 
 def meters(
