@@ -54,17 +54,27 @@ class MeterRuntime:
             metrics=config.metrics,
         )
         self._offers: dict[tuple[RouteSpec, TokenPrice], Offer] = {}
-        self._offers_fetched_at = 0.0
+        self._offers_fetched_at: float | None = None
+        """When ``/supported`` was last read (``time.monotonic``); None: never, so the first
+        request reads it. Never a number standing for "long ago": the monotonic clock starts
+        near zero at boot, so no fixed value is old enough on a machine that just started."""
+        self._facilitator_address: str | None = None
+        self._signers: frozenset[str] = frozenset()
+        self._extensions: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
+
+    def _offers_fresh(self) -> bool:
+        fetched_at = self._offers_fetched_at
+        return fetched_at is not None and time.monotonic() - fetched_at < SUPPORTED_TTL_SECONDS
 
     async def offer(self, spec: RouteSpec, price: TokenPrice) -> Offer:
         """The route's offer at ``price``; the first call (and one every few minutes) asks
         ``/supported``."""
         offer = self._offers.get((spec, price))
-        if offer is not None and time.monotonic() - self._offers_fetched_at < SUPPORTED_TTL_SECONDS:
+        if offer is not None and self._offers_fresh():
             return offer
         async with self._lock:
-            if time.monotonic() - self._offers_fetched_at >= SUPPORTED_TTL_SECONDS:
+            if not self._offers_fresh():
                 await self._refresh()
             offer = self._offers.get((spec, price))
             if offer is None:
@@ -82,7 +92,8 @@ class MeterRuntime:
                 f"the facilitator does not support {', '.join(missing)} on {network}"
             )
         upto_extra = (kinds["upto"].extra or {}) if "upto" in kinds else {}
-        self._facilitator_address = upto_extra.get("facilitatorAddress")
+        address = upto_extra.get("facilitatorAddress")
+        self._facilitator_address = str(address) if address else None
         signers: set[str] = set()
         for pattern, addresses in supported.signers.items():
             if pattern in (network, "eip155:*"):
