@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -37,6 +38,12 @@ async def chat(request: Request, hold_after: int = -1) -> StreamingResponse:
             yield chunk
 
     return StreamingResponse(chunks(), media_type="text/event-stream")
+
+
+@app.get("/clock")
+async def clock() -> dict[str, float]:
+    """What this process's monotonic clock reads (a free route)."""
+    return {"monotonic": time.monotonic()}
 
 
 @app.post("/release")

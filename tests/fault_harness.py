@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +37,10 @@ def uvicorn_server(
     *,
     workers: int = 1,
     facilitator_url: str | None = None,
+    command_prefix: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """tests/fault_app.py in its own uvicorn process (or ``workers`` of them on one port)."""
+    """tests/fault_app.py in its own uvicorn process (or ``workers`` of them on one port),
+    run under ``command_prefix`` if one is given (e.g. ``unshare`` for another clock)."""
     port = free_port()
     env = {
         **os.environ,
@@ -48,6 +50,7 @@ def uvicorn_server(
     if facilitator_url:
         env["X402_TEST_FACILITATOR_URL"] = facilitator_url
     args = [
+        *command_prefix,
         sys.executable,
         "-m",
         "uvicorn",
