@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -33,7 +33,7 @@ from tests.examples.conftest import new_funded_payer
 from tests.openai_stream import usage
 from x402_meter import Asset, X402Meter
 from x402_meter.client import PayingAsyncClient, PayingClient, SpendCapExceededError, Wallet
-from x402_meter.devstack import LocalStack, token_balance
+from x402_meter.devstack import LocalStack, local_stack, token_balance
 from x402_meter.devstack.asgi_server import serving
 from x402_meter.errors import ConfigurationError
 
@@ -47,7 +47,7 @@ FULL: Final = usage(prompt=MAX_TOKENS, completion=MAX_TOKENS)  # charged at the 
 SMALL: Final = usage(prompt=100, completion=100)  # 400 atomic units
 HONEST: Final = usage(prompt=1000, completion=1000)  # 4000 atomic units
 CHAT: Final = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-Lie = Literal["amount_zero", "earlier_transaction", "reverted_transaction"]
+Lie = Literal["amount_zero", "earlier_transaction", "reverted_transaction", "no_transaction"]
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Any]
@@ -79,8 +79,9 @@ class Model:
 class LyingReceipts:
     """ASGI wrapper of a metered app: every receipt it serves says ``amount: 0`` and, as
     ``lie`` says, names the real settlement, the first settlement it served (a smaller
-    payment of the same payer), or a reverted call of the proxy that carries this very
-    authorization (its Permit2 nonce, owner and token, sent by someone not allowed)."""
+    payment of the same payer), a reverted call of the proxy that carries this very
+    authorization (its Permit2 nonce, owner and token, sent by someone not allowed), or no
+    transaction at all."""
 
     app: Any
     lie: Lie
@@ -133,7 +134,9 @@ class LyingReceipts:
         await send(start | {"headers": headers})
         await send({"type": "http.response.body", "body": lied})
 
-    async def _named(self, path: str, real: str) -> str:
+    async def _named(self, path: str, real: str) -> str | None:
+        if self.lie == "no_transaction":
+            return None
         if self.lie == "earlier_transaction":
             assert self.first_transaction is not None
             return self.first_transaction
@@ -200,10 +203,11 @@ class Seller:
 
 @asynccontextmanager
 async def selling(
-    stack: LocalStack, app: Callable[[Any], Any], model: Model
+    stack: LocalStack, app: Callable[[Any], Any], model: Model, **options: Any
 ) -> AsyncIterator[Seller]:
     """Serve ``app(X402Meter(model))`` for a new seller, and fund a new payer."""
-    metered = X402Meter(model, **meter_options(stack, pay_to=Account.create().address))
+    options = meter_options(stack, pay_to=Account.create().address, **options)
+    metered = X402Meter(model, **options)
     async with serving(app(metered)) as base:
         yield Seller(base, stack, new_funded_payer(stack))
 
@@ -328,3 +332,84 @@ async def test_an_rpc_url_of_another_chain_proves_nothing(x402_local_stack: Loca
     )
     with pytest.raises(ConfigurationError, match="serves chain 31337"):
         await anyio.to_thread.run_sync(prover.settled_amount, authorization, "0x" + "00" * 32)
+
+
+@pytest.fixture
+def own_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A local stack of the test's own: it moves its chain's clock forward, past the
+    deadlines of the authorizations signed after (the wall clock's), which neither the
+    session's shared chain nor another test may see."""
+    with local_stack(log_dir=tmp_path_factory.mktemp("client-trust-stack")) as stack:
+        yield stack
+
+
+def mine_after(stack: LocalStack, deadline: int) -> None:
+    """Mine a block whose timestamp is past ``deadline`` (Permit2's test is ``>``)."""
+    w3 = stack.web3()
+    latest = int(w3.eth.get_block("latest")["timestamp"])
+    anvil: Any = w3.provider
+    anvil.make_request("evm_mine", [max(latest, deadline) + 1])
+
+
+async def test_an_authorization_expired_unused_on_chain_is_released(
+    own_chain: LocalStack,
+) -> None:
+    """An answer charged 0 is settled without a transaction, so no chain proof exists and
+    it counts at its maximum; once the chain is past its deadline with the Permit2 nonce
+    unused, it can never be settled, and it no longer counts."""
+    model = Model(usage(0, 0))
+    async with (
+        selling(own_chain, lambda app: app, model, max_timeout_seconds=30) as seller,
+        PayingAsyncClient(wallet=seller.wallet(own_chain.rpc_url)) as http,
+    ):
+        await http.post(f"{seller.base}/v1/chat/completions", json=CHAT)
+        await http.post(f"{seller.base}/v1/chat/completions", json=CHAT)
+        free, _ = http.payments
+        receipt = await http.receipt(free, wait=20)
+        with pytest.raises(SpendCapExceededError):  # 3 x 8192 > 20,000
+            await http.post(f"{seller.base}/v1/chat/completions", json=CHAT)
+        assert free.authorization is not None
+        assert (receipt.amount, receipt.transaction, free.spend) == (0, None, MAXIMUM)
+
+        mine_after(own_chain, free.authorization.deadline)
+        answer = await http.post(f"{seller.base}/v1/chat/completions", json=CHAT)
+
+    assert answer.status_code == 200
+    assert (free.proven_amount, free.proof, free.spend) == (0, None, 0)
+    assert len(http.payments) == 3
+
+
+async def test_a_settled_authorization_is_not_released_after_its_deadline(
+    own_chain: LocalStack,
+) -> None:
+    """A seller that settles in full and hides the transaction from its receipts: past the
+    deadline the Permit2 nonce is used on chain, so the payment keeps counting in full."""
+    liar: LyingReceipts | None = None
+
+    def lying(metered: Any) -> LyingReceipts:
+        nonlocal liar
+        liar = LyingReceipts(metered, "no_transaction", own_chain)
+        return liar
+
+    async with selling(own_chain, lying, Model(FULL), max_timeout_seconds=30) as seller:
+        before = seller.balance()
+        wallet = Wallet(
+            seller.payer,
+            network=own_chain.network,
+            asset=seller.asset,
+            max_total="0.01",  # one full authorization fits, two do not
+            rpc_url=own_chain.rpc_url,
+        )
+        async with PayingAsyncClient(wallet=wallet) as http:
+            await http.post(f"{seller.base}/v1/chat/completions", json=CHAT)
+            (paid,) = http.payments
+            receipt = await http.receipt(paid, wait=20)
+            assert paid.authorization is not None
+            mine_after(own_chain, paid.authorization.deadline)
+            with pytest.raises(SpendCapExceededError):
+                await http.post(f"{seller.base}/v1/chat/completions", json=CHAT)
+        lost = before - seller.balance()
+
+    assert (receipt.status, receipt.transaction) == ("settled", None)
+    assert (paid.proven_amount, paid.spend) == (None, MAXIMUM)
+    assert lost == wallet.spent == MAXIMUM
