@@ -6,7 +6,7 @@
     from x402_meter.client import PayingAsyncClient
 
     http = PayingAsyncClient(private_key, network="eip155:8453", max_per_request="0.05",
-                             max_total="5")
+                             max_total="5", rpc_url="https://mainnet.base.org")
     llm = openai.AsyncOpenAI(base_url="https://llm.example/v1", api_key="x402", http_client=http)
     stream = await llm.chat.completions.create(model=..., messages=..., stream=True)
     ...
