@@ -72,11 +72,18 @@ class Permit2Authorization:
             return cls(
                 owner=Web3.to_checksum_address(authorization["from"]),
                 token=Web3.to_checksum_address(permitted["token"]),
-                nonce=int(authorization["nonce"]),
-                deadline=int(authorization["deadline"]),
+                nonce=_uint(authorization["nonce"]),
+                deadline=_uint(authorization["deadline"]),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def _uint(value: Any) -> int:
+    """A decimal string, as the SDK writes nonces and deadlines (not a bool, float, ...)."""
+    if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+        raise ValueError(f"not a decimal string: {value!r}")
+    return int(value)
 
 
 class ChainProver:

@@ -712,7 +712,8 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
             await response.aclose()
         receipt = _parse_receipt(request.url, response, body)
         self.wallet._received(payment, receipt)
-        await anyio.to_thread.run_sync(self.wallet._prove, payment)
+        if self.wallet.prover is not None:
+            await anyio.to_thread.run_sync(self.wallet._prove, payment)
         return receipt
 
     async def _resolve_pending(self) -> None:
