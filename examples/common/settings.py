@@ -20,6 +20,9 @@
 - ``X402_CHAT_DEV_ACCOUNT``: FastAPI example only: serve the chat page at ``/chat``, paying
   from anvil's well-known dev account of this index (3 is the demo's payer). Public keys
   holding test funds on the local chain: never set it on a real network.
+- ``X402_RPC_URL``: the chain's JSON-RPC URL (the local stack's ``rpc_url``, as printed by
+  ``x402-meter dev``), where the chat page's wallet reads its settlements: its spend is what
+  the chain proves; unset, every answer counts at its authorized maximum.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ class Settings:
     upstream_api_key: str | None = field(default=None, repr=False)
     chat_dev_account: int | None = None
     """The anvil dev account (0-9) the chat page pays from; None: no chat page."""
+    rpc_url: str | None = None
+    """Where the chat page's wallet reads its settlements; None: it counts maxima."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -139,6 +144,7 @@ class Settings:
             upstream_base_url=env.get("UPSTREAM_BASE_URL") or None,
             upstream_api_key=env.get("UPSTREAM_API_KEY") or None,
             chat_dev_account=_dev_account(env),
+            rpc_url=env.get("X402_RPC_URL") or None,
         )
 
     def payment_options(self, store: PaymentStore) -> dict[str, Any]:

@@ -92,6 +92,7 @@ def chat_router(settings: Settings) -> APIRouter:
         asset=settings.asset,
         max_per_request=MAX_PER_REQUEST,
         max_total=MAX_TOTAL,
+        rpc_url=settings.rpc_url,  # the spend shown is what the chain proves, not receipts
     )
     by_id = {plan.id: plan for plan in plans(settings)}
     page = PAGE.read_text(encoding="utf-8")

@@ -6,7 +6,7 @@
     from x402_meter.client import PayingAsyncClient
 
     http = PayingAsyncClient(private_key, network="eip155:8453", max_per_request="0.05",
-                             max_total="5")
+                             max_total="5", rpc_url="https://mainnet.base.org")
     llm = openai.AsyncOpenAI(base_url="https://llm.example/v1", api_key="x402", http_client=http)
     stream = await llm.chat.completions.create(model=..., messages=..., stream=True)
     ...
@@ -21,9 +21,12 @@ and ``PayingTransport`` put one under any httpx client.
 
 Caps, in units of the asset (``"0.05"`` is 5 cents of USDC): ``max_per_request`` bounds what
 one authorization may cover; ``max_total`` bounds everything the wallet signs. A payment
-counts for its authorized maximum until its receipt tells the actual charge. Above a cap the
-client refuses to sign and raises ``SpendCapExceededError``, after first fetching the
-receipts still outstanding (an ``upto`` charge is usually far below its maximum).
+counts for its authorized maximum until its settlement transaction, read from the chain
+through ``rpc_url`` (the payer's own RPC endpoint), proves a lower amount; a receipt is the
+seller's word and never lowers the count, so without ``rpc_url`` a payment counts at its
+maximum for good. Above a cap the client refuses to sign and raises
+``SpendCapExceededError``, after first reading the settlements still unproven from the
+chain (an ``upto`` charge is usually far below its maximum).
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeAlias, cast
 
+import anyio
 import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -59,6 +64,7 @@ from x402.schemas import (
 from x402.schemas.v1 import PaymentRequirementsV1
 
 from x402_meter.assets import Asset, default_asset
+from x402_meter.chain_proof import ChainProver, Permit2Authorization
 from x402_meter.errors import ConfigurationError, X402MeterError
 from x402_meter.pricing import PriceInput, parse_price
 
@@ -103,6 +109,7 @@ RequirementsView: TypeAlias = PaymentRequirements | PaymentRequirementsV1
 DEFAULT_SCHEMES: Final = ("upto", "exact")
 DEFAULT_RECEIPT_WAIT: Final = 10.0
 RECEIPT_HEADER: Final = "x-payment-receipt"
+_LOG: Final = logging.getLogger(__name__)
 _FINAL_STATUSES: Final = frozenset({"settled", "failed", "not_charged"})
 
 
@@ -246,17 +253,23 @@ class Payment:
     receipt: Receipt | None = None
     """The receipt as last fetched."""
     transaction: str | None = None
-    """The settlement transaction, from the receipt or a ``PAYMENT-RESPONSE`` header."""
+    """The settlement transaction as the seller tells it (receipt or ``PAYMENT-RESPONSE``
+    header): a claim until the chain proves it (``proven_amount``)."""
+    authorization: Permit2Authorization | None = None
+    """What an ``upto`` settlement must consume (Permit2 nonce, owner, token, deadline);
+    None for ``exact``, whose maximum is its price."""
+    proven_amount: int | None = None
+    """What the chain proves this payment cost (atomic units): the payer's transfer in its
+    settlement transaction, or 0 once its authorization expired unused. None: unproven."""
+    proof: str | None = None
+    """The settlement transaction read from the chain that proved ``proven_amount``."""
 
     @property
     def spend(self) -> int:
-        """What counts against ``max_total``: the actual charge once the receipt is final,
-        the authorized maximum until then (a signed authorization stays usable until its
-        deadline, so a refused one still counts)."""
-        receipt = self.receipt
-        if receipt is not None and receipt.is_final and receipt.amount is not None:
-            return min(receipt.amount, self.max_amount)
-        return self.max_amount
+        """What counts against ``max_total``: the authorized maximum (a signed authorization
+        stays usable until its deadline, so a refused one still counts) until the chain
+        proves the actual charge. The receipt's ``amount`` never lowers it."""
+        return self.max_amount if self.proven_amount is None else self.proven_amount
 
 
 # -- the wallet --------------------------------------------------------------------------------
@@ -267,6 +280,13 @@ def _atomic_cap(value: AmountInput | None, name: str, decimals: int) -> int | No
         return None
     amount = parse_price(value, name=name)
     return int(amount.scaleb(decimals).to_integral_value(ROUND_FLOOR))
+
+
+def _chain_id(network: str) -> int:
+    reference = network.removeprefix("eip155:")
+    if not (reference.isascii() and reference.isdigit()):
+        raise ConfigurationError(f"network must be eip155:<chain id>, got {network!r}")
+    return int(reference)
 
 
 class _Attempt:
@@ -298,6 +318,9 @@ class Wallet:
         receipt_wait: seconds to wait for outstanding receipts before refusing for
             ``max_total``.
         on_payment: called at each ``PaymentStage`` of each payment.
+        rpc_url: a JSON-RPC endpoint of ``network`` that the payer trusts (not the
+            seller's). Settlements read from it lower what a payment counts against
+            ``max_total`` to what actually moved; None: every payment counts at its maximum.
 
     Thread-safe; share one wallet between clients to share its caps.
     """
@@ -313,6 +336,7 @@ class Wallet:
         schemes: Sequence[str] = DEFAULT_SCHEMES,
         receipt_wait: float = DEFAULT_RECEIPT_WAIT,
         on_payment: PaymentListener | None = None,
+        rpc_url: str | None = None,
     ) -> None:
         if isinstance(private_key, str):
             try:
@@ -336,6 +360,12 @@ class Wallet:
         self.schemes = tuple(schemes)
         self.receipt_wait = receipt_wait
         self.on_payment = on_payment
+        self.prover = (
+            None
+            if rpc_url is None
+            else ChainProver(rpc_url, chain_id=_chain_id(network), asset=self.asset.address)
+        )
+        """Reads settlements from ``rpc_url``; None without one."""
         self._lock = threading.Lock()
         self._payments: list[Payment] = []
         self._async_client: x402Client | None = None
@@ -465,15 +495,52 @@ class Wallet:
             decimals=self.asset.decimals,
         )
 
-    def _pending(self) -> list[Payment]:
+    def _unproven(self) -> list[Payment]:
+        """Signed ``upto`` payments that the chain may yet prove cheaper than their maximum
+        (none without ``rpc_url``: then nothing can lower what they count)."""
+        if self.prover is None:
+            return []
         with self._lock:
-            return [p for p in self._payments if p.receipt_url and not _final(p)]
+            return [
+                p
+                for p in self._payments
+                if p.signed and p.authorization is not None and p.proven_amount is None
+            ]
+
+    def _prove(self, payment: Payment) -> None:
+        """Read the payment's settlement from the chain (blocking): its claimed transaction
+        if that proves it, else whether its authorization expired unused. Unreadable or
+        unproven, it keeps counting at its maximum."""
+        prover, authorization = self.prover, payment.authorization
+        if prover is None or authorization is None or payment.proven_amount is not None:
+            return
+        try:
+            if payment.transaction is not None:
+                amount = prover.settled_amount(authorization, payment.transaction)
+                if amount is not None:
+                    payment.proof = payment.transaction
+                    payment.proven_amount = amount
+                    return
+            if prover.expired_unused(authorization):  # the chain's clock, not this machine's
+                payment.proven_amount = 0
+        except ConfigurationError:
+            raise
+        except Exception as error:  # any failure to read leaves it unproven: fail closed
+            _LOG.warning(
+                "could not read the settlement for %s from the chain: %s", payment.url, error
+            )
+
+    def _needs_receipt(self, payment: Payment) -> bool:
+        """The seller has not named a settlement yet: its receipt may."""
+        return (
+            payment.transaction is None and payment.receipt_url is not None and not _final(payment)
+        )
 
     async def _before_async(self, context: PaymentCreationContext) -> None:
         attempt = _current_attempt()
         offer = context.selected_requirements
         left = self._reserve(offer, attempt)
-        if left is not None and self._pending():
+        if left is not None and self._unproven():
             resolved = attempt.resolve()
             if resolved is not None:
                 await resolved
@@ -486,7 +553,7 @@ class Wallet:
         attempt = _current_attempt()
         offer = context.selected_requirements
         left = self._reserve(offer, attempt)
-        if left is not None and self._pending():
+        if left is not None and self._unproven():
             attempt.resolve()
             left = self._reserve(offer, attempt)
         if left is not None:
@@ -495,8 +562,11 @@ class Wallet:
 
     def _after(self, context: PaymentCreatedContext) -> None:
         attempt = _current_attempt()
-        if attempt.payment is not None:
-            attempt.payment.signed = True
+        payment = attempt.payment
+        if payment is not None:
+            if payment.scheme == "upto":
+                payment.authorization = _own_authorization(context.payment_payload.payload, self)
+            payment.signed = True
             self._emit("signed", attempt)
 
     def _failed(self, context: PaymentCreationFailureContext) -> None:
@@ -540,6 +610,17 @@ class Wallet:
     def _emit(self, stage: PaymentStage, attempt: _Attempt) -> None:
         if self.on_payment is not None and attempt.payment is not None:
             self.on_payment(stage, attempt.payment)
+
+
+def _own_authorization(payload: Mapping[str, Any], wallet: Wallet) -> Permit2Authorization | None:
+    """The signed authorization, if it is this wallet's own Permit2 one in its asset (else
+    nothing the chain shows can lower what the payment counts)."""
+    authorization = Permit2Authorization.from_payload(payload)
+    if authorization is None or authorization.owner.lower() != wallet.address.lower():
+        return None
+    if authorization.token.lower() != wallet.asset.address.lower():
+        return None
+    return authorization
 
 
 def _final(payment: Payment) -> bool:
@@ -631,14 +712,19 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
             await response.aclose()
         receipt = _parse_receipt(request.url, response, body)
         self.wallet._received(payment, receipt)
+        if self.wallet.prover is not None:
+            await anyio.to_thread.run_sync(self.wallet._prove, payment)
         return receipt
 
     async def _resolve_pending(self) -> None:
-        for payment in self.wallet._pending():
-            try:
-                await self.fetch_receipt(payment, self.wallet.receipt_wait)
-            except (ReceiptUnavailableError, httpx.HTTPError):
-                continue  # it keeps counting for its maximum
+        """Read what the chain proves of the unproven payments (their receipts first, for the
+        transaction, when the seller has not named one yet)."""
+        for payment in self.wallet._unproven():
+            if self.wallet._needs_receipt(payment):
+                with contextlib.suppress(ReceiptUnavailableError, httpx.HTTPError):
+                    await self.fetch_receipt(payment, self.wallet.receipt_wait)
+                    continue
+            await anyio.to_thread.run_sync(self.wallet._prove, payment)
 
     async def aclose(self) -> None:
         await self._paying.aclose()
@@ -710,14 +796,17 @@ class PayingTransport(httpx.BaseTransport):
             response.close()
         receipt = _parse_receipt(request.url, response, body)
         self.wallet._received(payment, receipt)
+        self.wallet._prove(payment)
         return receipt
 
     def _resolve_pending(self) -> None:
-        for payment in self.wallet._pending():
-            try:
-                self.fetch_receipt(payment, self.wallet.receipt_wait)
-            except (ReceiptUnavailableError, httpx.HTTPError):
-                continue
+        """See ``PayingAsyncTransport._resolve_pending``."""
+        for payment in self.wallet._unproven():
+            if self.wallet._needs_receipt(payment):
+                with contextlib.suppress(ReceiptUnavailableError, httpx.HTTPError):
+                    self.fetch_receipt(payment, self.wallet.receipt_wait)
+                    continue
+            self.wallet._prove(payment)
 
     def close(self) -> None:
         self._base.close()
@@ -739,12 +828,13 @@ def _client_wallet(
     max_per_request: AmountInput | None,
     max_total: AmountInput | None,
     on_payment: PaymentListener | None,
+    rpc_url: str | None,
 ) -> Wallet:
     """The wallet a paying client pays from: ``wallet`` as given, else one built from the
     key and the ``Wallet`` options (the one place both clients check these arguments)."""
     if wallet is not None:
-        if private_key is not None:
-            raise ConfigurationError("pass private_key (and network) or wallet, not both")
+        if private_key is not None or rpc_url is not None:
+            raise ConfigurationError("pass private_key (and network, rpc_url) or wallet, not both")
         return wallet
     if private_key is None or network is None:
         raise ConfigurationError("pass private_key and network, or wallet=Wallet(...)")
@@ -755,6 +845,7 @@ def _client_wallet(
         max_per_request=max_per_request,
         max_total=max_total,
         on_payment=on_payment,
+        rpc_url=rpc_url,
     )
 
 
@@ -802,6 +893,7 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
         max_total: AmountInput | None = None,
         wallet: Wallet | None = None,
         on_payment: PaymentListener | None = None,
+        rpc_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         **httpx_options: Any,
     ) -> None:
@@ -813,6 +905,7 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
             max_per_request=max_per_request,
             max_total=max_total,
             on_payment=on_payment,
+            rpc_url=rpc_url,
         )
         self.paying_transport = PayingAsyncTransport(self.wallet, transport)
         httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)
@@ -844,6 +937,7 @@ class PayingClient(_WalletPayments, httpx.Client):
         max_total: AmountInput | None = None,
         wallet: Wallet | None = None,
         on_payment: PaymentListener | None = None,
+        rpc_url: str | None = None,
         transport: httpx.BaseTransport | None = None,
         **httpx_options: Any,
     ) -> None:
@@ -855,6 +949,7 @@ class PayingClient(_WalletPayments, httpx.Client):
             max_per_request=max_per_request,
             max_total=max_total,
             on_payment=on_payment,
+            rpc_url=rpc_url,
         )
         self.paying_transport = PayingTransport(self.wallet, transport)
         httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)

@@ -123,6 +123,7 @@ async def _converse(stack: LocalStack, store_url: str) -> list[Receipt]:
             asset=asset,
             max_per_request=MAX_PER_REQUEST,
             max_total=MAX_TOTAL,
+            rpc_url=stack.rpc_url,  # max_total counts what the chain proves, not receipts
             on_payment=narrator,
         ) as http:
             llm = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x402", http_client=http)

@@ -46,7 +46,9 @@ pytestmark = [
 @pytest.fixture
 async def chat(x402_local_stack: LocalStack) -> AsyncIterator[Example]:
     fund(x402_local_stack, dev_account(CHAT_ACCOUNT).address)
-    async with serve_example("fastapi", x402_local_stack, chat_dev_account=CHAT_ACCOUNT) as example:
+    async with serve_example(
+        "fastapi", x402_local_stack, chat_dev_account=CHAT_ACCOUNT, rpc_url=x402_local_stack.rpc_url
+    ) as example:
         yield example
 
 

@@ -70,26 +70,45 @@ async def test_the_sync_client_refuses_above_max_per_request_too(example: Exampl
     assert refused.value.cap == "max_per_request"
 
 
-async def test_max_total_makes_room_by_fetching_the_receipts_still_outstanding(
+async def test_max_total_makes_room_by_reading_the_settlements_from_the_chain(
     example: Example,
 ) -> None:
-    async with example.client(max_total="0.01") as http:
+    before = example.balances()
+    async with example.client(max_total="0.01", rpc_url=example.stack.rpc_url) as http:
         await chat(http, example)
-        await chat(http, example)  # 2 x 8192 > 10000, until the first receipt shows its charge
+        await chat(http, example)  # 2 x 8192 > 10000, until the chain shows the first charge
         first, second = http.payments
         assert first.receipt is not None
         assert first.receipt.status == "settled"
         last = await http.receipt(wait=20)
 
     assert last.status == "settled"
+    assert (first.proof, second.proof) == (first.receipt.transaction, last.transaction)
     assert (first.spend, second.spend) == (first.receipt.amount, last.amount)
-    assert http.wallet.spent == first.spend + second.spend
+    assert http.wallet.spent == first.spend + second.spend == before[0] - example.balances()[0]
+
+
+async def test_without_an_rpc_url_a_settled_payment_keeps_counting_its_maximum(
+    example: Example,
+) -> None:
+    async with example.client(max_total="0.01") as http:
+        await chat(http, example)
+        receipt = await http.receipt(wait=20)
+        with pytest.raises(SpendCapExceededError) as refused:
+            await chat(http, example)
+
+    (paid,) = http.payments
+    assert receipt.status == "settled"
+    assert receipt.amount is not None
+    assert 0 < receipt.amount < MAXIMUM
+    assert (paid.spend, paid.proven_amount) == (MAXIMUM, None)
+    assert (refused.value.cap, refused.value.left) == ("max_total", 10_000 - MAXIMUM)
 
 
 async def test_max_total_refuses_what_the_actual_charges_leave_no_room_for(
     example: Example,
 ) -> None:
-    async with example.client(max_total="0.008192") as http:
+    async with example.client(max_total="0.008192", rpc_url=example.stack.rpc_url) as http:
         await chat(http, example)
         with pytest.raises(SpendCapExceededError) as refused:
             await chat(http, example)

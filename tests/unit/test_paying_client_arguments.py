@@ -30,11 +30,14 @@ def test_the_wallet_options_reach_the_wallet(client_class: Client) -> None:
         max_per_request="0.05",
         max_total=Decimal("5"),
         on_payment=listener,
+        rpc_url="http://127.0.0.1:8545",
     )
     wallet = client.wallet
     assert (wallet.network, wallet.asset) == (NETWORK, asset)
     assert (wallet.max_per_request, wallet.max_total) == (50_000, 5_000_000)
     assert wallet.on_payment is listener
+    assert wallet.prover is not None
+    assert (wallet.prover.rpc_url, wallet.prover.chain_id) == ("http://127.0.0.1:8545", 8453)
     assert client.timeout.read == 60.0
 
 
@@ -43,6 +46,7 @@ def test_the_defaults_are_the_networks_usdc_and_a_one_unit_cap(client_class: Cli
     wallet = client_class(KEY, network=NETWORK, timeout=5.0).wallet
     assert wallet.asset.decimals == 6
     assert (wallet.max_per_request, wallet.max_total, wallet.on_payment) == (1_000_000, None, None)
+    assert wallet.prover is None  # no rpc_url: every payment counts at its maximum
 
 
 @pytest.mark.parametrize("client_class", CLIENTS)
@@ -64,3 +68,15 @@ def test_without_a_key_and_a_network_or_a_wallet_nothing_is_built(
 ) -> None:
     with pytest.raises(ConfigurationError, match="pass private_key and network"):
         client_class(key, network=None if key else NETWORK)
+
+
+@pytest.mark.parametrize("client_class", CLIENTS)
+def test_an_rpc_url_with_a_wallet_is_refused(client_class: Client) -> None:
+    with pytest.raises(ConfigurationError, match="not both"):
+        client_class(wallet=Wallet(KEY, network=NETWORK), rpc_url="http://127.0.0.1:8545")
+
+
+@pytest.mark.parametrize("rpc_url", ["", "127.0.0.1:8545", "ws://127.0.0.1:8545"])
+def test_an_rpc_url_must_be_http(rpc_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="rpc_url"):
+        Wallet(KEY, network=NETWORK, rpc_url=rpc_url)
