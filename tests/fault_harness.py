@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +37,11 @@ def uvicorn_server(
     *,
     workers: int = 1,
     facilitator_url: str | None = None,
+    app: str = "tests.fault_app:app",
+    uvicorn_args: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """tests/fault_app.py in its own uvicorn process (or ``workers`` of them on one port)."""
+    """``app`` (tests/fault_app.py) in its own uvicorn process (or ``workers`` of them on
+    one port); ``uvicorn_args`` are added to uvicorn's command line (``--root-path``...)."""
     port = free_port()
     env = {
         **os.environ,
@@ -51,7 +54,7 @@ def uvicorn_server(
         sys.executable,
         "-m",
         "uvicorn",
-        "tests.fault_app:app",
+        app,
         "--host",
         "127.0.0.1",
         "--port",
@@ -59,6 +62,7 @@ def uvicorn_server(
     ]
     if workers > 1:
         args += ["--workers", str(workers)]
+    args += uvicorn_args
     process = ChildProcess(args, name="uvicorn", env=env, log_path=log_path, merge_stderr=True)
     try:
         process.wait_for_line(uvicorn_ready(workers), timeout=60)

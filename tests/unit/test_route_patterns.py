@@ -17,16 +17,15 @@ SEGMENTS = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_siz
 
 
 def matches(pattern: str, method: str, path: str) -> bool:
-    spec = RouteTable([pattern], app=None)._table_spec(method, path)
+    spec = RouteTable([pattern], app=None).table_spec(method, path)
     assert spec in (None, DEFAULT_SPEC)
     return spec is not None
 
 
-def test_a_method_and_path_match_only_that_method_on_that_exact_path() -> None:
+def test_a_method_and_path_match_only_that_method_on_that_path() -> None:
     pattern = "POST /v1/chat/completions"
     assert matches(pattern, "POST", "/v1/chat/completions")
     assert not matches(pattern, "GET", "/v1/chat/completions")
-    assert not matches(pattern, "POST", "/v1/chat/completions/")
     assert not matches(pattern, "POST", "/v1/chat/completions/x")
     assert not matches(pattern, "POST", "/v1/chat")
     assert not matches(pattern, "POST", "/prefix/v1/chat/completions")
@@ -93,14 +92,14 @@ def test_regex_characters_in_a_path_are_literal() -> None:
 
 def test_the_first_matching_pattern_meters_the_request() -> None:
     table = RouteTable(["POST /a", "GET /b/*"], app=None)
-    assert table._table_spec("POST", "/a") is DEFAULT_SPEC
-    assert table._table_spec("GET", "/b/c") is DEFAULT_SPEC
-    assert table._table_spec("GET", "/a") is None
+    assert table.table_spec("POST", "/a") is DEFAULT_SPEC
+    assert table.table_spec("GET", "/b/c") is DEFAULT_SPEC
+    assert table.table_spec("GET", "/a") is None
 
 
 def test_no_patterns_meter_nothing() -> None:
-    assert RouteTable(None, app=None)._table_spec("POST", "/v1/chat/completions") is None
-    assert RouteTable([], app=None)._table_spec("POST", "/v1/chat/completions") is None
+    assert RouteTable(None, app=None).table_spec("POST", "/v1/chat/completions") is None
+    assert RouteTable([], app=None).table_spec("POST", "/v1/chat/completions") is None
 
 
 @pytest.mark.parametrize(
@@ -152,7 +151,7 @@ def test_a_trailing_star_matches_a_decoded_newline_in_the_path() -> None:
 
 def test_extra_spaces_between_method_and_path_are_fine() -> None:
     table = RouteTable(["POST   /v1/chat/completions"], app=None)
-    assert table._table_spec("POST", "/v1/chat/completions") is not None
+    assert table.table_spec("POST", "/v1/chat/completions") is not None
 
 
 def test_a_pattern_with_more_than_a_method_and_a_path_is_refused() -> None:
