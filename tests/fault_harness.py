@@ -37,10 +37,13 @@ def uvicorn_server(
     *,
     workers: int = 1,
     facilitator_url: str | None = None,
+    app: str = "tests.fault_app:app",
+    uvicorn_args: Sequence[str] = (),
     command_prefix: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """tests/fault_app.py in its own uvicorn process (or ``workers`` of them on one port),
-    run under ``command_prefix`` if one is given (e.g. ``unshare`` for another clock)."""
+    """``app`` (tests/fault_app.py) in its own uvicorn process (or ``workers`` of them on
+    one port); ``uvicorn_args`` are added to uvicorn's command line (``--root-path``...);
+    ``command_prefix`` runs it under another command (``unshare``, for another clock)."""
     port = free_port()
     env = {
         **os.environ,
@@ -54,7 +57,7 @@ def uvicorn_server(
         sys.executable,
         "-m",
         "uvicorn",
-        "tests.fault_app:app",
+        app,
         "--host",
         "127.0.0.1",
         "--port",
@@ -62,6 +65,7 @@ def uvicorn_server(
     ]
     if workers > 1:
         args += ["--workers", str(workers)]
+    args += uvicorn_args
     process = ChildProcess(args, name="uvicorn", env=env, log_path=log_path, merge_stderr=True)
     try:
         process.wait_for_line(uvicorn_ready(workers), timeout=60)

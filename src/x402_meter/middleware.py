@@ -51,6 +51,7 @@ from x402_meter.protocol.headers import (
 )
 from x402_meter.protocol.offer import Offer
 from x402_meter.responses import receipt_body, send_json, send_payment_required, send_unavailable
+from x402_meter.route_paths import below_root
 from x402_meter.routing import RouteSpec, RouteTable
 from x402_meter.runtime import MeterRuntime, runtime_for
 from x402_meter.shaping import UsageChunkFilter, shape_request
@@ -94,7 +95,7 @@ class X402Meter:
         self.app = app
         self.config = MeterConfig.create(**options)
         self.runtime: MeterRuntime = runtime_for(self.config)
-        self._routes = RouteTable(self.config.routes, app)
+        self.route_table = RouteTable(self.config.routes, app)
         self._receipts_path = self.config.receipts_path
         self._resource_urls: dict[tuple[Any, ...], str] = {}
 
@@ -128,7 +129,7 @@ class X402Meter:
             ):
                 await self._receipt(scope, send)
                 return
-            spec = self._routes.spec_for(scope)
+            spec = self.route_table.spec_for(scope)
             if spec is not None:
                 self.runtime.settler.ensure_sweeper()
                 await _PaidExchange(self, spec, scope, receive, send).run()
@@ -183,10 +184,11 @@ def warm_up_tokenizer() -> None:
 
 
 def _route_path(scope: Scope) -> str:
-    """The path below where this app is mounted (Starlette keeps the prefix in ``path``)."""
-    path: str = scope["path"]
-    root = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
+    """The path below where this app is mounted (Starlette keeps the prefix in ``path``).
+
+    Only receipts are looked up by it: whatever it says, the app is never called for them.
+    """
+    return below_root(scope["path"], scope.get("root_path", ""))
 
 
 def _wait_seconds(scope: Scope) -> float:

@@ -1,25 +1,29 @@
 """Which requests are metered: a route table, and endpoints marked with ``@metered``.
 
 The middleware sits in front of the router, so for ``@metered`` it asks the app's own
-routes which endpoint a request will reach (Starlette and FastAPI: ``route.matches``;
-Litestar runs middleware after routing and puts the handler in the scope). Answers are
-cached per method and path, so the routing work is done once per distinct URL.
+router which endpoint a request will reach, with the request's own scope (Starlette and
+FastAPI: ``route.matches``, through mounts and hosts; a whole Litestar app: its
+``handle_routing`` on the path it routes on; Litestar middleware runs after routing and
+finds the handler in the scope). Patterns are matched against every form of the path that
+a router may dispatch on. Where it cannot tell, it meters. Answers are cached per method
+and path, so the routing work is done once per distinct URL.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+import logging
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Final, TypeVar
+from urllib.parse import unquote
 
 from x402_meter.errors import ConfigurationError
 from x402_meter.pricing import PriceInput, PriceModel, as_price_model
+from x402_meter.route_paths import RoutePattern, below_root, litestar_path, path_forms
 
 METERED_ATTRIBUTE: Final = "__x402_meter__"
 LITESTAR_OPT_KEY: Final = "x402_meter"
-_HTTP_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+logger = logging.getLogger("x402_meter")
 
 _T = TypeVar("_T")
 
@@ -67,42 +71,6 @@ def metered(
     return mark
 
 
-def _compile_pattern(pattern: str) -> tuple[frozenset[str] | None, re.Pattern[str]]:
-    """``"POST /v1/chat/completions"``, ``"/v1/answer/*"``, ``"GET /items/{id}"``."""
-    words = pattern.split() or [""]
-    if len(words) not in (1, 2):
-        raise ConfigurationError(f"routes entry {pattern!r}: expected '[METHOD[|METHOD]] /path'")
-    method, path = ("", words[0]) if len(words) == 1 else (words[0], words[1])
-    methods = frozenset(m.upper() for m in method.split("|")) if method else None
-    if methods is not None and not methods <= _HTTP_METHODS:
-        raise ConfigurationError(f"routes entry {pattern!r}: unknown HTTP method {method!r}")
-    if not path.startswith("/"):
-        raise ConfigurationError(f"routes entry {pattern!r}: the path must start with '/'")
-    # A trailing * takes the rest of the path; elsewhere a * or a {name} is one segment.
-    head, rest = (path[:-1], ".*") if path.endswith("*") else (path, "")
-    parts = re.split(r"(\{[^}/]+\}|\*)", head)  # the separators are at the odd indexes
-    regex = "".join("[^/]+" if i % 2 else re.escape(part) for i, part in enumerate(parts))
-    return methods, re.compile(regex + rest, re.DOTALL)  # a path may hold a decoded %0A
-
-
-def _starlette_spec(routes: Iterable[Any], scope: dict[str, Any]) -> RouteSpec | None:
-    from starlette.routing import Match, Mount
-
-    for route in routes:
-        match, child_scope = route.matches(scope)
-        if match is Match.NONE:
-            continue
-        if isinstance(route, Mount) and match is Match.FULL:
-            found = _starlette_spec(route.routes, {**scope, **child_scope})
-            if found is not None:
-                return found
-            continue
-        if match is Match.FULL:
-            spec = getattr(getattr(route, "endpoint", None), METERED_ATTRIBUTE, None)
-            return spec if isinstance(spec, RouteSpec) else None
-    return None
-
-
 def litestar_handler_spec(handler: Any) -> RouteSpec | None:
     """The spec on a Litestar route handler: its ``opt``, or ``@metered`` on its function."""
     opt = getattr(handler, "opt", None)
@@ -112,75 +80,186 @@ def litestar_handler_spec(handler: Any) -> RouteSpec | None:
     return spec if isinstance(spec, RouteSpec) else None
 
 
-EndpointLookup = Callable[[str, str, str], "RouteSpec | None"]
+class _Reach:
+    """What one lookup found: the endpoint's spec, and what the answer depended on."""
+
+    __slots__ = ("host_used", "opaque", "paths", "router_found", "spec")
+
+    def __init__(self) -> None:
+        self.spec: RouteSpec | None = None
+        self.paths: list[str] = []
+        """The path each router on the way matched on (below its mount, normalised...)."""
+        self.router_found = False
+        self.host_used = False
+        """A ``Host`` route was asked: the answer depends on the Host header."""
+        self.opaque = False
+        """A route of a kind not known here was asked: it may read anything in the scope."""
 
 
-def _endpoint_lookup(app: Any) -> EndpointLookup | None:
-    """How to find the ``@metered`` spec of the endpoint a request will reach, if the app says."""
-    node, depth = app, 0
-    while node is not None and depth < 32:
+def _reach_app(app: Any, scope: dict[str, Any], reach: _Reach, depth: int = 0) -> None:
+    """Follow ``app`` (through middleware, by ``.app``) to its router and ask it."""
+    node = app
+    for _ in range(32):
+        if node is None or depth > 32 or isinstance(getattr(node, "route_table", None), RouteTable):
+            return  # nothing more to see, or another meter: it meters what is below it
         router = getattr(node, "asgi_router", None)
         if router is not None and hasattr(router, "handle_routing"):  # a whole Litestar app
-
-            def litestar(
-                method: str, path: str, root_path: str, router: Any = router
-            ) -> RouteSpec | None:
-                try:
-                    _, handler, *_ = router.handle_routing(
-                        path=path.removeprefix(root_path) or "/", method=method
-                    )
-                except Exception:  # not found / method not allowed: the app will answer that
-                    return None
-                return litestar_handler_spec(handler)
-
-            return litestar
+            reach.router_found = True
+            _reach_litestar(router, scope, reach)
+            return
         routes = getattr(node, "routes", None)
         if isinstance(routes, list) and all(hasattr(route, "matches") for route in routes):
-            # Starlette or FastAPI (an app or a router)
+            reach.router_found = True  # Starlette or FastAPI (an app or a router)
+            _reach_starlette(routes, scope, reach, depth)
+            return
+        node = getattr(node, "app", None)
 
-            def starlette(
-                method: str, path: str, root_path: str, routes: list[Any] = routes
-            ) -> RouteSpec | None:
-                scope = {"type": "http", "method": method, "path": path, "root_path": root_path}
-                return _starlette_spec(routes, scope)
 
-            return starlette
-        node, depth = getattr(node, "app", None), depth + 1
+def _reach_litestar(router: Any, scope: dict[str, Any], reach: _Reach) -> None:
+    from litestar.exceptions import MethodNotAllowedException, NotFoundException
+
+    path = litestar_path(scope["path"], scope.get("root_path", ""))
+    reach.paths.append(path)
+    try:
+        _, handler, *_ = router.handle_routing(path=path, method=scope["method"])
+    except (NotFoundException, MethodNotAllowedException):
+        return  # the app answers 404 or 405 itself: no handler runs
+    reach.spec = litestar_handler_spec(handler)
+
+
+def _reach_starlette(routes: list[Any], scope: dict[str, Any], reach: _Reach, depth: int) -> None:
+    """What ``starlette.routing.Router.app`` would run: the first full match, else the first
+    partial one (a plain ``Route`` answers that with 405 and runs nothing)."""
+    from starlette.routing import Host, Match, Mount, Route, WebSocketRoute
+
+    reach.paths.append(below_root(scope["path"], scope.get("root_path", "")))
+    partial: tuple[Any, dict[str, Any]] | None = None
+    for route in routes:
+        if isinstance(route, Host):
+            reach.host_used = True
+        elif not isinstance(route, (Route, Mount, WebSocketRoute)):
+            reach.opaque = True
+        match, child_scope = route.matches(scope)
+        if match is Match.FULL:
+            _enter(route, {**scope, **child_scope}, reach, depth)
+            return
+        if match is Match.PARTIAL and partial is None:
+            partial = route, child_scope
+    if partial is not None and not isinstance(partial[0], Route):
+        _enter(partial[0], {**scope, **partial[1]}, reach, depth)
+    # Nothing matched: 404, or a redirect to the other trailing slash (metered in turn).
+
+
+def _enter(route: Any, scope: dict[str, Any], reach: _Reach, depth: int) -> None:
+    from starlette.routing import Host, Mount
+
+    if isinstance(route, (Mount, Host)):
+        _reach_app(route.app, scope, reach, depth + 1)
+    else:
+        spec = getattr(getattr(route, "endpoint", None), METERED_ATTRIBUTE, None)
+        reach.spec = spec if isinstance(spec, RouteSpec) else None
+
+
+def _host(scope: MutableMapping[str, Any]) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bytes(value)
     return None
 
 
 class RouteTable:
-    """Decides, per request, whether and how it is metered."""
+    """Decides, per request, whether and how it is metered; when it cannot tell, it meters.
+
+    A request is metered when the endpoint the app's router would run is ``@metered``, or
+    when a ``routes`` pattern matches any form of its path that some router may route on
+    (``x402_meter.route_paths``). Fail closed: if asking the router raises, or nothing
+    could ever be metered (no patterns, and no router found to read ``@metered`` from),
+    the request is metered at the middleware's own price.
+
+    Answers are cached by method, path and ``root_path`` (and the Host header once a
+    ``Host`` route is seen: then the answer depends on it); never when a route of a kind
+    not known here was asked, since it may read anything in the scope.
+    """
 
     def __init__(self, patterns: Sequence[str] | None, app: Any, cache_size: int = 4096) -> None:
         if isinstance(patterns, str):
             raise ConfigurationError("routes must be a list of patterns, not a single string")
-        self._patterns = tuple(_compile_pattern(p) for p in patterns or ())
+        self._patterns = tuple(RoutePattern(p) for p in patterns or ())
         self._app = app
-        self._endpoints: EndpointLookup | None = None
-        self._endpoints_found = False
-        self._lookup = lru_cache(maxsize=cache_size)(self._resolve)
+        self._cache: dict[tuple[Any, ...], RouteSpec | None] = {}
+        self._cache_size = cache_size
+        self._host_matters = False
+        self._warned = False
 
     def spec_for(self, scope: MutableMapping[str, Any]) -> RouteSpec | None:
         handler = scope.get("route_handler")
         if handler is not None:  # Litestar middleware: routing already happened
-            return litestar_handler_spec(handler) or self._table_spec(
-                scope["method"], scope["path"]
-            )
-        return self._lookup(scope["method"], scope["path"], scope.get("root_path", ""))
+            return litestar_handler_spec(handler) or self._routed_table_spec(scope)
+        host = _host(scope) if self._host_matters else None
+        key = (scope["method"], scope["path"], scope.get("root_path", ""), host)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        reach = self._reach(scope)
+        spec = reach.spec or self.table_spec(
+            scope["method"], scope["path"], scope.get("root_path", ""), reach.paths
+        )
+        if spec is None and not reach.router_found and not self._patterns:
+            self._warn("no routes given and no router found to read @metered from")
+            spec = DEFAULT_SPEC
+        if reach.host_used and not self._host_matters:
+            self._host_matters = True
+            key = (*key[:3], _host(scope))
+        if not reach.opaque:
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[key] = spec
+        return spec
 
-    def _table_spec(self, method: str, path: str) -> RouteSpec | None:
-        for methods, regex in self._patterns:
-            if (methods is None or method in methods) and regex.fullmatch(path):
+    def table_spec(
+        self, method: str, path: str, root_path: str = "", routed: Sequence[str] = ()
+    ) -> RouteSpec | None:
+        """``DEFAULT_SPEC`` if a pattern matches a form of the path (``path_forms``)."""
+        if not self._patterns:
+            return None
+        exact, loose = path_forms(path, root_path, routed)
+        for pattern in self._patterns:
+            if pattern.matches(method, exact, loose):
                 return DEFAULT_SPEC
         return None
 
-    def _resolve(self, method: str, path: str, root_path: str) -> RouteSpec | None:
-        # Found on first use, not in __init__: frameworks add routes after middleware.
-        if not self._endpoints_found:
-            self._endpoints, self._endpoints_found = _endpoint_lookup(self._app), True
-        if self._endpoints is not None:
-            spec = self._endpoints(method, path, root_path)
-            if spec is not None:
-                return spec
-        return self._table_spec(method, path)
+    def _routed_table_spec(self, scope: MutableMapping[str, Any]) -> RouteSpec | None:
+        # Litestar has replaced ``path`` with the one it routed on; ``raw_path`` is the
+        # request's own (under an ASGI mount, ``path`` is the rest below the mount).
+        raw = scope.get("raw_path") or b""
+        key = ("routed", scope["method"], scope["path"], scope.get("root_path", ""), raw)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        routed = (unquote(raw.decode("latin-1")),) if raw else ()
+        spec = self.table_spec(scope["method"], scope["path"], scope.get("root_path", ""), routed)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[key] = spec
+        return spec
+
+    def _reach(self, scope: MutableMapping[str, Any]) -> _Reach:
+        """Ask the app's router which endpoint it would run, with the request's own scope."""
+        reach = _Reach()
+        try:
+            _reach_app(self._app, dict(scope), reach)
+        except Exception:
+            self._warn("asking the app's router raised", exc_info=True)
+            reach.spec, reach.opaque = DEFAULT_SPEC, True
+        return reach
+
+    def _warn(self, what: str, *, exc_info: bool = False) -> None:
+        if not self._warned:  # once: a request can be made to raise on purpose
+            self._warned = True
+            logger.warning(
+                "%s: metering such requests at the default price (fail closed)",
+                what,
+                exc_info=exc_info,
+            )

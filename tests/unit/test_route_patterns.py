@@ -17,16 +17,15 @@ SEGMENTS = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_siz
 
 
 def matches(pattern: str, method: str, path: str) -> bool:
-    spec = RouteTable([pattern], app=None)._table_spec(method, path)
+    spec = RouteTable([pattern], app=None).table_spec(method, path)
     assert spec in (None, DEFAULT_SPEC)
     return spec is not None
 
 
-def test_a_method_and_path_match_only_that_method_on_that_exact_path() -> None:
+def test_a_method_and_path_match_only_that_method_on_that_path() -> None:
     pattern = "POST /v1/chat/completions"
     assert matches(pattern, "POST", "/v1/chat/completions")
     assert not matches(pattern, "GET", "/v1/chat/completions")
-    assert not matches(pattern, "POST", "/v1/chat/completions/")
     assert not matches(pattern, "POST", "/v1/chat/completions/x")
     assert not matches(pattern, "POST", "/v1/chat")
     assert not matches(pattern, "POST", "/prefix/v1/chat/completions")
@@ -93,14 +92,14 @@ def test_regex_characters_in_a_path_are_literal() -> None:
 
 def test_the_first_matching_pattern_meters_the_request() -> None:
     table = RouteTable(["POST /a", "GET /b/*"], app=None)
-    assert table._table_spec("POST", "/a") is DEFAULT_SPEC
-    assert table._table_spec("GET", "/b/c") is DEFAULT_SPEC
-    assert table._table_spec("GET", "/a") is None
+    assert table.table_spec("POST", "/a") is DEFAULT_SPEC
+    assert table.table_spec("GET", "/b/c") is DEFAULT_SPEC
+    assert table.table_spec("GET", "/a") is None
 
 
 def test_no_patterns_meter_nothing() -> None:
-    assert RouteTable(None, app=None)._table_spec("POST", "/v1/chat/completions") is None
-    assert RouteTable([], app=None)._table_spec("POST", "/v1/chat/completions") is None
+    assert RouteTable(None, app=None).table_spec("POST", "/v1/chat/completions") is None
+    assert RouteTable([], app=None).table_spec("POST", "/v1/chat/completions") is None
 
 
 @pytest.mark.parametrize(
@@ -152,9 +151,76 @@ def test_a_trailing_star_matches_a_decoded_newline_in_the_path() -> None:
 
 def test_extra_spaces_between_method_and_path_are_fine() -> None:
     table = RouteTable(["POST   /v1/chat/completions"], app=None)
-    assert table._table_spec("POST", "/v1/chat/completions") is not None
+    assert table.table_spec("POST", "/v1/chat/completions") is not None
 
 
 def test_a_pattern_with_more_than_a_method_and_a_path_is_refused() -> None:
     with pytest.raises(ConfigurationError):
         RouteTable(["POST /v1/chat extra"], app=None)
+
+
+# -- the forms a router may route on (issue 13, finding 1) -----------------------------------
+
+PATH_TEXT = st.text(st.sampled_from("/abcv1.%2F"), max_size=24)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completions/",
+        "//v1/chat/completions",
+        "/v1//chat/completions",
+        "/v1/chat/completions//",
+        "/V1/Chat/Completions",
+        "/v1/./chat/completions",
+        "/v1/x/../chat/completions",
+        "/v1/chat%2Fcompletions",
+    ],
+)
+def test_a_pattern_matches_the_variants_a_router_or_proxy_may_normalise(path: str) -> None:
+    assert matches("POST /v1/chat/completions", "POST", path)
+
+
+def test_get_includes_head_which_starlette_answers_with_the_get_endpoint() -> None:
+    assert matches("GET /v1/models", "HEAD", "/v1/models")
+    assert not matches("GET /v1/models", "OPTIONS", "/v1/models")
+
+
+def test_a_lower_case_method_is_matched_too() -> None:
+    assert matches("POST /v1/chat/completions", "post", "/v1/chat/completions")
+
+
+def test_a_trailing_star_takes_the_bare_prefix_once_collapsed() -> None:
+    assert matches("/v1/answer/*", "GET", "/v1/answer/")
+    assert matches("/v1/answer/*", "GET", "/v1/answer")
+    assert matches("/*", "GET", "/")
+
+
+@pytest.mark.parametrize("root_path", ["/api", "/llm", "/a/b"])
+def test_a_pattern_matches_the_path_below_root_path(root_path: str) -> None:
+    table = RouteTable(["POST /v1/chat/completions"], app=None)
+    assert table.table_spec("POST", f"{root_path}/v1/chat/completions", root_path) is not None
+    assert table.table_spec("POST", f"{root_path}/v1/chat/other", root_path) is None
+
+
+@settings(max_examples=300)
+@given(path=PATH_TEXT, root_path=st.sampled_from(["", "/api", "/v1"]))
+def test_whatever_litestar_routes_on_the_table_matches_too(path: str, root_path: str) -> None:
+    from litestar.utils import normalize_path
+
+    routed = normalize_path(path.split(root_path, maxsplit=1)[-1] if root_path else path)
+    table = RouteTable(["POST /v1/chat/completions", "/v1/answer/*"], app=None)
+    if table.table_spec("POST", routed) is not None:
+        assert table.table_spec("POST", root_path + path, root_path) is not None
+
+
+@settings(max_examples=300)
+@given(path=PATH_TEXT, root_path=st.sampled_from(["", "/api", "/a/b"]))
+def test_whatever_starlette_routes_on_the_table_matches_too(path: str, root_path: str) -> None:
+    from starlette._utils import get_route_path
+
+    full = root_path + path
+    routed = get_route_path({"path": full, "root_path": root_path})
+    table = RouteTable(["POST /v1/chat/completions", "/v1/answer/*"], app=None)
+    if table.table_spec("POST", routed) is not None:
+        assert table.table_spec("POST", full, root_path) is not None
