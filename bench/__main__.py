@@ -239,7 +239,13 @@ async def run_loopback(
     if 2 in sections:
         step("2. time to first event")
         results.first_byte = await loopback.first_byte(
-            running.bare, running.meter, running.sdk, payers[1], stack.facilitator_url, lb_sizes
+            running.bare,
+            running.meter,
+            running.sdk,
+            payers[1],
+            stack.facilitator_url,
+            stack.facilitator_api_key,
+            lb_sizes,
         )
         receipts += results.first_byte.receipts
         results.sdk_payments = results.first_byte.sdk_settled

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from eth_account import Account
 from x402 import x402Client
-from x402.http import HTTPFacilitatorClient
+from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
@@ -111,6 +111,14 @@ class Payer:
         decoded = decode_payment_required_header(payment_required_header)
         assert isinstance(decoded, PaymentRequired), "expected an x402 v2 challenge"
         return await self.headers(decoded, count)
+
+
+def stack_facilitator(stack: LocalStack) -> HTTPFacilitatorClient:
+    """The SDK's client for the local stack's facilitator, with the stack's API key."""
+    from x402_meter.facilitator import bearer_auth_provider
+
+    auth = bearer_auth_provider(stack.facilitator_api_key)
+    return HTTPFacilitatorClient(FacilitatorConfig(url=stack.facilitator_url, auth_provider=auth))
 
 
 def upto_requirements(

@@ -193,6 +193,7 @@ async def first_byte(
     sdk: Server,
     payer: Payer,
     facilitator_url: str,
+    facilitator_api_key: str,
     sizes: LoopbackSizes,
 ) -> FirstByte:
     warm = 2
@@ -203,7 +204,7 @@ async def first_byte(
     required = decode_payment_required_header(meter_challenge)
     assert isinstance(required, PaymentRequired)
     verify_payloads = await payer.payloads(required, count)
-    facilitator = FacilitatorClient(facilitator_url)
+    facilitator = FacilitatorClient(facilitator_url, api_key=facilitator_api_key)
     target = f"{PATH}?events={sizes.ttfb_events}&interval={sizes.ttfb_interval_ms}"
     first: dict[str, list[float]] = {"bare": [], "X402Meter": [], "SDK": []}
     last: dict[str, list[float]] = {name: [] for name in first}

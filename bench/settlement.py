@@ -16,18 +16,17 @@ import time
 import anyio
 from eth_account import Account
 from x402 import x402Client
-from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 
-from bench.common import upto_requirements
+from bench.common import stack_facilitator, upto_requirements
 from x402_meter.devstack import LocalStack, local_stack
 
 
 async def verified_payments(
     stack: LocalStack, count: int
 ) -> tuple[PaymentRequirements, list[PaymentPayload]]:
-    facilitator = HTTPFacilitatorClient(FacilitatorConfig(url=stack.facilitator_url))
+    facilitator = stack_facilitator(stack)
     requirements = upto_requirements(stack, facilitator, max_timeout_seconds=600)
     payloads = []
     for index in range(count):
@@ -45,7 +44,7 @@ async def verified_payments(
 async def settle_all(stack: LocalStack, count: int, concurrency: int) -> tuple[float, list[float]]:
     requirements, payloads = await verified_payments(stack, count)
     charge = requirements.model_copy(update={"amount": "346"})
-    facilitator = HTTPFacilitatorClient(FacilitatorConfig(url=stack.facilitator_url))
+    facilitator = stack_facilitator(stack)
     latencies: list[float] = []
     limiter = anyio.Semaphore(concurrency)
 

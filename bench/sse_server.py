@@ -168,6 +168,7 @@ def _metered(app: ASGIApp) -> ASGIApp:
         app,
         pay_to=stack["pay_to"],
         facilitator_url=stack["facilitator_url"],
+        facilitator_api_key=stack["facilitator_api_key"],
         network=stack["network"],
         asset=Asset(
             stack["asset"], stack["asset_name"], stack["asset_version"], stack["asset_decimals"]
@@ -204,7 +205,12 @@ def _sdk(app: ASGIApp) -> ASGIApp:
     from x402.server import x402ResourceServer
 
     stack = _stack()
-    facilitator = HTTPFacilitatorClient(FacilitatorConfig(url=stack["facilitator_url"]))
+    from x402_meter.facilitator import bearer_auth_provider
+
+    auth = bearer_auth_provider(stack["facilitator_api_key"])
+    facilitator = HTTPFacilitatorClient(
+        FacilitatorConfig(url=stack["facilitator_url"], auth_provider=auth)
+    )
     scheme: Any = UptoEvmServerScheme()  # type: ignore[no-untyped-call]  # the SDK's, untyped
     server = x402ResourceServer(facilitator).register(stack["network"], scheme)
     # The same maximum as X402Meter asks for: max_tokens at the price per token.

@@ -17,11 +17,10 @@ import sys
 import time
 
 from x402 import x402Client
-from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
 from x402.schemas import PaymentRequired
 
-from bench.common import upto_requirements
+from bench.common import stack_facilitator, upto_requirements
 from x402_meter.devstack import LocalStack, local_stack
 
 
@@ -53,7 +52,7 @@ def time_dev_start(runs: int) -> list[float]:
 async def time_facilitator(stack: LocalStack, payments: int) -> tuple[list[float], list[float]]:
     from eth_account import Account
 
-    facilitator = HTTPFacilitatorClient(FacilitatorConfig(url=stack.facilitator_url))
+    facilitator = stack_facilitator(stack)
     requirements = upto_requirements(stack, facilitator, max_timeout_seconds=300)
     client = x402Client().register(
         stack.network, UptoEvmClientScheme(Account.from_key(stack.payer_private_keys[0]))

@@ -19,6 +19,7 @@ def meter_options(stack: LocalStack, **overrides: Any) -> dict[str, Any]:
     options: dict[str, Any] = {
         "pay_to": stack.pay_to,
         "facilitator_url": stack.facilitator_url,
+        "facilitator_api_key": stack.facilitator_api_key,
         "network": stack.network,
         "asset": Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals),
         "price_per_token": PRICE,

@@ -57,6 +57,7 @@ app.add_middleware(
     X402Meter,
     pay_to=stack["pay_to"],
     facilitator_url=os.environ.get("X402_TEST_FACILITATOR_URL", stack["facilitator_url"]),
+    facilitator_api_key=stack["facilitator_api_key"],
     network=stack["network"],
     asset=Asset(
         stack["asset"], stack["asset_name"], stack["asset_version"], stack["asset_decimals"]

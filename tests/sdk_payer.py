@@ -11,10 +11,15 @@ from x402.mechanisms.evm.upto import UptoEvmClientScheme
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 
 from x402_meter.devstack import LocalStack
+from x402_meter.facilitator import bearer_auth_provider
 
 
 def facilitator_client(stack: LocalStack) -> HTTPFacilitatorClient:
-    return HTTPFacilitatorClient(FacilitatorConfig(url=stack.facilitator_url, timeout=30))
+    """The SDK's client for the stack's facilitator, with the stack's API key."""
+    auth = bearer_auth_provider(stack.facilitator_api_key)
+    return HTTPFacilitatorClient(
+        FacilitatorConfig(url=stack.facilitator_url, timeout=30, auth_provider=auth)
+    )
 
 
 def supported_extra(stack: LocalStack, scheme: str) -> dict[str, object]:

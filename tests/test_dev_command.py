@@ -29,6 +29,7 @@ EXPECTED_KEYS = {
     "upto_proxy",
     "pay_to",
     "payer_private_keys",
+    "facilitator_api_key",
 }
 
 
@@ -83,6 +84,10 @@ def test_dev_prints_one_json_line_and_stops_everything_on_sigterm() -> None:
         assert info["network"] == f"eip155:{info['chain_id']}"
         supported = httpx.get(f"{info['facilitator_url']}/supported").json()
         assert {kind["scheme"] for kind in supported["kinds"]} == {"exact", "upto"}
+        verify = f"{info['facilitator_url']}/verify"
+        assert httpx.post(verify, json={}).status_code == 401  # the printed key is required
+        key = {"Authorization": f"Bearer {info['facilitator_api_key']}"}
+        assert httpx.post(verify, json={}, headers=key).status_code == 400  # and enough
         children = children_of(process.pid)
         assert len(children) == 2  # anvil and the facilitator
 

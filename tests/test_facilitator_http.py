@@ -30,16 +30,27 @@ def test_supported_lists_exact_and_upto_with_the_settling_address(
     [b"not json", b"[]", b"{}", b'{"paymentPayload": {}, "paymentRequirements": {}}'],
 )
 def test_malformed_bodies_get_400(x402_local_stack: LocalStack, path: str, body: bytes) -> None:
-    response = httpx.post(f"{x402_local_stack.facilitator_url}{path}", content=body)
+    stack = x402_local_stack
+    response = httpx.post(
+        f"{stack.facilitator_url}{path}", content=body, headers=stack.facilitator_headers()
+    )
     assert response.status_code == 400
-    assert response.json()["error"] == "invalid_request"
+    answer = response.json()
+    assert answer.get("invalidReason", answer.get("errorReason")) in (
+        "invalid_request",
+        "invalid_payload",
+    )
 
 
 def test_oversized_bodies_get_400(x402_local_stack: LocalStack) -> None:
+    stack = x402_local_stack
     response = httpx.post(
-        f"{x402_local_stack.facilitator_url}/verify", content=b" " * (MAX_BODY_BYTES + 1)
+        f"{stack.facilitator_url}/verify",
+        content=b" " * (MAX_BODY_BYTES + 1),
+        headers=stack.facilitator_headers(),
     )
     assert response.status_code == 400
+    assert response.json()["invalidReason"] == "invalid_request"
 
 
 def test_an_unregistered_scheme_is_invalid_not_an_error(x402_local_stack: LocalStack) -> None:
@@ -54,7 +65,9 @@ def test_an_unregistered_scheme_is_invalid_not_an_error(x402_local_stack: LocalS
         },
         "paymentRequirements": accepted.model_dump(by_alias=True),
     }
-    response = httpx.post(f"{stack.facilitator_url}/verify", json=body)
+    response = httpx.post(
+        f"{stack.facilitator_url}/verify", json=body, headers=stack.facilitator_headers()
+    )
     assert response.status_code == 200
     assert response.json() == {
         "isValid": False,
@@ -78,7 +91,10 @@ def test_an_unregistered_scheme_is_invalid_not_an_error(x402_local_stack: LocalS
 def test_random_json_never_gets_a_server_error(
     x402_local_stack: LocalStack, payload: object
 ) -> None:
+    stack = x402_local_stack
     for path in ("/verify", "/settle"):
         body = {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": payload}
-        response = httpx.post(f"{x402_local_stack.facilitator_url}{path}", json=body)
+        response = httpx.post(
+            f"{stack.facilitator_url}{path}", json=body, headers=stack.facilitator_headers()
+        )
         assert response.status_code in (200, 400)

@@ -3,6 +3,8 @@
 - ``X402_PAY_TO`` (required): the address that receives payments.
 - ``X402_NETWORK``: the CAIP-2 network; default ``eip155:8453`` (Base).
 - ``X402_FACILITATOR_URL``: the x402 facilitator; default ``https://x402.org/facilitator``.
+- ``X402_FACILITATOR_API_KEY``: the key sent to it as ``Authorization: Bearer`` (what
+  ``x402-meter facilitator`` and ``x402-meter dev`` require); unset, none is sent.
 - ``X402_ASSET``: the token's address; default the network's USDC. With it:
   ``X402_ASSET_NAME`` (``USD Coin``), ``X402_ASSET_VERSION`` (``2``) and
   ``X402_ASSET_DECIMALS`` (``6``), the token's EIP-712 domain and decimals.
@@ -93,6 +95,7 @@ class Settings:
     pay_to: str
     network: str = "eip155:8453"
     facilitator_url: str = DEFAULT_FACILITATOR_URL
+    facilitator_api_key: str | None = field(default=None, repr=False)
     asset: Asset | None = None
     store_url: str = DEFAULT_STORE
     prices: Mapping[str, str] = field(default_factory=lambda: parse_prices(DEFAULT_PRICES, name=""))
@@ -132,6 +135,7 @@ class Settings:
             pay_to=pay_to,
             network=env.get("X402_NETWORK", "eip155:8453"),
             facilitator_url=env.get("X402_FACILITATOR_URL", DEFAULT_FACILITATOR_URL),
+            facilitator_api_key=env.get("X402_FACILITATOR_API_KEY") or None,
             asset=asset,
             store_url=env.get("X402_METER_STORE", DEFAULT_STORE),
             prices=parse_prices(env.get("X402_PRICES", DEFAULT_PRICES), name="X402_PRICES"),
@@ -153,6 +157,7 @@ class Settings:
             "pay_to": self.pay_to,
             "network": self.network,
             "facilitator_url": self.facilitator_url,
+            "facilitator_api_key": self.facilitator_api_key,
             "asset": self.asset,
             "store": store,
         }

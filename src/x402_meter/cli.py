@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
+from x402_meter.facilitator_access import (
+    API_KEYS_ENV,
+    PAY_TO_ENV,
+    ApiKeys,
+    FacilitatorAccessError,
+    PayeeAllowlist,
+)
 from x402_meter.facilitator_server import PRIVATE_KEY_ENV, FacilitatorConfigError
+
+logger = logging.getLogger("x402_meter.facilitator")
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -30,6 +41,8 @@ def _cmd_dev(args: argparse.Namespace) -> int:
                 f"x402-meter local stack ready in {elapsed:.2f}s\n"
                 f"  chain        {stack.rpc_url}  ({stack.network})\n"
                 f"  facilitator  {stack.facilitator_url}\n"
+                f"  api key      {stack.facilitator_api_key}  (this stack's facilitator;"
+                " Authorization: Bearer, X402Meter(facilitator_api_key=...))\n"
                 f"  asset        {stack.asset}  ({stack.asset_name} v{stack.asset_version},"
                 f" {stack.asset_decimals} decimals)\n"
                 f"  pay_to       {stack.pay_to}\n"
@@ -43,9 +56,34 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _facilitator_access(args: argparse.Namespace) -> tuple[ApiKeys | None, PayeeAllowlist | None]:
+    """The keys and payees from flags and environment; no auth or any payee only if asked."""
+    keys = ApiKeys.parse_list(os.environ.get(API_KEYS_ENV, ""))
+    if args.api_keys_file is not None:
+        keys += ApiKeys.read_file(args.api_keys_file)
+    payees = list(args.pay_to) + PayeeAllowlist.parse_list(os.environ.get(PAY_TO_ENV, ""))
+    if keys and args.insecure_no_auth:
+        raise FacilitatorAccessError("API keys and --insecure-no-auth contradict each other")
+    if not keys and not args.insecure_no_auth:
+        raise FacilitatorAccessError(
+            f"no API keys: set {API_KEYS_ENV} (comma separated) or --api-keys-file; to run"
+            " without authentication (anyone can settle and spend your gas) pass"
+            " --insecure-no-auth"
+        )
+    if payees and args.any_pay_to:
+        raise FacilitatorAccessError("--pay-to and --any-pay-to contradict each other")
+    if not payees and not args.any_pay_to:
+        raise FacilitatorAccessError(
+            f"no payees: give --pay-to ADDRESS (repeatable) or {PAY_TO_ENV} (comma separated);"
+            " to serve any payTo pass --any-pay-to"
+        )
+    return (ApiKeys(keys) if keys else None), (PayeeAllowlist(payees) if payees else None)
+
+
 def _cmd_facilitator(args: argparse.Namespace) -> int:
     from x402_meter.facilitator_server import build_evm_facilitator, create_facilitator_app, serve
 
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     private_key = os.environ.get(PRIVATE_KEY_ENV)
     if not private_key:
         print(
@@ -53,19 +91,31 @@ def _cmd_facilitator(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        api_keys, payees = _facilitator_access(args)
         facilitator = build_evm_facilitator(private_key, args.rpc_url, args.network)
-    except FacilitatorConfigError as exc:
+    except (FacilitatorConfigError, FacilitatorAccessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if api_keys is None:
+        logger.warning(
+            "--insecure-no-auth: /verify and /settle are open to anyone; anyone can settle"
+            " payments (picking the amount of an upto payment) and spend this account's gas"
+        )
+    if payees is None:
+        logger.warning("--any-pay-to: verifying and settling for any payTo address")
     signers = facilitator.get_supported().signers
+    access = "no auth" if api_keys is None else f"{len(api_keys)} API key(s)"
+    served = "any payTo" if payees is None else f"{len(payees)} payTo address(es)"
 
     def announce(url: str) -> None:
         print(
-            f"x402-meter facilitator for {args.network} (signers {signers}) listening on {url}",
+            f"x402-meter facilitator for {args.network} (signers {signers}; {access};"
+            f" {served}) listening on {url}",
             flush=True,
         )
 
-    serve(create_facilitator_app(facilitator), host=args.host, port=args.port, on_ready=announce)
+    app = create_facilitator_app(facilitator, api_keys=api_keys, payees=payees)
+    serve(app, host=args.host, port=args.port, on_ready=announce)
     return 0
 
 
@@ -94,6 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
     facilitator.add_argument("--network", required=True, help="CAIP-2 id, e.g. eip155:8453")
     facilitator.add_argument("--host", default="127.0.0.1")
     facilitator.add_argument("--port", type=int, default=4020)
+    facilitator.add_argument(
+        "--api-keys-file",
+        type=Path,
+        help=f"API keys, one per line (# comments); also ${API_KEYS_ENV}, comma separated",
+    )
+    facilitator.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve /verify and /settle without authentication (anyone can settle)",
+    )
+    facilitator.add_argument(
+        "--pay-to",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help=f"a payTo address to serve (repeatable); also ${PAY_TO_ENV}, comma separated",
+    )
+    facilitator.add_argument(
+        "--any-pay-to", action="store_true", help="serve every payTo address (dev and tests)"
+    )
     facilitator.set_defaults(handler=_cmd_facilitator)
 
     demo = commands.add_parser("demo", help="pay for tokens on the local stack, end to end")

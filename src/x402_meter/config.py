@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, Required, TypedDict
 
 from x402.http.constants import DEFAULT_FACILITATOR_URL
@@ -23,6 +23,7 @@ from x402_meter.store import PaymentStore
 
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _CAIP2_EVM: Final = re.compile(r"eip155:[1-9][0-9]*")
+_API_KEY: Final = re.compile(r"[\x21-\x7e]+")
 
 FacilitatorHeaders = Mapping[str, str] | Callable[[], Mapping[str, str]]
 CapPolicy = Literal["end", "finish"]
@@ -47,6 +48,7 @@ class MeterOptions(TypedDict, total=False):
     receipts_path: str
     settle_before_response: bool
     facilitator_headers: FacilitatorHeaders | None
+    facilitator_api_key: str | None
     facilitator_timeout: float
     max_payment_header_bytes: int
     retry_after_seconds: int
@@ -82,6 +84,8 @@ class MeterConfig:
     receipts_path: str
     settle_before_response: bool
     facilitator_headers: tuple[tuple[str, str], ...] | Callable[[], Mapping[str, str]] | None
+    facilitator_api_key: str | None = field(repr=False)
+    """Sent as ``Authorization: Bearer``; kept out of ``repr`` so that it is never logged."""
     facilitator_timeout: float
     max_payment_header_bytes: int
     retry_after_seconds: int
@@ -114,6 +118,7 @@ class MeterConfig:
         receipts_path: str = "/x402/receipts/",
         settle_before_response: bool = False,
         facilitator_headers: FacilitatorHeaders | None = None,
+        facilitator_api_key: str | None = None,
         facilitator_timeout: float = 30.0,
         max_payment_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         retry_after_seconds: int = 5,
@@ -170,6 +175,20 @@ class MeterConfig:
             raise ConfigurationError(
                 f"facilitator_url must be an http(s) URL, got {facilitator_url!r}"
             )
+        if facilitator_api_key is not None and not (
+            isinstance(facilitator_api_key, str) and _API_KEY.fullmatch(facilitator_api_key)
+        ):
+            raise ConfigurationError(
+                "facilitator_api_key must be a non-empty string of printable ASCII without spaces"
+            )
+        if (
+            facilitator_api_key is not None
+            and isinstance(facilitator_headers, Mapping)
+            and any(name.lower() == "authorization" for name in facilitator_headers)
+        ):
+            raise ConfigurationError(
+                "facilitator_api_key and an Authorization facilitator header: give one"
+            )
         headers = (
             tuple(sorted(facilitator_headers.items()))
             if isinstance(facilitator_headers, Mapping)
@@ -189,6 +208,7 @@ class MeterConfig:
             receipts_path=receipts_path,
             settle_before_response=settle_before_response,
             facilitator_headers=headers,
+            facilitator_api_key=facilitator_api_key,
             facilitator_timeout=facilitator_timeout,
             max_payment_header_bytes=max_payment_header_bytes,
             retry_after_seconds=retry_after_seconds,

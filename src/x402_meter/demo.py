@@ -106,6 +106,7 @@ async def _converse(stack: LocalStack, store_url: str) -> list[Receipt]:
         pay_to=stack.pay_to,
         network=stack.network,
         facilitator_url=stack.facilitator_url,
+        facilitator_api_key=stack.facilitator_api_key,
         asset=asset,
         store_url=store_url,
     )

@@ -12,14 +12,12 @@ comes from ``X402_FACILITATOR_PRIVATE_KEY``); the local dev stack runs the same 
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import anyio.to_thread
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,15 +27,17 @@ from x402.extensions.eip2612_gas_sponsoring import EIP2612_GAS_SPONSORING
 from x402.mechanisms.evm import FacilitatorWeb3Signer
 from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme, ExactEvmSchemeConfig
 from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme, UptoEvmSchemeConfig
-from x402.schemas import (
-    PaymentPayload,
-    PaymentRequirements,
-    SchemeNotFoundError,
-    SettleResponse,
-    VerifyResponse,
+from x402.schemas import SchemeNotFoundError, SettleResponse, VerifyResponse
+
+from x402_meter.facilitator_access import ApiKeys, PayeeAllowlist
+from x402_meter.facilitator_request import (
+    INVALID_PAYLOAD,
+    INVALID_REQUEST,
+    MalformedRequestError,
+    check_request,
+    decode_json,
+    network_of,
 )
-from x402.schemas.helpers import parse_payment_payload, parse_payment_requirements
-from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 logger = logging.getLogger("x402_meter.facilitator")
 
@@ -91,80 +91,129 @@ def build_evm_facilitator(
     return facilitator
 
 
-class _BadRequestError(ValueError):
-    pass
+_ERROR_MESSAGE_CHARS: Final = 500
+CHAIN_UNAVAILABLE: Final = "chain_unavailable"
+UNAUTHORIZED: Final = "unauthorized"
+PAY_TO_NOT_SERVED: Final = "pay_to_not_served"
+UNSUPPORTED_SCHEME: Final = "unsupported_scheme"
 
 
-async def _read_request(
-    request: Request,
-) -> tuple[PaymentPayload | PaymentPayloadV1, PaymentRequirements | PaymentRequirementsV1]:
+def _verify_refusal(status: int, reason: str, message: str, network: str) -> Response:
+    """A VerifyResponse that says no: the shape every x402 client reads."""
+    body = {"isValid": False, "invalidReason": reason, "invalidMessage": message}
+    return JSONResponse(body, status_code=status)
+
+
+def _settle_refusal(status: int, reason: str, message: str, network: str) -> Response:
+    """A SettleResponse that says no (``transaction`` empty: nothing was sent)."""
+    body = {
+        "success": False,
+        "errorReason": reason,
+        "errorMessage": message,
+        "transaction": "",
+        "network": network,
+    }
+    return JSONResponse(body, status_code=status)
+
+
+_Refusal = Callable[[int, str, str, str], Response]
+_Operation = Callable[[Any, Any], VerifyResponse | SettleResponse]
+
+
+async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
+    too_large = MalformedRequestError(INVALID_REQUEST, f"body larger than {MAX_BODY_BYTES} bytes")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise _BadRequestError(f"body larger than {MAX_BODY_BYTES} bytes")
+        raise too_large
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise _BadRequestError(f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        data = json.loads(body)
-        if not isinstance(data, dict):
-            raise _BadRequestError("body must be a JSON object")
-        raw_payload, raw_requirements = data.get("paymentPayload"), data.get("paymentRequirements")
-        # The SDK's parsers assume objects; anything else must not reach them.
-        if not isinstance(raw_payload, dict) or not isinstance(raw_requirements, dict):
-            raise _BadRequestError("paymentPayload and paymentRequirements must be JSON objects")
-        payload = parse_payment_payload(raw_payload)
-        requirements = parse_payment_requirements(payload.x402_version, raw_requirements)
-    except (ValueError, KeyError, TypeError, ValidationError) as exc:
-        raise _BadRequestError(f"invalid verify/settle body: {exc}") from exc
-    return payload, requirements
+            raise too_large
+    return bytes(body)
 
 
-def _bad_request(exc: Exception) -> Response:
-    return JSONResponse({"error": "invalid_request", "message": str(exc)[:500]}, status_code=400)
+class _PaymentEndpoint:
+    """``/verify`` or ``/settle``: authenticate, check the body strictly, check the payee,
+    then run the SDK in a worker thread. Every refusal is the endpoint's own response shape
+    with a reason; nothing the caller sends can make it answer 500."""
+
+    def __init__(
+        self,
+        operation: _Operation,
+        refuse: _Refusal,
+        *,
+        api_keys: ApiKeys | None,
+        payees: PayeeAllowlist | None,
+    ) -> None:
+        self._operation = operation
+        self._refuse = refuse
+        self._api_keys = api_keys
+        self._payees = payees
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        if self._api_keys is None:
+            return None
+        key = self._api_keys.presented(request.headers)
+        if key is not None and self._api_keys.accepts(key):
+            return None
+        challenge = "Bearer" if key is None else 'Bearer error="invalid_token"'
+        message = "an API key is required" if key is None else "the API key is not valid"
+        response = self._refuse(401, UNAUTHORIZED, message, "")
+        response.headers["WWW-Authenticate"] = challenge
+        return response
+
+    async def handle(self, request: Request) -> Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        network = ""
+        try:
+            data = decode_json(await _read_body(request))
+            network = network_of(data)
+            checked = check_request(data)
+        except MalformedRequestError as exc:
+            return self._refuse(400, exc.reason, exc.message[:_ERROR_MESSAGE_CHARS], network)
+        if self._payees is not None and checked.pay_to not in self._payees:
+            return self._refuse(
+                403, PAY_TO_NOT_SERVED, "this facilitator does not serve that payTo", network
+            )
+        try:
+            result = await anyio.to_thread.run_sync(
+                self._operation, checked.payload, checked.requirements
+            )
+        except SchemeNotFoundError as exc:
+            return self._refuse(200, UNSUPPORTED_SCHEME, str(exc), network)
+        except OSError as exc:  # the chain's RPC: an outage, not a verdict on the payment
+            logger.warning("chain unreachable: %s: %s", type(exc).__name__, exc)
+            return self._refuse(503, CHAIN_UNAVAILABLE, "the chain is unreachable", network)
+        except Exception as exc:
+            # Input the strict checks let through and the SDK could not handle: a refusal,
+            # never a 500 (the traceback is for the operator).
+            logger.exception("the SDK failed on a checked %s body", request.url.path)
+            message = f"cannot process this payment: {type(exc).__name__}"
+            return self._refuse(400, INVALID_PAYLOAD, message, network)
+        return JSONResponse(result.model_dump(by_alias=True, exclude_none=True, mode="json"))
 
 
-def _model(result: VerifyResponse | SettleResponse) -> Response:
-    return JSONResponse(result.model_dump(by_alias=True, exclude_none=True, mode="json"))
+def create_facilitator_app(
+    facilitator: x402FacilitatorSync,
+    *,
+    api_keys: ApiKeys | None,
+    payees: PayeeAllowlist | None,
+) -> Starlette:
+    """The HTTP face of ``facilitator``: the routes an x402 resource server calls.
 
-
-def create_facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
-    """The HTTP face of ``facilitator``: the routes an x402 resource server calls."""
+    ``api_keys`` guard ``/verify`` and ``/settle`` (``/supported`` and ``/health`` stay
+    public); ``payees`` are the ``payTo`` addresses it serves. Both are required arguments:
+    ``None`` (no auth, any payee) must be asked for, never fallen into.
+    """
+    verify = _PaymentEndpoint(facilitator.verify, _verify_refusal, api_keys=api_keys, payees=payees)
+    settle = _PaymentEndpoint(facilitator.settle, _settle_refusal, api_keys=api_keys, payees=payees)
 
     async def supported(request: Request) -> Response:
         result = facilitator.get_supported()
         return JSONResponse(result.model_dump(by_alias=True, exclude_none=True, mode="json"))
-
-    async def verify(request: Request) -> Response:
-        try:
-            payload, requirements = await _read_request(request)
-        except _BadRequestError as exc:
-            return _bad_request(exc)
-        try:
-            result = await anyio.to_thread.run_sync(facilitator.verify, payload, requirements)
-        except SchemeNotFoundError as exc:
-            result = VerifyResponse(
-                is_valid=False, invalid_reason="unsupported_scheme", invalid_message=str(exc)
-            )
-        return _model(result)
-
-    async def settle(request: Request) -> Response:
-        try:
-            payload, requirements = await _read_request(request)
-        except _BadRequestError as exc:
-            return _bad_request(exc)
-        try:
-            result = await anyio.to_thread.run_sync(facilitator.settle, payload, requirements)
-        except SchemeNotFoundError as exc:
-            result = SettleResponse(
-                success=False,
-                error_reason="unsupported_scheme",
-                error_message=str(exc),
-                transaction="",
-                network=str(requirements.network),
-            )
-        return _model(result)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -172,8 +221,8 @@ def create_facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
     return Starlette(
         routes=[
             Route("/supported", supported, methods=["GET"]),
-            Route("/verify", verify, methods=["POST"]),
-            Route("/settle", settle, methods=["POST"]),
+            Route("/verify", verify.handle, methods=["POST"]),
+            Route("/settle", settle.handle, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ]
     )

@@ -12,6 +12,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from x402_meter.facilitator import FacilitatorClient
+from x402_meter.facilitator import API_KEY_ENV, FacilitatorClient
 from x402_meter.runtime import DEFAULT_STORE_URL, STORE_ENV
 from x402_meter.settlement import Settler
 from x402_meter.store import OPEN_STATES, LedgerState, PaymentRecord, PaymentStore, open_store
@@ -46,7 +47,9 @@ def add_parser(commands: Any) -> None:
     show.add_argument("receipt_id")
     retry = actions.add_parser("retry", help="settle a failed or pending payment again, now")
     retry.add_argument("receipt_id")
-    retry.add_argument("--facilitator-url", required=True)
+    retry.add_argument(
+        "--facilitator-url", required=True, help=f"its API key, if any, from ${API_KEY_ENV}"
+    )
     export = actions.add_parser("export", help="every payment, as CSV or JSON lines")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
     export.add_argument("--state", action="append", choices=[s.value for s in LedgerState])
@@ -108,7 +111,9 @@ async def _retry(store: PaymentStore, receipt_id: str, facilitator_url: str) -> 
     if row.state is LedgerState.FAILED:  # reopen it, keeping the history of attempts
         row = dataclasses.replace(row, state=LedgerState.TO_SETTLE, next_attempt_at=0.0)
         await store.save(row)
-    settler = Settler(FacilitatorClient(facilitator_url), store)
+    # x402-meter facilitator wants its API key for /settle: the same variable the examples read.
+    facilitator = FacilitatorClient(facilitator_url, api_key=os.environ.get(API_KEY_ENV) or None)
+    settler = Settler(facilitator, store)
     now = time.time()
     claimed = await store.claim(receipt_id, settler.owner, now + settler.retry.lease_seconds, now)
     if claimed is None:

@@ -43,6 +43,7 @@ class MeterRuntime:
             config.facilitator_url,
             timeout=config.facilitator_timeout,
             headers=dict(headers) if isinstance(headers, tuple) else headers,
+            api_key=config.facilitator_api_key,
         )
         self.store: PaymentStore = _store(config.store)
         self.settler = Settler(

@@ -101,6 +101,7 @@ def example_settings(stack: LocalStack, **overrides: Any) -> Settings:
         "pay_to": Account.create().address,  # a seller with nothing yet
         "network": stack.network,
         "facilitator_url": stack.facilitator_url,
+        "facilitator_api_key": stack.facilitator_api_key,
         "asset": Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals),
     }
     return Settings(**(options | overrides))

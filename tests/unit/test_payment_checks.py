@@ -202,17 +202,21 @@ def test_addresses_are_compared_without_regard_to_case() -> None:
     assert check(v2(body, pay_to=swapped_case(PAY_TO))).payer == PAYER.lower()
 
 
-def test_uints_may_be_json_numbers() -> None:
-    body = changed(upto_body(), "permit2Authorization.nonce", 42)
-    body = changed(body, "permit2Authorization.deadline", DEADLINE)
-    authorization = check(v2(body))
-    assert authorization.key.endswith(":42")
-    assert authorization.expires_at == DEADLINE
+@pytest.mark.parametrize("value", [42, DEADLINE])
+def test_uints_that_are_json_numbers_are_invalid(value: int) -> None:
+    """The protocol sends decimal strings; a number may have gone through a float."""
+    for path in ("permit2Authorization.nonce", "permit2Authorization.deadline"):
+        assert_invalid(v2(changed(upto_body(), path, value)), path)
 
 
-def test_the_same_permit_has_the_same_key_whatever_the_spelling_of_its_nonce() -> None:
+def test_a_nonce_with_leading_zeros_is_invalid_so_one_permit_has_one_key() -> None:
     spelled = changed(upto_body(), "permit2Authorization.nonce", "000123456789")
-    assert check(v2(spelled)).key == check(v2(upto_body())).key
+    assert_invalid(v2(spelled), "permit2Authorization.nonce")
+
+
+def test_zero_spelled_as_zero_is_a_valid_uint() -> None:
+    body = changed(upto_body(), "permit2Authorization.witness.validAfter", "0")
+    assert check(v2(body)).expires_at == DEADLINE
 
 
 def test_a_payment_valid_from_now_until_the_deadline_buffer_is_accepted() -> None:
@@ -283,7 +287,9 @@ def test_a_permit_naming_another_facilitator_is_a_facilitator_mismatch() -> None
     ("amount", "reason"), [(MAX_AMOUNT - 1, "amount_too_low"), (MAX_AMOUNT + 1, "amount_too_high")]
 )
 def test_a_permit_for_another_amount_is_refused(amount: int, reason: str) -> None:
-    refused_for(reason, v2(changed(upto_body(), "permit2Authorization.permitted.amount", amount)))
+    refused_for(
+        reason, v2(changed(upto_body(), "permit2Authorization.permitted.amount", str(amount)))
+    )
 
 
 @pytest.mark.parametrize(
@@ -300,8 +306,11 @@ def test_another_accepted_amount_is_refused(amount: int, reason: str) -> None:
     refused_for(reason, v2(upto_body(), amount=str(amount)))
 
 
-def test_a_non_numeric_accepted_amount_is_invalid_naming_the_field() -> None:
-    error = refusal(v2(upto_body(), amount="lots"))
+@pytest.mark.parametrize(
+    "amount", ["lots", f"0{MAX_AMOUNT}", f"+{MAX_AMOUNT}", f" {MAX_AMOUNT} ", "8_192", "８１９２"]
+)
+def test_a_non_canonical_accepted_amount_is_invalid_naming_the_field(amount: str) -> None:
+    error = refusal(v2(upto_body(), amount=amount))
     assert (error.reason, error.status_code) == ("invalid_payload", 400)
     assert "accepted.amount" in error.message
 
@@ -341,11 +350,20 @@ NOT_UINTS = [
     "12a",
     "",
     " 1",
+    "1 ",
+    "1\n",
+    "+1",
+    "1_0",
+    "01",
+    "00",
+    "1e4",
     "0x10",
     "１",
+    "٣",
     True,
     None,
     {},
+    7,
     str(2**256),
     2**256,
 ]

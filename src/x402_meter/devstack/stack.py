@@ -3,17 +3,23 @@
 ``local_stack()`` is a context manager; ``x402-meter dev`` and the pytest fixture
 ``x402_local_stack`` are thin wrappers around it. The facilitator runs in its own process
 (the SDK's facilitator does blocking web3 calls), started while the contracts deploy.
+
+The facilitator requires an API key, a fresh random one per stack
+(``LocalStack.facilitator_api_key``), like a production one. It serves any ``payTo``
+(``--any-pay-to``): tests and examples create fresh sellers all the time, and the chain is
+a throwaway one. A production facilitator lists its payees instead.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,6 +30,7 @@ from x402_meter.devstack.accounts import FACILITATOR, PAYERS, SELLER
 from x402_meter.devstack.anvil import start_anvil
 from x402_meter.devstack.deploy import deploy_token, fund_payers, place_canonical_contracts
 from x402_meter.devstack.processes import ChildProcess
+from x402_meter.facilitator_access import API_KEYS_ENV, PAY_TO_ENV
 from x402_meter.facilitator_server import PRIVATE_KEY_ENV
 
 PAYER_FUNDING: Final = 10_000 * 10**6
@@ -37,6 +44,8 @@ class LocalStack:
     """Where the running local stack is, and who is who on it.
 
     ``payer_private_keys`` are anvil's public, well-known dev keys: local use only.
+    ``facilitator_api_key`` is the facilitator's credential, random per stack: give it to
+    ``X402Meter(facilitator_api_key=...)``.
     """
 
     rpc_url: str
@@ -52,38 +61,50 @@ class LocalStack:
     pay_to: str
     facilitator_address: str
     payer_private_keys: tuple[str, ...]
+    facilitator_api_key: str = field(repr=False)
 
     def as_json_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["payer_private_keys"] = list(self.payer_private_keys)
         return data
 
+    def facilitator_headers(self) -> dict[str, str]:
+        """The header that authenticates a direct call to this stack's facilitator."""
+        return {"Authorization": f"Bearer {self.facilitator_api_key}"}
+
     def web3(self) -> Web3:
         return Web3(Web3.HTTPProvider(self.rpc_url))
 
 
 def start_facilitator_process(
-    *, rpc_url: str, network: str, private_key: str, log_path: Path | None = None, port: int = 0
+    *,
+    rpc_url: str,
+    network: str,
+    private_key: str,
+    api_keys: Sequence[str] | None,
+    pay_to: Sequence[str] | None,
+    log_path: Path | None = None,
+    port: int = 0,
 ) -> ChildProcess:
-    """``x402-meter facilitator`` in a child process; the key travels by environment."""
-    env = {**os.environ, PRIVATE_KEY_ENV: private_key}
-    return ChildProcess(
-        [
-            sys.executable,
-            "-m",
-            "x402_meter",
-            "facilitator",
-            "--rpc-url",
-            rpc_url,
-            "--network",
-            network,
-            "--port",
-            str(port),
-        ],
-        name="facilitator",
-        env=env,
-        log_path=log_path,
-    )
+    """``x402-meter facilitator`` in a child process; the keys travel by environment.
+
+    ``api_keys=None`` runs it with ``--insecure-no-auth``, ``pay_to=None`` with
+    ``--any-pay-to``: both must be asked for.
+    """
+    # Only what we pass: keys or payees in the caller's environment are not this child's.
+    env = {k: v for k, v in os.environ.items() if k not in (API_KEYS_ENV, PAY_TO_ENV)}
+    env[PRIVATE_KEY_ENV] = private_key
+    args = [sys.executable, "-m", "x402_meter", "facilitator", "--rpc-url", rpc_url]
+    args += ["--network", network, "--port", str(port)]
+    if api_keys is None:
+        args.append("--insecure-no-auth")
+    else:
+        env[API_KEYS_ENV] = ",".join(api_keys)
+    if pay_to is None:
+        args.append("--any-pay-to")
+    for address in pay_to or ():
+        args += ["--pay-to", address]
+    return ChildProcess(args, name="facilitator", env=env, log_path=log_path)
 
 
 def wait_for_facilitator(process: ChildProcess, timeout: float = 60) -> str:
@@ -105,10 +126,13 @@ def local_stack(*, chain_id: int = 31337, log_dir: Path | None = None) -> Iterat
             log_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="x402-meter-")))
         anvil = start_anvil(chain_id=chain_id, log_path=log_dir / "anvil.log")
         cleanup.callback(anvil.stop)
+        api_key = secrets.token_urlsafe(32)
         facilitator = start_facilitator_process(
             rpc_url=anvil.rpc_url,
             network=network,
             private_key=FACILITATOR.private_key,
+            api_keys=[api_key],
+            pay_to=None,  # tests create fresh sellers: see the module docstring
             log_path=log_dir / "facilitator.log",
         )
         cleanup.callback(facilitator.stop)
@@ -133,4 +157,5 @@ def local_stack(*, chain_id: int = 31337, log_dir: Path | None = None) -> Iterat
             pay_to=SELLER.address,
             facilitator_address=FACILITATOR.address,
             payer_private_keys=tuple(payer.private_key for payer in PAYERS),
+            facilitator_api_key=api_key,
         )

@@ -16,13 +16,12 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from x402_meter.errors import PaymentError
+from x402_meter.protocol.amounts import NotCanonicalUintError, parse_uint
 from x402_meter.protocol.offer import Offer, v1_network_name, v1_requirements
 
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _HEX: Final = re.compile(r"0x(?:[0-9a-fA-F]{2})+")
 _BYTES32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
-_UINT: Final = re.compile(r"[0-9]{1,78}")
-_UINT256_MAX: Final = 2**256 - 1
 _UPTO_PROXY: Final = X402_UPTO_PERMIT2_PROXY_ADDRESS.lower()
 
 
@@ -77,13 +76,12 @@ def _address(obj: Any, path: str) -> str:
 
 
 def _uint(obj: Any, path: str) -> int:
-    value = _field(obj, path)
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _invalid(path, "an unsigned integer")
-    text = str(value)
-    if not _UINT.fullmatch(text) or int(text) > _UINT256_MAX:
-        raise _invalid(path, "an unsigned 256-bit integer")
-    return int(text)
+    # One spelling per number: "010", "+10" or a JSON number would let the key we reserve
+    # and the value the facilitator reads disagree about which authorization this is.
+    try:
+        return parse_uint(_field(obj, path))
+    except NotCanonicalUintError as exc:
+        raise _invalid(path, f"a canonical unsigned 256-bit decimal string ({exc})") from exc
 
 
 def _hex(obj: Any, path: str, pattern: re.Pattern[str] = _HEX) -> str:

@@ -1,0 +1,239 @@
+"""The facilitator's strict reading of a ``/verify`` or ``/settle`` body, before the SDK's.
+
+The SDK's facilitator assumes well-typed input: a ``null`` value, an ``authorization`` that
+is a list or a ``validBefore`` of ``"abc"`` raised deep inside it (a 500), and Python's
+``int()`` read ``"+10000"``, ``" 10000 "``, ``"10_000"``, ``"010000"`` or full-width digits
+as 10000. This module checks the raw JSON first: every object is an object, every address
+an address, every uint256 a canonical decimal string (``protocol.amounts.parse_uint``), in
+the payload and the requirements, v1 and v2, ``upto`` and ``exact``. What fails is a
+``MalformedRequestError`` with a reason and the path of the field, which the server
+answers with a structured 400. Schemes it does not know are left to the SDK (which refuses
+them as unsupported).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pydantic import ValidationError
+from x402.schemas import PaymentPayload, PaymentRequirements
+from x402.schemas.helpers import parse_payment_payload, parse_payment_requirements
+from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
+
+from x402_meter.protocol.amounts import NotCanonicalUintError, parse_uint
+
+INVALID_REQUEST: Final = "invalid_request"
+"""The body is not a JSON object with ``paymentPayload`` and ``paymentRequirements``."""
+INVALID_PAYLOAD: Final = "invalid_payload"
+INVALID_REQUIREMENTS: Final = "invalid_payment_requirements"
+SCHEME_MISMATCH: Final = "scheme_mismatch"
+
+_ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
+_HEX: Final = re.compile(r"0x(?:[0-9a-fA-F]{2})+")
+_BYTES32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
+_EIP2612: Final = "eip2612GasSponsoring"
+
+
+class MalformedRequestError(ValueError):
+    """A verify/settle body the facilitator refuses to interpret; ``reason`` is stable."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class FacilitatorRequest:
+    """A checked verify/settle body, parsed into the SDK's models."""
+
+    payload: PaymentPayload | PaymentPayloadV1
+    requirements: PaymentRequirements | PaymentRequirementsV1
+
+    @property
+    def pay_to(self) -> str:
+        return self.requirements.pay_to
+
+
+class _Fields:
+    """Typed reads of one JSON object; a wrong field raises with its dotted path."""
+
+    def __init__(self, reason: str, node: Any, path: str) -> None:
+        if not isinstance(node, dict):
+            raise MalformedRequestError(reason, f"{path} must be a JSON object")
+        self.reason = reason
+        self.node: dict[str, Any] = node
+        self.path = path
+
+    def _fail(self, name: str, expected: str) -> MalformedRequestError:
+        return MalformedRequestError(self.reason, f"{self.path}.{name} must be {expected}")
+
+    def get(self, name: str) -> Any:
+        if name not in self.node:
+            raise self._fail(name, "present")
+        return self.node[name]
+
+    def child(self, name: str) -> _Fields:
+        return _Fields(self.reason, self.get(name), f"{self.path}.{name}")
+
+    def text(self, name: str) -> str:
+        value = self.get(name)
+        if not isinstance(value, str):
+            raise self._fail(name, "a string")
+        return value
+
+    def optional_object(self, name: str) -> None:
+        if self.node.get(name) is not None and not isinstance(self.node[name], dict):
+            raise self._fail(name, "a JSON object")
+
+    def matching(self, name: str, pattern: re.Pattern[str], expected: str) -> str:
+        value = self.get(name)
+        if not isinstance(value, str) or pattern.fullmatch(value) is None:
+            raise self._fail(name, expected)
+        return value
+
+    def address(self, name: str) -> str:
+        return self.matching(name, _ADDRESS, "an address (0x + 40 hex digits)")
+
+    def uint(self, name: str) -> int:
+        try:
+            return parse_uint(self.get(name))
+        except NotCanonicalUintError as exc:
+            raise self._fail(name, f"a canonical unsigned decimal string ({exc})") from exc
+
+    def seconds(self, name: str) -> int:
+        value = self.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+            raise self._fail(name, "a positive integer")
+        return value
+
+
+def _requirements(fields: _Fields, version: int) -> str:
+    """Check payment requirements (v1 or v2); return their scheme."""
+    scheme = fields.text("scheme")
+    fields.text("network")
+    fields.address("asset")
+    fields.address("payTo")
+    fields.seconds("maxTimeoutSeconds")
+    if version == 1:
+        fields.uint("maxAmountRequired")
+        fields.text("resource")
+    else:
+        fields.uint("amount")
+    fields.optional_object("extra")
+    return scheme
+
+
+def _permit2(body: _Fields, *, upto: bool) -> None:
+    auth = body.child("permit2Authorization")
+    auth.address("from")
+    permitted = auth.child("permitted")
+    permitted.address("token")
+    permitted.uint("amount")
+    auth.address("spender")
+    auth.uint("nonce")
+    auth.uint("deadline")
+    witness = auth.child("witness")
+    witness.address("to")
+    witness.uint("validAfter")
+    if upto:
+        witness.address("facilitator")
+
+
+def _eip3009(body: _Fields) -> None:
+    auth = body.child("authorization")
+    auth.address("from")
+    auth.address("to")
+    auth.uint("value")
+    auth.uint("validAfter")
+    auth.uint("validBefore")
+    auth.matching("nonce", _BYTES32, "0x + 64 hex digits")
+
+
+def _inner_payload(body: _Fields, scheme: str) -> None:
+    if scheme == "upto":
+        _permit2(body, upto=True)
+    elif scheme == "exact" and "permit2Authorization" in body.node:
+        _permit2(body, upto=False)
+    elif scheme == "exact":
+        _eip3009(body)
+    else:
+        return  # not ours to read: the SDK refuses a scheme it has not registered
+    body.matching("signature", _HEX, "0x-prefixed hex")
+
+
+def _extensions(payload: _Fields) -> None:
+    payload.optional_object("extensions")
+    extensions = payload.node.get("extensions") or {}
+    sponsoring = extensions.get(_EIP2612)
+    if not isinstance(sponsoring, dict) or not isinstance(sponsoring.get("info"), dict):
+        return  # absent or not usable: the SDK ignores it
+    info = _Fields(
+        INVALID_PAYLOAD, sponsoring["info"], f"paymentPayload.extensions.{_EIP2612}.info"
+    )
+    for name in ("amount", "nonce", "deadline"):
+        if name in info.node:
+            info.uint(name)
+
+
+def _version(payload: _Fields) -> int:
+    version = payload.get("x402Version")
+    if type(version) is not int or version not in (1, 2):  # not True, not 2.0
+        raise MalformedRequestError(INVALID_PAYLOAD, "paymentPayload.x402Version must be 1 or 2")
+    return version
+
+
+def check_request(data: Any) -> FacilitatorRequest:
+    """Check a decoded verify/settle body strictly, then parse it with the SDK's models."""
+    if not isinstance(data, dict):
+        raise MalformedRequestError(INVALID_REQUEST, "the body must be a JSON object")
+    payload = _Fields(INVALID_PAYLOAD, data.get("paymentPayload"), "paymentPayload")
+    requirements = _Fields(
+        INVALID_REQUIREMENTS, data.get("paymentRequirements"), "paymentRequirements"
+    )
+    version = _version(payload)
+    if "x402Version" in data and data["x402Version"] != version:
+        raise MalformedRequestError(
+            INVALID_REQUEST, "x402Version must be the paymentPayload's x402Version"
+        )
+    required_scheme = _requirements(requirements, version)
+    if version == 1:
+        scheme = payload.text("scheme")
+        payload.text("network")
+    else:
+        scheme = _requirements(payload.child("accepted"), 2)
+        payload.optional_object("resource")
+    if scheme != required_scheme:
+        raise MalformedRequestError(
+            SCHEME_MISMATCH,
+            f"the payload is for {scheme!r}, the requirements for {required_scheme!r}",
+        )
+    _inner_payload(payload.child("payload"), scheme)
+    _extensions(payload)
+    try:
+        parsed = parse_payment_payload(payload.node)
+        return FacilitatorRequest(
+            parsed, parse_payment_requirements(parsed.x402_version, requirements.node)
+        )
+    except (ValueError, TypeError, KeyError, ValidationError) as exc:
+        raise MalformedRequestError(INVALID_PAYLOAD, f"invalid verify/settle body: {exc}") from exc
+
+
+def decode_json(body: bytes) -> Any:
+    """The body's JSON value; a body that is not JSON is malformed."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRequestError(INVALID_REQUEST, "the body is not JSON") from exc
+
+
+def network_of(data: Any) -> str:
+    """The requirements' network if the body names one as a string, else "" (for refusals)."""
+    if isinstance(data, dict):
+        requirements = data.get("paymentRequirements")
+        if isinstance(requirements, dict) and isinstance(requirements.get("network"), str):
+            return str(requirements["network"])
+    return ""
