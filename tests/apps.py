@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from tests.openai_stream import completion_json, sse_events
 from x402_meter import Asset, MemoryStore
 from x402_meter.devstack import LocalStack
+from x402_meter.metering import estimate_tokens
+from x402_meter.metering.prompt import prompt_text
 
 PRICE = "0.000002"  # 2 atomic units of a 6-decimal token per token
 PRICE_ATOMIC = 2
 MAX_TOKENS = 4096
+
+
+def prompt_tokens(body: Any) -> int:
+    """The prompt of a JSON request body as the meter estimates it."""
+    return estimate_tokens(prompt_text(json.dumps(body).encode()))
+
+
+def max_amount(body: Any, max_tokens: int = MAX_TOKENS, price_atomic: int = PRICE_ATOMIC) -> int:
+    """What a 402 asks for ``body`` at one flat price: its prompt plus ``max_tokens``."""
+    return (prompt_tokens(body) + max_tokens) * price_atomic
 
 
 def meter_options(stack: LocalStack, **overrides: Any) -> dict[str, Any]:

@@ -13,7 +13,9 @@ def test_demo_holds_a_paid_streamed_conversation_and_settles_each_answer() -> No
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout
-    assert lines.count("402 Payment Required: 'upto' up to 0.008192 USDC") == 2
+    each = "USDC (the prompt and 4096 tokens at 0.000002 USDC)"  # a 9- and an 81-token prompt
+    assert f"402 Payment Required: 'upto' up to 0.008210 {each}" in lines
+    assert f"402 Payment Required: 'upto' up to 0.008354 {each}" in lines
     assert lines.count("payer 0x90F7...b906 signs a Permit2 authorization (EIP-712)") == 2
     assert "only the tokens actually used are charged." in lines  # the first streamed answer
     assert "charged 0.000124 USDC for 62 tokens (8 in, 54 out, reported)" in lines

@@ -4,7 +4,6 @@ end to end against the local stack."""
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,14 +15,12 @@ from starlette.middleware.gzip import GZipMiddleware
 from x402.http.clients import x402HttpxClient
 from x402.schemas import PaymentRequired
 
-from tests.apps import meter_options
+from tests.apps import max_amount, meter_options, prompt_tokens
 from tests.sdk_payer import sdk_client
 from x402_meter import TokenPrice, X402Meter
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.asgi_server import serving
 from x402_meter.devstack.stub_model import complete_chat, pieces, stream_chat
-from x402_meter.metering import estimate_tokens
-from x402_meter.metering.prompt import prompt_text
 from x402_meter.pricing import PricedRequest, PriceTable
 
 pytestmark = pytest.mark.anyio
@@ -86,7 +83,12 @@ async def test_a_price_table_asks_and_charges_the_requested_models_price(
         large = await challenge(base, question("large-2025-01-01"))  # priced by its prefix
         other = await challenge(base, question("anything-else"))
         _, receipt = await paid(x402_local_stack, base, question("large"))
-    assert [r.accepts[0].amount for r in (small, large, other)] == ["2000", "30000", "5000"]
+    prompt = prompt_tokens(question("small"))  # the three questions' prompts are alike
+    assert [r.accepts[0].amount for r in (small, large, other)] == [
+        str(1000 * 2 + prompt * 1),  # the output at its highest price, the prompt at input's
+        str(1000 * 30 + prompt * 10),
+        str((1000 + prompt) * 5),
+    ]
     usage = complete_chat(question("large"))["usage"]
     assert receipt["amount"] == str(usage["prompt_tokens"] * 10 + usage["completion_tokens"] * 30)
 
@@ -110,7 +112,7 @@ async def test_a_price_function_sees_the_request(x402_local_stack: LocalStack) -
 
     async with serving(chat_app(x402_local_stack, price_per_token=price, max_tokens=1000)) as base:
         offered = await challenge(base, question("premium"))
-    assert offered.accepts[0].amount == "3000"
+    assert offered.accepts[0].amount == str((1000 + prompt_tokens(question("premium"))) * 3)
     assert (seen[0].method, seen[0].path, seen[0].model) == (
         "POST",
         "/v1/chat/completions",
@@ -129,8 +131,7 @@ async def test_shaping_asks_for_usage_hides_it_and_clamps_the_output(
 
     forwarded = received[-1]
     assert forwarded["stream_options"] == {"include_usage": True}
-    prompt = estimate_tokens(prompt_text(json.dumps(body).encode()))
-    assert forwarded["max_completion_tokens"] == 100 - prompt  # a flat price: tokens left
+    assert forwarded["max_completion_tokens"] == 100  # the payment covers the prompt on top
     assert b'"usage"' not in response.content  # the client did not ask for the usage chunk
     assert response.content.endswith(b"data: [DONE]\n\n")
     assert receipt["usage_source"] == "reported"
@@ -163,7 +164,8 @@ async def test_a_stream_reaching_the_authorized_maximum(
     async with serving(app) as base:
         response, receipt = await paid(x402_local_stack, base, question("m", stream=True))
     full = sum(1 for _ in pieces() * 20) + 3
-    assert receipt["amount"] == receipt["max_amount"] == str(200 * 2)
+    maximum = max_amount(question("m", stream=True), max_tokens=200)
+    assert receipt["amount"] == receipt["max_amount"] == str(maximum)
     if policy == "end":
         assert sent["chunks"] < full  # the app was stopped
         assert not response.content.endswith(b"data: [DONE]\n\n")

@@ -22,9 +22,9 @@ from x402.http.utils import encode_payment_signature_header
 from x402.schemas import PaymentRequired
 
 from tests.apps import (
-    MAX_TOKENS,
     PRICE_ATOMIC,
     completion_json,
+    max_amount,
     meter_options,
     sse_body,
     wants_stream,
@@ -38,8 +38,8 @@ from x402_meter.devstack.asgi_server import serving
 pytestmark = pytest.mark.anyio
 
 EXPECTED_CHARGE = (PROMPT_TOKENS + COMPLETION_TOKENS) * PRICE_ATOMIC
-MAX_AMOUNT = MAX_TOKENS * PRICE_ATOMIC
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+MAX_AMOUNT = max_amount(CHAT)  # its prompt plus MAX_TOKENS of output
 
 
 def chat_app(stack: LocalStack, **overrides: Any) -> tuple[FastAPI, dict[str, int]]:

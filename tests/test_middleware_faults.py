@@ -19,7 +19,7 @@ from x402.client_base import prefer_scheme
 from x402.http.clients import x402HttpxClient
 from x402.http.utils import decode_payment_response_header
 
-from tests.apps import MAX_TOKENS, PRICE_ATOMIC, completion_json, meter_options, sse_body
+from tests.apps import PRICE_ATOMIC, completion_json, max_amount, meter_options, sse_body
 from tests.openai_stream import PIECES, sse_events
 from tests.sdk_payer import sdk_client
 from x402_meter import MemoryStore, X402Meter
@@ -256,4 +256,4 @@ async def test_exact_payments_charge_the_flat_maximum(x402_local_stack: LocalSta
         response = await client.post(f"{base}/v1/chat/completions", json=CHAT)
         receipt = await receipt_of(client, base, response.headers["x-payment-receipt"])
     assert (receipt["scheme"], receipt["status"]) == ("exact", "settled")
-    assert receipt["amount"] == str(MAX_TOKENS * PRICE_ATOMIC)
+    assert receipt["amount"] == str(max_amount(CHAT))  # the whole maximum: prompt and output

@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from x402.http.clients import x402HttpxClient
 from x402.schemas import PaymentRequired
 
-from tests.apps import PRICE_ATOMIC, meter_options, sse_body
+from tests.apps import PRICE_ATOMIC, max_amount, meter_options, sse_body
 from tests.openai_stream import COMPLETION_TOKENS, PROMPT_TOKENS, sse_events
 from tests.sdk_payer import sdk_client
 from x402_meter import X402Meter, metered
@@ -39,6 +39,7 @@ ROUTE_PRICE = "0.00001"  # 10 atomic units per token, set with @metered
 ROUTE_PRICE_ATOMIC = 10
 ROUTE_MAX_TOKENS = 512
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+ROUTE_MAXIMUM = max_amount(CHAT, ROUTE_MAX_TOKENS, ROUTE_PRICE_ATOMIC)
 
 
 async def pay_and_stream(
@@ -89,7 +90,7 @@ async def test_starlette_with_metered_endpoint(x402_local_stack: LocalStack) -> 
         required, receipt = await pay_and_stream(x402_local_stack, 4, f"{base}/v1/answer")
         async with httpx.AsyncClient() as client:
             assert (await client.post(f"{base}/free")).status_code == 200
-    assert required.accepts[0].amount == str(ROUTE_MAX_TOKENS * ROUTE_PRICE_ATOMIC)
+    assert required.accepts[0].amount == str(ROUTE_MAXIMUM)
     assert receipt["amount"] == str(TOKENS * ROUTE_PRICE_ATOMIC)
 
 
@@ -116,7 +117,7 @@ async def test_fastapi_route_table_and_metered_endpoint_side_by_side(
             x402_local_stack, 4, f"{base}/v1/answer"
         )
     assert table_receipt["amount"] == str(TOKENS * PRICE_ATOMIC)
-    assert route_required.accepts[0].amount == str(ROUTE_MAX_TOKENS * ROUTE_PRICE_ATOMIC)
+    assert route_required.accepts[0].amount == str(ROUTE_MAXIMUM)
     assert route_receipt["amount"] == str(TOKENS * ROUTE_PRICE_ATOMIC)
     assert table_required.accepts[0].amount != route_required.accepts[0].amount
 
@@ -145,7 +146,7 @@ async def test_litestar_plugin_meters_table_routes_and_metered_handlers(
             x402_local_stack, 5, f"{base}/v1/answer"
         )
     assert table_receipt["amount"] == str(TOKENS * PRICE_ATOMIC)
-    assert route_required.accepts[0].amount == str(ROUTE_MAX_TOKENS * ROUTE_PRICE_ATOMIC)
+    assert route_required.accepts[0].amount == str(ROUTE_MAXIMUM)
     assert route_receipt["amount"] == str(TOKENS * ROUTE_PRICE_ATOMIC)
 
 

@@ -37,7 +37,7 @@ from typing import Any, Final
 from x402.http.constants import DEFAULT_FACILITATOR_URL
 
 from x402_meter import Asset, ConfigurationError, PaymentStore
-from x402_meter.pricing import PriceTable, parse_price
+from x402_meter.pricing import PriceTable, TokenPrice, parse_price
 
 DEFAULT_PRICES: Final = "local-stub=0.000002,local-stub-pro=0.000008"
 DEFAULT_FLAT_PRICES: Final = "local-stub=0.001,local-stub-pro=0.004"
@@ -58,10 +58,19 @@ def parse_prices(text: str, *, name: str) -> dict[str, str]:
     return prices
 
 
-def price_table(prices: Mapping[str, str]) -> PriceTable:
-    """A ``PriceTable`` from ``{"model": price}``; the model ``*`` prices every other one."""
-    named = {model: price for model, price in prices.items() if model != "*"}
-    return PriceTable(named, default=prices.get("*"))
+def price_table(prices: Mapping[str, str], *, per_answer: bool = False) -> PriceTable:
+    """A ``PriceTable`` from ``{"model": price}``; the model ``*`` prices every other one.
+
+    ``per_answer``: each price is for a whole answer (with ``max_tokens=1``): the prompt is
+    priced 0, so it adds nothing to the flat price.
+    """
+
+    def token_price(price: str) -> TokenPrice:
+        return TokenPrice(input="0", output=price) if per_answer else TokenPrice.flat(price)
+
+    named = {model: token_price(price) for model, price in prices.items() if model != "*"}
+    default = prices.get("*")
+    return PriceTable(named, default=None if default is None else token_price(default))
 
 
 def _int(environ: Mapping[str, str], name: str, default: int) -> int:

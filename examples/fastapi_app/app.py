@@ -54,8 +54,8 @@ def create_app(
     shared = settings.payment_options(ledger)  # one ledger: every receipt is served at one path
 
     # The flat-priced route: its own little app behind its own meter, so that neither meter
-    # sees the other's routes. ``exact`` moves a fixed amount; with max_tokens=1 the "price
-    # per token" is the price of one request, per model.
+    # sees the other's routes. ``exact`` moves a fixed amount; with max_tokens=1 and a free
+    # prompt the "price per token" is the price of one request, per model.
     flat = FastAPI(title="flat-priced chat")
 
     @flat.post(FLAT_PATH)
@@ -65,7 +65,7 @@ def create_app(
     flat_meter = X402Meter(
         flat,
         **shared,
-        price_per_token=price_table(settings.flat_prices),
+        price_per_token=price_table(settings.flat_prices, per_answer=True),
         max_tokens=1,
         schemes=("exact",),
         routes=[f"POST {FLAT_PATH}"],

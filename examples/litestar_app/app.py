@@ -53,7 +53,7 @@ def create_app(
     }
     flat_price: dict[str, Any] = {
         **shared,
-        "price_per_token": price_table(settings.flat_prices),
+        "price_per_token": price_table(settings.flat_prices, per_answer=True),
         "max_tokens": 1,  # with exact: the price of one request
         "schemes": ("exact",),
         "routes": [f"POST {FLAT_PREFIX}{CHAT_PATH}"],

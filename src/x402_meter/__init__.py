@@ -20,6 +20,7 @@ from x402_meter.errors import (
     FacilitatorUnavailableError,
     PaymentAlreadyUsedError,
     PaymentError,
+    RequestRefusedError,
     X402MeterError,
 )
 from x402_meter.facilitator import FacilitatorClient
@@ -48,6 +49,7 @@ __all__ = [
     "PaymentStore",
     "PriceTable",
     "PricedRequest",
+    "RequestRefusedError",
     "ResponseInfo",
     "TokenPrice",
     "Usage",

@@ -61,6 +61,10 @@ class MeterOptions(TypedDict, total=False):
     checkpoint_every: float
     shape_requests: bool
     on_cap: CapPolicy
+    max_request_body: int
+    request_body_timeout: float
+    max_input_tokens: int | None
+    max_buffered_bodies: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,15 @@ class MeterConfig:
     """Seconds between checkpoints of a stream's running count (0: before every chunk)."""
     shape_requests: bool
     on_cap: CapPolicy
+    max_request_body: int
+    """Bytes a metered request body may have (413 ``request_too_large`` above)."""
+    request_body_timeout: float
+    """Seconds a metered request body may take to arrive (408 ``request_timeout`` after)."""
+    max_input_tokens: int | None
+    """The longest prompt one request may send, in tokens (413 ``prompt_too_large``)."""
+    max_buffered_bodies: int
+    """Bytes of request bodies all requests may hold at once while they are being read
+    (503 ``server_busy`` above): unpaid requests cannot pin more memory than this."""
 
     @classmethod
     def create(
@@ -132,12 +145,17 @@ class MeterConfig:
         checkpoint_every: float = 2.0,
         shape_requests: bool = False,
         on_cap: CapPolicy = "end",
+        max_request_body: int = 1024 * 1024,
+        request_body_timeout: float = 30.0,
+        max_input_tokens: int | None = None,
+        max_buffered_bodies: int = 64 * 1024 * 1024,
     ) -> MeterConfig:
         """Check every option once and compile it; a bad one raises ``ConfigurationError``.
 
         ``pay_to`` receives the payments; ``price_per_token`` is a price in asset units per
         token (str/Decimal), a ``TokenPrice``, a ``PriceTable`` or a function of the request;
-        ``max_tokens`` is what one authorization covers; ``routes`` lists metered routes
+        ``max_tokens`` is the output one authorization covers (it covers the request's
+        prompt on top, as the meter estimates it); ``routes`` lists metered routes
         (``None``: only ``@metered`` endpoints). docs/middleware.md describes every option.
         """
         if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
@@ -171,6 +189,22 @@ class MeterConfig:
             )
         if isinstance(routes, str):
             raise ConfigurationError("routes must be a list of patterns, not a single string")
+        for name, value in (
+            ("max_request_body", max_request_body),
+            ("max_buffered_bodies", max_buffered_bodies),
+            ("max_input_tokens", 1 if max_input_tokens is None else max_input_tokens),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+        if max_buffered_bodies < max_request_body:
+            raise ConfigurationError(
+                "max_buffered_bodies must be at least max_request_body "
+                f"({max_buffered_bodies} < {max_request_body})"
+            )
+        if isinstance(request_body_timeout, bool) or not request_body_timeout > 0:
+            raise ConfigurationError(
+                f"request_body_timeout must be > 0 seconds, got {request_body_timeout!r}"
+            )
         if not facilitator_url.startswith(("http://", "https://")):
             raise ConfigurationError(
                 f"facilitator_url must be an http(s) URL, got {facilitator_url!r}"
@@ -222,14 +256,21 @@ class MeterConfig:
             checkpoint_every=checkpoint_every,
             shape_requests=shape_requests,
             on_cap=on_cap,
+            max_request_body=max_request_body,
+            request_body_timeout=request_body_timeout,
+            max_input_tokens=max_input_tokens,
+            max_buffered_bodies=max_buffered_bodies,
         )
 
     def price_model_for(self, spec: RouteSpec) -> PriceModel:
         return spec.price if spec.price is not None else self.price
 
-    def terms_for(self, spec: RouteSpec, price: TokenPrice) -> PaymentTerms:
-        """The payment terms of a route at ``price``, with the route's overrides."""
-        tariff = Tariff(price, self.asset.decimals, spec.max_tokens or self.max_tokens)
+    def terms_for(self, spec: RouteSpec, price: TokenPrice, input_tokens: int = 0) -> PaymentTerms:
+        """The payment terms of a route at ``price`` for a prompt of ``input_tokens``, with
+        the route's overrides."""
+        tariff = Tariff(
+            price, self.asset.decimals, spec.max_tokens or self.max_tokens, input_tokens
+        )
         return PaymentTerms(
             network=self.network,
             asset=self.asset,

@@ -78,7 +78,7 @@ class _Narrator:
         if stage == "required":
             _step(
                 f"402 Payment Required: '{payment.scheme}' up to {self.usdc(payment.max_amount)}"
-                f" ({self.max_tokens} tokens at {self.price_per_token} USDC)"
+                f" (the prompt and {self.max_tokens} tokens at {self.price_per_token} USDC)"
             )
         elif stage == "signed":
             what = (

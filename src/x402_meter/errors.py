@@ -41,6 +41,23 @@ class PaymentAlreadyUsedError(PaymentError):
         )
 
 
+class RequestRefusedError(X402MeterError):
+    """A metered request was refused before any payment was looked at: its body is too large
+    (413), too slow (408), or the server is reading too many bodies at once (503)."""
+
+    reason = "request_refused"
+    status_code: int = 400
+
+    def __init__(
+        self, reason: str, message: str, *, status_code: int, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason  # type: ignore[misc]  # instance value refines the class default
+        self.message = message
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
 class FacilitatorUnavailableError(X402MeterError):
     """The facilitator could not be reached or answered with an error: try again later."""
 

@@ -30,14 +30,19 @@ from starlette.types import Message, Receive, Scope, Send
 from x402.schemas import SettleResponse
 
 from x402_meter.config import MeterConfig, MeterOptions
-from x402_meter.errors import FacilitatorUnavailableError, PaymentAlreadyUsedError, PaymentError
-from x402_meter.metering import Meter, ResponseInfo, Usage, get_tokenizer
+from x402_meter.errors import (
+    FacilitatorUnavailableError,
+    PaymentAlreadyUsedError,
+    PaymentError,
+    RequestRefusedError,
+)
+from x402_meter.metering import Meter, ResponseInfo, Usage, estimate_tokens, get_tokenizer
+from x402_meter.metering.prompt import prompt_text
 from x402_meter.pricing import (
     PricedRequest,
     PriceModel,
     PriceTable,
     TokenPrice,
-    needs_request,
     to_atomic,
 )
 from x402_meter.protocol.checks import Authorization, check_payment
@@ -50,6 +55,7 @@ from x402_meter.protocol.headers import (
     settle_response_header,
 )
 from x402_meter.protocol.offer import Offer
+from x402_meter.request_body import read_request_body
 from x402_meter.responses import receipt_body, send_json, send_payment_required, send_unavailable
 from x402_meter.route_paths import below_root
 from x402_meter.routing import RouteSpec, RouteTable
@@ -71,8 +77,9 @@ _STREAMING_TYPES: Final = frozenset(
 _RECEIPT_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _MAX_RECEIPT_WAIT: Final = 30.0
 _RECEIPT_POLL: Final = 0.5
-MAX_METERED_REQUEST_BODY: Final = 1024 * 1024
-"""How much of a request body meters get to see (to count a prompt): the first MiB."""
+_PROMPT_COUNTED_INLINE: Final = 64 * 1024
+"""Bodies up to this many bytes have their prompt counted on the event loop (well under a
+millisecond); longer ones on a worker thread."""
 METER_BATCH_BYTES: Final = 16 * 1024
 """Chunks are handed to the meter together, once this much has gone out (or sooner, when
 a checkpoint, a cap check or the end needs the count): what it costs to read a stream is
@@ -253,7 +260,6 @@ class _PaidExchange:
         self.handed_off = False
         self.checkpointed_at = time.monotonic()
         self.replay: bytes | None = None
-        self.body_truncated = False
         self.early_disconnect: Message | None = None
         self.app_scope: Scope = scope
         self.usage_filter: UsageChunkFilter | None = None
@@ -282,18 +288,21 @@ class _PaidExchange:
 
     async def run(self) -> None:
         model = self.config.price_model_for(self.spec)
-        if self.config.shape_requests or needs_request(model):
-            await self._buffer_request_body()
         try:
+            if self._reads_body(model):
+                await self._buffer_request_body()
             price = self._price(model)
-        except PaymentError as exc:
+            input_tokens = await self._prompt_tokens(price)
+        except (PaymentError, RequestRefusedError) as exc:
             self._count("refused", exc.reason)
+            retry_after = getattr(exc, "retry_after", None)
+            headers = None if retry_after is None else [(b"retry-after", b"%d" % retry_after)]
             await send_json(
-                self.send, exc.status_code, {"reason": exc.reason, "error": exc.message}
+                self.send, exc.status_code, {"reason": exc.reason, "error": exc.message}, headers
             )
             return
         try:
-            offer = await self.runtime.offer(self.spec, price)
+            offer = await self.runtime.offer(self.spec, price, input_tokens)
         except FacilitatorUnavailableError as exc:
             logger.warning("facilitator unavailable: %s", exc)
             self._count("unavailable")
@@ -341,19 +350,44 @@ class _PaidExchange:
         if self.config.metrics is not None:
             self.config.metrics.request(outcome, reason)
 
+    def _reads_body(self, model: PriceModel) -> bool:
+        """Whether admission needs the body: for the prompt's price, the model's price or
+        the shaping. (A prompt that costs nothing is only counted as it goes by.)"""
+        if self.config.shape_requests or not isinstance(model, TokenPrice):
+            return True
+        return model.input > 0 or model.cached_input > 0
+
     async def _buffer_request_body(self) -> None:
-        """Read the request body now (pricing or shaping needs it); the app gets it replayed."""
-        while len(self.request_body) < MAX_METERED_REQUEST_BODY:
-            message = await self.receive()
-            if message["type"] != "http.request":
-                self.early_disconnect = message
-                break
-            self.request_body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        else:
-            self.body_truncated = True
-        self.replay = bytes(self.request_body)
+        """Read the whole body now, within the meter's bounds; the app gets it replayed."""
+        read = await read_request_body(
+            self.scope,
+            self.receive,
+            limit=self.config.max_request_body,
+            time_limit=self.config.request_body_timeout,
+            budget=self.runtime.body_budget,
+        )
+        self.request_body = bytearray(read.body)
+        self.early_disconnect = read.disconnect
+        self.replay = read.body
+
+    async def _prompt_tokens(self, price: TokenPrice) -> int:
+        """The prompt as the meter estimates it (what the 402 asks to cover on top of the
+        output), or 0 when input is free. Over ``max_input_tokens``: 413."""
+        if not (price.input > 0 or price.cached_input > 0):
+            return 0
+        body = bytes(self.request_body)
+        if len(body) <= _PROMPT_COUNTED_INLINE:
+            tokens = estimate_tokens(prompt_text(body))
+        else:  # a long prompt takes milliseconds to count: not on the event loop
+            tokens = await anyio.to_thread.run_sync(estimate_tokens, prompt_text(body))
+        limit = self.spec.max_input_tokens or self.config.max_input_tokens
+        if limit is not None and tokens > limit:
+            raise RequestRefusedError(
+                "prompt_too_large",
+                f"the prompt has about {tokens} tokens; this route takes at most {limit}",
+                status_code=413,
+            )
+        return tokens
 
     def _request_json(self) -> object:
         try:
@@ -379,7 +413,7 @@ class _PaidExchange:
 
     def _shape(self, offer: Offer) -> None:
         """``shape_requests``: the body the app gets, within what the payment covers."""
-        if self.replay is None or self.body_truncated:
+        if self.replay is None:
             return
         tariff = offer.terms.tariff
         shaped = shape_request(
@@ -448,14 +482,13 @@ class _PaidExchange:
     async def _receive(self) -> Message:
         if self.replay is not None:
             body, self.replay = self.replay, None
-            return {"type": "http.request", "body": body, "more_body": self.body_truncated}
+            return {"type": "http.request", "body": body, "more_body": False}
         if self.early_disconnect is not None:
             return self.early_disconnect
         message = await self.receive()
-        if message["type"] == "http.request" and len(self.request_body) < MAX_METERED_REQUEST_BODY:
-            self.request_body += message.get("body", b"")[
-                : MAX_METERED_REQUEST_BODY - len(self.request_body)
-            ]
+        limit = self.config.max_request_body
+        if message["type"] == "http.request" and len(self.request_body) < limit:
+            self.request_body += message.get("body", b"")[: limit - len(self.request_body)]
         return message
 
     @property
@@ -509,6 +542,10 @@ class _PaidExchange:
         elif message["type"] == "http.response.start":
             self.status = message["status"]
             headers = [*message.get("headers", ()), (RECEIPT_HEADER, self.receipt_path)]
+            if not any(name.lower() == b"cache-control" for name, _ in headers):
+                # A paid answer is the payer's alone: no shared cache may hand it to the next
+                # caller for free. An app that sets its own policy has chosen otherwise.
+                headers.append((b"cache-control", b"no-store"))
             content_type, encoding = _media_type(headers)
             info = ResponseInfo(
                 self.status, content_type, encoding, bytes(self.request_body), self.scope["path"]

@@ -117,16 +117,29 @@ class Tariff:
     price: TokenPrice
     decimals: int
     max_tokens: int
+    """The output one authorization covers, at the highest of the prices."""
+    input_tokens: int = 0
+    """The request's prompt as the meter estimates it, at the input price: what the
+    authorization covers on top of ``max_tokens``."""
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
             raise ConfigurationError(f"max_tokens must be a positive int, got {self.max_tokens!r}")
+        if self.input_tokens < 0:
+            raise ConfigurationError(f"input_tokens must be >= 0, got {self.input_tokens!r}")
 
     @property
     def max_amount(self) -> int:
-        """The authorization's maximum: ``max_tokens`` at the highest of the prices."""
+        """The authorization's maximum: the prompt at the input price plus ``max_tokens`` at
+        the highest of the prices, rounded up once."""
         with localcontext(_EXACT):
-            return to_atomic(self.price.highest * self.max_tokens, self.decimals)
+            prompt = max(self.price.input, self.price.cached_input) * self.input_tokens
+            return to_atomic(prompt + self.price.highest * self.max_tokens, self.decimals)
+
+    @property
+    def prices_input(self) -> bool:
+        """Whether the prompt costs anything (and so must be read to ask for it)."""
+        return self.price.input > 0 or self.price.cached_input > 0
 
     def charge(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> int:
         """The exact cost, rounded up once to an atomic unit, capped at ``max_amount``."""
@@ -203,8 +216,3 @@ def as_price_model(value: PriceModel | PriceInput) -> PriceModel:
     if isinstance(value, TokenPrice | PriceTable) or callable(value):
         return value
     return TokenPrice.flat(value)
-
-
-def needs_request(model: PriceModel) -> bool:
-    """Whether the price depends on the request (and the body must be read first)."""
-    return not isinstance(model, TokenPrice)

@@ -35,6 +35,7 @@ class RouteSpec:
     price: PriceModel | None = None
     max_tokens: int | None = None
     description: str | None = None
+    max_input_tokens: int | None = None
 
 
 DEFAULT_SPEC: Final = RouteSpec()
@@ -45,6 +46,7 @@ def metered(
     price_per_token: PriceModel | PriceInput | None = None,
     max_tokens: int | None = None,
     description: str | None = None,
+    max_input_tokens: int | None = None,
 ) -> Callable[[_T], _T]:
     """Meter this endpoint (Starlette, FastAPI, Litestar), optionally with its own price and cap.
 
@@ -53,11 +55,17 @@ def metered(
         @app.post("/v1/answer")
         @metered(price_per_token="0.00001", max_tokens=512)
         async def answer(...): ...
+
+    ``max_tokens`` is the output one payment covers; ``max_input_tokens`` the longest
+    prompt the route takes (413 ``prompt_too_large`` above).
     """
-    if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens <= 0):
-        raise ConfigurationError(f"max_tokens must be a positive int, got {max_tokens!r}")
+    for name, value in (("max_tokens", max_tokens), ("max_input_tokens", max_input_tokens)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
+            raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
     price = None if price_per_token is None else as_price_model(price_per_token)
-    spec = RouteSpec(price, max_tokens, description)
+    spec = RouteSpec(price, max_tokens, description, max_input_tokens)
 
     def mark(endpoint: _T) -> _T:
         # A Litestar route handler object (decorator placed above @post): use its opt.

@@ -17,12 +17,15 @@ from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.pricing import TokenPrice
 from x402_meter.protocol.offer import Offer
+from x402_meter.request_body import BodyBudget
 from x402_meter.routing import RouteSpec
 from x402_meter.settlement import Settler
 from x402_meter.store import PaymentStore, open_store
 
 SUPPORTED_TTL_SECONDS: Final = 600.0
 """How long the facilitator's /supported answer (its settling addresses) is reused."""
+OFFERS_KEPT: Final = 4096
+"""Offers kept built, one per route, price and prompt length."""
 STORE_ENV: Final = "X402_METER_STORE"
 DEFAULT_STORE_URL: Final = "sqlite:///x402-meter.sqlite3"
 
@@ -54,7 +57,7 @@ class MeterRuntime:
             on_settlement_failed=config.on_settlement_failed,
             metrics=config.metrics,
         )
-        self._offers: dict[tuple[RouteSpec, TokenPrice], Offer] = {}
+        self._offers: dict[tuple[RouteSpec, TokenPrice, int], Offer] = {}
         self._offers_fetched_at: float | None = None
         """When ``/supported`` was last read (``time.monotonic``); None: never, so the first
         request reads it. Never a number standing for "long ago": the monotonic clock starts
@@ -63,24 +66,27 @@ class MeterRuntime:
         self._signers: frozenset[str] = frozenset()
         self._extensions: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
+        self.body_budget = BodyBudget(config.max_buffered_bodies)
 
     def _offers_fresh(self) -> bool:
         fetched_at = self._offers_fetched_at
         return fetched_at is not None and time.monotonic() - fetched_at < SUPPORTED_TTL_SECONDS
 
-    async def offer(self, spec: RouteSpec, price: TokenPrice) -> Offer:
-        """The route's offer at ``price``; the first call (and one every few minutes) asks
-        ``/supported``."""
-        offer = self._offers.get((spec, price))
+    async def offer(self, spec: RouteSpec, price: TokenPrice, input_tokens: int = 0) -> Offer:
+        """The route's offer at ``price`` for a prompt of ``input_tokens``; the first call
+        (and one every few minutes) asks ``/supported``."""
+        key = (spec, price, input_tokens)
+        offer = self._offers.get(key)
         if offer is not None and self._offers_fresh():
             return offer
         async with self._lock:
             if not self._offers_fresh():
                 await self._refresh()
-            offer = self._offers.get((spec, price))
+            offer = self._offers.get(key)
             if offer is None:
-                offer = self._build(spec, price)
-                self._offers[spec, price] = offer
+                if len(self._offers) >= OFFERS_KEPT:  # prompts of many lengths: start over
+                    self._offers.clear()
+                offer = self._offers[key] = self._build(spec, price, input_tokens)
             return offer
 
     async def _refresh(self) -> None:
@@ -106,9 +112,9 @@ class MeterRuntime:
         self._offers.clear()
         self._offers_fetched_at = time.monotonic()
 
-    def _build(self, spec: RouteSpec, price: TokenPrice) -> Offer:
+    def _build(self, spec: RouteSpec, price: TokenPrice, input_tokens: int) -> Offer:
         return Offer.build(
-            self.config.terms_for(spec, price),
+            self.config.terms_for(spec, price, input_tokens),
             facilitator_address=self._facilitator_address,
             facilitator_signers=self._signers,
             facilitator_extensions=self._extensions,

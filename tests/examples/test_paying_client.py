@@ -6,6 +6,7 @@ Against the FastAPI example on the real local stack, through the ``openai`` pack
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import anyio
 import openai
@@ -13,6 +14,7 @@ import pytest
 from eth_account import Account
 from openai.types.chat import ChatCompletionMessageParam
 
+from tests.apps import max_amount
 from tests.examples.conftest import Example, serve_example
 from x402_meter import Asset
 from x402_meter.client import (
@@ -27,7 +29,8 @@ from x402_meter.devstack import LocalStack
 pytestmark = pytest.mark.anyio
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-MAXIMUM = 4096 * 2  # what one local-stub chat may cost: the authorization, in atomic units
+MAXIMUM = max_amount({"messages": MESSAGES})  # what one local-stub chat may cost, in units
+MAXIMUM_USDC = str(Decimal(MAXIMUM).scaleb(-6))
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ async def test_a_request_above_max_per_request_is_refused_before_signing(
         MAXIMUM,
         8000,
     )
-    assert "0.008192, above max_per_request (0.008)" in str(refused.value)
+    assert f"{MAXIMUM_USDC}, above max_per_request (0.008)" in str(refused.value)
     assert http.payments == ()
     assert example.balances() == before
 
@@ -76,7 +79,7 @@ async def test_max_total_makes_room_by_reading_the_settlements_from_the_chain(
     before = example.balances()
     async with example.client(max_total="0.01", rpc_url=example.stack.rpc_url) as http:
         await chat(http, example)
-        await chat(http, example)  # 2 x 8192 > 10000, until the chain shows the first charge
+        await chat(http, example)  # 2 x MAXIMUM > 10000, until the chain shows the first charge
         first, second = http.payments
         assert first.receipt is not None
         assert first.receipt.status == "settled"
@@ -108,7 +111,7 @@ async def test_without_an_rpc_url_a_settled_payment_keeps_counting_its_maximum(
 async def test_max_total_refuses_what_the_actual_charges_leave_no_room_for(
     example: Example,
 ) -> None:
-    async with example.client(max_total="0.008192", rpc_url=example.stack.rpc_url) as http:
+    async with example.client(max_total=MAXIMUM_USDC, rpc_url=example.stack.rpc_url) as http:
         await chat(http, example)
         with pytest.raises(SpendCapExceededError) as refused:
             await chat(http, example)

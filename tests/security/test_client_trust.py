@@ -28,7 +28,7 @@ from x402.mechanisms.evm.constants import (
     X402_UPTO_PERMIT2_PROXY_ADDRESS,
 )
 
-from tests.apps import MAX_TOKENS, PRICE_ATOMIC, completion_json, meter_options
+from tests.apps import MAX_TOKENS, PRICE_ATOMIC, completion_json, max_amount, meter_options
 from tests.examples.conftest import new_funded_payer
 from tests.openai_stream import usage
 from x402_meter import Asset, X402Meter
@@ -39,7 +39,6 @@ from x402_meter.errors import ConfigurationError
 
 pytestmark = pytest.mark.anyio
 
-MAXIMUM: Final = MAX_TOKENS * PRICE_ATOMIC  # what one chat authorizes: 8192 atomic units
 MAX_TOTAL: Final = "0.02"  # 20,000 atomic units: two full authorizations fit, three do not
 MAX_TOTAL_ATOMIC: Final = 20_000
 ATTEMPTS: Final = 8  # on main, the client paid all eight (0.064 for a 0.02 cap)
@@ -47,6 +46,7 @@ FULL: Final = usage(prompt=MAX_TOKENS, completion=MAX_TOKENS)  # charged at the 
 SMALL: Final = usage(prompt=100, completion=100)  # 400 atomic units
 HONEST: Final = usage(prompt=1000, completion=1000)  # 4000 atomic units
 CHAT: Final = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+MAXIMUM: Final = max_amount(CHAT)  # what one chat authorizes: its prompt and 4096 tokens
 Lie = Literal["amount_zero", "earlier_transaction", "reverted_transaction", "no_transaction"]
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -286,7 +286,7 @@ async def test_a_seller_lying_in_its_receipts_cannot_take_more_than_max_total(
 async def test_an_honest_sellers_settlements_read_from_the_chain_free_the_budget(
     x402_local_stack: LocalStack, client: str
 ) -> None:
-    """The honest path: each chat is authorized for 8192 and settled for 4000. Read from the
+    """The honest path: each chat is authorized for MAXIMUM and settled for 4000. Read from the
     chain, the settlements lower the count, so three chats fit in 20,000 (with maxima
     only two would), and what the wallet counts is exactly what the payer lost."""
     async with selling(x402_local_stack, lambda app: app, Model(HONEST)) as seller:
@@ -366,7 +366,7 @@ async def test_an_authorization_expired_unused_on_chain_is_released(
         await http.post(f"{seller.base}/v1/chat/completions", json=CHAT)
         free, _ = http.payments
         receipt = await http.receipt(free, wait=20)
-        with pytest.raises(SpendCapExceededError):  # 3 x 8192 > 20,000
+        with pytest.raises(SpendCapExceededError):  # 3 x MAXIMUM > 20,000
             await http.post(f"{seller.base}/v1/chat/completions", json=CHAT)
         assert free.authorization is not None
         assert (receipt.amount, receipt.transaction, free.spend) == (0, None, MAXIMUM)
