@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.accounts import dev_account
@@ -37,8 +38,10 @@ def uvicorn_server(
     *,
     workers: int = 1,
     facilitator_url: str | None = None,
+    meter_options: dict[str, Any] | None = None,
 ) -> Iterator[Server]:
-    """tests/fault_app.py in its own uvicorn process (or ``workers`` of them on one port)."""
+    """tests/fault_app.py in its own uvicorn process (or ``workers`` of them on one port),
+    with ``meter_options`` added to its middleware's options."""
     port = free_port()
     env = {
         **os.environ,
@@ -47,6 +50,8 @@ def uvicorn_server(
     }
     if facilitator_url:
         env["X402_TEST_FACILITATOR_URL"] = facilitator_url
+    if meter_options:
+        env["X402_TEST_METER_OPTIONS"] = json.dumps(meter_options)
     args = [
         sys.executable,
         "-m",
