@@ -6,7 +6,9 @@ One request through a metered route:
 2. decode strictly, check locally against the server's own requirements;
 3. reserve the authorization (single use, in the shared store), verify it with the facilitator;
 4. record it in the ledger, then stream the app's answer through untouched while a meter
-   counts tokens; a heartbeat checkpoints the running count and keeps the row leased;
+   counts tokens; a heartbeat checkpoints the running count and keeps the row leased, has
+   the facilitator re-verify the authorization, and ends the answer if it would no longer
+   be paid (voided, or its deadline near);
 5. when the body closes (or the client leaves, or the app fails) charge the exact cost, capped
    at the authorized maximum, and settle it in the background; the receipt tells the outcome.
 """
@@ -698,7 +700,9 @@ class _PaidExchange:
     # to stop. (``checkpoint_every=0`` checkpoints before each chunk, in _send_slowly.)
 
     def _arm_heartbeat(self) -> None:
-        delay = min(self.beat_every, self.end_at - time.time(), self.recheck_at - time.monotonic())
+        # While a re-check is in flight the next one is not due (it starts at a later beat).
+        recheck = self.recheck_at if self.recheck_task is None else float("inf")
+        delay = min(self.beat_every, self.end_at - time.time(), recheck - time.monotonic())
         self.heartbeat_timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._beat)
 
     def _beat(self) -> None:
