@@ -3,21 +3,28 @@
 POST /v1/chat/completions streams the offline stub model's answer, metered. With
 ``?hold_after=N`` it sends N chunks and then holds the stream until ``POST /release`` (a
 free route) is called in the same process, so a test can stop the facilitator or kill the
-server while streams are open, on an event instead of a timer.
+server while streams are open, on an event instead of a timer. With ``?per_second=N`` it
+streams without end, N chunks a second, as a model that never stops would: only the meter
+can end it. ``$X402_TEST_METER_OPTIONS`` (JSON) adds middleware options; those the
+x402_meter being served does not know are left out, so that the tests can be run against
+older code to show that they fail there.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from x402_meter import Asset, X402Meter
+from x402_meter.config import MeterConfig
 from x402_meter.devstack.stub_model import stream_chat
 from x402_meter.settlement import RetryPolicy
 
@@ -26,8 +33,10 @@ app = FastAPI()
 
 
 @app.post("/v1/chat/completions")
-async def chat(request: Request, hold_after: int = -1) -> StreamingResponse:
+async def chat(request: Request, hold_after: int = -1, per_second: int = 0) -> StreamingResponse:
     body = await request.json()
+    if per_second > 0:
+        return StreamingResponse(endless(per_second), media_type="text/event-stream")
 
     async def chunks() -> AsyncIterator[bytes]:
         index = 0
@@ -46,6 +55,18 @@ async def clock() -> dict[str, float]:
     return {"monotonic": time.monotonic()}
 
 
+def word_chunk(content: str) -> bytes:
+    choice = {"index": 0, "delta": {"content": content}, "finish_reason": None}
+    body = {"id": "chatcmpl-endless", "object": "chat.completion.chunk", "choices": [choice]}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+async def endless(per_second: int) -> AsyncIterator[bytes]:
+    while True:
+        yield word_chunk(" word")
+        await anyio.sleep(1 / per_second)  # the model's pace, not a wait in a test
+
+
 @app.post("/release")
 async def release_streams() -> dict[str, bool]:
     release.set()
@@ -53,6 +74,12 @@ async def release_streams() -> dict[str, bool]:
 
 
 stack = json.loads(os.environ["X402_TEST_STACK"])
+known = inspect.signature(MeterConfig.create).parameters
+extra: dict[str, Any] = {
+    name: value
+    for name, value in json.loads(os.environ.get("X402_TEST_METER_OPTIONS", "{}")).items()
+    if name in known
+}
 app.add_middleware(
     X402Meter,
     pay_to=stack["pay_to"],
@@ -70,4 +97,5 @@ app.add_middleware(
     settlement_retry=RetryPolicy(
         first=0.2, longest=1.0, inline_attempts=2, sweep_every=0.2, lease_seconds=2.0
     ),
+    **extra,
 )

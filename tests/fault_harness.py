@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.accounts import dev_account
@@ -40,10 +41,12 @@ def uvicorn_server(
     app: str = "tests.fault_app:app",
     uvicorn_args: Sequence[str] = (),
     command_prefix: Sequence[str] = (),
+    meter_options: dict[str, Any] | None = None,
 ) -> Iterator[Server]:
     """``app`` (tests/fault_app.py) in its own uvicorn process (or ``workers`` of them on
     one port); ``uvicorn_args`` are added to uvicorn's command line (``--root-path``...);
-    ``command_prefix`` runs it under another command (``unshare``, for another clock)."""
+    ``command_prefix`` runs it under another command (``unshare``, for another clock);
+    ``meter_options`` are added to its middleware's options."""
     port = free_port()
     env = {
         **os.environ,
@@ -52,6 +55,8 @@ def uvicorn_server(
     }
     if facilitator_url:
         env["X402_TEST_FACILITATOR_URL"] = facilitator_url
+    if meter_options:
+        env["X402_TEST_METER_OPTIONS"] = json.dumps(meter_options)
     args = [
         *command_prefix,
         sys.executable,

@@ -10,7 +10,14 @@ import anyio
 import pytest
 
 from tests.ledger_rows import payment_row
-from x402_meter.store import LedgerState, MemoryStore, PaymentRecord, PaymentStore, SQLiteStore
+from x402_meter.store import (
+    LedgerState,
+    MemoryStore,
+    PaymentRecord,
+    PaymentStore,
+    SQLiteStore,
+    VoidedPayer,
+)
 from x402_meter.store.redis import RedisStore
 
 pytestmark = pytest.mark.anyio
@@ -146,3 +153,50 @@ async def test_a_row_that_changes_state_is_listed_under_its_new_state_only(
     assert await listed(LedgerState.TO_SETTLE, LedgerState.SETTLED) == {"moved", "stays"}
     assert len(await store.list()) == 2
     assert [r.receipt_id for r in await store.due(time.time())] == ["stays"]
+
+
+def voided(payer: str, until: float, voided_at: float = 1_700_000_000.0) -> VoidedPayer:
+    return VoidedPayer(payer, until, "permit2_insufficient_balance", voided_at, "r1")
+
+
+async def test_a_voided_payer_is_refused_until_its_time_in_any_case(store: PaymentStore) -> None:
+    now = time.time()
+    payer = "0x" + "ab" * 20
+    assert await store.voided_payer(payer, now) is None
+    entry = voided(payer, now + 60)
+    await store.void_payer(entry)
+    assert await store.voided_payer(payer, now) == entry
+    assert await store.voided_payer(payer.upper().replace("0X", "0x"), now) == entry
+    assert await store.voided_payer(payer, now + 61) is None  # its time is over
+    assert await store.voided_payer("0x" + "cd" * 20, now) is None
+
+
+async def test_voiding_again_replaces_the_entry(store: PaymentStore) -> None:
+    now = time.time()
+    payer = "0x" + "ab" * 20
+    await store.void_payer(voided(payer, now + 60))
+    later = VoidedPayer(payer, now + 600, "permit2_allowance_required", now, "r2")
+    await store.void_payer(later)
+    assert await store.voided_payer(payer, now) == later
+    assert len(await store.voided_payers(now)) == 1
+
+
+async def test_voided_payers_lists_those_refused_now_latest_first(store: PaymentStore) -> None:
+    now = time.time()
+    a, b, gone = ("0x" + c * 20 for c in ("aa", "bb", "cc"))
+    await store.void_payer(voided(a, now + 60, voided_at=now - 10))
+    await store.void_payer(voided(b, now + 60, voided_at=now - 5))
+    await store.void_payer(voided(gone, now + 1, voided_at=now - 1))
+    assert [e.payer for e in await store.voided_payers(now)] == [gone, b, a]
+    assert [e.payer for e in await store.voided_payers(now + 2)] == [b, a]
+    assert [e.payer for e in await store.voided_payers(now, limit=1)] == [gone]
+
+
+async def test_a_cleared_payer_is_no_longer_refused(store: PaymentStore) -> None:
+    now = time.time()
+    payer = "0x" + "ab" * 20
+    await store.void_payer(voided(payer, now + 60))
+    assert await store.clear_voided_payer(payer.upper().replace("0X", "0x"))
+    assert await store.voided_payer(payer, now) is None
+    assert await store.voided_payers(now) == []
+    assert not await store.clear_voided_payer(payer)  # nothing left to clear

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Required, TypedDict
 
 from x402.http.constants import DEFAULT_FACILITATOR_URL
+from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER
 
 from x402_meter.assets import Asset, default_asset
 from x402_meter.errors import ConfigurationError
@@ -65,6 +66,9 @@ class MeterOptions(TypedDict, total=False):
     request_body_timeout: float
     max_input_tokens: int | None
     max_buffered_bodies: int
+    recheck_every: float
+    expiry_margin: float
+    voided_payer_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,12 @@ class MeterConfig:
     max_buffered_bodies: int
     """Bytes of request bodies all requests may hold at once while they are being read
     (503 ``server_busy`` above): unpaid requests cannot pin more memory than this."""
+    recheck_every: float
+    """Seconds between re-verifications of a streaming answer's authorization (0: never)."""
+    expiry_margin: float
+    """Seconds before an authorization's deadline at which its answer ends and is settled."""
+    voided_payer_seconds: float
+    """How long a payer that voided an authorization is refused (0: not refused)."""
 
     @classmethod
     def create(
@@ -149,6 +159,9 @@ class MeterConfig:
         request_body_timeout: float = 30.0,
         max_input_tokens: int | None = None,
         max_buffered_bodies: int = 64 * 1024 * 1024,
+        recheck_every: float = 5.0,
+        expiry_margin: float = 20.0,
+        voided_payer_seconds: float = 3600.0,
     ) -> MeterConfig:
         """Check every option once and compile it; a bad one raises ``ConfigurationError``.
 
@@ -186,6 +199,18 @@ class MeterConfig:
         if checkpoint_every < 0:
             raise ConfigurationError(
                 f"checkpoint_every must be >= 0 seconds, got {checkpoint_every!r}"
+            )
+        if recheck_every < 0:
+            raise ConfigurationError(f"recheck_every must be >= 0 seconds, got {recheck_every!r}")
+        if not PERMIT2_DEADLINE_BUFFER < expiry_margin < max_timeout_seconds:
+            raise ConfigurationError(
+                f"expiry_margin must be more than {PERMIT2_DEADLINE_BUFFER} seconds (facilitators"
+                " refuse to settle closer to the deadline) and less than max_timeout_seconds"
+                f" ({max_timeout_seconds}), got {expiry_margin!r}"
+            )
+        if voided_payer_seconds < 0:
+            raise ConfigurationError(
+                f"voided_payer_seconds must be >= 0 seconds, got {voided_payer_seconds!r}"
             )
         if isinstance(routes, str):
             raise ConfigurationError("routes must be a list of patterns, not a single string")
@@ -260,6 +285,9 @@ class MeterConfig:
             request_body_timeout=request_body_timeout,
             max_input_tokens=max_input_tokens,
             max_buffered_bodies=max_buffered_bodies,
+            recheck_every=recheck_every,
+            expiry_margin=expiry_margin,
+            voided_payer_seconds=voided_payer_seconds,
         )
 
     def price_model_for(self, spec: RouteSpec) -> PriceModel:

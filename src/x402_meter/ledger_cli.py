@@ -4,6 +4,8 @@ x402-meter ledger --store sqlite:///x402-meter.sqlite3 list --state failed
 x402-meter ledger --store redis://127.0.0.1:6379/0 show <receipt id>
 x402-meter ledger --store ... retry <receipt id> --facilitator-url https://...
 x402-meter ledger --store ... export --format csv > payments.csv
+x402-meter ledger --store ... voided                  # payers refused for voiding a payment
+x402-meter ledger --store ... clear-voided <payer>    # serve such a payer again
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import anyio
 from x402_meter.facilitator import API_KEY_ENV, FacilitatorClient
 from x402_meter.runtime import DEFAULT_STORE_URL, STORE_ENV
 from x402_meter.settlement import Settler
-from x402_meter.store import OPEN_STATES, LedgerState, PaymentRecord, PaymentStore, open_store
+from x402_meter.store import (
+    OPEN_STATES,
+    LedgerState,
+    PaymentRecord,
+    PaymentStore,
+    VoidedPayer,
+    open_store,
+)
 
 EXPORT_FIELDS = [
     field.name
@@ -53,6 +62,12 @@ def add_parser(commands: Any) -> None:
     export = actions.add_parser("export", help="every payment, as CSV or JSON lines")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
     export.add_argument("--state", action="append", choices=[s.value for s in LedgerState])
+    voided = actions.add_parser(
+        "voided", help="payers refused (402 payer_voided) for voiding an authorization"
+    )
+    voided.add_argument("--limit", type=int, default=100)
+    clear = actions.add_parser("clear-voided", help="stop refusing a payer that voided")
+    clear.add_argument("payer", help="the payer's address")
     ledger.set_defaults(handler=run)
 
 
@@ -73,6 +88,11 @@ async def _dispatch(store: PaymentStore, args: argparse.Namespace) -> int:
             return await _show(store, args.receipt_id)
         if args.action == "retry":
             return await _retry(store, args.receipt_id, args.facilitator_url)
+        if args.action == "voided":
+            voided = await store.voided_payers(time.time(), limit=args.limit)
+            return _print_voided(voided, sys.stdout)
+        if args.action == "clear-voided":
+            return await _clear_voided(store, args.payer)
         return await _export(store, states, args.format, sys.stdout)
     finally:
         await store.aclose()
@@ -88,6 +108,22 @@ def _print_table(rows: list[PaymentRecord], out: TextIO) -> int:
             f"{row.receipt_id:<26} {row.state.value:<11} {amount:>10} {row.max_amount:>10}"
             f" {row.payer:<42} {created}  {note}\n"
         )
+    return 0
+
+
+def _print_voided(entries: list[VoidedPayer], out: TextIO) -> int:
+    out.write(f"{'payer':<42} {'refused until':<20} {'receipt':<26} reason\n")
+    for entry in entries:
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.until))
+        out.write(f"{entry.payer:<42} {until:<20} {entry.receipt_id or '':<26} {entry.reason}\n")
+    return 0
+
+
+async def _clear_voided(store: PaymentStore, payer: str) -> int:
+    if not await store.clear_voided_payer(payer):
+        print(f"payer {payer} is not refused", file=sys.stderr)
+        return 1
+    print(f"{payer}: no longer refused")
     return 0
 
 

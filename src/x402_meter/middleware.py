@@ -6,7 +6,9 @@ One request through a metered route:
 2. decode strictly, check locally against the server's own requirements;
 3. reserve the authorization (single use, in the shared store), verify it with the facilitator;
 4. record it in the ledger, then stream the app's answer through untouched while a meter
-   counts tokens; a heartbeat checkpoints the running count and keeps the row leased;
+   counts tokens; a heartbeat checkpoints the running count and keeps the row leased, has
+   the facilitator re-verify the authorization, and ends the answer if it would no longer
+   be paid (voided, or its deadline near);
 5. when the body closes (or the client leaves, or the app fails) charge the exact cost, capped
    at the authorized maximum, and settle it in the background; the receipt tells the outcome.
 """
@@ -62,6 +64,12 @@ from x402_meter.routing import RouteSpec, RouteTable
 from x402_meter.runtime import MeterRuntime, runtime_for
 from x402_meter.shaping import UsageChunkFilter, shape_request
 from x402_meter.store import LedgerState, PaymentRecord
+from x402_meter.voiding import (
+    PAYER_VOIDED,
+    is_voiding,
+    refuse_voided_payer,
+    remember_voided_payer,
+)
 
 logger = logging.getLogger("x402_meter")
 
@@ -87,6 +95,11 @@ then paid per batch, not per chunk of a few hundred bytes."""
 CAP_LOOK_BYTES: Final = 2048
 """The least that goes out between two looks at the cap (``on_cap="end"``)."""
 _RESOURCE_URLS_KEPT: Final = 256
+RECHECK_MISSES_TOLERATED: Final = 1
+"""Re-checks in a row that may go unanswered (facilitator down or slower than
+``recheck_every``) before the answer ends: one blip is tolerated, an outage is not."""
+END_SEND_SECONDS: Final = 5.0
+"""How long the end of an answer ended early may wait on a client that does not read."""
 
 
 class X402Meter:
@@ -281,10 +294,29 @@ class _PaidExchange:
         self.heartbeat_timer: asyncio.TimerHandle | None = None
         self.heartbeat_task: asyncio.Task[None] | None = None
         self.serving = False
+        self.beat_every = 0.0
+        """Seconds between heartbeats (set in ``_serve``)."""
+        self.end_at = 0.0
+        """Unix time at which the answer ends, early enough for its settlement to land."""
+        self.recheck_at = float("inf")
+        """``time.monotonic()`` at which the authorization is re-verified next."""
+        self.recheck_task: asyncio.Task[None] | None = None
+        self.recheck_misses = 0
+        self.app_cancel = anyio.CancelScope()
+        """Cancels the app when its answer is ended early (it may be waiting, not sending)."""
+        self.stopped: str | None = None
+        """Why the answer was ended early: ``payer_voided``, ``payment_invalid``,
+        ``authorization_expiring`` or ``facilitator_unavailable``."""
+        self.voided: str | None = None
+        """The facilitator's reason, when a re-check found that the payer voided it."""
 
     @property
     def resource_url(self) -> str:
         return self.middleware.resource_url(self.scope)
+
+    @property
+    def _voided_for(self) -> float:
+        return self.config.voided_payer_seconds
 
     async def run(self) -> None:
         model = self.config.price_model_for(self.spec)
@@ -316,6 +348,7 @@ class _PaidExchange:
             payload = decode_payment(header, max_bytes=self.config.max_payment_header_bytes)
             now = int(time.time())
             authorization = check_payment(payload, offer, now=now, resource_url=self.resource_url)
+            await refuse_voided_payer(self.runtime.store, authorization.payer, self._voided_for)
             if not await self.runtime.store.reserve(authorization.key, authorization.expires_at):
                 raise PaymentAlreadyUsedError()
         except PaymentError as exc:
@@ -439,6 +472,12 @@ class _PaidExchange:
     async def _serve(self, offer: Offer, authorization: Authorization) -> None:
         now = time.time()
         settler = self.runtime.settler
+        self.end_at = authorization.expires_at - self.config.expiry_margin
+        if self.end_at <= now:  # nothing served now could be settled in time
+            await self.runtime.store.release(authorization.key)
+            message = f"the authorization must be valid for more than {self.config.expiry_margin} s"
+            await self._refuse(offer, "payment_expires_too_soon", message, 402)
+            return
         self.offer = offer
         self.authorization = authorization
         self.record = PaymentRecord(
@@ -469,15 +508,29 @@ class _PaidExchange:
         if self.config.on_cap != "end" or authorization.scheme != "upto":
             self.next_cap_check = float("inf")
         self.serving = True
+        self.beat_every = settler.retry.lease_seconds / 3
+        if self.config.checkpoint_every:
+            self.beat_every = min(self.beat_every, self.config.checkpoint_every)
+        if self.config.recheck_every:
+            self.recheck_at = time.monotonic() + self.config.recheck_every
         self._arm_heartbeat()
         try:
-            await self.middleware.app(self.app_scope, self._receive, self._send)
+            with self.app_cancel:
+                await self.middleware.app(self.app_scope, self._receive, self._send)
+        except Exception:
+            if self.stopped is None:
+                raise
+            # The app failed on the StreamCapped its send raised after the answer was ended.
         finally:
             # Also on client disconnect, app failure and cancellation: charge what was served.
             with anyio.CancelScope(shield=True):
                 await self._stop_heartbeat()
+                if self.stopped is not None and self.held is not None and not self.handed_off:
+                    await self._settle_then_send(ended=True)
                 if not self.handed_off:
                     await self._hand_off_settlement()
+                if self.stopped is not None:
+                    await self._ended_early()
 
     async def _receive(self) -> Message:
         if self.replay is not None:
@@ -686,10 +739,10 @@ class _PaidExchange:
     # to stop. (``checkpoint_every=0`` checkpoints before each chunk, in _send_slowly.)
 
     def _arm_heartbeat(self) -> None:
-        period = self.runtime.settler.retry.lease_seconds / 3
-        if self.config.checkpoint_every:
-            period = min(period, self.config.checkpoint_every)
-        self.heartbeat_timer = asyncio.get_running_loop().call_later(period, self._beat)
+        # While a re-check is in flight the next one is not due (it starts at a later beat).
+        recheck = self.recheck_at if self.recheck_task is None else float("inf")
+        delay = min(self.beat_every, self.end_at - time.time(), recheck - time.monotonic())
+        self.heartbeat_timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._beat)
 
     def _beat(self) -> None:
         self.heartbeat_timer = None
@@ -697,6 +750,12 @@ class _PaidExchange:
             self.heartbeat_task = asyncio.ensure_future(self._heartbeat())
 
     async def _heartbeat(self) -> None:
+        if time.time() >= self.end_at:  # settle while the authorization can still be settled
+            self._stop("authorization_expiring")
+            return
+        if self.recheck_task is None and time.monotonic() >= self.recheck_at:
+            self.recheck_at = time.monotonic() + self.config.recheck_every
+            self.recheck_task = asyncio.ensure_future(self._recheck())
         await self._checkpoint()  # if it fails, the heartbeat stops (and the lease runs out)
         if self.serving:
             self._arm_heartbeat()
@@ -706,10 +765,76 @@ class _PaidExchange:
         if self.heartbeat_timer is not None:
             self.heartbeat_timer.cancel()
             self.heartbeat_timer = None
-        task = self.heartbeat_task
-        if task is not None:
+        tasks = [t for t in (self.heartbeat_task, self.recheck_task) if t is not None]
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # While an answer streams, the payer can still make its authorization unsettleable
+    # (invalidate the nonce, move the funds, revoke the approval). Every ``recheck_every``
+    # seconds the heartbeat has the facilitator verify the same payload against the
+    # server's requirements again, in a task of its own so that a slow facilitator never
+    # delays a checkpoint or the lease. Once the answer is no longer going to be paid (or
+    # the facilitator has not answered twice in a row, or the deadline is near) it ends.
+
+    async def _recheck(self) -> None:
+        """Verify the authorization again; end the answer if it would no longer settle."""
+        try:
+            with anyio.fail_after(self.config.recheck_every):
+                result = await self.runtime.facilitator.verify(
+                    self.authorization.payload, self.authorization.requirements
+                )
+        except (FacilitatorUnavailableError, TimeoutError) as exc:
+            self.recheck_misses += 1
+            logger.warning("re-check of %s got no answer: %s", self.record.receipt_id, exc)
+            if self.recheck_misses > RECHECK_MISSES_TOLERATED:
+                self._stop("facilitator_unavailable")
+            return
+        finally:
+            self.recheck_task = None
+        self.recheck_misses = 0
+        if not result.is_valid:
+            reason = result.invalid_reason or "payment_invalid"
+            if is_voiding(reason):
+                self.voided = reason
+            self._stop(PAYER_VOIDED if self.voided else "payment_invalid", reason)
+
+    def _stop(self, reason: str, detail: str | None = None) -> None:
+        """End the answer now; ``_serve`` then charges what was served and settles it.
+
+        The app's next ``send`` raises ``StreamCapped`` (every chunk now takes the slow path,
+        which checks), and the app is cancelled, since it may be waiting rather than sending.
+        """
+        if self.stopped is not None or not self.serving:
+            return
+        self.stopped = reason
+        self.capped, self.fast, self.feed_at = True, False, 0
+        self.app_cancel.cancel()
+        logger.warning("ended %s early: %s", self.record.receipt_id, detail or reason)
+
+    async def _ended_early(self) -> None:
+        """Remember a payer that voided; close the answer (or refuse, if none had started)."""
+        if self.voided is not None:
+            await remember_voided_payer(
+                self.runtime.store,
+                self.authorization.payer,
+                seconds=self._voided_for,
+                reason=self.voided,
+                receipt_id=self.record.receipt_id,
+            )
+        if self.held is not None:
+            return  # _settle_then_send answered
+        assert self.stopped is not None
+        with anyio.move_on_after(END_SEND_SECONDS):
+            try:
+                if self.status is None:
+                    message = f"the answer was ended before it started: {self.stopped}"
+                    await self._refuse(self.offer, self.stopped, message, 402)
+                else:
+                    await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            except Exception:  # the answer had already ended, or the client has gone
+                logger.debug("could not close %s", self.record.receipt_id, exc_info=True)
 
     # -- settlement ----------------------------------------------------------------------
 
@@ -726,9 +851,18 @@ class _PaidExchange:
         await self.runtime.store.save(record)
         self.runtime.settler.submit(record)
 
-    async def _settle_then_send(self) -> None:
-        """``settle_before_response``: settle first, then send the held answer with the result."""
+    async def _settle_then_send(self, *, ended: bool = False) -> None:
+        """``settle_before_response``: settle first, then send the held answer with the result.
+
+        ``ended``: the answer was ended early; what was held is sent as the whole answer.
+        """
         assert self.held is not None
+        if ended:
+            last = self.held[-1]
+            if last["type"] == "http.response.body":
+                self.held[-1] = {**last, "more_body": False}
+            else:
+                self.held.append({"type": "http.response.body", "body": b"", "more_body": False})
         self.handed_off = True
         record = self._charged()
         await self.runtime.store.save(record)

@@ -56,6 +56,7 @@ class MeterRuntime:
             on_settled=config.on_settled,
             on_settlement_failed=config.on_settlement_failed,
             metrics=config.metrics,
+            voided_payer_seconds=config.voided_payer_seconds,
         )
         self._offers: dict[tuple[RouteSpec, TokenPrice, int], Offer] = {}
         self._offers_fetched_at: float | None = None

@@ -9,7 +9,12 @@ never settle the same payment. Outcomes:
   unconfirmed): the row stays ``to_settle`` with the error and a ``next_attempt_at`` after an
   exponential backoff with jitter; a retry re-sends the identical payload, which the
   facilitator reconciles against the transaction it already sent;
-- permanent (the facilitator refused): ``failed``, with its reason kept.
+- permanent (the facilitator refused): ``failed``, with its reason kept; when the reason says
+  the payer voided its authorization (and no earlier attempt may have reached the chain),
+  the payer is refused for ``voided_payer_seconds``.
+
+A retry never waits more than halfway to the authorization's deadline: after it, no
+settlement can land.
 
 A sweeper, started on first use and stopped at shutdown, picks up rows that are due: ones
 left by retries, ones left ``to_settle`` by a process that stopped, and ``verified`` rows whose
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import json
 import logging
 import os
 import random
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import anyio
+from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER
 from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
@@ -39,6 +46,7 @@ from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metrics import MeterMetrics
 from x402_meter.store import LedgerState, PaymentRecord, PaymentStore
+from x402_meter.voiding import is_voiding, remember_voided_payer
 
 logger = logging.getLogger("x402_meter.settlement")
 
@@ -86,6 +94,23 @@ def settle_requirements_of(record: PaymentRecord) -> PaymentRequirements | Payme
     return v2.model_copy(update={"amount": amount})
 
 
+def settle_deadline(record: PaymentRecord) -> float | None:
+    """The last unix time at which a facilitator still settles the row's authorization.
+
+    The permit's ``deadline`` (``upto``) or ``validBefore`` (``exact``), less the buffer
+    facilitators keep; None if the payload does not say.
+    """
+    try:
+        inner = json.loads(record.payload_json).get("payload") or {}
+        if "permit2Authorization" in inner:
+            expires = int(inner["permit2Authorization"]["deadline"])
+        else:
+            expires = int(inner["authorization"]["validBefore"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return float(expires - PERMIT2_DEADLINE_BUFFER)
+
+
 def worker_id() -> str:
     """Names this process in leases: host, pid and a random part (pids are reused)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -103,8 +128,12 @@ class Settler:
         on_settled: SettlementHook | None = None,
         on_settlement_failed: SettlementHook | None = None,
         metrics: MeterMetrics | None = None,
+        voided_payer_seconds: float = 0.0,
     ) -> None:
+        """``voided_payer_seconds``: how long a payer whose settlement failed because it
+        voided its authorization is refused (0: it is not)."""
         self._facilitator = facilitator
+        self._voided_for = voided_payer_seconds
         self._metrics = metrics
         self._started: dict[str, float] = {}
         self._store = store
@@ -250,6 +279,15 @@ class Settler:
         reason = result.error_reason or "settlement_failed"
         if reason == SETTLEMENT_PENDING:
             return await self._later(record, attempt, reason, result.transaction or None)
+        if record.error is None and is_voiding(reason):
+            # The first attempt: nothing of ours reached the chain, so the payer voided it.
+            await remember_voided_payer(
+                self._store,
+                record.payer,
+                seconds=self._voided_for,
+                reason=reason,
+                receipt_id=record.receipt_id,
+            )
         if record.error is not None:
             # An earlier attempt may have reached the chain (a timeout, a pending result):
             # keep that in the reason so an operator knows to look at the transaction log.
@@ -268,12 +306,18 @@ class Settler:
         self, record: PaymentRecord, attempt: int, error: str, transaction: str | None
     ) -> PaymentRecord:
         logger.warning("settlement %s attempt %d: %s", record.receipt_id, attempt, error)
+        now = time.time()
+        next_attempt_at = now + self.retry.delay(attempt)
+        deadline = settle_deadline(record)
+        if deadline is not None and now < deadline:
+            # A backoff past the deadline would lose the payment: wait at most halfway there.
+            next_attempt_at = min(next_attempt_at, (now + deadline) / 2)
         return await self._save(
             record,
             attempts=attempt,
             error=error,
             transaction=transaction or record.transaction,
-            next_attempt_at=time.time() + self.retry.delay(attempt),
+            next_attempt_at=next_attempt_at,
         )
 
     async def _save(self, record: PaymentRecord, **changes: object) -> PaymentRecord:

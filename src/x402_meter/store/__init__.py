@@ -4,7 +4,13 @@
 host), ``RedisStore`` (many hosts; needs the ``redis`` extra). ``open_store(url)`` picks one.
 """
 
-from x402_meter.store.base import OPEN_STATES, LedgerState, PaymentRecord, PaymentStore
+from x402_meter.store.base import (
+    OPEN_STATES,
+    LedgerState,
+    PaymentRecord,
+    PaymentStore,
+    VoidedPayer,
+)
 from x402_meter.store.memory import MemoryStore
 from x402_meter.store.sqlite import SQLiteStore
 from x402_meter.store.urls import open_store
@@ -16,5 +22,6 @@ __all__ = [
     "PaymentRecord",
     "PaymentStore",
     "SQLiteStore",
+    "VoidedPayer",
     "open_store",
 ]

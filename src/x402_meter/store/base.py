@@ -4,7 +4,8 @@ A reservation makes an authorization single-use across every process that shares
 store, from the moment it is first seen until it expires on chain. The ledger holds one
 row per verified payment, from ``verified`` to a final state, with everything a settlement
 worker in any process needs to finish the job: the payload, the server's requirements, the
-running count, and a lease that says who is working on the row right now.
+running count, and a lease that says who is working on the row right now. Payers that voided
+an authorization they were served on are kept for a while, so every worker refuses them.
 """
 
 from __future__ import annotations
@@ -73,6 +74,26 @@ class PaymentRecord:
     """Until then only ``lease_owner`` works on the row (serves it, or settles it)."""
 
 
+@dataclass(frozen=True, slots=True)
+class VoidedPayer:
+    """A payer that voided an authorization it was being served on: refused until ``until``.
+
+    Voiding (a Permit2 nonce invalidated, the funds moved, the approval revoked) between
+    verification and settlement gets an answer for nothing; refusing the payer for a while
+    makes that a one-off, not a business model.
+    """
+
+    payer: str
+    """The payer's address, lower case."""
+    until: float
+    """Unix time until which the payer is refused."""
+    reason: str
+    """The facilitator's reason, e.g. ``permit2_insufficient_balance``."""
+    voided_at: float
+    receipt_id: str | None = None
+    """The payment it voided."""
+
+
 class PaymentStore(Protocol):
     """What the middleware, the settlement worker and the ledger CLI need from a store."""
 
@@ -101,6 +122,22 @@ class PaymentStore(Protocol):
 
     async def due(self, now: float, limit: int = 100) -> list[PaymentRecord]:
         """Open rows nobody holds whose next attempt is due: work for a settlement worker."""
+        ...
+
+    async def void_payer(self, entry: VoidedPayer) -> None:
+        """Refuse ``entry.payer`` until ``entry.until`` (replacing an earlier entry for it)."""
+        ...
+
+    async def voided_payer(self, payer: str, now: float) -> VoidedPayer | None:
+        """The entry refusing ``payer`` (any case) at ``now``, or None."""
+        ...
+
+    async def voided_payers(self, now: float, limit: int = 100) -> list[VoidedPayer]:
+        """Payers refused at ``now``, the most recently voided first."""
+        ...
+
+    async def clear_voided_payer(self, payer: str) -> bool:
+        """Stop refusing ``payer`` (any case); False if it was not refused."""
         ...
 
     async def list(

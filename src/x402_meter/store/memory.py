@@ -6,7 +6,7 @@ import dataclasses
 import time
 from collections.abc import Collection
 
-from x402_meter.store.base import OPEN_STATES, LedgerState, PaymentRecord
+from x402_meter.store.base import OPEN_STATES, LedgerState, PaymentRecord, VoidedPayer
 
 
 class MemoryStore:
@@ -20,6 +20,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._reservations: dict[str, float] = {}
         self._records: dict[str, PaymentRecord] = {}
+        self._voided: dict[str, VoidedPayer] = {}
         self._until_sweep = self._SWEEP_EVERY
 
     async def reserve(self, key: str, expires_at: float) -> bool:
@@ -66,6 +67,24 @@ class MemoryStore:
             if r.state in OPEN_STATES and r.lease_until <= now and r.next_attempt_at <= now
         )
         return sorted(open_rows, key=lambda r: r.next_attempt_at)[:limit]
+
+    async def void_payer(self, entry: VoidedPayer) -> None:
+        now = time.time()
+        self._voided = {p: e for p, e in self._voided.items() if e.until > now}  # few, ever
+        self._voided[entry.payer.lower()] = entry
+
+    async def voided_payer(self, payer: str, now: float) -> VoidedPayer | None:
+        entry = self._voided.get(payer.lower())
+        return entry if entry is not None and entry.until > now else None
+
+    async def voided_payers(self, now: float, limit: int = 100) -> list[VoidedPayer]:
+        entries = [e for e in self._voided.values() if e.until > now]
+        entries.sort(key=lambda e: e.voided_at, reverse=True)
+        return entries[:limit]
+
+    async def clear_voided_payer(self, payer: str) -> bool:
+        entry = self._voided.pop(payer.lower(), None)
+        return entry is not None and entry.until > time.time()
 
     async def list(
         self, states: Collection[LedgerState] | None = None, limit: int = 100, offset: int = 0

@@ -18,7 +18,7 @@ import time
 from collections.abc import Collection
 from typing import Any, Final
 
-from x402_meter.store.base import OPEN_STATES, LedgerState, PaymentRecord
+from x402_meter.store.base import OPEN_STATES, LedgerState, PaymentRecord, VoidedPayer
 
 try:
     from redis.asyncio import Redis
@@ -113,6 +113,8 @@ class RedisStore:
         self._prefix = prefix
         self._open = f"{prefix}open"
         self._created = f"{prefix}created"
+        self._voided = f"{prefix}voided"
+        """Voided payers, scored by the time until which they are refused."""
         self._claim = self._redis.register_script(_CLAIM)
         self._save = self._redis.register_script(_SAVE)
         self._state_csv = ",".join(state.value for state in LedgerState)
@@ -188,6 +190,66 @@ class RedisStore:
             for r in rows
             if r.state in OPEN_STATES and r.lease_until <= now and r.next_attempt_at <= now
         ]
+
+    def _voided_key(self, payer: str) -> str:
+        return f"{self._prefix}voided:{payer.lower()}"
+
+    async def void_payer(self, entry: VoidedPayer) -> None:
+        # The entry's own key expires when the refusal does; the index is pruned as it is read.
+        payer = entry.payer.lower()
+        fields = {
+            "until": repr(entry.until),
+            "reason": entry.reason,
+            "voided_at": repr(entry.voided_at),
+            "receipt_id": entry.receipt_id or "",
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._voided_key(payer))
+            pipe.hset(self._voided_key(payer), mapping=fields)  # type: ignore[arg-type]
+            pipe.pexpireat(self._voided_key(payer), max(int(entry.until * 1000), 1))
+            pipe.zadd(self._voided, {payer: entry.until})
+            await pipe.execute()
+
+    @staticmethod
+    def _voided_entry(payer: str, raw: dict[str, str]) -> VoidedPayer:
+        return VoidedPayer(
+            payer=payer,
+            until=float(raw["until"]),
+            reason=raw["reason"],
+            voided_at=float(raw["voided_at"]),
+            receipt_id=raw.get("receipt_id") or None,
+        )
+
+    async def voided_payer(self, payer: str, now: float) -> VoidedPayer | None:
+        raw = await self._redis.hgetall(self._voided_key(payer))
+        if not raw:
+            return None
+        entry = self._voided_entry(payer.lower(), {str(k): str(v) for k, v in raw.items()})
+        return entry if entry.until > now else None
+
+    async def voided_payers(self, now: float, limit: int = 100) -> list[VoidedPayer]:
+        # Prune what has expired by the clock (``now`` may be a question about the future).
+        await self._redis.zremrangebyscore(self._voided, "-inf", min(now, time.time()))
+        payers = _strings(await self._redis.zrangebyscore(self._voided, f"({now!r}", "+inf"))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for payer in payers:
+                pipe.hgetall(self._voided_key(payer))
+            raws = await pipe.execute()
+        entries = [
+            self._voided_entry(payer, {str(k): str(v) for k, v in raw.items()})
+            for payer, raw in zip(payers, raws, strict=True)
+            if raw
+        ]
+        entries = [e for e in entries if e.until > now]
+        entries.sort(key=lambda e: e.voided_at, reverse=True)
+        return entries[:limit]
+
+    async def clear_voided_payer(self, payer: str) -> bool:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._voided_key(payer))
+            pipe.zrem(self._voided, payer.lower())
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
 
     async def list(
         self, states: Collection[LedgerState] | None = None, limit: int = 100, offset: int = 0

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from x402_meter.store.base import LedgerState, PaymentRecord
+from x402_meter.store.base import LedgerState, PaymentRecord, VoidedPayer
 
 _T = TypeVar("_T")
 
@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS x402_payments (
 CREATE INDEX IF NOT EXISTS x402_payments_open ON x402_payments (next_attempt_at)
     WHERE state IN ('verified', 'to_settle');
 CREATE INDEX IF NOT EXISTS x402_payments_created ON x402_payments (created_at);
+CREATE TABLE IF NOT EXISTS x402_voided_payers (
+    payer TEXT PRIMARY KEY,
+    until REAL NOT NULL,
+    reason TEXT NOT NULL,
+    voided_at REAL NOT NULL,
+    receipt_id TEXT
+);
 """
 
 _COLUMNS: Final = (
@@ -67,6 +74,7 @@ _COLUMNS: Final = (
     " next_attempt_at, lease_owner, lease_until"
 )
 _OPEN: Final = "('verified', 'to_settle')"
+_VOIDED_COLUMNS: Final = "payer, until, reason, voided_at, receipt_id"
 _SWEEP_EVERY: Final = 4096
 
 
@@ -239,6 +247,52 @@ class SQLiteStore:
             return [_record(row) for row in rows]
 
         return await self._run(due)
+
+    async def void_payer(self, entry: VoidedPayer) -> None:
+        row = (entry.payer.lower(), entry.until, entry.reason, entry.voided_at, entry.receipt_id)
+        now = time.time()
+
+        def void(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM x402_voided_payers WHERE until <= ?", (now,))  # forgotten
+            db.execute(
+                f"INSERT OR REPLACE INTO x402_voided_payers ({_VOIDED_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+
+        await self._run(void)
+
+    async def voided_payer(self, payer: str, now: float) -> VoidedPayer | None:
+        def get(db: sqlite3.Connection) -> VoidedPayer | None:
+            row = db.execute(
+                f"SELECT {_VOIDED_COLUMNS} FROM x402_voided_payers WHERE payer = ? AND until > ?",
+                (payer.lower(), now),
+            ).fetchone()
+            return None if row is None else VoidedPayer(*row)
+
+        return await self._run(get)
+
+    async def voided_payers(self, now: float, limit: int = 100) -> list[VoidedPayer]:
+        def select(db: sqlite3.Connection) -> list[VoidedPayer]:
+            rows = db.execute(
+                f"SELECT {_VOIDED_COLUMNS} FROM x402_voided_payers WHERE until > ?"
+                " ORDER BY voided_at DESC LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [VoidedPayer(*row) for row in rows]
+
+        return await self._run(select)
+
+    async def clear_voided_payer(self, payer: str) -> bool:
+        now = time.time()
+
+        def clear(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "DELETE FROM x402_voided_payers WHERE payer = ? AND until > ?", (payer.lower(), now)
+            )
+            return cursor.rowcount > 0
+
+        return await self._run(clear)
 
     async def list(
         self, states: Collection[LedgerState] | None = None, limit: int = 100, offset: int = 0
