@@ -178,7 +178,20 @@ def _metered(app: ASGIApp) -> ASGIApp:
         routes=[f"POST {PATH}"],
         store=os.environ["X402_BENCH_STORE"],
         meter=_counts_nothing if os.environ.get("X402_BENCH_NULL_METER") else auto_meter,
+        **_extra_options(),
     )
+
+
+def _extra_options() -> dict[str, Any]:
+    """``$X402_BENCH_METER_OPTIONS`` (JSON): options that the x402_meter being served knows
+    (an older tree, for a baseline, is served without the ones it lacks)."""
+    import inspect
+
+    from x402_meter.config import MeterConfig
+
+    known = inspect.signature(MeterConfig.create).parameters
+    extra = json.loads(os.environ.get("X402_BENCH_METER_OPTIONS", "{}"))
+    return {name: value for name, value in extra.items() if name in known}
 
 
 class _NothingCounted:

@@ -64,28 +64,28 @@ async def read_request_body(
     declared = declared_length(scope)
     if declared is not None and declared > limit:
         raise _too_large(limit)
-    body = bytearray()
+    chunks: list[bytes] = []  # kept as they came: no copy until the end, none grown
+    size = 0
     try:
         with anyio.fail_after(time_limit):
             while True:
                 message = await receive()
                 if message["type"] != "http.request":
-                    return RequestBody(bytes(body), message)
+                    return RequestBody(b"".join(chunks), message)
                 chunk: bytes = message.get("body", b"")
-                if len(body) + len(chunk) > limit:
+                if size + len(chunk) > limit:
                     raise _too_large(limit)
                 if not budget.take(len(chunk)):
-                    budget.give_back(len(body))
-                    body = bytearray()
                     raise RequestRefusedError(
                         "server_busy",
                         "too many request bodies are being read at once; try again shortly",
                         status_code=503,
                         retry_after=BUSY_RETRY_AFTER_SECONDS,
                     )
-                body += chunk
+                chunks.append(chunk)
+                size += len(chunk)
                 if not message.get("more_body", False):
-                    return RequestBody(bytes(body), None)
+                    return RequestBody(b"".join(chunks), None)
     except TimeoutError:
         raise RequestRefusedError(
             "request_timeout",
@@ -93,7 +93,7 @@ async def read_request_body(
             status_code=408,
         ) from None
     finally:
-        budget.give_back(len(body))
+        budget.give_back(size)
 
 
 def _too_large(limit: int) -> RequestRefusedError:
