@@ -5,9 +5,10 @@ POST /v1/chat/completions streams the offline stub model's answer, metered. With
 free route) is called in the same process, so a test can stop the facilitator or kill the
 server while streams are open, on an event instead of a timer. With ``?per_second=N`` it
 streams without end, N chunks a second, as a model that never stops would: only the meter
-can end it. ``$X402_TEST_METER_OPTIONS`` (JSON) adds middleware options; those the
-x402_meter being served does not know are left out, so that the tests can be run against
-older code to show that they fail there.
+can end it. ``GET /runs`` (free) says how many times it has run, so a test can tell that an
+unpaid request never reached the model. ``$X402_TEST_METER_OPTIONS`` (JSON) adds middleware
+options; those the x402_meter being served does not know are left out, so that the tests
+can be run against older code to show that they fail there.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from x402_meter.settlement import RetryPolicy
 
 release = anyio.Event()
 app = FastAPI()
+app.state.runs = 0
 
 
 @app.post("/v1/chat/completions")
 async def chat(request: Request, hold_after: int = -1, per_second: int = 0) -> StreamingResponse:
+    request.app.state.runs += 1
     body = await request.json()
     if per_second > 0:
         return StreamingResponse(endless(per_second), media_type="text/event-stream")
@@ -65,6 +68,11 @@ async def endless(per_second: int) -> AsyncIterator[bytes]:
     while True:
         yield word_chunk(" word")
         await anyio.sleep(1 / per_second)  # the model's pace, not a wait in a test
+
+
+@app.get("/runs")
+async def count_runs(request: Request) -> dict[str, int]:
+    return {"runs": request.app.state.runs}
 
 
 @app.post("/release")

@@ -38,12 +38,11 @@ def uvicorn_server(
     *,
     workers: int = 1,
     facilitator_url: str | None = None,
-    app: str = "tests.fault_app:app",
     uvicorn_args: Sequence[str] = (),
     command_prefix: Sequence[str] = (),
     meter_options: dict[str, Any] | None = None,
 ) -> Iterator[Server]:
-    """``app`` (tests/fault_app.py) in its own uvicorn process (or ``workers`` of them on
+    """tests/fault_app.py in its own uvicorn process (or ``workers`` of them on
     one port); ``uvicorn_args`` are added to uvicorn's command line (``--root-path``...);
     ``command_prefix`` runs it under another command (``unshare``, for another clock);
     ``meter_options`` are added to its middleware's options."""
@@ -62,7 +61,7 @@ def uvicorn_server(
         sys.executable,
         "-m",
         "uvicorn",
-        app,
+        "tests.fault_app:app",
         "--host",
         "127.0.0.1",
         "--port",

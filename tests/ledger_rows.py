@@ -1,9 +1,11 @@
-"""Ledger rows for store and settlement tests."""
+"""Ledger rows for store and settlement tests, and the ledger CLI run as a user runs it."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from typing import Any
 
 from x402_meter.store import LedgerState, PaymentRecord
@@ -39,3 +41,14 @@ def payment_row(receipt_id: str = "r1", **changes: Any) -> PaymentRecord:
         updated_at=1_700_000_000.0,
     )
     return dataclasses.replace(row, **changes)
+
+
+def ledger(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``x402-meter ledger --store STORE_URL ARGS...`` in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "x402_meter", "ledger", "--store", store_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -4,8 +4,6 @@ tests use the real one): retries, permanent refusals, reconciliation, recovery, 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from x402.schemas import SettleResponse
 
-from tests.ledger_rows import payment_row
+from tests.ledger_rows import ledger, payment_row
 from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metrics import PrometheusMetrics
@@ -200,16 +198,6 @@ async def test_metrics_count_settlements_and_amounts() -> None:
     assert registry.get_sample_value("x402_meter_settlements_pending") == 0
     assert (
         registry.get_sample_value("x402_meter_settlement_seconds_count", {"state": "settled"}) == 1
-    )
-
-
-def ledger(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "x402_meter", "ledger", "--store", store_url, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
 
 

@@ -59,7 +59,6 @@ def test_under_uvicorn_root_path_unpaid_requests_are_challenged(
             x402_local_stack,
             "memory://",
             tmp_path / "uvicorn.log",
-            app="tests.security.routing_app:app",
             uvicorn_args=["--root-path", "/api"],
         ) as server,
         httpx.Client(base_url=server.url) as client,

@@ -11,8 +11,6 @@ a held stream ran past its authorization's deadline.
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +26,7 @@ from x402.schemas import PaymentRequired
 
 from tests.examples.conftest import fund, new_funded_payer
 from tests.fault_harness import uvicorn_server
+from tests.ledger_rows import ledger
 from tests.sdk_payer import sign
 from tests.test_faults import CHAT, PRICE_ATOMIC, balance, settled_receipt
 from x402_meter.devstack import LocalStack
@@ -101,16 +100,6 @@ async def events_after(response: httpx.Response, action: Callable[[], None]) -> 
             action()
             acted = True
     return after
-
-
-def ledger(store_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "x402_meter", "ledger", "--store", store_url, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("how", ["nonce", "funds", "approval"])
