@@ -209,6 +209,24 @@ async def test_a_payment_for_less_than_the_maximum_is_refused_before_the_facilit
     assert calls["count"] == 0
 
 
+async def test_an_authorization_too_close_to_its_deadline_is_refused_before_it_is_used(
+    x402_local_stack: LocalStack, served: tuple[str, dict[str, int]]
+) -> None:
+    """An answer paid by it could not be settled before the deadline (``expiry_margin``)."""
+    base, calls = served
+    async with httpx.AsyncClient() as client:
+        challenge = await client.post(f"{base}/v1/chat/completions", json=CHAT)
+        header = base64.b64decode(challenge.headers["payment-required"])
+        accepted = PaymentRequired.model_validate_json(header).accepts[0]
+        short = accepted.model_copy(update={"max_timeout_seconds": 15})  # the margin is 20 s
+        payload = await sign(x402_local_stack, payer(x402_local_stack)[0], short)
+        signed = {"PAYMENT-SIGNATURE": encode_payment_signature_header(payload)}
+        response = await client.post(f"{base}/v1/chat/completions", json=CHAT, headers=signed)
+    assert response.status_code == 402
+    assert response.json()["reason"] == "payment_expires_too_soon"
+    assert calls["count"] == 0
+
+
 async def test_twenty_concurrent_copies_of_one_payment_serve_exactly_one_response(
     x402_local_stack: LocalStack, served: tuple[str, dict[str, int]]
 ) -> None:

@@ -348,6 +348,12 @@ class _PaidExchange:
             payload = decode_payment(header, max_bytes=self.config.max_payment_header_bytes)
             now = int(time.time())
             authorization = check_payment(payload, offer, now=now, resource_url=self.resource_url)
+            if authorization.expires_at - self.config.expiry_margin <= now:
+                # Nothing served now could be settled in time: refused before it is reserved.
+                raise PaymentError(
+                    "payment_expires_too_soon",
+                    f"the authorization must be valid for more than {self.config.expiry_margin} s",
+                )
             await refuse_voided_payer(self.runtime.store, authorization.payer, self._voided_for)
             if not await self.runtime.store.reserve(authorization.key, authorization.expires_at):
                 raise PaymentAlreadyUsedError()
@@ -473,11 +479,6 @@ class _PaidExchange:
         now = time.time()
         settler = self.runtime.settler
         self.end_at = authorization.expires_at - self.config.expiry_margin
-        if self.end_at <= now:  # nothing served now could be settled in time
-            await self.runtime.store.release(authorization.key)
-            message = f"the authorization must be valid for more than {self.config.expiry_margin} s"
-            await self._refuse(offer, "payment_expires_too_soon", message, 402)
-            return
         self.offer = offer
         self.authorization = authorization
         self.record = PaymentRecord(
