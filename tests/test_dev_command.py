@@ -1,21 +1,25 @@
-"""`x402-meter dev` starts the whole stack, reports it once, and leaves nothing behind."""
+"""`x402-meter dev` starts the whole stack, reports it once, and leaves nothing behind.
+
+What it prints is what a developer pastes: the funded dev accounts' keys and export lines
+that an example app and a paying client run on, on ports that can be fixed so that a
+restarted stack keeps them. Setup problems are one line and exit status 2.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
 import socket
-import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from eth_account import Account
+
+from tests.dev_command import dev_stack
 
 EXPECTED_KEYS = {
     "rpc_url",
@@ -59,29 +63,12 @@ def port_is_closed(url: str) -> bool:
         return sock.connect_ex((parts.hostname, parts.port)) != 0
 
 
-@contextmanager
-def dev_stack() -> Iterator[tuple[subprocess.Popen[str], dict[str, object]]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "x402_meter", "dev", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        yield process, json.loads(line)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc and uses pidfds")
 def test_dev_prints_one_json_line_and_stops_everything_on_sigterm() -> None:
     with dev_stack() as (process, info):
         assert set(info) >= EXPECTED_KEYS
         assert info["network"] == f"eip155:{info['chain_id']}"
+        assert_payers_and_env(info)
         supported = httpx.get(f"{info['facilitator_url']}/supported").json()
         assert {kind["scheme"] for kind in supported["kinds"]} == {"exact", "upto"}
         verify = f"{info['facilitator_url']}/verify"
@@ -111,3 +98,25 @@ def test_children_die_with_a_killed_dev_process() -> None:
     assert all(wait_for_exit(child, timeout=10) for child in children)
     assert port_is_closed(str(info["rpc_url"]))
     assert port_is_closed(str(info["facilitator_url"]))
+
+
+def assert_payers_and_env(info: dict[str, object]) -> None:
+    """The JSON's added fields: each payer's key is its address's, and the exports agree."""
+    payers = info["payers"]
+    assert isinstance(payers, list)
+    assert [payer["private_key"] for payer in payers] == info["payer_private_keys"]
+    for payer in payers:
+        assert Account.from_key(payer["private_key"]).address == payer["address"]
+    assert "PUBLIC" in str(info["payer_keys_note"])
+    assert info["env"] == {
+        "X402_NETWORK": info["network"],
+        "X402_RPC_URL": info["rpc_url"],
+        "X402_FACILITATOR_URL": info["facilitator_url"],
+        "X402_FACILITATOR_API_KEY": info["facilitator_api_key"],
+        "X402_PAY_TO": info["pay_to"],
+        "X402_ASSET": info["asset"],
+        "X402_ASSET_NAME": info["asset_name"],
+        "X402_ASSET_VERSION": info["asset_version"],
+        "X402_ASSET_DECIMALS": str(info["asset_decimals"]),
+        "X402_PAYER_PRIVATE_KEY": payers[0]["private_key"],
+    }

@@ -1,4 +1,7 @@
-"""The ``x402-meter`` command: ``dev``, ``facilitator``, ``demo`` and ``ledger``."""
+"""The ``x402-meter`` command: ``dev``, ``facilitator``, ``demo`` and ``ledger``.
+
+Help texts are plain text (this docstring is not shown): ``--help`` is read in a terminal.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,11 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
+from x402_meter.devstack.anvil import ANVIL_ENV, AnvilInstallError, AnvilNotFoundError
+from x402_meter.devstack.ports import PortInUseError
+from x402_meter.devstack.processes import StartupError
 from x402_meter.facilitator_access import (
     API_KEYS_ENV,
     PAY_TO_ENV,
@@ -24,35 +31,86 @@ from x402_meter.facilitator_server import PRIVATE_KEY_ENV, FacilitatorConfigErro
 
 logger = logging.getLogger("x402_meter.facilitator")
 
+SETUP_ERRORS: Final = (
+    AnvilNotFoundError,
+    AnvilInstallError,
+    PortInUseError,
+    FacilitatorAccessError,
+)
+"""What a user fixes on their side: one line naming the fix, exit status 2."""
+
+
+DEV_API_KEY_ENV: Final = "X402_METER_DEV_API_KEY"
+"""A fixed API key for ``x402-meter dev``'s facilitator (a dev key: the stack is local)."""
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 meaning a free one the kernel picks."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65534:  # 65534: --port also takes the next one
+        raise argparse.ArgumentTypeError(f"a port is 0-65534, got {port}")
+    return port
+
+
+def _dev_ports(args: argparse.Namespace) -> tuple[int, int]:
+    """(rpc, facilitator): --rpc-port/--facilitator-port, else from --port, else 0 (free)."""
+    base: int | None = args.port
+    rpc = args.rpc_port if args.rpc_port is not None else (base or 0)
+    facilitator = args.facilitator_port
+    if facilitator is None:
+        facilitator = base + 1 if base else 0
+    return rpc, facilitator
+
+
+def _ensure_anvil(install: bool) -> None:
+    """Fail fast, in one line, when anvil is missing; install it first if asked to."""
+    from x402_meter.devstack.anvil import find_anvil, install_anvil, npm_package
+
+    try:
+        find_anvil()
+    except AnvilNotFoundError:
+        if not install or os.environ.get(ANVIL_ENV):
+            raise
+        print(f"anvil not found: installing {npm_package()} with npm", file=sys.stderr)
+        print(f"anvil installed: {install_anvil()}", file=sys.stderr, flush=True)
+
 
 def _cmd_dev(args: argparse.Namespace) -> int:
     from x402_meter.devstack import local_stack
+    from x402_meter.devstack.dev_report import json_report, summary
 
+    api_key = args.api_key or os.environ.get(DEV_API_KEY_ENV) or None
+    if api_key is not None:
+        ApiKeys([api_key])  # the facilitator's own rules, checked before anything starts
+    _ensure_anvil(args.install_anvil)
+    rpc_port, facilitator_port = _dev_ports(args)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     started = time.perf_counter()
-    with local_stack(chain_id=args.chain_id) as stack:
-        elapsed = time.perf_counter() - started
-        if args.json:
-            print(json.dumps(stack.as_json_dict()), flush=True)
-        else:
-            print(
-                f"x402-meter local stack ready in {elapsed:.2f}s\n"
-                f"  chain        {stack.rpc_url}  ({stack.network})\n"
-                f"  facilitator  {stack.facilitator_url}\n"
-                f"  api key      {stack.facilitator_api_key}  (this stack's facilitator;"
-                " Authorization: Bearer, X402Meter(facilitator_api_key=...))\n"
-                f"  asset        {stack.asset}  ({stack.asset_name} v{stack.asset_version},"
-                f" {stack.asset_decimals} decimals)\n"
-                f"  pay_to       {stack.pay_to}\n"
-                f"  payers       {len(stack.payer_private_keys)} funded anvil dev accounts"
-                " (well-known public keys: local use only)\n"
-                "Press Ctrl-C to stop.",
-                flush=True,
-            )
-        print(f"ready in {elapsed:.3f}s", file=sys.stderr, flush=True)
-        stop.wait()
+    try:
+        with local_stack(
+            chain_id=args.chain_id,
+            rpc_port=rpc_port,
+            facilitator_port=facilitator_port,
+            facilitator_api_key=api_key,
+        ) as stack:
+            elapsed = time.perf_counter() - started
+            if args.json:
+                print(json.dumps(json_report(stack)), flush=True)
+            else:
+                stable = bool(rpc_port and facilitator_port and api_key)
+                print(summary(stack, elapsed, stable=stable), flush=True)
+            print(f"ready in {elapsed:.3f}s", file=sys.stderr, flush=True)
+            stop.wait()
+    except PortInUseError as exc:  # raised before anything starts
+        raise PortInUseError(
+            f"{exc}: choose others with --port BASE (or --rpc-port, --facilitator-port),"
+            " or leave them out for free ones"
+        ) from None
     return 0
 
 
@@ -125,20 +183,82 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+DESCRIPTION: Final = """\
+Charge per token for LLM APIs with x402 payments: a local dev stack, a self-hosted
+facilitator, an end-to-end demo and the payment ledger."""
+
+DEV_DESCRIPTION: Final = f"""\
+Run the local x402 stack until Ctrl-C: an anvil dev chain, a USDC-like test token,
+Permit2 and the x402 upto proxy, funded payers and a facilitator over HTTP.
+
+It prints the funded dev accounts with their keys (anvil's well-known dev keys: public,
+for the local chain only), the seller (pay_to), the facilitator's URL and API key, and
+export lines to paste into the shells of your app and your paying client.
+
+Ports are free ones picked anew on each run unless fixed; the API key is random unless
+given. Fix both and a restarted stack keeps the exports you pasted:
+  x402-meter dev --port 8545 --api-key my-local-dev-key-1234
+
+anvil comes from npm; if it is missing, --install-anvil installs it (npm is needed), or
+set {ANVIL_ENV} to an anvil binary."""
+
+FACILITATOR_DESCRIPTION: Final = f"""\
+Self-host an x402 facilitator (exact and upto) for an EVM chain. The settling account's
+key comes from ${PRIVATE_KEY_ENV}, never from the command line. /verify and /settle
+need an API key and serve only the listed payees, unless --insecure-no-auth and
+--any-pay-to say otherwise.
+
+  export {PRIVATE_KEY_ENV}=0x...
+  export {API_KEYS_ENV}="$(openssl rand -hex 32)"
+  x402-meter facilitator --rpc-url https://sepolia.base.org --network eip155:84532 \\
+      --pay-to 0xYourSellerAddress"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="x402-meter", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    """The whole command line; every help text is plain text (tests/test_cli_help.py)."""
+    parser = argparse.ArgumentParser(
+        prog="x402-meter", description=DESCRIPTION, formatter_class=PlainFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     dev = commands.add_parser(
-        "dev", help="run the local stack (chain, token, facilitator) until Ctrl-C"
+        "dev",
+        help="run the local stack (chain, token, facilitator) until Ctrl-C",
+        description=DEV_DESCRIPTION,
+        formatter_class=PlainFormatter,
     )
-    dev.add_argument("--json", action="store_true", help="print one JSON line once ready")
-    dev.add_argument("--chain-id", type=int, default=31337)
+    dev.add_argument(
+        "--json", action="store_true", help="print one JSON line once ready (for scripts)"
+    )
+    dev.add_argument("--chain-id", type=int, default=31337, help="default: 31337")
+    dev.add_argument(
+        "--port",
+        type=_port,
+        metavar="BASE",
+        help="fixed ports: the chain RPC on BASE, the facilitator on BASE+1",
+    )
+    dev.add_argument("--rpc-port", type=_port, metavar="PORT", help="the chain RPC's port")
+    dev.add_argument(
+        "--facilitator-port", type=_port, metavar="PORT", help="the facilitator's port"
+    )
+    dev.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"a fixed dev API key for the facilitator (16+ characters); also ${DEV_API_KEY_ENV};"
+        " default: a random one per run",
+    )
+    dev.add_argument(
+        "--install-anvil",
+        action="store_true",
+        help=f"if anvil is missing, npm install it into {_anvil_cache_hint()}",
+    )
     dev.set_defaults(handler=_cmd_dev)
 
     facilitator = commands.add_parser(
         "facilitator",
         help=f"self-host an x402 facilitator for an EVM chain (key from ${PRIVATE_KEY_ENV})",
+        description=FACILITATOR_DESCRIPTION,
+        formatter_class=PlainFormatter,
     )
     facilitator.add_argument("--rpc-url", required=True)
     facilitator.add_argument("--network", required=True, help="CAIP-2 id, e.g. eip155:8453")
@@ -166,7 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     facilitator.set_defaults(handler=_cmd_facilitator)
 
-    demo = commands.add_parser("demo", help="pay for tokens on the local stack, end to end")
+    demo = commands.add_parser(
+        "demo",
+        help="pay for tokens on the local stack, end to end",
+        description="Start the local stack and a metered app, then pay for tokens with the"
+        " openai package through the paying client, end to end.",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     from x402_meter import ledger_cli
@@ -175,8 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class PlainFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and indented examples as written."""
+
+
+def _anvil_cache_hint() -> str:
+    from x402_meter.devstack.anvil import anvil_cache_dir
+
+    return str(anvil_cache_dir())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; a setup problem is one line on stderr (exit 2), not a traceback."""
     args = build_parser().parse_args(argv)
     handler = args.handler
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+    except SETUP_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:  # a child process died: its last lines say why
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return result

@@ -1,11 +1,7 @@
 """``x402-meter ledger``: look into, retry and export the payment ledger of any store.
 
-x402-meter ledger --store sqlite:///x402-meter.sqlite3 list --state failed
-x402-meter ledger --store redis://127.0.0.1:6379/0 show <receipt id>
-x402-meter ledger --store ... retry <receipt id> --facilitator-url https://...
-x402-meter ledger --store ... export --format csv > payments.csv
-x402-meter ledger --store ... voided                  # payers refused for voiding a payment
-x402-meter ledger --store ... clear-voided <payer>    # serve such a payer again
+``--store`` is accepted before the action and after it (``ledger list --store X`` is how
+people type it); ``DESCRIPTION`` is the command's plain-text help.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import anyio
 
@@ -34,6 +30,17 @@ from x402_meter.store import (
     open_store,
 )
 
+DESCRIPTION: Final = """\
+Look into, retry and export the payment ledger of any store. --store goes before or
+after the action; without it, $X402_METER_STORE, else the default store.
+
+  x402-meter ledger list --store sqlite:///x402-meter.sqlite3 --state failed
+  x402-meter ledger show RECEIPT_ID --store redis://127.0.0.1:6379/0
+  x402-meter ledger retry RECEIPT_ID --facilitator-url https://...
+  x402-meter ledger export --format csv > payments.csv
+  x402-meter ledger voided                  (payers refused for voiding a payment)
+  x402-meter ledger clear-voided PAYER      (serve such a payer again)"""
+
 EXPORT_FIELDS = [
     field.name
     for field in dataclasses.fields(PaymentRecord)
@@ -41,39 +48,60 @@ EXPORT_FIELDS = [
 ]
 
 
-def add_parser(commands: Any) -> None:
-    ledger = commands.add_parser("ledger", help="list, show, retry and export recorded payments")
-    ledger.add_argument(
+def _store_option(default: Any) -> argparse.ArgumentParser:
+    """``--store``, shared by ``ledger`` and each action so that either position works.
+
+    The actions' copy defaults to SUPPRESS: an action without ``--store`` must not
+    overwrite a ``--store`` given before it.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
         "--store",
-        default=None,
+        default=default,
+        metavar="URL",
         help=f"store URL (default: ${STORE_ENV}, else {DEFAULT_STORE_URL})",
     )
-    actions = ledger.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="recent payments, newest first")
+    return parent
+
+
+def add_parser(commands: Any) -> None:
+    ledger = commands.add_parser(
+        "ledger",
+        help="list, show, retry and export recorded payments",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_store_option(None)],
+    )
+    actions = ledger.add_subparsers(dest="action", required=True, metavar="ACTION")
+    store = _store_option(argparse.SUPPRESS)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(
+            name, help=help, description=help[0].upper() + help[1:] + ".", parents=[store]
+        )
+        return parser
+
+    listing = action("list", "recent payments, newest first")
     listing.add_argument("--state", action="append", choices=[s.value for s in LedgerState])
     listing.add_argument("--limit", type=int, default=50)
-    show = actions.add_parser("show", help="one payment, every field, as JSON")
+    show = action("show", "one payment, every field, as JSON")
     show.add_argument("receipt_id")
-    retry = actions.add_parser("retry", help="settle a failed or pending payment again, now")
+    retry = action("retry", "settle a failed or pending payment again, now")
     retry.add_argument("receipt_id")
     retry.add_argument(
         "--facilitator-url", required=True, help=f"its API key, if any, from ${API_KEY_ENV}"
     )
-    export = actions.add_parser("export", help="every payment, as CSV or JSON lines")
+    export = action("export", "every payment, as CSV or JSON lines")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
     export.add_argument("--state", action="append", choices=[s.value for s in LedgerState])
-    voided = actions.add_parser(
-        "voided", help="payers refused (402 payer_voided) for voiding an authorization"
-    )
+    voided = action("voided", "payers refused (402 payer_voided) for voiding an authorization")
     voided.add_argument("--limit", type=int, default=100)
-    clear = actions.add_parser("clear-voided", help="stop refusing a payer that voided")
+    clear = action("clear-voided", "stop refusing a payer that voided")
     clear.add_argument("payer", help="the payer's address")
     ledger.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     url = args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE_URL
     result: int = anyio.run(_dispatch, open_store(url), args)
     return result

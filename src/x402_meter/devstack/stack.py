@@ -4,8 +4,10 @@
 ``x402_local_stack`` are thin wrappers around it. The facilitator runs in its own process
 (the SDK's facilitator does blocking web3 calls), started while the contracts deploy.
 
-The facilitator requires an API key, a fresh random one per stack
-(``LocalStack.facilitator_api_key``), like a production one. It serves any ``payTo``
+The facilitator requires an API key, like a production one: a fresh random one per stack
+(``LocalStack.facilitator_api_key``) unless the caller fixes one, so that a restarted
+``x402-meter dev`` keeps the exports a developer pasted. Ports are picked by the kernel
+unless fixed: every stack (tests start many) gets free ones. It serves any ``payTo``
 (``--any-pay-to``): tests and examples create fresh sellers all the time, and the chain is
 a throwaway one. A production facilitator lists its payees instead.
 """
@@ -29,6 +31,7 @@ from x402.mechanisms.evm.constants import PERMIT2_ADDRESS, X402_UPTO_PERMIT2_PRO
 from x402_meter.devstack.accounts import FACILITATOR, PAYERS, SELLER
 from x402_meter.devstack.anvil import start_anvil
 from x402_meter.devstack.deploy import deploy_token, fund_payers, place_canonical_contracts
+from x402_meter.devstack.ports import LOOPBACK, PortInUseError, ensure_port_free
 from x402_meter.devstack.processes import ChildProcess
 from x402_meter.facilitator_access import API_KEYS_ENV, PAY_TO_ENV
 from x402_meter.facilitator_server import PRIVATE_KEY_ENV
@@ -115,18 +118,33 @@ def wait_for_facilitator(process: ChildProcess, timeout: float = 60) -> str:
 
 
 @contextmanager
-def local_stack(*, chain_id: int = 31337, log_dir: Path | None = None) -> Iterator[LocalStack]:
+def local_stack(
+    *,
+    chain_id: int = 31337,
+    log_dir: Path | None = None,
+    rpc_port: int = 0,
+    facilitator_port: int = 0,
+    facilitator_api_key: str | None = None,
+) -> Iterator[LocalStack]:
     """Start chain, contracts, payers and facilitator; stop every process on exit.
 
     Logs of anvil and the facilitator go to ``log_dir`` (a temporary directory by default).
+    A port of 0 is a free one the kernel picks; a fixed port that is taken raises
+    ``PortInUseError`` before anything starts. ``facilitator_api_key=None``: a random key.
     """
     network = f"eip155:{chain_id}"
+    for port, what in ((rpc_port, "chain RPC"), (facilitator_port, "facilitator")):
+        ensure_port_free(LOOPBACK, port, what)
+    if rpc_port and rpc_port == facilitator_port:
+        raise PortInUseError(f"the chain RPC and the facilitator cannot share port {rpc_port}")
     with ExitStack() as cleanup:
         if log_dir is None:
             log_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="x402-meter-")))
-        anvil = start_anvil(chain_id=chain_id, log_path=log_dir / "anvil.log")
+        anvil = start_anvil(
+            chain_id=chain_id, host=LOOPBACK, port=rpc_port, log_path=log_dir / "anvil.log"
+        )
         cleanup.callback(anvil.stop)
-        api_key = secrets.token_urlsafe(32)
+        api_key = facilitator_api_key or secrets.token_urlsafe(32)
         facilitator = start_facilitator_process(
             rpc_url=anvil.rpc_url,
             network=network,
@@ -134,6 +152,7 @@ def local_stack(*, chain_id: int = 31337, log_dir: Path | None = None) -> Iterat
             api_keys=[api_key],
             pay_to=None,  # tests create fresh sellers: see the module docstring
             log_path=log_dir / "facilitator.log",
+            port=facilitator_port,
         )
         cleanup.callback(facilitator.stop)
 
