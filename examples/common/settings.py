@@ -22,6 +22,8 @@
 - ``X402_CHAT_DEV_ACCOUNT``: FastAPI example only: serve the chat page at ``/chat``, paying
   from anvil's well-known dev account of this index (3 is the demo's payer). Public keys
   holding test funds on the local chain: never set it on a real network.
+- ``X402_CORS_ORIGINS``: the browser origins (``https://chat.example.com,...``, or ``*``)
+  whose pages may call the API and pay from the browser; unset, none but the API's own.
 - ``X402_RPC_URL``: the chain's JSON-RPC URL (the local stack's ``rpc_url``, as printed by
   ``x402-meter dev``), where the chat page's wallet reads its settlements: its spend is what
   the chain proves; unset, every answer counts at its authorized maximum.
@@ -97,6 +99,20 @@ def _dev_account(environ: Mapping[str, str]) -> int | None:
     return int(text)
 
 
+def _origins(environ: Mapping[str, str]) -> tuple[str, ...]:
+    origins = tuple(
+        filter(None, (o.strip() for o in environ.get("X402_CORS_ORIGINS", "").split(",")))
+    )
+    for origin in origins:
+        if origin != "*" and (
+            not origin.startswith(("http://", "https://")) or origin.endswith("/")
+        ):
+            raise ConfigurationError(
+                f"X402_CORS_ORIGINS: each origin is scheme://host[:port] (or *), got {origin!r}"
+            )
+    return origins
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """How an example app is configured; ``Settings.from_env()`` reads the variables above."""
@@ -118,6 +134,8 @@ class Settings:
     upstream_api_key: str | None = field(default=None, repr=False)
     chat_dev_account: int | None = None
     """The anvil dev account (0-9) the chat page pays from; None: no chat page."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins whose pages may call the API from a browser (CORS); empty: none."""
     rpc_url: str | None = None
     """Where the chat page's wallet reads its settlements; None: it counts maxima."""
 
@@ -157,6 +175,7 @@ class Settings:
             upstream_base_url=env.get("UPSTREAM_BASE_URL") or None,
             upstream_api_key=env.get("UPSTREAM_API_KEY") or None,
             chat_dev_account=_dev_account(env),
+            cors_origins=_origins(env),
             rpc_url=env.get("X402_RPC_URL") or None,
         )
 
