@@ -11,8 +11,7 @@
   ``exact``, from a second ``X402Meter`` around its own sub-app;
 - ``GET /v1/models``: the models and their prices (free);
 - ``GET /x402/receipts/{id}``: receipts (served by the middleware);
-- ``GET /chat``: with ``X402_CHAT_DEV_ACCOUNT`` set (local stack only), a chat page that
-  pays from that anvil dev account, on the server side.
+- ``GET /chat``: a chat page that pays from the browser (``chat.py``).
 
 Browsers on the origins in ``X402_CORS_ORIGINS`` may call it and pay (CORS, with the headers
 of ``x402_meter.cors``).
@@ -104,8 +103,7 @@ def create_app(
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": settings.models()}
 
-    if settings.chat_dev_account is not None:  # local stack only: see chat.py
-        app.include_router(chat_router(settings))
+    app.include_router(chat_router(settings))
 
     # A route whose endpoint is an ASGI app (not a Mount: the receipt path stays /x402/...).
     app.router.routes.append(Route(FLAT_PATH, flat_meter, methods=["POST"]))
