@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo dev test lint format contracts bench clean docs
+CHAT_JS := examples/fastapi_app/chat_page/build/x402-chat.js
+
+.PHONY: install demo dev test lint format contracts bench clean docs chat
 
 $(STAMP): pyproject.toml package.json package-lock.json
 	@command -v redis-server >/dev/null && command -v chromium >/dev/null || { \
@@ -19,7 +21,12 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(CHAT_JS)
+
+$(CHAT_JS): examples/fastapi_app/chat_page/chat.mjs package-lock.json | $(STAMP)
+	npm run --silent build:chat
+
+chat: $(CHAT_JS)  ## bundle the chat page's script (the x402 TypeScript client, from npm)
 
 demo: $(STAMP)  ## install, then pay for tokens end to end on the local stack
 	$(BIN)/x402-meter demo

@@ -19,12 +19,11 @@
 - ``UPSTREAM_BASE_URL``: an OpenAI-compatible API, e.g. ``https://api.openai.com/v1``;
   unset, the answers come from the offline stub model.
 - ``UPSTREAM_API_KEY``: its API key (sent upstream only, never to callers).
-- ``X402_CHAT_DEV_ACCOUNT``: FastAPI example only: serve the chat page at ``/chat``, paying
-  from anvil's well-known dev account of this index (3 is the demo's payer). Public keys
-  holding test funds on the local chain: never set it on a real network.
-- ``X402_RPC_URL``: the chain's JSON-RPC URL (the local stack's ``rpc_url``, as printed by
-  ``x402-meter dev``), where the chat page's wallet reads its settlements: its spend is what
-  the chain proves; unset, every answer counts at its authorized maximum.
+- ``X402_CORS_ORIGINS``: the browser origins (``https://chat.example.com,...``, or ``*``)
+  whose pages may call the API and pay from the browser; unset, none but the API's own.
+- ``X402_RPC_URL``: a JSON-RPC URL of the chain (the local stack's ``rpc_url``, as printed by
+  ``x402-meter dev``), given to the chat page to read its wallet's balance; on the local
+  chain (``eip155:31337``) the page then also offers anvil's public dev accounts.
 """
 
 from __future__ import annotations
@@ -86,15 +85,18 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def _dev_account(environ: Mapping[str, str]) -> int | None:
-    text = environ.get("X402_CHAT_DEV_ACCOUNT")
-    if not text:
-        return None
-    if not text.isdigit() or not 0 <= int(text) <= 9:
-        raise ConfigurationError(
-            f"X402_CHAT_DEV_ACCOUNT must be an anvil dev account index 0-9, got {text!r}"
-        )
-    return int(text)
+def _origins(environ: Mapping[str, str]) -> tuple[str, ...]:
+    origins = tuple(
+        filter(None, (o.strip() for o in environ.get("X402_CORS_ORIGINS", "").split(",")))
+    )
+    for origin in origins:
+        if origin != "*" and (
+            not origin.startswith(("http://", "https://")) or origin.endswith("/")
+        ):
+            raise ConfigurationError(
+                f"X402_CORS_ORIGINS: each origin is scheme://host[:port] (or *), got {origin!r}"
+            )
+    return origins
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +118,10 @@ class Settings:
     premium_max_tokens: int = 512
     upstream_base_url: str | None = None
     upstream_api_key: str | None = field(default=None, repr=False)
-    chat_dev_account: int | None = None
-    """The anvil dev account (0-9) the chat page pays from; None: no chat page."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins whose pages may call the API from a browser (CORS); empty: none."""
     rpc_url: str | None = None
-    """Where the chat page's wallet reads its settlements; None: it counts maxima."""
+    """Given to the chat page, to read its wallet's balance; None: it asks the wallet."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -156,7 +158,7 @@ class Settings:
             premium_max_tokens=_int(env, "X402_PREMIUM_MAX_TOKENS", 512),
             upstream_base_url=env.get("UPSTREAM_BASE_URL") or None,
             upstream_api_key=env.get("UPSTREAM_API_KEY") or None,
-            chat_dev_account=_dev_account(env),
+            cors_origins=_origins(env),
             rpc_url=env.get("X402_RPC_URL") or None,
         )
 

@@ -11,8 +11,10 @@
   ``exact``, from a second ``X402Meter`` around its own sub-app;
 - ``GET /v1/models``: the models and their prices (free);
 - ``GET /x402/receipts/{id}``: receipts (served by the middleware);
-- ``GET /chat``: with ``X402_CHAT_DEV_ACCOUNT`` set (local stack only), a chat page that
-  pays from that anvil dev account, on the server side.
+- ``GET /chat``: a chat page that pays from the browser (``chat.py``).
+
+Browsers on the origins in ``X402_CORS_ORIGINS`` may call it and pay (CORS, with the headers
+of ``x402_meter.cors``).
 
 The answers come from the offline stub model, or from ``UPSTREAM_BASE_URL`` when it is set.
 """
@@ -25,12 +27,14 @@ from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from examples.common.settings import Settings, price_table
 from examples.common.upstream import Upstream, upstream_from
 from examples.fastapi_app.chat import chat_router
 from x402_meter import PaymentStore, X402Meter, metered
+from x402_meter.cors import ALLOW_HEADERS, EXPOSE_HEADERS
 from x402_meter.store import open_store
 
 CHAT_PATH: Final = "/v1/chat/completions"
@@ -99,8 +103,7 @@ def create_app(
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": settings.models()}
 
-    if settings.chat_dev_account is not None:  # local stack only: see chat.py
-        app.include_router(chat_router(settings))
+    app.include_router(chat_router(settings))
 
     # A route whose endpoint is an ASGI app (not a Mount: the receipt path stays /x402/...).
     app.router.routes.append(Route(FLAT_PATH, flat_meter, methods=["POST"]))
@@ -113,6 +116,16 @@ def create_app(
         shape_requests=True,  # ask the model for its usage report; never let it run past the cap
         description="chat completion, per token",
     )
+    if settings.cors_origins:
+        # Added last, so outermost: preflights are answered here (never metered, never
+        # reaching an endpoint) and the meter's own 402s and receipts get the headers too.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=ALLOW_HEADERS,
+            expose_headers=EXPOSE_HEADERS,
+        )
     return app
 
 

@@ -1,12 +1,20 @@
 // Drives the FastAPI example's chat page in headless Chromium and reports what it showed.
 //
-//   node tests/examples/chat_page.cjs <base url> <screenshot.png> <empty user-data-dir>
+//   node tests/examples/chat_page.cjs '<json plan>'
+//
+// The plan: {url, screenshot, profile, wallet, turns: [{plan, question, stopAfter?}], injected?}.
+// `wallet` is the page's wallet choice ("dev:9", "injected"). With `injected` =
+// {privateKey, rpcUrl}, the page gets a `window.ethereum` (EIP-1193) like a wallet
+// extension's: the key stays here, outside the page, which asks for each signature
+// (eth_signTypedData_v4); everything else goes to the chain's RPC.
+// `stopAfter`: click Stop once the answer shows this text.
 //
 // The browser is Debian's /usr/bin/chromium (or $CHROMIUM), driven by the npm package
 // playwright-core: nothing is downloaded. Prints one JSON object on stdout.
 "use strict";
 
 const { chromium } = require("playwright-core");
+const { privateKeyToAccount } = require("viem/accounts");
 
 const FLAGS = [
   "--headless",
@@ -17,33 +25,79 @@ const FLAGS = [
   "--disable-component-update",
   "--disable-sync",
 ];
-const TURNS = [
-  { plan: "local-stub:token", question: "What is x402, in two sentences?" },
-  { plan: "local-stub-pro:flat", question: "And how is this answer paid for?" },
-];
 const BOUND_MS = 60_000; // a guard against a hang, not a timing assertion
 
+function walletExtension({ privateKey, rpcUrl }, signatures) {
+  const account = privateKeyToAccount(privateKey);
+  return async (method, params) => {
+    if (method === "eth_requestAccounts" || method === "eth_accounts") return [account.address];
+    if (method === "eth_signTypedData_v4") {
+      const [address, json] = params;
+      if (address.toLowerCase() !== account.address.toLowerCase()) throw new Error("unknown account");
+      const typed = JSON.parse(json);
+      delete typed.types.EIP712Domain;
+      signatures.push(typed.primaryType);
+      return account.signTypedData(typed);
+    }
+    const answer = await fetch(rpcUrl, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }),
+    });
+    const { result, error } = await answer.json();
+    if (error) throw new Error(error.message);
+    return result;
+  };
+}
+
 async function main() {
-  const [base, screenshot, userDataDir] = process.argv.slice(2);
-  const context = await chromium.launchPersistentContext(userDataDir, {
+  const plan = JSON.parse(process.argv[2]);
+  const context = await chromium.launchPersistentContext(plan.profile, {
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     headless: true,
     args: FLAGS,
     viewport: { width: 1100, height: 820 },
   });
+  const signatures = [];
+  let page = null;
   try {
-    const page = context.pages()[0] || (await context.newPage());
+    if (plan.injected) {
+      await context.exposeFunction("__testWallet", walletExtension(plan.injected, signatures));
+      await context.addInitScript(() => {
+        window.ethereum = { request: ({ method, params }) => window.__testWallet(method, params || []) };
+      });
+    }
+    page = context.pages()[0] || (await context.newPage());
     const errors = [];
+    const origins = new Set();
     page.on("pageerror", (error) => errors.push(String(error)));
-    await page.goto(`${base}/chat`);
+    page.on("request", (request) => origins.add(new URL(request.url()).origin));
+    await page.goto(plan.url);
     await page.waitForSelector("#send:not([disabled])", { timeout: BOUND_MS });
-    const options = await page.$$eval("#plan option", (all) =>
-      all.map((o) => ({ value: o.value, text: o.textContent })),
-    );
-    for (const [index, turn] of TURNS.entries()) {
+    if ((await page.inputValue("#wallet")) !== plan.wallet) {
+      await page.selectOption("#wallet", plan.wallet);
+      await page.waitForSelector("#send:not([disabled])", { timeout: BOUND_MS });
+    }
+    await page.waitForSelector("#balance b", { timeout: BOUND_MS });
+    const start = await page.evaluate(() => ({
+      wallets: [...document.querySelectorAll("#wallet option")].map((o) => o.value),
+      address: document.getElementById("address").textContent,
+      walletLabel: document.getElementById("wallet-label").textContent,
+      balance: document.getElementById("balance").dataset.atomic,
+      options: [...document.querySelectorAll("#plan option")].map((o) => o.textContent),
+    }));
+    for (const [index, turn] of plan.turns.entries()) {
       await page.selectOption("#plan", turn.plan);
       await page.fill("#prompt", turn.question);
       await page.click("#send");
+      if (turn.stopAfter !== undefined) {
+        await page.waitForFunction(
+          (text) => document.querySelector(".message.assistant:last-child .bubble").textContent === text,
+          turn.stopAfter,
+          { timeout: BOUND_MS },
+        );
+        await page.click("#stop");
+      }
       await page.waitForFunction(
         (count) => document.querySelectorAll(".cost-card").length === count,
         index + 1,
@@ -51,22 +105,25 @@ async function main() {
       );
       await page.waitForSelector("#send:not([disabled])", { timeout: BOUND_MS });
     }
+    await page.waitForFunction(
+      (before) => document.getElementById("balance").dataset.atomic !== before,
+      start.balance,
+      { timeout: BOUND_MS },
+    );
     const result = await page.evaluate(() => ({
-      wallet: document.getElementById("wallet").textContent,
-      walletLabel: document.getElementById("wallet-label").textContent,
       spent: document.getElementById("spent").textContent,
+      balanceAfter: document.getElementById("balance").dataset.atomic,
       answers: [...document.querySelectorAll(".message.assistant .bubble")].map((b) => b.textContent),
-      plans: [...document.querySelectorAll(".message.assistant .meta")].map((m) => m.textContent),
-      cards: [...document.querySelectorAll(".cost-card")].map((card) => ({
-        status: card.dataset.status,
-        amount: card.dataset.amount,
-        tokens: Number(card.dataset.tokens),
-        transaction: card.dataset.transaction,
-        text: card.textContent,
-      })),
+      statuses: [...document.querySelectorAll(".message.assistant .status")].map((s) => s.textContent),
+      cards: [...document.querySelectorAll(".cost-card")].map((card) => ({ ...card.dataset, text: card.textContent })),
     }));
-    await page.screenshot({ path: screenshot, fullPage: true });
-    process.stdout.write(JSON.stringify({ ...result, options, errors }) + "\n");
+    await page.screenshot({ path: plan.screenshot, fullPage: true });
+    const report = { ...start, ...result, errors, signatures, origins: [...origins] };
+    process.stdout.write(JSON.stringify(report) + "\n");
+  } catch (error) {
+    // What the page said, for whoever reads the failure.
+    const said = page && (await page.evaluate(() => document.body.innerText).catch(() => ""));
+    throw new Error(`${error.message}\n--- the page said:\n${said}`);
   } finally {
     await context.close();
   }

@@ -1,8 +1,14 @@
-"""The FastAPI example's chat page, in headless Chromium, paying on the real local stack.
+"""The FastAPI example's chat page, in headless Chromium, paying from the browser.
 
-Debian's ``chromium`` is driven by the npm package ``playwright-core`` (no browser download),
-through ``tests/examples/chat_page.cjs``. Outside CI the test is skipped when either is
-missing; in CI (``$CI`` set) it runs and fails instead.
+The page and the API are served on two origins (two uvicorn servers): the page pays the
+API across origins with the official TypeScript client (``@x402/fetch`` + ``@x402/evm``,
+bundled from npm), so CORS must let it send the payment and read the 402 and the receipt.
+The server holds no key: the page signs with an anvil dev account it derives itself, or
+through an injected wallet (``window.ethereum``) whose key stays in the driver.
+
+Debian's ``chromium`` is driven by the npm package ``playwright-core`` (no browser
+download), through ``tests/examples/chat_page.cjs``. Outside CI the tests are skipped when
+either is missing; in CI (``$CI`` set) they run and fail instead.
 """
 
 from __future__ import annotations
@@ -11,18 +17,25 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from eth_account import Account
+from fastapi import FastAPI
 
-from examples.common.upstream import PAYMENT_ANSWER, stub_answer
-from tests.examples.conftest import Example, fund, serve_example
+from examples.common.upstream import PAYMENT_ANSWER, UpstreamResponse, stub_answer
+from examples.fastapi_app.chat import SCRIPT, page_router
+from tests.examples.conftest import fund, serve_example
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.accounts import dev_account
+from x402_meter.devstack.asgi_server import serving
+from x402_meter.devstack.stub_model import pieces, stream_chat
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("chat_page.cjs")
@@ -30,34 +43,73 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHAT_ACCOUNT = 9  # an anvil dev account no other test pays from; funded below
 BROWSER_READY = (
     Path(CHROMIUM).is_file()
-    and (ROOT / "node_modules" / "playwright-core").is_dir()
-    and shutil.which("node") is not None
+    and all((ROOT / "node_modules" / name).is_dir() for name in ("playwright-core", "esbuild"))
+    and shutil.which("npm") is not None
 )
 
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.skipif(
         not BROWSER_READY and not os.environ.get("CI"),
-        reason="needs Debian's chromium and node_modules/playwright-core (npm ci)",
+        reason="needs Debian's chromium and node_modules (npm ci)",
     ),
 ]
 
 
-@pytest.fixture
-async def chat(x402_local_stack: LocalStack) -> AsyncIterator[Example]:
-    fund(x402_local_stack, dev_account(CHAT_ACCOUNT).address)
-    async with serve_example(
-        "fastapi", x402_local_stack, chat_dev_account=CHAT_ACCOUNT, rpc_url=x402_local_stack.rpc_url
-    ) as example:
-        yield example
+@pytest.fixture(scope="session")
+def chat_script() -> Path:
+    """The page's script, bundled from npm now, so that the test runs what the source says."""
+    built = subprocess.run(
+        ["npm", "run", "--silent", "build:chat"], cwd=ROOT, capture_output=True, check=False
+    )
+    assert built.returncode == 0, built.stderr.decode()
+    return SCRIPT
 
 
-async def drive_the_page(base: str, screenshot: Path, profile: Path) -> dict[str, Any]:
-    """Run the driver; ``profile`` does not exist yet: Chromium starts with a new one."""
+class StoppableUpstream:
+    """The stub model's stream, which stops after a few chunks and waits for the caller to
+    hang up; ``closed`` is set when the stream was ended from outside (Stop)."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.sent: list[str] = []
+        self.closed = anyio.Event()
+
+    async def chat_completions(self, body: bytes) -> UpstreamResponse:
+        request = json.loads(body)
+        return UpstreamResponse(200, "text/event-stream", self._stream(request))
+
+    async def _stream(self, request: dict[str, Any]) -> AsyncIterator[bytes]:
+        answer = pieces(stub_answer(request))
+        try:
+            async for chunk in stream_chat(request, answer[: self.chunks]):
+                if b'"finish_reason": "stop"' in chunk or b"[DONE]" in chunk:
+                    break
+                yield chunk
+            self.sent = answer[: self.chunks]
+            await anyio.Event().wait()  # the rest never comes: only the caller can end this
+        finally:
+            self.closed.set()
+
+    async def aclose(self) -> None:
+        return None
+
+
+@asynccontextmanager
+async def serve_page() -> AsyncIterator[str]:
+    page = FastAPI()
+    page.include_router(page_router())
+    async with serving(page) as base:
+        yield base
+
+
+async def drive_the_page(plan: dict[str, Any]) -> dict[str, Any]:
+    """Run the driver with ``plan``; ``plan["profile"]`` does not exist yet (a new one)."""
     done = await anyio.run_process(
-        ["node", str(DRIVER), base, str(screenshot), str(profile)],
+        ["node", str(DRIVER), json.dumps(plan)],
         check=False,
         env={**os.environ, "CHROMIUM": CHROMIUM},
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr.decode()
     result: dict[str, Any] = json.loads(done.stdout)
@@ -72,18 +124,38 @@ def png_shape(path: Path) -> tuple[int, int, int]:
     return width, height, len(data)
 
 
-async def test_the_chat_page_streams_paid_answers_with_their_cost_and_the_running_spend(
-    chat: Example, tmp_path: Path
+async def test_the_page_pays_across_origins_from_a_dev_account_it_signs_with_itself(
+    x402_local_stack: LocalStack, chat_script: Path, tmp_path: Path
 ) -> None:
-    seller_before = chat.balance(chat.seller)
-    screenshot = tmp_path / "chat.png"
-
-    page = await drive_the_page(chat.base, screenshot, tmp_path / "profile")
+    stack = x402_local_stack
+    payer = dev_account(CHAT_ACCOUNT)
+    fund(stack, payer.address)
+    async with serve_page() as page_origin:  # noqa: SIM117 (the API needs the page's origin)
+        async with serve_example(
+            "fastapi", stack, rpc_url=stack.rpc_url, cors_origins=(page_origin,)
+        ) as api:
+            seller_before, payer_before = api.balance(api.seller), api.balance(payer.address)
+            page = await drive_the_page(
+                {
+                    "url": f"{page_origin}/chat?api={api.base}",
+                    "screenshot": str(tmp_path / "chat.png"),
+                    "profile": str(tmp_path / "profile"),
+                    "wallet": f"dev:{CHAT_ACCOUNT}",
+                    "turns": [
+                        {"plan": "local-stub:token", "question": "What is x402, in two sentences?"},
+                        {"plan": "local-stub-pro:flat", "question": "And how is it paid for?"},
+                    ],
+                }
+            )
+            seller_after, payer_after = api.balance(api.seller), api.balance(payer.address)
 
     assert page["errors"] == []
-    assert page["wallet"] == dev_account(CHAT_ACCOUNT).address
-    assert "well-known public key" in page["walletLabel"]
-    assert [o["text"] for o in page["options"]] == [
+    assert sorted(page["origins"]) == sorted([page_origin, api.base, stack.rpc_url.rstrip("/")])
+    assert page["wallets"] == [f"dev:{i}" for i in range(10)]
+    assert page["address"] == payer.address
+    assert "PUBLIC key" in page["walletLabel"]
+    assert int(page["balance"]) == payer_before
+    assert page["options"] == [
         "local-stub — 0.000002 USDC / token",
         "local-stub-pro — 0.000008 USDC / token",
         "local-stub — 0.001 USDC / answer",
@@ -95,14 +167,65 @@ async def test_the_chat_page_streams_paid_answers_with_their_cost_and_the_runnin
     ]
     per_token, flat = page["cards"]
     assert (per_token["status"], flat["status"]) == ("settled", "settled")
-    assert Decimal(per_token["amount"]) == per_token["tokens"] * Decimal("0.000002")
-    assert Decimal(flat["amount"]) == Decimal("0.004")
+    assert int(per_token["amount"]) == int(per_token["tokens"]) * 2  # 0.000002 USDC a token
+    assert int(flat["amount"]) == 4000  # 0.004 USDC
     assert per_token["transaction"] != flat["transaction"]
-    total = Decimal(per_token["amount"]) + Decimal(flat["amount"])
-    assert page["spent"] == f"Spent {total.normalize():f} USDC · 2 answers"
-    assert chat.balance(chat.seller) - seller_before == int(total.scaleb(6))
+    total = int(per_token["amount"]) + int(flat["amount"])
+    assert page["spent"] == f"Spent {Decimal(total).scaleb(-6).normalize():f} USDC · 2 answers"
+    assert payer_before - payer_after == total == seller_after - seller_before
+    assert int(page["balanceAfter"]) == payer_after
 
-    width, height, size = png_shape(screenshot)
+    width, height, size = png_shape(tmp_path / "chat.png")
     assert width == 1100
     assert height >= 820
     assert size > 30_000  # a rendered page, not a blank one
+
+
+async def test_stop_ends_the_stream_and_an_injected_wallet_pays_only_what_was_served(
+    x402_local_stack: LocalStack, chat_script: Path, tmp_path: Path
+) -> None:
+    stack = x402_local_stack
+    wallet = Account.create()  # a wallet extension's key: never in the page, never on a server
+    fund(stack, wallet.address)
+    upstream = StoppableUpstream(chunks=6)
+    question = "Tell me a story"
+    served = "".join(pieces(stub_answer({"messages": [{"role": "user", "content": question}]}))[:6])
+    async with serve_page() as page_origin:  # noqa: SIM117
+        async with serve_example(
+            "fastapi", stack, upstream=upstream, cors_origins=(page_origin,)
+        ) as api:
+            seller_before, payer_before = api.balance(api.seller), api.balance(wallet.address)
+            page = await drive_the_page(
+                {
+                    "url": f"{page_origin}/chat?api={api.base}",
+                    "screenshot": str(tmp_path / "stopped.png"),
+                    "profile": str(tmp_path / "profile"),
+                    "wallet": "injected",
+                    "injected": {
+                        "privateKey": "0x" + bytes(wallet.key).hex(),
+                        "rpcUrl": stack.rpc_url,
+                    },
+                    "turns": [
+                        {"plan": "local-stub:token", "question": question, "stopAfter": served}
+                    ],
+                }
+            )
+            with anyio.fail_after(30):  # a guard against a hang, not a timing assertion
+                await upstream.closed.wait()
+            seller_after, payer_after = api.balance(api.seller), api.balance(wallet.address)
+
+    assert page["errors"] == []
+    assert page["wallets"][0] == "injected"
+    assert page["address"] == wallet.address
+    assert page["signatures"] == ["PermitWitnessTransferFrom"]  # signed by the wallet, once
+    assert int(page["balance"]) == payer_before  # read through the wallet: no RPC URL given
+    assert page["answers"] == ["".join(upstream.sent)] == [served]
+    assert page["statuses"][0].startswith("Stopped: charged for what was served.")
+    (card,) = page["cards"]
+    assert card["stopped"] == "true"
+    assert card["status"] == "settled"
+    assert 0 < int(card["outputTokens"]) < 4096
+    assert int(card["amount"]) == int(card["tokens"]) * 2  # 0.000002 USDC a token served
+    assert int(card["amount"]) < int(card["maxAmount"])
+    assert payer_before - payer_after == int(card["amount"]) == seller_after - seller_before
+    assert int(page["balanceAfter"]) == payer_after
