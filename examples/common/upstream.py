@@ -7,44 +7,15 @@ Both give the body as an async iterator of bytes, so the app streams it out as i
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Protocol
 
 import httpx
 
-from x402_meter.devstack.stub_model import ANSWER, complete_chat, pieces, stream_chat
-
-PAYMENT_ANSWER: Final = (
-    "This answer is paid with x402: your client answered the server's 402 by signing a "
-    "payment authorization, the server streamed the answer while counting its tokens, and "
-    "once the stream closed the facilitator settled the price on chain. The receipt holds "
-    "the tokens, the amount and the transaction."
-)
-GREETING: Final = (
-    "Hello! I am an offline stub model behind x402-meter: every token I send is counted, "
-    "and you pay for exactly those, in test USDC on a local chain."
-)
-_TOPICS: Final = (
-    (frozenset({"hello", "hi", "hey"}), GREETING),
-    (frozenset({"pay", "paid", "payment", "settle", "settled", "cost", "charge", "price"}), ""),
-)
-
-
-def stub_answer(request: dict[str, Any]) -> str:
-    """The stub's canned answer to the last user message: greeting, payment, or x402 itself."""
-    messages = request.get("messages")
-    last = ""
-    if isinstance(messages, list):
-        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        content = users[-1].get("content") if users else None
-        last = content if isinstance(content, str) else ""
-    words = set(re.findall(r"[a-z]+", last.lower()))
-    for keywords, answer in _TOPICS:
-        if words & keywords:
-            return answer or PAYMENT_ANSWER
-    return ANSWER
+from x402_meter.devstack.stub_model import PAYMENT_ANSWER as PAYMENT_ANSWER
+from x402_meter.devstack.stub_model import complete_chat, pieces, stream_chat
+from x402_meter.devstack.stub_model import stub_answer as stub_answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,20 +1,22 @@
 """``x402-meter demo``: a short paid conversation, end to end, on the local stack.
 
-Every part is real: anvil runs the chain, the FastAPI example (``examples/fastapi_app``)
+Every part is real: anvil runs the chain, the demo app (``x402_meter.devstack.demo_app``)
 serves an OpenAI-compatible chat behind ``X402Meter`` in uvicorn, the official ``openai``
 package asks the questions through x402-meter's paying client (the x402 SDK signs), the local
 facilitator verifies over HTTP, and each answer's actual cost is settled on chain after its
 stream closes. Each step is printed as it happens.
+
+Everything it runs ships in the wheel: ``pip install 'x402-meter[demo]'`` and anvil (found as
+``x402_meter.devstack.anvil.find_anvil`` says) are all it needs.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import sys
 import tempfile
+from contextlib import ExitStack
 from decimal import Decimal
-from pathlib import Path
-from types import ModuleType
 from typing import Any, Final
 
 import anyio
@@ -22,9 +24,10 @@ import anyio
 from x402_meter.assets import Asset
 from x402_meter.client import PayingAsyncClient, Payment, PaymentStage, Receipt
 from x402_meter.devstack import LocalStack, local_stack, token_balance
-from x402_meter.devstack.asgi_server import serving
+from x402_meter.devstack.anvil import AnvilNotFoundError
+from x402_meter.devstack.demo_app import MAX_TOKENS, MODEL, PRICE, create_demo_app
+from x402_meter.store import open_store
 
-MODEL: Final = "local-stub"
 QUESTIONS: Final = (
     "What is x402, in two sentences?",
     "And how is this answer paid for?",
@@ -33,34 +36,12 @@ MAX_PER_REQUEST: Final = "0.01"  # USDC: the paying client refuses to authorize 
 MAX_TOTAL: Final = "0.05"  # USDC: ... or to spend more in all
 
 
-class DemoUnavailableError(RuntimeError):
-    """The demo needs a source checkout (for the example app) and the ``openai`` package."""
-
-
 def _step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
 def _short(address: str) -> str:
     return f"{address[:6]}...{address[-4:]}"
-
-
-def _import_example() -> tuple[ModuleType, ModuleType]:
-    """``examples.fastapi_app.app`` and ``examples.common.settings``, from the source tree."""
-    names = ("examples.fastapi_app.app", "examples.common.settings")
-    try:
-        return importlib.import_module(names[0]), importlib.import_module(names[1])
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("examples"):
-            raise
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "examples" / "fastapi_app" / "app.py").is_file():
-            sys.path.insert(0, str(root))
-            return importlib.import_module(names[0]), importlib.import_module(names[1])
-    raise DemoUnavailableError(
-        "the demo serves examples/fastapi_app from a source checkout of x402-meter:"
-        " run it from the repository (make demo)"
-    )
 
 
 class _Narrator:
@@ -96,24 +77,23 @@ class _Narrator:
 
 async def _converse(stack: LocalStack, store_url: str) -> list[Receipt]:
     """Serve the example, hold the conversation, return each answer's receipt."""
-    try:
-        import openai
-    except ImportError as exc:  # pragma: no cover - openai comes with the dev extra
-        raise DemoUnavailableError(f"the demo needs the openai package ({exc})") from exc
-    example, settings_module = _import_example()
+    import openai  # the demo extra, checked by run_demo before the stack starts
+
+    from x402_meter.devstack.asgi_server import serving
+
     asset = Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals)
-    settings = settings_module.Settings(
+    app = create_demo_app(
         pay_to=stack.pay_to,
         network=stack.network,
         facilitator_url=stack.facilitator_url,
         facilitator_api_key=stack.facilitator_api_key,
         asset=asset,
-        store_url=store_url,
+        store=open_store(store_url),
     )
-    narrator = _Narrator(stack, settings.prices[MODEL], settings.max_tokens)
+    narrator = _Narrator(stack, PRICE, MAX_TOKENS)
     receipts: list[Receipt] = []
-    async with serving(example.create_app(settings)) as base:
-        _step(f"the FastAPI example (examples/fastapi_app) serves {base}/v1/chat/completions")
+    async with serving(app) as base:
+        _step(f"the demo app (x402_meter.devstack.demo_app) serves {base}/v1/chat/completions")
         _step(
             f"the paying client: public anvil dev key {_short(_payer(stack))},"
             f" at most {MAX_PER_REQUEST} USDC per request and {MAX_TOTAL} USDC in all"
@@ -169,19 +149,36 @@ def _payer(stack: LocalStack) -> str:
     return str(Account.from_key(stack.payer_private_keys[0]).address)
 
 
+def _missing_extra() -> str | None:
+    """What the demo needs but this environment lacks, said as the fix; None: nothing."""
+    missing = [name for name in ("openai", "uvicorn") if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"the demo needs {' and '.join(missing)}: pip install 'x402-meter[demo]'"
+        " (or make demo from a checkout)"
+    )
+
+
 def run_demo() -> int:
+    missing = _missing_extra()
+    if missing is not None:  # checked before anything starts, not halfway through
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     _step("starting the local stack (anvil, test USDC, Permit2, upto proxy, facilitator)")
-    with local_stack() as stack, tempfile.TemporaryDirectory(prefix="x402-demo-") as scratch:
+    with ExitStack() as running:
+        try:
+            stack = running.enter_context(local_stack())
+        except AnvilNotFoundError as exc:  # its message says how to install anvil
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        scratch = running.enter_context(tempfile.TemporaryDirectory(prefix="x402-demo-"))
         store_url = f"sqlite:///{scratch}/ledger.sqlite3"
         _step(f"payments are recorded in {store_url}")
         w3 = stack.web3()
         accounts = (("payer", _payer(stack)), ("seller", stack.pay_to))
         before = {who: token_balance(w3, stack.asset, address) for who, address in accounts}
-        try:
-            receipts = anyio.run(_converse, stack, store_url)
-        except DemoUnavailableError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        receipts = anyio.run(_converse, stack, store_url)
         settled = [r for r in receipts if r.status == "settled"]
         status = 0 if len(settled) == len(QUESTIONS) else 1
         print(flush=True)
@@ -199,5 +196,5 @@ def run_demo() -> int:
         elif status == 0:
             print("the balances did not move by the receipts' amounts", file=sys.stderr)
             status = 1
-    _step("stopped the example and the local stack" + (": demo complete" if status == 0 else ""))
+    _step("stopped the demo app and the local stack" + (": demo complete" if status == 0 else ""))
     return status

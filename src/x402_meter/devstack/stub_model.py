@@ -3,13 +3,15 @@
 It streams a canned answer piece by piece, the way the OpenAI API streams chunks, and
 reports ``usage`` the way OpenAI does (in the final chunk when ``stream_options.
 include_usage`` is set, always in JSON answers). Its "tokens" are its own pieces: it is a
-stub for demos and tests, not a model.
+stub for demos and tests, not a model. ``stub_answer`` picks one of three canned answers by
+the last question's words, so a conversation reads naturally in the demo and the tutorial.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
@@ -20,6 +22,36 @@ ANSWER: Final = (
     "on chain. With the upto scheme the client authorizes a maximum, the server streams "
     "its answer, and only the tokens actually used are charged."
 )
+
+PAYMENT_ANSWER: Final = (
+    "This answer is paid with x402: your client answered the server's 402 by signing a "
+    "payment authorization, the server streamed the answer while counting its tokens, and "
+    "once the stream closed the facilitator settled the price on chain. The receipt holds "
+    "the tokens, the amount and the transaction."
+)
+GREETING: Final = (
+    "Hello! I am an offline stub model behind x402-meter: every token I send is counted, "
+    "and you pay for exactly those, in test USDC on a local chain."
+)
+_TOPICS: Final = (
+    (frozenset({"hello", "hi", "hey"}), GREETING),
+    (frozenset({"pay", "paid", "payment", "settle", "settled", "cost", "charge", "price"}), ""),
+)
+
+
+def stub_answer(request: dict[str, Any]) -> str:
+    """The stub's canned answer to the last user message: greeting, payment, or x402 itself."""
+    messages = request.get("messages")
+    last = ""
+    if isinstance(messages, list):
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        content = users[-1].get("content") if users else None
+        last = content if isinstance(content, str) else ""
+    words = set(re.findall(r"[a-z]+", last.lower()))
+    for keywords, answer in _TOPICS:
+        if words & keywords:
+            return answer or PAYMENT_ANSWER
+    return ANSWER
 
 
 def pieces(text: str = ANSWER) -> list[str]:
