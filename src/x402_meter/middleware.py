@@ -187,7 +187,9 @@ class X402Meter:
             # seen when the store is read again, twice a second.
             await self.runtime.settler.wait(receipt_id, min(left, _RECEIPT_POLL))
             record = await store.get(receipt_id) or record
-        await send_json(send, 200, receipt_body(record))
+        asset = self.config.asset
+        decimals = asset.decimals if record.asset.lower() == asset.address.lower() else None
+        await send_json(send, 200, receipt_body(record, decimals))
 
 
 def warm_up_tokenizer() -> None:
@@ -217,6 +219,29 @@ def _wait_seconds(scope: Scope) -> float:
         return min(max(float(values[0]), 0.0), _MAX_RECEIPT_WAIT) if values else 0.0
     except ValueError:
         return 0.0
+
+
+NOT_JSON: Final = object()
+"""What ``_request_json`` reads from a body that is empty or not JSON."""
+
+
+def _model_refusal(table: PriceTable, body: object, requested: str | None) -> RequestRefusedError:
+    """400 for a request a price table cannot price, saying why, with the models it prices."""
+    models = [name for name, _ in table.prices]
+    listed = ", ".join(models)
+    if body is NOT_JSON:
+        reason = "invalid_json_body"
+        message = f"this route is priced by model: send a JSON body naming one of: {listed}"
+    elif not requested:
+        reason = "model_required"
+        message = f'this route is priced by model: name one in "model", one of: {listed}'
+    else:
+        reason = "unknown_model"
+        message = (
+            f"no price for model {requested[:80]!r} here; priced: {listed} (and any model whose "
+            "name starts with one of them)"
+        )
+    return RequestRefusedError(reason, message, status_code=400, details={"models": models})
 
 
 def _header(scope: Scope, names: Sequence[bytes]) -> bytes | None:
@@ -329,9 +354,8 @@ class _PaidExchange:
             self._count("refused", exc.reason)
             retry_after = getattr(exc, "retry_after", None)
             headers = None if retry_after is None else [(b"retry-after", b"%d" % retry_after)]
-            await send_json(
-                self.send, exc.status_code, {"reason": exc.reason, "error": exc.message}, headers
-            )
+            body = {"reason": exc.reason, "error": exc.message, **getattr(exc, "details", {})}
+            await send_json(self.send, exc.status_code, body, headers)
             return
         try:
             offer = await self.runtime.offer(self.spec, price, input_tokens)
@@ -423,10 +447,11 @@ class _PaidExchange:
         return tokens
 
     def _request_json(self) -> object:
+        """The body as JSON; ``NOT_JSON`` when it is empty or not JSON."""
         try:
-            return json.loads(self.request_body) if self.request_body else None
+            return json.loads(self.request_body) if self.request_body else NOT_JSON
         except (ValueError, RecursionError):
-            return None
+            return NOT_JSON
 
     def _price(self, model: PriceModel) -> TokenPrice:
         if isinstance(model, TokenPrice):
@@ -437,11 +462,10 @@ class _PaidExchange:
         if isinstance(model, PriceTable):
             price = model.price_for(requested)
             if price is None:
-                raise PaymentError(
-                    "unknown_model", f"no price for model {requested!r} here", status_code=400
-                )
+                raise _model_refusal(model, body, requested)
             return price
-        request = PricedRequest(self.scope["method"], self.scope["path"], requested, body)
+        json_body = None if body is NOT_JSON else body
+        request = PricedRequest(self.scope["method"], self.scope["path"], requested, json_body)
         return model(request)
 
     def _shape(self, offer: Offer) -> None:
