@@ -23,7 +23,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeAlias, Unpack
+from typing import Any, ClassVar, Final, TypeAlias, Unpack
 from urllib.parse import parse_qs
 
 import anyio
@@ -33,6 +33,7 @@ from x402.schemas import SettleResponse
 
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import (
+    ConfigurationError,
     FacilitatorUnavailableError,
     PaymentAlreadyUsedError,
     PaymentError,
@@ -63,6 +64,12 @@ from x402_meter.route_paths import below_root
 from x402_meter.routing import RouteSpec, RouteTable
 from x402_meter.runtime import MeterRuntime, runtime_for
 from x402_meter.shaping import UsageChunkFilter, shape_request
+from x402_meter.startup import (
+    LITESTAR_NEEDS_PLUGIN,
+    MisconfiguredMeter,
+    built_lazily,
+    wraps_litestar_route,
+)
 from x402_meter.store import LedgerState, PaymentRecord
 from x402_meter.voiding import (
     PAYER_VOIDED,
@@ -111,9 +118,25 @@ class X402Meter:
     ``@metered``. ``MeterConfig.create`` documents every option.
     """
 
+    receipts_routed: ClassVar[bool] = False
+    """Whether something routes the receipts path to this meter where the framework routes
+    before middleware runs (``X402MeterPlugin`` does, in Litestar)."""
+
     def __init__(self, app: AnyASGIApp, **options: Unpack[MeterOptions]) -> None:
+        """A bad option raises ``ConfigurationError``; where Starlette or FastAPI build the
+        middleware lazily, it fails the server's startup instead (``x402_meter.startup``)."""
         self.app = app
-        self.config = MeterConfig.create(**options)
+        self.misconfigured: MisconfiguredMeter | None = None
+        """Set instead of the rest when a framework built this meter with a bad option."""
+        try:
+            self.config = MeterConfig.create(**options)
+        except ConfigurationError as exc:
+            if not built_lazily():
+                raise
+            self.misconfigured = MisconfiguredMeter(exc)
+            return
+        if not self.receipts_routed and wraps_litestar_route(app):
+            raise ConfigurationError(LITESTAR_NEEDS_PLUGIN)
         self.runtime: MeterRuntime = runtime_for(self.config)
         self.route_table = RouteTable(self.config.routes, app)
         self._receipts_path = self.config.receipts_path
@@ -142,6 +165,9 @@ class X402Meter:
         return url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.misconfigured is not None:
+            await self.misconfigured(scope, receive, send)
+            return
         if scope["type"] == "http":
             if _route_path(scope).startswith(self._receipts_path) and scope["method"] in (
                 "GET",
@@ -167,6 +193,7 @@ class X402Meter:
             if message["type"] == "lifespan.startup":
                 self.runtime.settler.ensure_sweeper()  # resumes what a previous run left
                 warm_up_tokenizer()
+                self.route_table.warn_if_nothing_metered()
             elif message["type"] == "lifespan.shutdown":
                 with anyio.move_on_after(30):
                     await self.runtime.settler.aclose()
