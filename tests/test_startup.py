@@ -103,8 +103,9 @@ def test_a_bad_option_stops_the_server_with_its_message(
     tmp_path: Path, factory: str, bad: dict[str, Any], message: str
 ) -> None:
     with uvicorn_run(tmp_path, factory, bad) as run:
+        returncode = run.returncode  # before output() stops it: it must have exited itself
         output = run.output()
-        assert run.returncode not in (None, 0), output
+    assert returncode not in (None, 0), output
     assert message in output
     assert "Application startup complete" not in output
     assert "Uvicorn running on" not in output
@@ -116,8 +117,9 @@ def test_litestar_define_middleware_is_refused_at_startup_pointing_to_the_plugin
     """Litestar routes before middleware: the receipts link of a meter given as route
     middleware would 404, so the server does not start."""
     with uvicorn_run(tmp_path, "litestar_define_middleware", metered=True) as run:
+        returncode = run.returncode  # before output() stops it: it must have exited itself
         output = run.output()
-        assert run.returncode not in (None, 0), output
+    assert returncode not in (None, 0), output
     assert "DefineMiddleware(X402Meter, ...)" in output
     assert "every X-Payment-Receipt link would 404" in output
     assert "Use Litestar(plugins=[X402MeterPlugin(...)])" in output
