@@ -9,6 +9,7 @@ from typing import Final, Literal, Required, TypedDict
 
 from x402.http.constants import DEFAULT_FACILITATOR_URL
 from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER
+from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS
 
 from x402_meter.assets import Asset, default_asset
 from x402_meter.errors import ConfigurationError
@@ -173,11 +174,14 @@ class MeterConfig:
         """
         if not isinstance(pay_to, str) or not _ADDRESS.fullmatch(pay_to):
             raise ConfigurationError(
-                f"pay_to must be an EVM address (0x + 40 hex digits), got {pay_to!r}"
+                "pay_to must be the EVM address that receives the payments (0x + 40 hex"
+                f" digits), got {pay_to!r}"
             )
         if not isinstance(network, str) or not _CAIP2_EVM.fullmatch(network):
+            chain_id = V1_NETWORK_CHAIN_IDS.get(network) if isinstance(network, str) else None
+            hint = f": for {network!r} that is 'eip155:{chain_id}'" if chain_id else ""
             raise ConfigurationError(
-                f"network must be a CAIP-2 EVM id like 'eip155:8453', got {network!r}"
+                f"network must be a CAIP-2 EVM id like 'eip155:8453', got {network!r}{hint}"
             )
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
             raise ConfigurationError(f"max_tokens must be a positive int, got {max_tokens!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 
@@ -43,19 +44,29 @@ class PaymentAlreadyUsedError(PaymentError):
 
 class RequestRefusedError(X402MeterError):
     """A metered request was refused before any payment was looked at: its body is too large
-    (413), too slow (408), or the server is reading too many bodies at once (503)."""
+    (413), too slow (408), the server is reading too many bodies at once (503), or the
+    route is priced by model and the body names none it has a price for (400)."""
 
     reason = "request_refused"
     status_code: int = 400
 
     def __init__(
-        self, reason: str, message: str, *, status_code: int, retry_after: int | None = None
+        self,
+        reason: str,
+        message: str,
+        *,
+        status_code: int,
+        retry_after: int | None = None,
+        details: Mapping[str, object] | None = None,
     ) -> None:
+        """``details`` go into the HTTP answer beside ``reason`` and ``error`` (the models a
+        route has prices for, ...): what the client needs to ask again correctly."""
         super().__init__(message)
         self.reason = reason  # type: ignore[misc]  # instance value refines the class default
         self.message = message
         self.status_code = status_code
         self.retry_after = retry_after
+        self.details = dict(details or {})
 
 
 class FacilitatorUnavailableError(X402MeterError):

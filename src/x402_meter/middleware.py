@@ -23,7 +23,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeAlias, Unpack
+from typing import Any, ClassVar, Final, TypeAlias, Unpack
 from urllib.parse import parse_qs
 
 import anyio
@@ -33,6 +33,7 @@ from x402.schemas import SettleResponse
 
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import (
+    ConfigurationError,
     FacilitatorUnavailableError,
     PaymentAlreadyUsedError,
     PaymentError,
@@ -63,6 +64,12 @@ from x402_meter.route_paths import below_root
 from x402_meter.routing import RouteSpec, RouteTable
 from x402_meter.runtime import MeterRuntime, runtime_for
 from x402_meter.shaping import UsageChunkFilter, shape_request
+from x402_meter.startup import (
+    LITESTAR_NEEDS_PLUGIN,
+    MisconfiguredMeter,
+    built_lazily,
+    wraps_litestar_route,
+)
 from x402_meter.store import LedgerState, PaymentRecord
 from x402_meter.voiding import (
     PAYER_VOIDED,
@@ -111,9 +118,25 @@ class X402Meter:
     ``@metered``. ``MeterConfig.create`` documents every option.
     """
 
+    receipts_routed: ClassVar[bool] = False
+    """Whether something routes the receipts path to this meter where the framework routes
+    before middleware runs (``X402MeterPlugin`` does, in Litestar)."""
+
     def __init__(self, app: AnyASGIApp, **options: Unpack[MeterOptions]) -> None:
+        """A bad option raises ``ConfigurationError``; where Starlette or FastAPI build the
+        middleware lazily, it fails the server's startup instead (``x402_meter.startup``)."""
         self.app = app
-        self.config = MeterConfig.create(**options)
+        self.misconfigured: MisconfiguredMeter | None = None
+        """Set instead of the rest when a framework built this meter with a bad option."""
+        try:
+            self.config = MeterConfig.create(**options)
+        except ConfigurationError as exc:
+            if not built_lazily():
+                raise
+            self.misconfigured = MisconfiguredMeter(exc)
+            return
+        if not self.receipts_routed and wraps_litestar_route(app):
+            raise ConfigurationError(LITESTAR_NEEDS_PLUGIN)
         self.runtime: MeterRuntime = runtime_for(self.config)
         self.route_table = RouteTable(self.config.routes, app)
         self._receipts_path = self.config.receipts_path
@@ -142,6 +165,9 @@ class X402Meter:
         return url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.misconfigured is not None:
+            await self.misconfigured(scope, receive, send)
+            return
         if scope["type"] == "http":
             if _route_path(scope).startswith(self._receipts_path) and scope["method"] in (
                 "GET",
@@ -167,6 +193,7 @@ class X402Meter:
             if message["type"] == "lifespan.startup":
                 self.runtime.settler.ensure_sweeper()  # resumes what a previous run left
                 warm_up_tokenizer()
+                self.route_table.warn_if_nothing_metered()
             elif message["type"] == "lifespan.shutdown":
                 with anyio.move_on_after(30):
                     await self.runtime.settler.aclose()
@@ -187,7 +214,9 @@ class X402Meter:
             # seen when the store is read again, twice a second.
             await self.runtime.settler.wait(receipt_id, min(left, _RECEIPT_POLL))
             record = await store.get(receipt_id) or record
-        await send_json(send, 200, receipt_body(record))
+        asset = self.config.asset
+        decimals = asset.decimals if record.asset.lower() == asset.address.lower() else None
+        await send_json(send, 200, receipt_body(record, decimals))
 
 
 def warm_up_tokenizer() -> None:
@@ -217,6 +246,29 @@ def _wait_seconds(scope: Scope) -> float:
         return min(max(float(values[0]), 0.0), _MAX_RECEIPT_WAIT) if values else 0.0
     except ValueError:
         return 0.0
+
+
+NOT_JSON: Final = object()
+"""What ``_request_json`` reads from a body that is empty or not JSON."""
+
+
+def _model_refusal(table: PriceTable, body: object, requested: str | None) -> RequestRefusedError:
+    """400 for a request a price table cannot price, saying why, with the models it prices."""
+    models = [name for name, _ in table.prices]
+    listed = ", ".join(models)
+    if body is NOT_JSON:
+        reason = "invalid_json_body"
+        message = f"this route is priced by model: send a JSON body naming one of: {listed}"
+    elif not requested:
+        reason = "model_required"
+        message = f'this route is priced by model: name one in "model", one of: {listed}'
+    else:
+        reason = "unknown_model"
+        message = (
+            f"no price for model {requested[:80]!r} here; priced: {listed} (and any model whose "
+            "name starts with one of them)"
+        )
+    return RequestRefusedError(reason, message, status_code=400, details={"models": models})
 
 
 def _header(scope: Scope, names: Sequence[bytes]) -> bytes | None:
@@ -329,9 +381,8 @@ class _PaidExchange:
             self._count("refused", exc.reason)
             retry_after = getattr(exc, "retry_after", None)
             headers = None if retry_after is None else [(b"retry-after", b"%d" % retry_after)]
-            await send_json(
-                self.send, exc.status_code, {"reason": exc.reason, "error": exc.message}, headers
-            )
+            body = {"reason": exc.reason, "error": exc.message, **getattr(exc, "details", {})}
+            await send_json(self.send, exc.status_code, body, headers)
             return
         try:
             offer = await self.runtime.offer(self.spec, price, input_tokens)
@@ -429,10 +480,11 @@ class _PaidExchange:
         return tokens
 
     def _request_json(self) -> object:
+        """The body as JSON; ``NOT_JSON`` when it is empty or not JSON."""
         try:
-            return json.loads(self.request_body) if self.request_body else None
+            return json.loads(self.request_body) if self.request_body else NOT_JSON
         except (ValueError, RecursionError):
-            return None
+            return NOT_JSON
 
     def _price(self, model: PriceModel) -> TokenPrice:
         if isinstance(model, TokenPrice):
@@ -443,11 +495,10 @@ class _PaidExchange:
         if isinstance(model, PriceTable):
             price = model.price_for(requested)
             if price is None:
-                raise PaymentError(
-                    "unknown_model", f"no price for model {requested!r} here", status_code=400
-                )
+                raise _model_refusal(model, body, requested)
             return price
-        request = PricedRequest(self.scope["method"], self.scope["path"], requested, body)
+        json_body = None if body is NOT_JSON else body
+        request = PricedRequest(self.scope["method"], self.scope["path"], requested, json_body)
         return model(request)
 
     def _shape(self, offer: Offer) -> None:

@@ -169,7 +169,9 @@ class PriceTable:
 
     The model is read from the request body (``"model"``); an exact name wins, then the
     longest table entry the model starts with (``"gpt-4o"`` prices ``"gpt-4o-2024-08-06"``).
-    A request for a model with no price and no ``default`` is refused (400 ``unknown_model``).
+    Without a ``default``, a request it cannot price is refused with 400, listing the priced
+    ``models``: ``invalid_json_body`` (not JSON), ``model_required`` (no ``"model"``) or
+    ``unknown_model`` (no price for that model).
 
     >>> PriceTable({"small": TokenPrice.per_million("0.15", "0.60"),
     ...             "large": TokenPrice.per_million("2.50", "10.00", cached_input="1.25")})

@@ -74,7 +74,17 @@ def _sources(usage_source: str | None) -> dict[str, str | None]:
     }
 
 
-def receipt_body(record: PaymentRecord) -> dict[str, Any]:
+def in_units(atomic: int | None, decimals: int | None) -> str | None:
+    """Atomic units as the asset's units, every decimal shown: 62 at 6 -> ``"0.000062"``."""
+    if atomic is None or decimals is None:
+        return None
+    whole, fraction = divmod(atomic, 10**decimals)  # exact, however large the amount
+    return f"{whole}.{fraction:0{decimals}d}" if decimals else str(whole)
+
+
+def receipt_body(record: PaymentRecord, decimals: int | None = None) -> dict[str, Any]:
+    """The receipt of ``record``; ``decimals``: its asset's, for the amounts in asset units
+    (None when the asset is not the meter's own: those amounts are then null)."""
     return {
         "status": record.state.receipt_status,
         "input_tokens": record.input_tokens,
@@ -83,6 +93,8 @@ def receipt_body(record: PaymentRecord) -> dict[str, Any]:
         **_sources(record.usage_source),
         "amount": str(record.amount) if record.amount is not None else None,
         "max_amount": str(record.max_amount),
+        "amount_units": in_units(record.amount, decimals),
+        "max_amount_units": in_units(record.max_amount, decimals),
         "asset": record.asset,
         "network": record.network,
         "scheme": record.scheme,

@@ -168,6 +168,66 @@ def _enter(route: Any, scope: dict[str, Any], reach: _Reach, depth: int) -> None
         reach.spec = spec if isinstance(spec, RouteSpec) else None
 
 
+NOTHING_METERED: Final = (
+    "X402Meter meters nothing: no routes= were given and no endpoint is marked @metered, so "
+    'every request is served free. Pass routes=["POST /v1/chat/completions"] (your paid '
+    "routes), or put @metered() under the route decorator of each paid endpoint"
+)
+
+
+def metered_endpoint_found(app: Any) -> bool | None:
+    """Whether an endpoint below ``app`` is ``@metered``, as ``RouteTable`` would find it;
+    None when it cannot tell (no router found, or a route of a kind not known here)."""
+    router = _router_below(app)
+    if router is None:
+        return None
+    if hasattr(getattr(router, "asgi_router", None), "handle_routing"):  # a whole Litestar app
+        handlers = [h for route in router.routes for h in getattr(route, "route_handlers", ())]
+        return any(litestar_handler_spec(handler) is not None for handler in handlers)
+    return _starlette_metered(router.routes)
+
+
+def _router_below(app: Any) -> Any:
+    """The router ``_reach_app`` would ask (through middleware, by ``.app``), or None."""
+    node = app
+    for _ in range(32):
+        if node is None or isinstance(getattr(node, "route_table", None), RouteTable):
+            return None  # nothing more to see, or another meter: it meters what is below it
+        if hasattr(getattr(node, "asgi_router", None), "handle_routing"):
+            return node
+        routes = getattr(node, "routes", None)
+        if isinstance(routes, list) and all(hasattr(route, "matches") for route in routes):
+            return node
+        node = getattr(node, "app", None)
+    return None
+
+
+def _starlette_metered(routes: list[Any], depth: int = 0) -> bool | None:
+    from starlette.routing import Host, Mount, Route, WebSocketRoute
+
+    unsure = False
+    for route in routes:
+        found: bool | None
+        if isinstance(route, (Mount, Host)):
+            router = _router_below(route.app) if depth < 32 else None
+            # A mounted app with no router of its own holds nothing ``@metered`` for us.
+            found = False if router is None else _routes_metered(router, depth + 1)
+        elif isinstance(route, (Route, WebSocketRoute)):
+            found = isinstance(getattr(route.endpoint, METERED_ATTRIBUTE, None), RouteSpec)
+        else:
+            found = None
+        if found:
+            return True
+        unsure = unsure or found is None
+    return None if unsure else False
+
+
+def _routes_metered(router: Any, depth: int) -> bool | None:
+    if hasattr(getattr(router, "asgi_router", None), "handle_routing"):
+        return metered_endpoint_found(router)
+    return _starlette_metered(router.routes, depth)
+
+
 def _host(scope: MutableMapping[str, Any]) -> bytes | None:
     for name, value in scope["headers"]:
         if name == b"host":
@@ -262,6 +322,19 @@ class RouteTable:
             self._warn("asking the app's router raised", exc_info=True)
             reach.spec, reach.opaque = DEFAULT_SPEC, True
         return reach
+
+    def warn_if_nothing_metered(self) -> None:
+        """At startup: one WARNING when no pattern is given and no endpoint is ``@metered``
+        (every request would be served free)."""
+        if self._patterns:
+            return
+        try:
+            found = metered_endpoint_found(self._app)
+        except Exception:  # an app of a shape not known here: say nothing rather than fail
+            logger.debug("could not list the app's endpoints", exc_info=True)
+            return
+        if found is False:
+            logger.warning(NOTHING_METERED)
 
     def _warn(self, what: str, *, exc_info: bool = False) -> None:
         if not self._warned:  # once: a request can be made to raise on purpose

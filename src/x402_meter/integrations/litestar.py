@@ -5,6 +5,8 @@ Litestar runs app-level middleware per route handler, after routing. The plugin 
 route for the receipts path, so receipt requests reach a handler whose middleware answers
 them. Mark handlers with ``@metered`` (under ``@post``) or ``opt={"x402_meter": ...}``, or
 list them in ``routes``. For a ``Router``'s own meter, use ``X402MeterMiddleware``.
+``DefineMiddleware(X402Meter, ...)`` is refused: Litestar routes before middleware runs, so
+nothing would serve that meter's receipts (``x402_meter.startup``).
 
 Options are passed on as they are, never copied: a store object given here is the one every
 route writes to. (Litestar deep-copies a ``Router`` when it is registered, and with it the
@@ -17,14 +19,21 @@ from __future__ import annotations
 from typing import Any, Self, Unpack, cast
 
 import anyio
-from litestar import get
+from litestar import Litestar, get
 from litestar.config.app import AppConfig
 from litestar.plugins import InitPluginProtocol
 from litestar.types import ASGIApp
 
 from x402_meter.config import MeterConfig, MeterOptions
-from x402_meter.middleware import X402Meter
+from x402_meter.middleware import X402Meter, logger
+from x402_meter.routing import NOTHING_METERED, metered_endpoint_found
 from x402_meter.runtime import runtime_for
+
+
+class _RoutedMeter(X402Meter):
+    """``X402Meter`` as the plugin builds it: ``X402MeterPlugin`` routes its receipts path."""
+
+    receipts_routed = True
 
 
 class X402MeterMiddleware:
@@ -43,7 +52,7 @@ class X402MeterMiddleware:
 
     def __call__(self, app: ASGIApp) -> ASGIApp:
         # X402Meter is typed with Starlette's ASGI aliases; Litestar's TypedDicts are narrower.
-        return cast(ASGIApp, X402Meter(app, **self.options))
+        return cast(ASGIApp, _RoutedMeter(app, **self.options))
 
     def __copy__(self) -> Self:
         return self
@@ -69,7 +78,13 @@ class X402MeterPlugin(InitPluginProtocol):
         app_config.route_handlers.append(receipt)
         # Middleware sees no lifespan in Litestar: let settlements in flight finish at shutdown.
         app_config.on_shutdown.append(self.drain)
+        app_config.on_startup.append(self.check_routes)
         return app_config
+
+    def check_routes(self, app: Litestar) -> None:
+        """At startup: warn when no ``routes`` are given and no handler is ``@metered``."""
+        if not self.options.get("routes") and metered_endpoint_found(app) is False:
+            logger.warning(NOTHING_METERED)
 
     async def drain(self) -> None:
         """Wait (up to 30 s) for this meter's settlements in flight; stop its sweeper."""
