@@ -50,14 +50,16 @@ def drain(stack: LocalStack, payer: str) -> None:
     anvil.make_request("anvil_stopImpersonatingAccount", [payer])
 
 
-def json_app(stack: LocalStack, *, on_request: Any = None, **options: Any) -> FastAPI:
+def json_app(
+    stack: LocalStack, *, on_request: Any = None, status: int = 200, **options: Any
+) -> FastAPI:
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
     def chat() -> JSONResponse:  # sync: runs on a worker thread, so it may call the chain
         if on_request is not None:
             on_request()
-        return JSONResponse(completion_json())
+        return JSONResponse(completion_json(), status_code=status)
 
     app.add_middleware(X402Meter, **meter_options(stack, **options))
     return app
@@ -149,3 +151,16 @@ async def test_settle_before_response_false_serves_exact_first(
     assert response.status_code == 200
     assert "payment-response" not in response.headers
     assert (receipt["scheme"], receipt["status"]) == ("exact", "settled")
+
+
+async def test_an_exact_answer_that_failed_is_not_charged_and_claims_no_settlement(
+    x402_local_stack: LocalStack,
+) -> None:
+    stack = x402_local_stack
+    payer = new_funded_payer(stack)
+    before = token_balance(stack.web3(), stack.asset, payer.address)
+    response, receipt = await pay(stack, json_app(stack, schemes=("exact",), status=503), payer)
+    assert response.status_code == 503
+    assert "payment-response" not in response.headers  # nothing was settled
+    assert (receipt["status"], receipt["amount"]) == ("not_charged", "0")
+    assert token_balance(stack.web3(), stack.asset, payer.address) == before

@@ -881,7 +881,7 @@ class _PaidExchange:
                 self.offer, "settlement_failed", settled.error or "settlement failed", 402
             )
             return
-        if settled.state.is_final:
+        if settled.state is LedgerState.SETTLED:  # not NOT_CHARGED: no settlement to report
             v2 = settled.x402_version == 2
             result = SettleResponse(
                 success=True,
@@ -893,7 +893,8 @@ class _PaidExchange:
             name = PAYMENT_RESPONSE if v2 else X_PAYMENT_RESPONSE
             header = (name.encode(), settle_response_header(result))
             start = {**start, "headers": [*start["headers"], header]}
-        # Otherwise the facilitator is unreachable: the sweeper keeps trying; answer anyway.
+        # Otherwise nothing was charged (the receipt says so), or the facilitator is
+        # unreachable: the sweeper keeps trying; answer anyway.
         await self.send(start)
         for body in bodies:
             await self.send(body)
