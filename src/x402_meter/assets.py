@@ -15,6 +15,8 @@ class Asset:
 
     ``eip2612``: the token has EIP-2612 ``permit`` (USDC does), so wallets that never approved
     Permit2 can still pay an ``upto`` requirement, gas-free, if the facilitator sponsors it.
+    ``eip3009``: the token has EIP-3009 ``transferWithAuthorization`` (USDC does): ``exact``
+    requirements then say so in ``extra.primaryType``, which thirdweb's client needs.
     """
 
     address: str
@@ -22,6 +24,7 @@ class Asset:
     version: str
     decimals: int = 6
     eip2612: bool = True
+    eip3009: bool = True
 
     def __post_init__(self) -> None:
         if not (self.address.startswith("0x") and len(self.address) == 42):

@@ -48,7 +48,7 @@ class MeterOptions(TypedDict, total=False):
     store: PaymentStore | str | None
     meter: MeterFactory
     receipts_path: str
-    settle_before_response: bool
+    settle_before_response: bool | None
     facilitator_headers: FacilitatorHeaders | None
     facilitator_api_key: str | None
     facilitator_timeout: float
@@ -91,7 +91,8 @@ class MeterConfig:
     """A store, a store URL, or None: ``$X402_METER_STORE``, else ``sqlite:///x402-meter.sqlite3``."""
     meter: MeterFactory
     receipts_path: str
-    settle_before_response: bool
+    settle_before_response: bool | None
+    """Hold non-streamed answers until settled (``None``: for ``exact`` payments only)."""
     facilitator_headers: tuple[tuple[str, str], ...] | Callable[[], Mapping[str, str]] | None
     facilitator_api_key: str | None = field(repr=False)
     """Sent as ``Authorization: Bearer``; kept out of ``repr`` so that it is never logged."""
@@ -140,7 +141,7 @@ class MeterConfig:
         store: PaymentStore | str | None = None,
         meter: MeterFactory = auto_meter,
         receipts_path: str = "/x402/receipts/",
-        settle_before_response: bool = False,
+        settle_before_response: bool | None = None,
         facilitator_headers: FacilitatorHeaders | None = None,
         facilitator_api_key: str | None = None,
         facilitator_timeout: float = 30.0,
@@ -197,6 +198,11 @@ class MeterConfig:
         if not (receipts_path.startswith("/") and receipts_path.endswith("/")):
             raise ConfigurationError(
                 f"receipts_path must start and end with '/', got {receipts_path!r}"
+            )
+        if settle_before_response is not None and not isinstance(settle_before_response, bool):
+            raise ConfigurationError(
+                "settle_before_response must be True, False or None (by scheme),"
+                f" got {settle_before_response!r}"
             )
         if on_cap not in ("end", "finish"):
             raise ConfigurationError(f"on_cap must be 'end' or 'finish', got {on_cap!r}")

@@ -26,6 +26,7 @@ from x402 import x402FacilitatorSync
 from x402.extensions.eip2612_gas_sponsoring import EIP2612_GAS_SPONSORING
 from x402.mechanisms.evm import FacilitatorWeb3Signer
 from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme, ExactEvmSchemeConfig
+from x402.mechanisms.evm.exact.v1.facilitator import ExactEvmSchemeV1, ExactEvmSchemeV1Config
 from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme, UptoEvmSchemeConfig
 from x402.schemas import SchemeNotFoundError, SettleResponse, VerifyResponse
 
@@ -38,6 +39,7 @@ from x402_meter.facilitator_request import (
     decode_json,
     network_of,
 )
+from x402_meter.protocol.offer import v1_network_name
 
 logger = logging.getLogger("x402_meter.facilitator")
 
@@ -58,6 +60,9 @@ def build_evm_facilitator(
     confirmation_timeout_seconds: float = 60.0,
 ) -> x402FacilitatorSync:
     """An SDK facilitator with ``exact`` and ``upto`` for one EVM network.
+
+    Where the network has an x402 v1 name (``base``, ``base-sepolia``, ...) it also serves
+    v1 ``exact`` under that name: v1-only clients such as ``x402-fetch`` 1.x pay with it.
 
     Checks that ``network`` (CAIP-2, ``eip155:<chain id>``) is the chain behind
     ``rpc_url``: a facilitator that signs for the wrong chain fails every settlement.
@@ -85,6 +90,11 @@ def build_evm_facilitator(
     facilitator.register(
         [network], UptoEvmFacilitatorScheme(signer, UptoEvmSchemeConfig(simulate_in_settle=True))
     )
+    v1_name = v1_network_name(network)
+    if v1_name != network:  # v1 has no upto, and no names for other chains (e.g. 31337)
+        facilitator.register_v1(
+            [v1_name], ExactEvmSchemeV1(signer, ExactEvmSchemeV1Config(simulate_in_settle=True))
+        )
     # First payments from wallets without a Permit2 approval: the payer signs an EIP-2612
     # permit too, and the upto proxy's settleWithPermit submits both (the facilitator pays gas).
     facilitator.register_extension(EIP2612_GAS_SPONSORING)

@@ -57,7 +57,7 @@ from x402_meter.protocol.headers import (
     decode_payment,
     settle_response_header,
 )
-from x402_meter.protocol.offer import Offer
+from x402_meter.protocol.offer import Offer, v1_network_name
 from x402_meter.request_body import read_request_body
 from x402_meter.responses import receipt_body, send_json, send_payment_required, send_unavailable
 from x402_meter.route_paths import below_root
@@ -657,12 +657,20 @@ class _PaidExchange:
             )
             self.meter = self._new_meter(info)
             message = {**message, "headers": headers}
-            if self.config.settle_before_response and content_type not in _STREAMING_TYPES:
+            if self._settles_first() and content_type not in _STREAMING_TYPES:
                 self.held = [message]
                 return
             self.fast = self.meter is not None and self.usage_filter is None
             self._set_feed_at()
         await self.send(message)
+
+    def _settles_first(self) -> bool:
+        """Hold this (non-streamed) answer until it is settled? ``settle_before_response``;
+        by default only for ``exact``: its flat amount is known before the answer is, so
+        settling first costs the payer nothing and protects the seller (as the x402 SDK's
+        servers do), while an ``upto`` charge waits on the whole body."""
+        chosen = self.config.settle_before_response
+        return self.authorization.scheme == "exact" if chosen is None else chosen
 
     def _set_feed_at(self) -> None:
         if not self.fast or self.config.checkpoint_every == 0:
@@ -925,18 +933,20 @@ class _PaidExchange:
                 self.offer, "settlement_failed", settled.error or "settlement failed", 402
             )
             return
-        if settled.state.is_final:
+        if settled.state is LedgerState.SETTLED:  # not NOT_CHARGED: no settlement to report
+            v2 = settled.x402_version == 2
             result = SettleResponse(
                 success=True,
                 transaction=settled.transaction or "",
-                network=settled.network,
+                network=settled.network if v2 else v1_network_name(settled.network),
                 payer=settled.payer,
                 amount=str(settled.amount or 0),
             )
-            name = PAYMENT_RESPONSE if settled.x402_version == 2 else X_PAYMENT_RESPONSE
+            name = PAYMENT_RESPONSE if v2 else X_PAYMENT_RESPONSE
             header = (name.encode(), settle_response_header(result))
             start = {**start, "headers": [*start["headers"], header]}
-        # Otherwise the facilitator is unreachable: the sweeper keeps trying; answer anyway.
+        # Otherwise nothing was charged (the receipt says so), or the facilitator is
+        # unreachable: the sweeper keeps trying; answer anyway.
         await self.send(start)
         for body in bodies:
             await self.send(body)

@@ -195,7 +195,7 @@ def check_payment(
         payer, expires_at, key = _check_exact(payload.payload, requirements, now)
     sent: PaymentRequirements | PaymentRequirementsV1 = requirements
     if isinstance(payload, PaymentPayloadV1):
-        sent = v1_requirements(requirements, resource_url, offer.terms.description)
+        sent = v1_requirements(requirements, resource_url, offer.terms)
     return Authorization(
         payload=payload,
         requirements=sent,

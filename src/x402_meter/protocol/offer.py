@@ -20,6 +20,10 @@ Scheme = Literal["upto", "exact"]
 SCHEMES: Final[frozenset[str]] = frozenset({"upto", "exact"})
 
 _V1_NAMES: Final = {f"eip155:{chain_id}": name for name, chain_id in V1_NETWORK_CHAIN_IDS.items()}
+DEFAULT_MIME_TYPE: Final = "application/json"
+EIP3009_PRIMARY_TYPE: Final = "TransferWithAuthorization"
+"""``extra.primaryType`` of an ``exact`` requirement paid by EIP-3009 (thirdweb's client
+reads it to choose how to sign; without it, it looks the token's ABI up online)."""
 
 
 def v1_network_name(network: str) -> str:
@@ -38,6 +42,8 @@ class PaymentTerms:
     schemes: tuple[Scheme, ...] = ("upto",)
     max_timeout_seconds: int = 300
     description: str | None = None
+    mime_type: str = DEFAULT_MIME_TYPE
+    """What the route answers with, as x402 v1's required ``mimeType`` says it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,8 @@ class Offer:
                 extra["assetTransferMethod"] = "permit2"
                 if facilitator_address:
                     extra["facilitatorAddress"] = facilitator_address
+            elif scheme == "exact" and terms.asset.eip3009:
+                extra["primaryType"] = EIP3009_PRIMARY_TYPE
             requirements.append(
                 PaymentRequirements(
                     scheme=scheme,
@@ -88,7 +96,7 @@ class Offer:
 
     def payment_required(self, resource_url: str, error: str) -> PaymentRequired:
         resource = ResourceInfo(
-            url=resource_url, description=self.terms.description, mime_type=None
+            url=resource_url, description=self.terms.description, mime_type=self.terms.mime_type
         )
         extensions = declare_eip2612_gas_sponsoring_extension() if self.gas_sponsoring else None
         return PaymentRequired(
@@ -97,22 +105,26 @@ class Offer:
 
     def v1_requirements(self, resource_url: str) -> list[PaymentRequirementsV1]:
         return [
-            v1_requirements(requirements, resource_url, self.terms.description)
+            v1_requirements(requirements, resource_url, self.terms)
             for requirements in self.requirements
         ]
 
 
 def v1_requirements(
-    requirements: PaymentRequirements, resource_url: str, description: str | None = None
+    requirements: PaymentRequirements, resource_url: str, terms: PaymentTerms
 ) -> PaymentRequirementsV1:
-    """The same requirements in the v1 shape (``maxAmountRequired``, legacy network name)."""
+    """The same requirements in the v1 shape (``maxAmountRequired``, legacy network name).
+
+    v1 requires ``resource`` (a URL), ``description`` and ``mimeType`` as strings: strict
+    v1 clients (``x402-fetch``) refuse the whole 402 if one is missing.
+    """
     return PaymentRequirementsV1(
         scheme=requirements.scheme,
         network=v1_network_name(requirements.network),
         max_amount_required=requirements.amount,
         resource=resource_url,
-        description=description,
-        mime_type=None,
+        description=terms.description or "",
+        mime_type=terms.mime_type,
         pay_to=requirements.pay_to,
         max_timeout_seconds=requirements.max_timeout_seconds,
         asset=requirements.asset,
