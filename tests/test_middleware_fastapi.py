@@ -191,18 +191,22 @@ async def test_a_v2_payment_in_the_legacy_x_payment_header_is_accepted(
         assert (await receipt(client, base, response))["status"] == "settled"
 
 
-async def test_a_payment_for_less_than_the_maximum_is_refused_before_the_facilitator(
-    x402_local_stack: LocalStack, served: tuple[str, dict[str, int]]
-) -> None:
-    base, calls = served
+async def pay_for_other_terms(stack: LocalStack, base: str, **changes: Any) -> httpx.Response:
+    """Pay CHAT with a real signature for the 402's terms changed by ``changes``."""
     async with httpx.AsyncClient() as client:
         challenge = await client.post(f"{base}/v1/chat/completions", json=CHAT)
         header = base64.b64decode(challenge.headers["payment-required"])
         accepted = PaymentRequired.model_validate_json(header).accepts[0]
-        cheaper = accepted.model_copy(update={"amount": str(MAX_AMOUNT - 1)})
-        payload = await sign(x402_local_stack, payer(x402_local_stack)[0], cheaper)
+        payload = await sign(stack, payer(stack)[0], accepted.model_copy(update=changes))
         signed = {"PAYMENT-SIGNATURE": encode_payment_signature_header(payload)}
-        response = await client.post(f"{base}/v1/chat/completions", json=CHAT, headers=signed)
+        return await client.post(f"{base}/v1/chat/completions", json=CHAT, headers=signed)
+
+
+async def test_a_payment_for_less_than_the_maximum_is_refused_before_the_facilitator(
+    x402_local_stack: LocalStack, served: tuple[str, dict[str, int]]
+) -> None:
+    base, calls = served
+    response = await pay_for_other_terms(x402_local_stack, base, amount=str(MAX_AMOUNT - 1))
     assert response.status_code == 402
     assert response.json()["reason"] == "amount_too_low"
     assert "payment-required" in response.headers  # so the client can pay again, correctly
@@ -214,14 +218,8 @@ async def test_an_authorization_too_close_to_its_deadline_is_refused_before_it_i
 ) -> None:
     """An answer paid by it could not be settled before the deadline (``expiry_margin``)."""
     base, calls = served
-    async with httpx.AsyncClient() as client:
-        challenge = await client.post(f"{base}/v1/chat/completions", json=CHAT)
-        header = base64.b64decode(challenge.headers["payment-required"])
-        accepted = PaymentRequired.model_validate_json(header).accepts[0]
-        short = accepted.model_copy(update={"max_timeout_seconds": 15})  # the margin is 20 s
-        payload = await sign(x402_local_stack, payer(x402_local_stack)[0], short)
-        signed = {"PAYMENT-SIGNATURE": encode_payment_signature_header(payload)}
-        response = await client.post(f"{base}/v1/chat/completions", json=CHAT, headers=signed)
+    # The SDK signs a deadline of now + max_timeout_seconds; the margin is 20 s.
+    response = await pay_for_other_terms(x402_local_stack, base, max_timeout_seconds=15)
     assert response.status_code == 402
     assert response.json()["reason"] == "payment_expires_too_soon"
     assert calls["count"] == 0
