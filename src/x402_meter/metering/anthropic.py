@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar, Final
 
 from x402_meter.metering.extractor import (
+    MAX_KEPT_SIZE,
     UsageExtractor,
     compact_json,
     count,
@@ -42,8 +43,8 @@ class AnthropicUsage(UsageExtractor):
     other_text_keys = ('"thinking"', '"partial_json"', '"name"', '"input"')
     chunk_event = "content_block_delta"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, max_kept_size: int = MAX_KEPT_SIZE) -> None:
+        super().__init__(max_kept_size)
         self._input: dict[str, int] = {}
 
     @staticmethod

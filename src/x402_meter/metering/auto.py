@@ -39,10 +39,14 @@ def recognise(event: dict[str, Any]) -> type[UsageExtractor] | None:
     return None
 
 
-def auto_meter(response: ResponseInfo, *, encoding: str = DEFAULT_ENCODING) -> Meter:
+def auto_meter(
+    response: ResponseInfo, *, encoding: str = DEFAULT_ENCODING, accelerate: bool = True
+) -> Meter:
     """A meter for any of the supported providers and body formats (the default factory).
 
     ``encoding`` is the tokenizer encoding of the fallback (``o200k_base`` or
     ``cl100k_base``); bind another one with ``functools.partial(auto_meter, encoding=...)``.
+    ``accelerate=False`` runs only the plain readers (see
+    :class:`~x402_meter.metering.meter.BodyMeter`): the same counts, slower.
     """
-    return BodyMeter(response, recognise=recognise, encoding=encoding)
+    return BodyMeter(response, recognise=recognise, encoding=encoding, accelerate=accelerate)

@@ -222,6 +222,9 @@ class UsageExtractor:
         self._template_model: str | None = None
         """The model the template's chunk names: every chunk of that shape names it too."""
         self._batches_asked = 0
+        self.accelerate = True
+        """Whether the fast paths run (chunk templates, events kept in bulk); a meter sets
+        it to its own ``accelerate``. Off, every kept event is decoded, one by one."""
 
     # -- what each provider defines ----------------------------------------------------------
 
@@ -268,7 +271,7 @@ class UsageExtractor:
         events between them are kept (or not) in bulk. The markers are found in the events
         joined by line ends: a marker has no line end, so it cannot match across two events.
         """
-        if len(events) < _BULK_FROM:
+        if len(events) < _BULK_FROM or not self.accelerate:
             event = self.event
             for data in events:
                 event(data)
@@ -385,6 +388,8 @@ class UsageExtractor:
         found, for the first batches, then after every sixteenth (a stream of tool calls or
         of reasoning has no such shape; its answer that follows may).
         """
+        if not self.accelerate:
+            return None
         if self._template is None and self._kept and self.text_key is not None:
             self._batches_asked += 1
             asked = self._batches_asked
@@ -413,7 +418,7 @@ class UsageExtractor:
         chunk that is the template's with another plain string as its text needs no
         decoding (see :func:`_template`).
         """
-        template = self._template
+        template = self._template if self.accelerate else None
         if template is not None:
             prefix, suffix = template
             numbered = self._numbered
@@ -430,7 +435,7 @@ class UsageExtractor:
         event = decode(data)
         if self.model is None:
             self.read_model(event)
-        if self.text_key is None:
+        if self.text_key is None or not self.accelerate:
             return self.text(event)
         return self._learn_template(data, event)
 

@@ -91,8 +91,8 @@ class _Events(Protocol):
 
 
 class _SSEEvents:
-    def __init__(self) -> None:
-        self.parser = SSEParser()
+    def __init__(self, accelerate: bool) -> None:
+        self.parser = SSEParser(accelerate=accelerate)
 
     @property
     def dropped(self) -> int:
@@ -135,9 +135,9 @@ class _OpaqueEvents:
         return []
 
 
-def _events_for(form: BodyFormat) -> _Events:
+def _events_for(form: BodyFormat, accelerate: bool) -> _Events:
     if form == "sse":
-        return _SSEEvents()
+        return _SSEEvents(accelerate)
     if form == "ndjson":
         return NDJSONReader()
     if form == "json":
@@ -152,6 +152,12 @@ class BodyMeter:
 
     ``extractor`` fixes the provider; otherwise ``recognise`` names it from the first events
     (JSON bodies only). ``encoding`` is the tokenizer encoding the fallback counts with.
+
+    ``accelerate`` turns the fast paths on (the default): runs of chunks of one shape read
+    as text, chunk templates, pieces held unread until a count is asked for, events kept in
+    bulk, the SSE parser's runs of one-line events. With ``accelerate=False`` only the plain
+    readers and extractors run, the reference the fast paths must agree with: the same
+    :class:`Usage` for any body and any chunking (``docs/design/metering.md``).
     """
 
     def __init__(
@@ -161,11 +167,13 @@ class BodyMeter:
         extractor: UsageExtractor | None = None,
         recognise: Recogniser | None = None,
         encoding: str = DEFAULT_ENCODING,
+        accelerate: bool = True,
     ) -> None:
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; expected one of {sorted(ENCODINGS)}")
         self._request_body = response.request_body
         self._encoding = encoding
+        self._accelerate = accelerate
         form = body_format(response.content_type)
         content_encoding = (response.content_encoding or "").strip().lower()
         self._decompressor: Decompressor | None = None
@@ -173,8 +181,11 @@ class BodyMeter:
             self._decompressor = Decompressor(content_encoding)
         elif content_encoding not in ("", "identity"):
             form = "opaque"  # e.g. br or zstd: counted by its (compressed) size
-        self._events = _events_for(form)
+        self._events = _events_for(form, accelerate)
         self._sse = self._events.parser if isinstance(self._events, _SSEEvents) else None
+        """The SSE parser the chunk runs hand the stream back to (accelerated SSE only)."""
+        if not accelerate:
+            self._sse = None  # no runs: every byte goes through the parser
         self._runs: SSEChunkRuns | None = None
         """Reads the runs of chunks of one shape, once the extractor knows that shape."""
         self._tally = TokenTally(encoding)
@@ -191,6 +202,7 @@ class BodyMeter:
         self._extractor = extractor
         if extractor is not None:
             extractor.tally = self._tally
+            extractor.accelerate = accelerate
         self._recognise = recognise
         self._pending: list[tuple[str, Any]] = []
         self._broken = False
@@ -255,6 +267,9 @@ class BodyMeter:
     def _read(self, piece: bytes) -> None:
         """Bytes of the body, inflated: chunk runs read as text while that holds, else
         parsed into events."""
+        if not self._accelerate:  # the reference: every byte parsed
+            self._take(self._events.feed(piece))
+            return
         runs = self._runs
         if runs is None:
             # Looked for before a batch, not after: a short answer never pays for it.
@@ -435,6 +450,7 @@ class BodyMeter:
     def _start(self, extractor: UsageExtractor) -> None:
         self._extractor = extractor
         extractor.tally = self._tally
+        extractor.accelerate = self._accelerate
         for data, decoded in self._pending:
             extractor.event(data, decoded)
         self._pending.clear()

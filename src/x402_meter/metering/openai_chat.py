@@ -143,9 +143,14 @@ def _message_parts(message: dict[str, Any], parts: list[str]) -> None:
                 parts.append(arguments if isinstance(arguments, str) else compact_json(arguments))
 
 
-def openai_chat_meter(response: ResponseInfo, *, encoding: str = DEFAULT_ENCODING) -> Meter:
+def openai_chat_meter(
+    response: ResponseInfo, *, encoding: str = DEFAULT_ENCODING, accelerate: bool = True
+) -> Meter:
     """A meter that reads every body as OpenAI Chat Completions (the 0.1 default).
 
     :func:`~x402_meter.metering.auto_meter` recognises this format and the others by itself.
+    ``accelerate``: as for :func:`~x402_meter.metering.auto_meter`.
     """
-    return BodyMeter(response, extractor=OpenAIChatUsage(), encoding=encoding)
+    return BodyMeter(
+        response, extractor=OpenAIChatUsage(), encoding=encoding, accelerate=accelerate
+    )

@@ -1,4 +1,4 @@
-"""OpenAI chat streams for the tests of the chunk-run fast path (sse_runs, BodyMeter._read).
+"""OpenAI chat streams for the tests of the chunk-run fast path (sse_runs, BodyMeter).
 
 Streams are made of SSE fragments: chunks of one template shape (the one a meter learns
 from the stream) with random contents, plain or escaped or making the chunk something else,
@@ -14,19 +14,19 @@ from typing import Any, Final
 
 from hypothesis import strategies as st
 
-from bench.sse_server import EVENT
 from tests.unit.metering.test_fast_paths import SHAPES
 from x402_meter.metering.extractor import decode, field
 from x402_meter.metering.openai_chat import OpenAIChatUsage
 from x402_meter.metering.sse import SSEParser
 
 BENCH_SHAPE: Final = (
-    EVENT.decode()
-    .removeprefix("data: ")
-    .removesuffix("\n\n")
-    .replace('"content":" token"', '"content":"%s"')
+    '{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk",'
+    '"created":1741570283,"model":"gpt-4o-2024-08-06","service_tier":"default",'
+    '"system_fingerprint":"fp_eb9dce56a8","choices":[{"index":0,"delta":{"content":"%s"},'
+    '"logprobs":null,"finish_reason":null}],"usage":null}'
 )
-"""The chunk OpenAI streams for each token (bench/sse_server.py), its content a hole."""
+"""The chunk OpenAI streams for each token (as bench/sse_server.py streams it, its content a
+hole): written out here, so that no test imports the benchmarks."""
 assert "%s" in BENCH_SHAPE
 
 TEMPLATE_SHAPES: Final = [

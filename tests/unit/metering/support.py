@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from x402_meter.metering import Meter, ResponseInfo, Usage, auto_meter
-from x402_meter.metering.auto import recognise
-from x402_meter.metering.extractor import UsageExtractor
-from x402_meter.metering.meter import Recogniser
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
 MANIFEST: dict[str, Any] = json.loads((FIXTURES / "usage.json").read_text(encoding="utf-8"))
@@ -73,13 +70,3 @@ def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
 
 def one_byte_chunks(data: bytes) -> list[bytes]:
     return [data[index : index + 1] for index in range(len(data))]
-
-
-def recognising(kind: type[UsageExtractor], instead: type[UsageExtractor]) -> Recogniser:
-    """``auto_meter``'s recogniser, naming ``instead`` where it would name ``kind``."""
-
-    def recognised(event: dict[str, Any]) -> type[UsageExtractor] | None:
-        found = recognise(event)
-        return instead if found is kind else found
-
-    return recognised

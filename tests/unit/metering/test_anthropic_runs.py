@@ -3,8 +3,8 @@ event counts.
 
 Anthropic names its events (an ``event:`` line before each ``data:`` line), and its text
 deltas differ only in their text: the meter learns their shape and reads runs of them without
-the SSE parser or a JSON decode per event. The reference is the same meter with chunk
-templates off (its extractor has no ``text_key``). Streams are made with and without the
+the SSE parser or a JSON decode per event. The reference is the same meter with its fast
+paths off (``accelerate=False``). Streams are made with and without the
 closing usage report (without it the output is estimated from the text, so every delta's text
 counts), cut into random chunks, snapshots taken between.
 """
@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.metering.chunk_streams import ANY_CONTENT, ESCAPED, PLAIN
-from tests.unit.metering.support import recognising, split
+from tests.unit.metering.support import split
 from x402_meter.metering import ResponseInfo, auto_meter
-from x402_meter.metering.anthropic import AnthropicUsage
 from x402_meter.metering.meter import BodyMeter
+from x402_meter.metering.sse_runs import TEXT, SSEChunkRuns
 
 INFO = ResponseInfo(200, "text/event-stream", None, b'{"messages":[]}', "/v1/messages")
 START = {
@@ -31,15 +31,6 @@ START = {
 DELTA = '{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":"%s"}}'
 ANTHROPIC_BREAKING = ['","text":"', '"},"x":{"text":"', '"}}\n\nevent: ping\ndata: {"x":"']
 """What ends the text early or starts another event: not a chunk of the shape."""
-
-
-class WithoutRuns(AnthropicUsage):
-    """AnthropicUsage with no chunk shape: every event is parsed and decoded."""
-
-    text_key = None
-
-
-recognise_without_runs = recognising(AnthropicUsage, WithoutRuns)
 
 
 def event(name: str, payload: str | dict[str, Any]) -> str:
@@ -88,9 +79,9 @@ def test_runs_of_deltas_count_what_parsing_every_event_counts(
     stream: bytes, data: st.DataObject, snapshots: set[int]
 ) -> None:
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
-    fast = auto_meter(INFO)
-    reference = BodyMeter(INFO, recognise=recognise_without_runs)
+    fast, reference = auto_meter(INFO), auto_meter(INFO, accelerate=False)
     assert isinstance(fast, BodyMeter)
+    assert isinstance(reference, BodyMeter)
     for index, chunk in enumerate(split(stream, cuts)):
         fast.feed(chunk)
         reference.feed(chunk)
@@ -99,16 +90,24 @@ def test_runs_of_deltas_count_what_parsing_every_event_counts(
     assert fast.finish() == reference.finish()
 
 
-def test_a_long_run_of_deltas_is_read_as_runs() -> None:
+def test_a_long_run_of_deltas_is_read_as_runs(monkeypatch: Any) -> None:
     words = [" word", " é", " 日本", "!", ' \\"quoted\\"', "\\n"]
     body = event("message_start", START) + "".join(delta(words[i % 6]) for i in range(3000))
     stream = body.encode()
-    fast = auto_meter(INFO)
-    reference = BodyMeter(INFO, recognise=recognise_without_runs)
-    assert isinstance(fast, BodyMeter)
+    fast, reference = auto_meter(INFO), auto_meter(INFO, accelerate=False)
+    runs: list[str] = []
+    split_runs = SSEChunkRuns.split
+
+    def recorded(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
+        segments = split_runs(self, text)
+        runs.extend(run for is_text, run in segments if is_text is TEXT)
+        return segments
+
+    monkeypatch.setattr(SSEChunkRuns, "split", recorded)
     for chunk in split(stream, range(0, len(stream), 16 * 1024)):
         fast.feed(chunk)
         reference.feed(chunk)
-    assert fast._runs is not None  # the deltas' shape was learned, with its event line
+    # the deltas' shape was learned, with its event line: nearly all read as runs of text
+    assert len("".join(runs)) > 2900 * 3
     assert fast.finish() == reference.finish()
     assert fast.finish().output_source == "estimated"

@@ -1,12 +1,15 @@
-"""The meters' fast paths give exactly what the plain paths give (bench/README.md: why).
+"""The meters' fast paths give exactly what the plain paths give (``accelerate=False``, the
+reference; docs/design/metering.md says which invariants they keep).
 
-- SSEParser.feed_data: the data of the events feed gives, a run of one-line events split in
-  bulk (named ones, Anthropic's, found by two regular expressions), also after a chunk that
-  ended inside an event;
+- SSEParser: the events the plain (line-by-line) parser gives; feed_data: their data, a run
+  of one-line events split in bulk (named ones, Anthropic's, found by two regular
+  expressions), also after a chunk that ended inside an event;
 - decode: json.loads' result (or None), without its Python layers;
-- UsageExtractor.events: event() for each event, the runs without a marker kept in bulk;
-- OpenAIChatUsage.text: texts() joined; its text_of: decoding skipped for a chunk that
-  differs from the last decoded one only in a plain content string.
+- UsageExtractor.events: what the plain extractor gives (event() for each event), the runs
+  without a marker kept in bulk;
+- OpenAIChatUsage.text: texts() joined; its text_of: what the plain extractor gives (every
+  chunk decoded), decoding skipped for a chunk that differs from the last decoded one only in
+  a plain content string.
 """
 
 from __future__ import annotations
@@ -25,18 +28,27 @@ from x402_meter.metering.anthropic import AnthropicUsage
 from x402_meter.metering.extractor import UnknownFormat, UsageExtractor, decode
 from x402_meter.metering.openai_chat import OpenAIChatUsage
 from x402_meter.metering.openai_responses import OpenAIResponsesUsage
-from x402_meter.metering.sse import SSEParser
+from x402_meter.metering.sse import MAX_EVENT_SIZE, SSEEvent, SSEParser
 
 # --- SSE --------------------------------------------------------------------------------------
 
 
+def parsed(parser: SSEParser, chunks: tuple[bytes, ...]) -> list[SSEEvent]:
+    return [event for chunk in chunks for event in parser.feed(chunk)] + parser.close()
+
+
 def data_of(*chunks: bytes, bound: int | None = None) -> tuple[list[str], list[str]]:
-    """(data via feed, data via feed_data), chunk by chunk then at close."""
-    whole, data = (SSEParser() if bound is None else SSEParser(bound) for _ in range(2))
-    events = [event.data for chunk in chunks for event in whole.feed(chunk)]
-    events += [event.data for event in whole.close()]
+    """(data via the plain parser's feed, data via the fast parser's feed_data), chunk by
+    chunk then at close. The fast parser's feed gives the plain parser's events, ids and
+    names included, and both drop as much."""
+    size = MAX_EVENT_SIZE if bound is None else bound
+    plain = SSEParser(size, accelerate=False)
+    whole, data = SSEParser(size), SSEParser(size)
+    events = parsed(plain, chunks)
+    assert parsed(whole, chunks) == events
     fast = [value for chunk in chunks for value in data.feed_data(chunk)] + data.close_data()
-    return events, fast
+    assert whole.dropped == plain.dropped == data.dropped
+    return [event.data for event in events], fast
 
 
 @settings(max_examples=300)
@@ -208,13 +220,18 @@ def state(extractor: UsageExtractor) -> tuple[Any, ...]:
 def test_events_in_bulk_are_events_one_by_one(
     batches: list[list[str]], kind: type[UsageExtractor], budget: int
 ) -> None:
-    one_by_one, bulk = kind(), kind()
-    one_by_one._max_kept = bulk._max_kept = budget  # a small budget, so that it runs out
+    # a small budget, so that it runs out
+    one_by_one, bulk = plain(kind(max_kept_size=budget)), kind(max_kept_size=budget)
     for batch in batches:
-        for data in batch:
-            one_by_one.event(data)
+        one_by_one.events(batch)
         bulk.events(batch)
     assert state(bulk) == state(one_by_one)
+
+
+def plain(extractor: UsageExtractor) -> UsageExtractor:
+    """``extractor`` with its fast paths off (as ``BodyMeter(accelerate=False)`` sets it)."""
+    extractor.accelerate = False
+    return extractor
 
 
 def reference_text(extractor: OpenAIChatUsage, data: str) -> str:
@@ -287,15 +304,18 @@ def test_openai_text_of_chunks_is_what_decoding_them_gives(
     chunks: list[tuple[str, str]], snapshots: list[int]
 ) -> None:
     extractor = OpenAIChatUsage()
-    reference = OpenAIChatUsage()
+    reference = plain(OpenAIChatUsage())
     events = [shape.replace("%s", content) for shape, content in chunks]
     taken = ""
     for index, data in enumerate(events):
         extractor.event(data)
+        reference.event(data)
         if index in snapshots:  # taken a part at a time, as snapshots do
             taken += extractor.take_text()
-    expected = "".join(reference_text(reference, data) for data in events)
+    expected = "".join(reference_text(OpenAIChatUsage(), data) for data in events)
+    assert reference.take_text() == expected
     assert taken + extractor.take_text() == expected
+    assert extractor.model == reference.model
 
 
 @pytest.mark.parametrize("extractor", [OpenAIChatUsage, AnthropicUsage], ids=str)
@@ -323,10 +343,10 @@ def test_openai_chunks_after_a_plain_one_are_read_as_decoding_would(
 ) -> None:
     shape = SHAPES[0]
     events = [shape.replace("%s", "first")] + [shape.replace("%s", c) for c in contents] * 20
-    extractor, reference = OpenAIChatUsage(), OpenAIChatUsage()
+    extractor, reference = OpenAIChatUsage(), plain(OpenAIChatUsage())
     extractor.events(events)
-    expected = "".join(reference_text(reference, data) for data in events)
-    assert extractor.take_text() == expected
+    reference.events(events)
+    assert extractor.take_text() == reference.take_text()
 
 
 RESPONSES_DELTA = (
@@ -350,11 +370,14 @@ SEQUENCE_NUMBERS = st.integers(-5, 10**12).map(str) | st.sampled_from(
 def test_responses_text_of_deltas_whatever_their_sequence_number_is_what_decoding_gives(
     chunks: list[tuple[str, str]], first: str
 ) -> None:
-    extractor = OpenAIResponsesUsage()
+    extractor, reference = OpenAIResponsesUsage(), plain(OpenAIResponsesUsage())
     events = [RESPONSES_DELTA % (first, "first")] + [RESPONSES_DELTA % c for c in chunks]
     extractor.events(events)
+    reference.events(events)
     expected = "".join("".join(extractor.texts(loads_or_none(data))) for data in events)
+    assert reference.take_text() == expected
     assert extractor.take_text() == expected
+    assert extractor.model == reference.model
 
 
 def test_responses_deltas_past_the_first_are_not_decoded(monkeypatch: Any) -> None:

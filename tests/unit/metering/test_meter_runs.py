@@ -1,7 +1,7 @@
 """A meter reading runs of chunks as text counts exactly what the plain path counts.
 
-The reference is the same meter with the runs fast path off (its OpenAI extractor never
-offers a chunk template): every event goes through the SSE parser and is decoded. Streams are
+The reference is the same meter with its fast paths off (``accelerate=False``): every event
+goes through the SSE parser line by line and is decoded. Streams are
 random OpenAI chat streams, with or without a usage report, LF or CRLF, gzipped or not, with
 events longer than the run reader carries, cut into random chunks, snapshots taken between.
 """
@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
@@ -32,47 +35,27 @@ from tests.unit.metering.chunk_streams import (
     fragments,
     named,
 )
-from tests.unit.metering.support import one_byte_chunks, recognising, split
-from x402_meter.metering import ResponseInfo, Usage, auto_meter
+from tests.unit.metering.support import one_byte_chunks, split
+from x402_meter.metering import Meter, ResponseInfo, Usage, auto_meter
 from x402_meter.metering import meter as meter_module
-from x402_meter.metering.extractor import KnownText
 from x402_meter.metering.meter import BodyMeter
 from x402_meter.metering.openai_chat import OpenAIChatUsage
-from x402_meter.metering.sse_runs import MAX_CARRY, SSEChunkRuns
+from x402_meter.metering.sse import SSEParser
+from x402_meter.metering.sse_runs import MAX_CARRY, TEXT, SSEChunkRuns
 from x402_meter.metering.tokenizer import estimate_tokens
 
 REQUEST = b'{"messages":[]}'
+INFO = ResponseInfo(200, "text/event-stream", None, REQUEST)
 
 
-class WithoutRuns(OpenAIChatUsage):
-    """OpenAIChatUsage that never offers a template: the meter parses every event."""
-
-    def chunk_template(self) -> tuple[str, str] | None:
-        return None
-
-
-recognise_without_runs = recognising(OpenAIChatUsage, WithoutRuns)
-
-
-class RunsRead(OpenAIChatUsage):
-    """OpenAIChatUsage whose usage reports do not let a meter hold pieces unread: the runs
-    are read as they come (for the tests that look at how they are read)."""
-
-    final_reports = False
-
-
-recognise_runs_read = recognising(OpenAIChatUsage, RunsRead)
-
-
-def meters(
-    content_encoding: str | None = None, *, held: bool = True
-) -> tuple[BodyMeter, BodyMeter]:
-    """(the meter under test, the reference meter) for one SSE response. ``held``: the
-    meter under test may hold pieces unread until a count is asked for (as auto_meter's)."""
-    info = ResponseInfo(200, "text/event-stream", content_encoding, REQUEST)
-    fast = auto_meter(info) if held else BodyMeter(info, recognise=recognise_runs_read)
+def meters(content_encoding: str | None = None) -> tuple[BodyMeter, BodyMeter]:
+    """(the meter under test, the reference meter: the same with ``accelerate=False``) for
+    one SSE response."""
+    info = dataclasses.replace(INFO, content_encoding=content_encoding)
+    fast, reference = auto_meter(info), auto_meter(info, accelerate=False)
     assert isinstance(fast, BodyMeter)
-    return fast, BodyMeter(info, recognise=recognise_without_runs)
+    assert isinstance(reference, BodyMeter)
+    return fast, reference
 
 
 LONG = 70_000
@@ -189,6 +172,77 @@ def test_the_runs_fast_path_counts_what_the_plain_path_counts(
 
 
 # --- the fast path is taken, and handed back --------------------------------------------------
+#
+# Seen from outside: what the meter under test gives its chunk-runs reader (SSEChunkRuns.split)
+# and its SSE parser (feed_data, feed_text), recorded while the reference meter is not fed.
+
+
+@dataclass
+class Reads:
+    """What the meter under test read, in order (only while ``on``)."""
+
+    split: list[str] = field(default_factory=list)
+    """The text each split of a chunk run was given."""
+    texts: list[str] = field(default_factory=list)
+    """The generated text the splits gave back as runs of chunks (kept without decoding)."""
+    parsed: list[bytes] = field(default_factory=list)
+    """What the SSE parser was fed (its text as UTF-8)."""
+    on: bool = True
+
+    @property
+    def size(self) -> int:
+        """Bytes read so far, by the runs reader and the parser."""
+        return sum(len(text.encode()) for text in self.split) + sum(map(len, self.parsed))
+
+
+@pytest.fixture
+def reads(monkeypatch: Any) -> Reads:
+    recorded = Reads()
+    split_runs, feed_data, feed_text = SSEChunkRuns.split, SSEParser.feed_data, SSEParser.feed_text
+
+    def split_recorded(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
+        segments = split_runs(self, text)
+        if recorded.on:
+            recorded.split.append(text)
+            recorded.texts += [run for is_text, run in segments if is_text is TEXT]
+        return segments
+
+    def feed_data_recorded(self: SSEParser, chunk: bytes) -> list[str]:
+        if recorded.on:
+            recorded.parsed.append(chunk)
+        return feed_data(self, chunk)
+
+    def feed_text_recorded(self: SSEParser, text: str) -> list[str]:
+        if recorded.on:
+            recorded.parsed.append(text.encode())
+        return feed_text(self, text)
+
+    monkeypatch.setattr(SSEChunkRuns, "split", split_recorded)
+    monkeypatch.setattr(SSEParser, "feed_data", feed_data_recorded)
+    monkeypatch.setattr(SSEParser, "feed_text", feed_text_recorded)
+    return recorded
+
+
+def fed(fast: Meter, reference: Meter, piece: bytes, reads: Reads | None = None) -> None:
+    """``piece`` to both meters; only what the meter under test reads is recorded."""
+    if reads is not None:
+        reads.on = False
+    reference.feed(piece)
+    if reads is not None:
+        reads.on = True
+    fast.feed(piece)
+
+
+@contextmanager
+def reading(reads: Reads) -> Iterator[Reads]:
+    """What was read inside the block (a fresh record, then added to ``reads``)."""
+    inside = Reads()
+    before = (len(reads.split), len(reads.texts), len(reads.parsed))
+    yield inside
+    inside.split += reads.split[before[0] :]
+    inside.texts += reads.texts[before[1] :]
+    inside.parsed += reads.parsed[before[2] :]
+
 
 SHAPE = TEMPLATE_SHAPES[0]
 WORDS = [" word", " é", " 日本", " 😀", "!"]
@@ -198,40 +252,34 @@ def chunks_of(*texts: str) -> bytes:
     return "".join(data(fill(SHAPE, text)) for text in texts).encode()
 
 
-def test_chunks_whose_data_spans_two_lines_are_parsed_not_read_as_runs() -> None:
+def test_chunks_whose_data_spans_two_lines_are_parsed_not_read_as_runs(reads: Reads) -> None:
     # Their shape has a line end in it (JSON whitespace between the data lines), which the
     # run reader cannot split on: the meter goes on parsing them.
     two_lines = '{"choices":[{"delta":\ndata: {"content":"%s"}}]}'
     body = "".join(data(fill(two_lines, text)) for text in ["Hello", *WORDS * 300]).encode()
-    fast, reference = meters(held=False)
+    fast, reference = meters()
     for piece in batches(body):
-        fast.feed(piece)
-        reference.feed(piece)
-    assert fast._runs is None
+        fed(fast, reference, piece, reads)
     assert fast.finish() == reference.finish()
+    assert not reads.split
     assert fast.finish().output_tokens > 300
 
 
-def test_a_run_of_chunks_is_kept_as_text_once_the_template_is_known() -> None:
-    fast, reference = meters(held=False)
+def test_a_run_of_chunks_is_kept_as_text_once_the_template_is_known(reads: Reads) -> None:
+    fast, reference = meters()
     head = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello")
     for chunk in (head, chunks_of(*WORDS * 20)):
-        fast.feed(chunk)
-        reference.feed(chunk)
-    assert fast._runs is not None
-    extractor = fast._extractor
-    assert extractor is not None
-    assert any(type(kept) is KnownText for kept in extractor._kept)
+        fed(fast, reference, chunk, reads)
     assert fast.snapshot() == reference.snapshot()
+    assert "".join(reads.texts) == "".join(WORDS * 20)  # read as text, not decoded
     tail = chunks_of("bye") + data(FINISH).encode() + b"data: [DONE]\n\n"
-    fast.feed(tail)
-    reference.feed(tail)
+    fed(fast, reference, tail)
     assert fast.finish() == reference.finish()
     assert fast.finish().output_source == "estimated"
 
 
 @pytest.mark.parametrize("cr", [b"\r\n", b"\r"], ids=repr)
-def test_a_chunk_with_a_cr_hands_the_stream_back_to_the_parser(cr: bytes) -> None:
+def test_a_chunk_with_a_cr_hands_the_stream_back_to_the_parser(reads: Reads, cr: bytes) -> None:
     fast, reference = meters()
     pieces = [
         chunks_of("Hello"),
@@ -243,28 +291,33 @@ def test_a_chunk_with_a_cr_hands_the_stream_back_to_the_parser(cr: bytes) -> Non
         chunks_of(" e"),
     ]
     for index, piece in enumerate(pieces):
-        fast.feed(piece)
-        reference.feed(piece)
-        if cr in piece:
-            assert fast._runs is None
-        assert fast.snapshot() == reference.snapshot(), index
+        with reading(reads) as now:
+            fed(fast, reference, piece, reads)
+            assert fast.snapshot() == reference.snapshot(), index
+        if cr in piece:  # the carried event and the piece went to the parser
+            assert not now.split
+            assert b"".join(now.parsed).endswith(piece)
+    assert reads.texts  # the runs were read before
+    assert not any("\r" in text for text in reads.split)
     assert fast.finish() == reference.finish()
 
 
-def test_an_event_longer_than_the_carry_bound_is_read_by_the_parser() -> None:
-    fast, reference = meters(held=False)
+def test_an_event_longer_than_the_carry_bound_is_read_by_the_parser(reads: Reads) -> None:
+    fast, reference = meters()
     long = data(fill(SHAPE, "long " * (LONG // 5))).encode()
     pieces = [chunks_of("Hello"), chunks_of(*WORDS), long[:-10], long[-10:]]
     pieces += [chunks_of(*WORDS) for _ in range(3)]
-    runs_after: list[bool] = []
+    runs_read: list[bool] = []
+    parsed_long: list[bool] = []
     for piece in pieces:
-        fast.feed(piece)
-        reference.feed(piece)
-        runs_after.append(fast._runs is not None)
-        assert fast.snapshot() == reference.snapshot()
-    assert runs_after[1]  # the runs were read as text
-    assert not runs_after[2]  # the long event went to the parser
-    assert runs_after[4]  # and, from the batch after its end, the runs again
+        with reading(reads) as now:
+            fed(fast, reference, piece, reads)
+            assert fast.snapshot() == reference.snapshot()
+        runs_read.append(bool(now.texts))
+        parsed_long.append(any(len(chunk) > MAX_CARRY for chunk in now.parsed))
+    assert runs_read[1]  # the runs were read as text
+    assert parsed_long[2]  # the long event went to the parser
+    assert runs_read[4]  # and, from the batch after its end, the runs again
     assert fast.finish() == reference.finish()
 
 
@@ -276,20 +329,20 @@ def test_an_event_the_parser_began_is_ended_by_the_parser() -> None:
         chunks_of(*WORDS),
     ]
     for piece in pieces:
-        fast.feed(piece)
-        reference.feed(piece)
+        fed(fast, reference, piece)
         assert fast.snapshot() == reference.snapshot()
     assert fast.finish() == reference.finish()
 
 
-def test_an_event_carried_at_the_end_is_dropped_at_the_close_as_the_parser_drops_it() -> None:
+def test_an_event_carried_at_the_end_is_dropped_at_the_close_as_the_parser_drops_it(
+    reads: Reads,
+) -> None:
     fast, reference = meters()
     body = chunks_of("Hello") + chunks_of(*WORDS) + chunks_of(" last")[:-1]
     for piece in (chunks_of("Hello"), body[len(chunks_of("Hello")) :]):
-        fast.feed(piece)
-        reference.feed(piece)
-    assert fast._runs is not None
+        fed(fast, reference, piece, reads)
     assert fast.finish() == reference.finish()
+    assert reads.texts  # the runs were read, the last event carried
     assert fast.finish().output_tokens == estimate_tokens("Hello" + "".join(WORDS))
 
 
@@ -300,36 +353,33 @@ def test_the_model_does_not_depend_on_the_fast_path() -> None:
     fast, reference = meters()
     stream = [chunks_of("Hello"), chunks_of(*WORDS) + data(USAGE_WITHOUT_MODEL).encode()]
     for chunk in stream:
-        fast.feed(chunk)
-        reference.feed(chunk)
+        fed(fast, reference, chunk)
     assert fast.finish() == reference.finish()
 
 
 def test_the_estimate_over_the_kept_budget_does_not_depend_on_the_fast_path() -> None:
-    info = ResponseInfo(200, "text/event-stream", None, REQUEST)
-    fast = BodyMeter(info, extractor=OpenAIChatUsage(max_kept_size=2000))
-    reference = BodyMeter(info, extractor=WithoutRuns(max_kept_size=2000))
+    fast = BodyMeter(INFO, extractor=OpenAIChatUsage(max_kept_size=2000))
+    reference = BodyMeter(INFO, extractor=OpenAIChatUsage(max_kept_size=2000), accelerate=False)
     for chunk in (chunks_of("Hello"), chunks_of(*WORDS * 20)):
-        fast.feed(chunk)
-        reference.feed(chunk)
+        fed(fast, reference, chunk)
     assert fast.finish() == reference.finish()
 
 
 @pytest.mark.parametrize("usage", [None, USAGE_WITHOUT_MODEL], ids=["no usage", "usage"])
-def test_a_long_first_batch_is_read_as_runs_after_its_first_events(usage: str | None) -> None:
-    fast, reference = meters(held=False)
+def test_a_long_first_batch_is_read_as_runs_after_its_first_events(
+    reads: Reads, usage: str | None
+) -> None:
+    fast, reference = meters()
     body = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello", *WORDS * 60)
     body += chunks_of("line\\nbreak", ' a \\"quote\\"') + chunks_of(*WORDS * 20)  # escaped
     if usage is not None:
         body += data(usage).encode()
     assert len(body) > 16 * 1024  # one batch, as X402Meter feeds it
-    fast.feed(body)
-    reference.feed(body)
-    assert fast._runs is not None
-    extractor = fast._extractor
-    assert extractor is not None
-    assert usage is not None or any(type(kept) is KnownText for kept in extractor._kept)
+    fed(fast, reference, body, reads)
     assert fast.snapshot() == reference.snapshot()
+    assert sum(map(len, reads.parsed)) < 2 * 1024  # only its first events were parsed
+    assert reads.split  # the rest went to the runs reader
+    assert usage is not None or len("".join(reads.texts)) > 60 * len("".join(WORDS))
     assert fast.finish() == reference.finish()
 
 
@@ -340,33 +390,18 @@ def batches(body: bytes, size: int = 16 * 1024) -> list[bytes]:
     return [body[index : index + size] for index in range(0, len(body), size)]
 
 
-@pytest.fixture
-def read(monkeypatch: Any) -> list[str]:
-    """The text each split of a chunk run was given, in order (what the meter read)."""
-    texts: list[str] = []
-    split = SSEChunkRuns.split
-
-    def recorded(self: SSEChunkRuns, text: str) -> list[tuple[bool, str]]:
-        texts.append(text)
-        return split(self, text)
-
-    monkeypatch.setattr(SSEChunkRuns, "split", recorded)
-    return texts
-
-
-def test_a_stream_that_reports_its_usage_is_let_go_unread(read: list[str]) -> None:
+def test_a_stream_that_reports_its_usage_is_let_go_unread(reads: Reads) -> None:
     fast, reference = meters()
     body = data(named(ROLE, SHAPE)).encode() + chunks_of("Hello", *WORDS * 400)
     body += data(USAGE_WITHOUT_MODEL).encode() + b"data: [DONE]\n\n"
     pieces = batches(body)
     assert len(pieces) > 4
     for piece in pieces:
-        fast.feed(piece)
-        reference.feed(piece)
-    assert len(fast._deferred) == len(pieces)  # held, not even searched
+        fed(fast, reference, piece, reads)
+    assert not reads.split  # held, not even searched
+    assert sum(map(len, reads.parsed)) < 2 * 1024  # but for the first events of the first
     assert fast.finish() == reference.finish()
-    assert not fast._deferred
-    assert len("".join(read)) < 2 * 1024  # only from the report on: the rest was never read
+    assert len("".join(reads.split)) < 2 * 1024  # only from the report on: the rest never read
 
 
 @pytest.mark.parametrize(
@@ -380,15 +415,14 @@ def test_a_partial_report_has_everything_held_read_in_order(report: str) -> None
     fast, reference = meters()
     body = chunks_of("Hello", *WORDS * 400) + data(report).encode() + chunks_of(*WORDS * 5)
     for piece in batches(body):
-        fast.feed(piece)
-        reference.feed(piece)
+        fed(fast, reference, piece)
     assert fast.snapshot() == reference.snapshot()
     assert fast.finish() == reference.finish()
     assert fast.finish().output_source == "estimated"
 
 
 @pytest.mark.parametrize("done", [False, True])
-def test_a_report_in_a_piece_of_its_own_is_found(read: list[str], done: bool) -> None:
+def test_a_report_in_a_piece_of_its_own_is_found(reads: Reads, done: bool) -> None:
     fast, reference = meters()
     report = data(USAGE_WITHOUT_MODEL).encode()
     # The report starts right after the pieces before it: at the start of the data looked in.
@@ -396,11 +430,10 @@ def test_a_report_in_a_piece_of_its_own_is_found(read: list[str], done: bool) ->
     if done:
         pieces.append(b"data: [DONE]\n\n")
     for piece in pieces:
-        fast.feed(piece)
-        reference.feed(piece)
+        fed(fast, reference, piece, reads)
     assert fast.finish() == reference.finish()
     assert fast.finish().output_source == "reported"
-    assert "".join(read).startswith(report.decode())  # nothing before the report was read
+    assert "".join(reads.split).startswith(report.decode())  # nothing before it was read
 
 
 def test_a_whole_report_before_the_last_partial_one_has_everything_read() -> None:
@@ -409,8 +442,7 @@ def test_a_whole_report_before_the_last_partial_one_has_everything_read() -> Non
     body = chunks_of("Hello", *WORDS * 400) + data(USAGE_WITHOUT_MODEL).encode()
     body += chunks_of(*WORDS * 5) + data(partial).encode()
     for piece in batches(body):
-        fast.feed(piece)
-        reference.feed(piece)
+        fed(fast, reference, piece)
     assert fast.finish() == reference.finish()
 
 
@@ -420,40 +452,41 @@ def test_a_report_split_between_two_pieces_is_found(cut: int) -> None:
     body = chunks_of("Hello", *WORDS * 400) + data(USAGE_WITHOUT_MODEL).encode()
     pieces = [*batches(body[:cut]), body[cut:]]
     for piece in pieces:
-        fast.feed(piece)
-        reference.feed(piece)
+        fed(fast, reference, piece)
     assert fast.finish() == reference.finish()
     assert fast.finish().output_tokens == 9
 
 
-def test_what_is_held_is_bounded(monkeypatch: Any) -> None:
+def test_what_is_held_is_bounded(reads: Reads, monkeypatch: Any) -> None:
     monkeypatch.setattr(meter_module, "DEFER_LIMIT", 40 * 1024)
     fast, reference = meters()
     body = chunks_of("Hello", *WORDS * 2000)
-    for piece in batches(body):
-        fast.feed(piece)
-        reference.feed(piece)
-        assert fast._deferred_size <= 40 * 1024
+    pieces = batches(body)
+    for index, piece in enumerate(pieces):
+        fed(fast, reference, piece, reads)
+        # all but what is held (and the event carried at the end of what was read)
+        assert sum(map(len, pieces[: index + 1])) - reads.size <= 40 * 1024 + 1024
+    assert reads.size < len(body)  # some is held at the end
     assert fast.snapshot() == reference.snapshot()
     assert fast.finish() == reference.finish()
 
 
-def test_after_a_count_the_stream_is_held_again_and_its_end_let_go(read: list[str]) -> None:
+def test_after_a_count_the_stream_is_held_again_and_its_end_let_go(reads: Reads) -> None:
     fast, reference = meters()
     report = data(USAGE_WITHOUT_MODEL).encode()
     pieces = batches(chunks_of("Hello", *WORDS * 800) + report)
     half = len(pieces) // 2
     for piece in pieces[:half]:
-        fast.feed(piece)
-        reference.feed(piece)
-    assert len(fast._deferred) == half  # held while no count was asked for
+        fed(fast, reference, piece, reads)
+    assert not reads.split  # held while no count was asked for
     assert fast.snapshot() == reference.snapshot()
-    assert not fast._deferred  # read for the count
-    seen = len(read)
-    for piece in pieces[half:]:
-        fast.feed(piece)
-        reference.feed(piece)
-    assert len(fast._deferred) == len(pieces) - half  # held again
+    assert reads.size >= sum(map(len, pieces[:half])) - 1024  # read for the count
+    seen = len(reads.split)
+    with reading(reads) as now:
+        for piece in pieces[half:]:
+            fed(fast, reference, piece, reads)
+    assert not now.split  # held again
+    assert not now.parsed
     assert fast.finish() == reference.finish()
     assert fast.finish().output_source == "reported"
-    assert len("".join(read[seen:])) < 2 * 1024  # the end: only its report was read
+    assert len("".join(reads.split[seen:])) < 2 * 1024  # the end: only its report was read
