@@ -39,7 +39,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeAlias, cast
+from typing import Any, Final, Literal, NoReturn, TypeAlias, cast
 
 import anyio
 import httpx
@@ -65,20 +65,15 @@ from x402.schemas.v1 import PaymentRequirementsV1
 
 from x402_meter.assets import Asset, default_asset
 from x402_meter.chain_proof import ChainProver, Permit2Authorization
-from x402_meter.errors import ConfigurationError, X402MeterError
+from x402_meter.errors import (
+    ConfigurationError,
+    NoPayableOfferError,
+    PayerError,
+    ReceiptUnavailableError,
+    SpendCapExceededError,
+    X402MeterError,
+)
 from x402_meter.pricing import PriceInput, parse_price
-
-if TYPE_CHECKING:
-    _ClientBaseError = X402MeterError
-else:
-    try:  # the openai client passes its own errors through unwrapped and without retrying
-        from openai import OpenAIError as _OpenAIError
-
-        class _ClientBaseError(X402MeterError, _OpenAIError):
-            pass
-
-    except ImportError:  # pragma: no cover - openai is optional
-        _ClientBaseError = X402MeterError
 
 __all__ = [
     "NoPayableOfferError",
@@ -111,63 +106,6 @@ DEFAULT_RECEIPT_WAIT: Final = 10.0
 RECEIPT_HEADER: Final = "x-payment-receipt"
 _LOG: Final = logging.getLogger(__name__)
 _FINAL_STATUSES: Final = frozenset({"settled", "failed", "not_charged"})
-
-
-# -- errors --------------------------------------------------------------------------------
-
-
-class PayerError(_ClientBaseError):
-    """The paying client did not pay. With ``openai`` installed it is also an
-    ``openai.OpenAIError``, so the ``openai`` client raises it as it is, without retrying."""
-
-    reason = "payer_error"
-
-
-class SpendCapExceededError(PayerError):
-    """Paying would go over ``max_per_request`` or ``max_total``; nothing was signed."""
-
-    reason = "spend_cap_exceeded"
-
-    def __init__(
-        self,
-        cap: Literal["max_per_request", "max_total"],
-        *,
-        requested: int,
-        limit: int,
-        left: int,
-        decimals: int,
-    ) -> None:
-        self.cap = cap
-        """Which cap: ``"max_per_request"`` or ``"max_total"``."""
-        self.requested = requested
-        """Atomic units the server asked to authorize (its cheapest payable offer)."""
-        self.limit = limit
-        """The cap, in atomic units."""
-        self.left = left
-        """What the cap still allowed, in atomic units."""
-
-        def units(atomic: int) -> str:
-            return f"{Decimal(atomic).scaleb(-decimals).normalize():f}"
-
-        if cap == "max_per_request":
-            detail = f"above max_per_request ({units(limit)})"
-        else:
-            detail = f"more than max_total allows ({units(left)} left of {units(limit)})"
-        super().__init__(
-            f"refusing to sign: the server asks to authorize up to {units(requested)}, {detail}"
-        )
-
-
-class NoPayableOfferError(PayerError):
-    """The 402 offered nothing this wallet pays: another network, asset or scheme."""
-
-    reason = "no_payable_offer"
-
-
-class ReceiptUnavailableError(PayerError):
-    """The response carries no receipt, or the receipt could not be fetched."""
-
-    reason = "receipt_unavailable"
 
 
 # -- what the caller gets back ----------------------------------------------------------------
