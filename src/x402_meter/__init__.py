@@ -15,19 +15,36 @@ app.add_middleware(
 from importlib.metadata import PackageNotFoundError, version
 
 from x402_meter.assets import Asset
+from x402_meter.config import CapPolicy, FacilitatorHeaders, MeterOptions
 from x402_meter.errors import (
     ConfigurationError,
     FacilitatorUnavailableError,
+    NoPayableOfferError,
+    PayerError,
     PaymentAlreadyUsedError,
     PaymentError,
+    ReceiptUnavailableError,
     RequestRefusedError,
+    SpendCapExceededError,
+    StreamCapped,
+    TokenizerUnavailableError,
     X402MeterError,
 )
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metering import Meter, MeterFactory, ResponseInfo, Usage
+from x402_meter.metrics import MeterMetrics, PrometheusMetrics
 from x402_meter.middleware import X402Meter
-from x402_meter.pricing import PricedRequest, PriceTable, TokenPrice
+from x402_meter.pricing import (
+    PricedRequest,
+    PriceFunction,
+    PriceInput,
+    PriceModel,
+    PriceTable,
+    TokenPrice,
+)
+from x402_meter.protocol.offer import Scheme
 from x402_meter.routing import metered
+from x402_meter.settlement import RetryPolicy, SettlementHook
 from x402_meter.store import MemoryStore, PaymentRecord, PaymentStore
 
 try:
@@ -37,21 +54,38 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "Asset",
+    "CapPolicy",
     "ConfigurationError",
     "FacilitatorClient",
+    "FacilitatorHeaders",
     "FacilitatorUnavailableError",
     "MemoryStore",
     "Meter",
     "MeterFactory",
+    "MeterMetrics",
+    "MeterOptions",
+    "NoPayableOfferError",
+    "PayerError",
     "PaymentAlreadyUsedError",
     "PaymentError",
     "PaymentRecord",
     "PaymentStore",
+    "PriceFunction",
+    "PriceInput",
+    "PriceModel",
     "PriceTable",
     "PricedRequest",
+    "PrometheusMetrics",
+    "ReceiptUnavailableError",
     "RequestRefusedError",
     "ResponseInfo",
+    "RetryPolicy",
+    "Scheme",
+    "SettlementHook",
+    "SpendCapExceededError",
+    "StreamCapped",
     "TokenPrice",
+    "TokenizerUnavailableError",
     "Usage",
     "X402Meter",
     "X402MeterError",

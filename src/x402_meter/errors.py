@@ -1,9 +1,70 @@
-"""Exceptions, each with a stable machine-readable ``reason`` that HTTP answers carry too."""
+"""Every exception x402-meter raises, in one tree, so that callers can catch at the right level.
+
+Each has a stable machine-readable ``reason`` (the one HTTP answers carry too); where an
+exception used to be a standard one (``ValueError``, ``OSError``, ...), it still is, so the
+``except`` clauses written against that keep working::
+
+    X402MeterError                       reason
+    ├── ConfigurationError (ValueError)  configuration_error: a bad option or price
+    │   ├── FacilitatorConfigError       facilitator_config_error: the facilitator's chain/key
+    │   └── FacilitatorAccessError       facilitator_access_error: its API keys or payees
+    ├── PaymentError                     per refusal (400, 402 or 412 to the client)
+    │   └── PaymentAlreadyUsedError      payment_already_used
+    ├── RequestRefusedError              per refusal (400, 408, 413 or 503, before payment)
+    ├── FacilitatorUnavailableError      facilitator_unavailable: try again later
+    ├── StreamCapped (OSError)           stream_capped: the app's answer hit the maximum
+    ├── LeaseLostError                   lease_lost: another worker settles this row
+    ├── MalformedRequestError (ValueError)  per field: a verify/settle body refused
+    ├── NotCanonicalUintError (ValueError)  not_canonical_uint: a uint256 spelled otherwise
+    ├── TokenizerUnavailableError (RuntimeError)  tokenizer_unavailable
+    ├── PayerError                       payer_error: the paying client did not pay
+    │   ├── SpendCapExceededError        spend_cap_exceeded: over max_per_request/max_total
+    │   ├── NoPayableOfferError          no_payable_offer: no network/asset/scheme it pays
+    │   └── ReceiptUnavailableError      receipt_unavailable
+    └── DevStackError                    devstack_error: the local stack (x402-meter dev)
+        ├── AnvilNotFoundError (FileNotFoundError)
+        ├── AnvilInstallError (RuntimeError)
+        ├── PortInUseError (OSError)
+        ├── StartupError (RuntimeError)
+        ├── DeploymentError (RuntimeError)
+        └── VyperNotInstalledError (RuntimeError)
+
+``PayerError`` is also an ``openai.OpenAIError`` when the ``openai`` package is installed: the
+``openai`` client then raises the paying client's errors as they are, without retrying.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from decimal import Decimal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+__all__ = [
+    "AnvilInstallError",
+    "AnvilNotFoundError",
+    "ConfigurationError",
+    "DeploymentError",
+    "DevStackError",
+    "FacilitatorAccessError",
+    "FacilitatorConfigError",
+    "FacilitatorUnavailableError",
+    "LeaseLostError",
+    "MalformedRequestError",
+    "NoPayableOfferError",
+    "NotCanonicalUintError",
+    "PayerError",
+    "PaymentAlreadyUsedError",
+    "PaymentError",
+    "PortInUseError",
+    "ReceiptUnavailableError",
+    "RequestRefusedError",
+    "SpendCapExceededError",
+    "StartupError",
+    "StreamCapped",
+    "TokenizerUnavailableError",
+    "VyperNotInstalledError",
+    "X402MeterError",
+]
 
 
 class X402MeterError(Exception):
@@ -12,10 +73,28 @@ class X402MeterError(Exception):
     reason: ClassVar[str] = "x402_meter_error"
 
 
+# -- configuration -------------------------------------------------------------------------
+
+
 class ConfigurationError(X402MeterError, ValueError):
     """The middleware or a price was configured with a value it cannot use."""
 
     reason = "configuration_error"
+
+
+class FacilitatorConfigError(ConfigurationError):
+    """The facilitator cannot start with the given chain, network or key."""
+
+    reason = "facilitator_config_error"
+
+
+class FacilitatorAccessError(ConfigurationError):
+    """The facilitator's keys or payees are configured with a value it cannot use."""
+
+    reason = "facilitator_access_error"
+
+
+# -- the middleware: admission, serving, settlement ----------------------------------------------
 
 
 class PaymentError(X402MeterError):
@@ -73,3 +152,158 @@ class FacilitatorUnavailableError(X402MeterError):
     """The facilitator could not be reached or answered with an error: try again later."""
 
     reason = "facilitator_unavailable"
+
+
+class StreamCapped(X402MeterError, OSError):  # noqa: N818 - named for what happened, like ConnectionResetError
+    """Raised to the app on ``send`` after its answer was ended at the authorized maximum.
+
+    An ``OSError``, as ASGI servers raise when the client has gone: apps already stop on it.
+    """
+
+    reason = "stream_capped"
+
+
+class LeaseLostError(X402MeterError):
+    """Another worker holds the row: this one must not settle it."""
+
+    reason = "lease_lost"
+
+
+class TokenizerUnavailableError(X402MeterError, RuntimeError):
+    """No usable vocabulary or BPE implementation: install ``x402-meter[tokenizer]``."""
+
+    reason = "tokenizer_unavailable"
+
+
+# -- the wire and the facilitator server ---------------------------------------------------------
+
+
+class NotCanonicalUintError(X402MeterError, ValueError):
+    """A value that is not the canonical decimal string of a uint256."""
+
+    reason = "not_canonical_uint"
+
+
+class MalformedRequestError(X402MeterError, ValueError):
+    """A verify/settle body the facilitator refuses to interpret; ``reason`` is stable."""
+
+    reason = "invalid_request"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # type: ignore[misc]  # instance value refines the class default
+        self.message = message
+
+
+# -- the paying client -------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    _PayerBaseError = X402MeterError
+else:
+    try:  # the openai client passes its own errors through unwrapped and without retrying
+        from openai import OpenAIError as _OpenAIError
+
+        class _PayerBaseError(X402MeterError, _OpenAIError):
+            pass
+
+    except ImportError:  # pragma: no cover - openai is optional
+        _PayerBaseError = X402MeterError
+
+
+class PayerError(_PayerBaseError):
+    """The paying client did not pay. With ``openai`` installed it is also an
+    ``openai.OpenAIError``, so the ``openai`` client raises it as it is, without retrying."""
+
+    reason = "payer_error"
+
+
+class SpendCapExceededError(PayerError):
+    """Paying would go over ``max_per_request`` or ``max_total``; nothing was signed."""
+
+    reason = "spend_cap_exceeded"
+
+    def __init__(
+        self,
+        cap: Literal["max_per_request", "max_total"],
+        *,
+        requested: int,
+        limit: int,
+        left: int,
+        decimals: int,
+    ) -> None:
+        self.cap = cap
+        """Which cap: ``"max_per_request"`` or ``"max_total"``."""
+        self.requested = requested
+        """Atomic units the server asked to authorize (its cheapest payable offer)."""
+        self.limit = limit
+        """The cap, in atomic units."""
+        self.left = left
+        """What the cap still allowed, in atomic units."""
+
+        def units(atomic: int) -> str:
+            return f"{Decimal(atomic).scaleb(-decimals).normalize():f}"
+
+        if cap == "max_per_request":
+            detail = f"above max_per_request ({units(limit)})"
+        else:
+            detail = f"more than max_total allows ({units(left)} left of {units(limit)})"
+        super().__init__(
+            f"refusing to sign: the server asks to authorize up to {units(requested)}, {detail}"
+        )
+
+
+class NoPayableOfferError(PayerError):
+    """The 402 offered nothing this wallet pays: another network, asset or scheme."""
+
+    reason = "no_payable_offer"
+
+
+class ReceiptUnavailableError(PayerError):
+    """The response carries no receipt, or the receipt could not be fetched."""
+
+    reason = "receipt_unavailable"
+
+
+# -- the local development stack ----------------------------------------------------------------
+
+
+class DevStackError(X402MeterError):
+    """The local stack (``x402-meter dev``, the test fixture) could not be built or started."""
+
+    reason = "devstack_error"
+
+
+class AnvilNotFoundError(DevStackError, FileNotFoundError):
+    """No anvil binary could be found; the message is one line that says how to get one."""
+
+    reason = "anvil_not_found"
+
+
+class AnvilInstallError(DevStackError, RuntimeError):
+    """``npm install`` of anvil failed or is not possible here (no npm)."""
+
+    reason = "anvil_install_failed"
+
+
+class PortInUseError(DevStackError, OSError):
+    """A fixed port of the local stack is already taken (or two parts were given one port)."""
+
+    reason = "port_in_use"
+
+
+class StartupError(DevStackError, RuntimeError):
+    """A child process exited or stayed silent before saying it was ready."""
+
+    reason = "startup_failed"
+
+
+class DeploymentError(DevStackError, RuntimeError):
+    """A deployment transaction reverted."""
+
+    reason = "deployment_failed"
+
+
+class VyperNotInstalledError(DevStackError, RuntimeError):
+    """The vyper compiler (a development dependency) is not installed."""
+
+    reason = "vyper_not_installed"

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
+from x402_meter.errors import FacilitatorAccessError as FacilitatorAccessError
+
 API_KEYS_ENV: Final = "X402_FACILITATOR_API_KEYS"
 """Server side: the keys ``x402-meter facilitator`` accepts, comma separated."""
 PAY_TO_ENV: Final = "X402_FACILITATOR_PAY_TO"
@@ -25,10 +27,6 @@ _KEY: Final = re.compile(r"[\x21-\x7e]+")
 """Printable ASCII with no spaces or commas: a key must fit one header value and one list item."""
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _BEARER: Final = "bearer "
-
-
-class FacilitatorAccessError(ValueError):
-    """The facilitator's keys or payees are configured with a value it cannot use."""
 
 
 def _digest(key: str) -> bytes:

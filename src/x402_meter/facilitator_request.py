@@ -23,6 +23,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.helpers import parse_payment_payload, parse_payment_requirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
+from x402_meter.errors import MalformedRequestError as MalformedRequestError
 from x402_meter.protocol.amounts import NotCanonicalUintError, parse_uint
 
 INVALID_REQUEST: Final = "invalid_request"
@@ -35,15 +36,6 @@ _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _HEX: Final = re.compile(r"0x(?:[0-9a-fA-F]{2})+")
 _BYTES32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
 _EIP2612: Final = "eip2612GasSponsoring"
-
-
-class MalformedRequestError(ValueError):
-    """A verify/settle body the facilitator refuses to interpret; ``reason`` is stable."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

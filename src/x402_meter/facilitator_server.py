@@ -30,6 +30,7 @@ from x402.mechanisms.evm.exact.v1.facilitator import ExactEvmSchemeV1, ExactEvmS
 from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme, UptoEvmSchemeConfig
 from x402.schemas import SchemeNotFoundError, SettleResponse, VerifyResponse
 
+from x402_meter.errors import FacilitatorConfigError as FacilitatorConfigError
 from x402_meter.facilitator_access import ApiKeys, PayeeAllowlist
 from x402_meter.facilitator_request import (
     INVALID_PAYLOAD,
@@ -46,10 +47,6 @@ logger = logging.getLogger("x402_meter.facilitator")
 PRIVATE_KEY_ENV: Final = "X402_FACILITATOR_PRIVATE_KEY"
 MAX_BODY_BYTES: Final = 64 * 1024
 """Verify/settle bodies are a few kilobytes; anything far larger is not a payment."""
-
-
-class FacilitatorConfigError(ValueError):
-    """The facilitator cannot start with the given chain, network or key."""
 
 
 def build_evm_facilitator(

@@ -39,6 +39,9 @@ from x402_meter.errors import (
     PaymentError,
     RequestRefusedError,
 )
+from x402_meter.errors import (
+    StreamCapped as StreamCapped,  # re-exported: it was defined here
+)
 from x402_meter.metering import Meter, ResponseInfo, Usage, estimate_tokens, get_tokenizer
 from x402_meter.metering.prompt import prompt_text
 from x402_meter.pricing import (
@@ -296,13 +299,6 @@ def _media_type(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str | None
 def usage_source(usage: Usage) -> str:
     """How the ledger records where the counts came from, per side."""
     return f"input={usage.input_source},output={usage.output_source}"
-
-
-class StreamCapped(OSError):  # noqa: N818 - named for what happened, like ConnectionResetError
-    """Raised to the app on ``send`` after its answer was ended at the authorized maximum.
-
-    An ``OSError``, as ASGI servers raise when the client has gone: apps already stop on it.
-    """
 
 
 class _PaidExchange:

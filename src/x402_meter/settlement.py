@@ -43,6 +43,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from x402_meter.errors import FacilitatorUnavailableError
+from x402_meter.errors import LeaseLostError as LeaseLostError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metrics import MeterMetrics
 from x402_meter.store import LedgerState, PaymentRecord, PaymentStore
@@ -54,10 +55,6 @@ SETTLEMENT_PENDING: Final = "settlement_pending"
 SettlementHook = Callable[[PaymentRecord], Awaitable[None] | None]
 ATTEMPT_GRACE: Final = 60.0
 """Added to the lease for one attempt: covers the facilitator client's timeout."""
-
-
-class LeaseLostError(Exception):
-    """Another worker holds the row: this one must not settle it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -320,7 +320,7 @@ def pay_until_refused_sync(wallet: Wallet, seller: Seller) -> SpendCapExceededEr
 
 async def test_an_rpc_url_of_another_chain_proves_nothing(x402_local_stack: LocalStack) -> None:
     """The chain the RPC URL serves is the wallet's, or nothing read from it counts."""
-    from x402_meter.chain_proof import ChainProver, Permit2Authorization  # new in this fix
+    from x402_meter.client.chain_proof import ChainProver, Permit2Authorization  # new in this fix
 
     stack = x402_local_stack
     prover = ChainProver(stack.rpc_url, chain_id=8453, asset=stack.asset)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from web3 import Web3
 
-from x402_meter.chain_proof import Permit2Authorization
+from x402_meter.client.chain_proof import Permit2Authorization
 
 OWNER = "0x" + "ab" * 20
 TOKEN = "0x" + "cd" * 20

@@ -21,19 +21,13 @@ from pathlib import Path
 from typing import Final
 
 from x402_meter.devstack.processes import ChildProcess
+from x402_meter.errors import AnvilInstallError as AnvilInstallError
+from x402_meter.errors import AnvilNotFoundError as AnvilNotFoundError
 
 ANVIL_VERSION: Final = "1.7.1"
 ANVIL_ENV: Final = "X402_METER_ANVIL"
 """Names an anvil binary to use instead of searching for one."""
 _LISTENING = re.compile(r"Listening on (?P<host>[\d.]+):(?P<port>\d+)")
-
-
-class AnvilNotFoundError(FileNotFoundError):
-    """No anvil binary could be found; the message is one line that says how to get one."""
-
-
-class AnvilInstallError(RuntimeError):
-    """``npm install`` of anvil failed or is not possible here (no npm)."""
 
 
 def npm_package() -> str:

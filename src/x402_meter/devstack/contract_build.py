@@ -21,6 +21,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from x402_meter.errors import VyperNotInstalledError as VyperNotInstalledError
+
 CONTRACTS_DIR = Path(__file__).resolve().parent / "contracts"
 
 CONTRACT_NAMES: tuple[str, ...] = ("Token", "Permit2", "UptoProxy", "Multicall3")
@@ -34,10 +36,6 @@ EVM_VERSION = "cancun"
 OPTIMIZE = "gas"
 
 _OUTPUT_FORMATS = ["abi", "bytecode", "bytecode_runtime"]
-
-
-class VyperNotInstalledError(RuntimeError):
-    """The vyper compiler (a development dependency) is not installed."""
 
 
 def _import_vyper() -> tuple[ModuleType, ModuleType]:

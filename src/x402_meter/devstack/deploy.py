@@ -22,6 +22,7 @@ from x402.mechanisms.evm.constants import (
 
 from x402_meter.devstack.accounts import DEPLOYER, DevAccount
 from x402_meter.devstack.contracts_artifacts import load_artifact
+from x402_meter.errors import DeploymentError as DeploymentError
 
 MAX_UINT256: Final = 2**256 - 1
 
@@ -35,10 +36,6 @@ class DevToken:
     symbol: str
     version: str
     decimals: int
-
-
-class DeploymentError(RuntimeError):
-    """A deployment transaction reverted."""
 
 
 def place_canonical_contracts(w3: Web3) -> None:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import socket
 from typing import Final
 
+from x402_meter.errors import PortInUseError as PortInUseError
+
 LOOPBACK: Final = "127.0.0.1"
 """The stack listens on loopback only: its keys are public and its facilitator pays gas."""
-
-
-class PortInUseError(OSError):
-    """A fixed port of the local stack is already taken (or two parts were given one port)."""
 
 
 def ensure_port_free(host: str, port: int, what: str) -> None:

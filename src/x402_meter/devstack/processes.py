@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from x402_meter.errors import StartupError as StartupError
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -41,10 +43,6 @@ def _death_signal_hook() -> Callable[[], None] | None:
     if _LIBC is None or threading.current_thread() is not threading.main_thread():
         return None
     return functools.partial(_die_with_parent, os.getpid())
-
-
-class StartupError(RuntimeError):
-    """A child process exited or stayed silent before saying it was ready."""
 
 
 class ChildProcess:

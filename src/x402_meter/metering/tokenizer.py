@@ -27,9 +27,9 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
-from x402_meter.errors import X402MeterError
+from x402_meter.errors import TokenizerUnavailableError as TokenizerUnavailableError
 
 logger = logging.getLogger("x402_meter.metering")
 
@@ -89,12 +89,6 @@ ENCODINGS: Final[Mapping[str, _EncodingSpec]] = {
     ),
 }
 """The encodings this module can load, by tiktoken's names."""
-
-
-class TokenizerUnavailableError(X402MeterError, RuntimeError):
-    """No usable vocabulary or BPE implementation: install ``x402-meter[tokenizer]``."""
-
-    reason: ClassVar[str] = "tokenizer_unavailable"
 
 
 class Tokenizer:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from x402_meter.errors import NotCanonicalUintError as NotCanonicalUintError
+
 UINT256_MAX: Final = 2**256 - 1
 _CANONICAL: Final = re.compile(r"0|[1-9][0-9]{0,77}")
 """ASCII digits only (``[0-9]``, not ``\\d``), no leading zero, at most 78 digits."""
-
-
-class NotCanonicalUintError(ValueError):
-    """A value that is not the canonical decimal string of a uint256."""
 
 
 def parse_uint(value: object) -> int:

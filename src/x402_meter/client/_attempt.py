@@ -1,0 +1,67 @@
+"""One request through a paying transport, and the one ``ContextVar`` that carries it.
+
+Why a context variable: the x402 SDK calls the wallet's hooks (before/after signing, on
+failure) with its own context objects only, deep inside its transport; the hooks need to know
+which request they pay for (to record the payment against it, and to read what the chain
+proves of earlier payments through the same transport before refusing for ``max_total``).
+A ``ContextVar`` reaches them in the same task or thread without a module-level registry;
+it is set and reset only here, by ``paying``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Awaitable, Callable, Iterator
+
+from x402_meter.client._ledger import PaymentLedger
+from x402_meter.client._receipts import Payment
+
+Resolve = Callable[[], Awaitable[None] | None]
+"""Reads what the chain proves of the wallet's unproven payments (async or sync transport)."""
+
+
+class Attempt:
+    """One request through a paying transport: what it is, and the payment made for it."""
+
+    def __init__(self, method: str, url: str, resolve: Resolve) -> None:
+        self.method = method
+        self.url = url
+        self.resolve = resolve
+        self.payment: Payment | None = None
+
+    def forget(self, ledger: PaymentLedger) -> None:
+        """Nothing was signed for this attempt: give its reservation back to ``ledger``."""
+        payment = self.payment
+        if payment is not None and not payment.signed:
+            ledger.release(payment)
+            self.payment = None
+
+
+def _nothing_to_resolve() -> None:
+    return None
+
+
+_CURRENT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
+    "x402_meter_client_attempt", default=None
+)
+
+
+@contextlib.contextmanager
+def paying(attempt: Attempt) -> Iterator[Attempt]:
+    """Make ``attempt`` the one the SDK hooks see while the transport pays for it."""
+    token = _CURRENT.set(attempt)
+    try:
+        yield attempt
+    finally:
+        _CURRENT.reset(token)
+
+
+def current_attempt() -> Attempt:
+    """The attempt being paid for; a blank one when the SDK client is used directly, not
+    through a paying transport (its payments are recorded without method and URL)."""
+    attempt = _CURRENT.get()
+    if attempt is None:
+        attempt = Attempt("", "", _nothing_to_resolve)
+        _CURRENT.set(attempt)
+    return attempt

@@ -1,0 +1,265 @@
+"""The wallet: a signer, the asset it pays in, its caps, and the SDK clients that sign with it.
+
+The record of its payments is its ``ledger`` (``PaymentLedger``); the SDK calls the wallet's
+hooks around each signature, which find their request through ``current_attempt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import ROUND_FLOOR, Decimal
+from typing import Final, TypeAlias
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from x402 import x402Client, x402ClientSync
+from x402.mechanisms.evm.exact import ExactEvmClientScheme
+from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.mechanisms.evm.upto import UptoEvmClientScheme
+from x402.schemas import (
+    PaymentCreatedContext,
+    PaymentCreationContext,
+    PaymentCreationFailureContext,
+)
+
+from x402_meter.assets import Asset, default_asset
+from x402_meter.client._attempt import Attempt, current_attempt
+from x402_meter.client._ledger import PaymentLedger, RequirementsView
+from x402_meter.client._receipts import (
+    DEFAULT_RECEIPT_WAIT,
+    Payment,
+    PaymentListener,
+    PaymentStage,
+    Receipt,
+)
+from x402_meter.client.chain_proof import ChainProver
+from x402_meter.errors import ConfigurationError, NoPayableOfferError, SpendCapExceededError
+from x402_meter.pricing import PriceInput, parse_price
+
+AmountInput: TypeAlias = PriceInput
+"""An amount of the asset as the user gives it: ``"0.05"``, ``1`` or a ``Decimal``."""
+
+DEFAULT_SCHEMES: Final = ("upto", "exact")
+
+
+def _atomic_cap(value: AmountInput | None, name: str, decimals: int) -> int | None:
+    if value is None:
+        return None
+    amount = parse_price(value, name=name)
+    return int(amount.scaleb(decimals).to_integral_value(ROUND_FLOOR))
+
+
+def _chain_id(network: str) -> int:
+    reference = network.removeprefix("eip155:")
+    if not (reference.isascii() and reference.isdigit()):
+        raise ConfigurationError(f"network must be eip155:<chain id>, got {network!r}")
+    return int(reference)
+
+
+class Wallet:
+    """A signer, the asset it pays in, its caps, and the record of its payments.
+
+    Args:
+        private_key: the payer's key (hex string) or an ``eth_account`` ``LocalAccount``.
+        network: the CAIP-2 network it pays on, e.g. ``"eip155:8453"`` (Base).
+        asset: the only token it pays with; None: the network's USDC.
+        max_per_request: the most one authorization may cover, in units of the asset
+            (default ``"1"``, the x402 SDK's own default of one dollar); None: no cap.
+        max_total: the most all its payments together may cost; None: no cap.
+        schemes: the x402 schemes it signs, preferred in this order.
+        receipt_wait: seconds to wait for outstanding receipts before refusing for
+            ``max_total``.
+        on_payment: called at each ``PaymentStage`` of each payment.
+        rpc_url: a JSON-RPC endpoint of ``network`` that the payer trusts (not the
+            seller's). Settlements read from it lower what a payment counts against
+            ``max_total`` to what actually moved; None: every payment counts at its maximum.
+
+    Thread-safe; share one wallet between clients to share its caps.
+    """
+
+    def __init__(
+        self,
+        private_key: str | LocalAccount,
+        *,
+        network: str,
+        asset: Asset | None = None,
+        max_per_request: AmountInput | None = "1",
+        max_total: AmountInput | None = None,
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
+        receipt_wait: float = DEFAULT_RECEIPT_WAIT,
+        on_payment: PaymentListener | None = None,
+        rpc_url: str | None = None,
+    ) -> None:
+        if isinstance(private_key, str):
+            try:
+                account: LocalAccount = Account.from_key(private_key)
+            except (ValueError, TypeError) as exc:
+                raise ConfigurationError("private_key must be a 32-byte hex key") from exc
+        else:
+            account = private_key
+        if not isinstance(network, str) or not network.startswith("eip155:"):
+            raise ConfigurationError(f"network must be a CAIP-2 EVM id, got {network!r}")
+        unknown = set(schemes) - set(DEFAULT_SCHEMES)
+        if not schemes or unknown:
+            raise ConfigurationError(f"schemes must be among {DEFAULT_SCHEMES}, got {schemes!r}")
+        self.account = account
+        self.network = network
+        self.asset = asset if asset is not None else default_asset(network)
+        self.max_per_request = _atomic_cap(max_per_request, "max_per_request", self.asset.decimals)
+        """Atomic units, or None."""
+        self.max_total = _atomic_cap(max_total, "max_total", self.asset.decimals)
+        """Atomic units, or None."""
+        self.schemes = tuple(schemes)
+        self.receipt_wait = receipt_wait
+        self.on_payment = on_payment
+        self.prover = (
+            None
+            if rpc_url is None
+            else ChainProver(rpc_url, chain_id=_chain_id(network), asset=self.asset.address)
+        )
+        """Reads settlements from ``rpc_url``; None without one."""
+        self.ledger = PaymentLedger(
+            payer=self.address, asset=self.asset, max_total=self.max_total, prover=self.prover
+        )
+        """The record of its payments, which the paying transports keep up to date."""
+        self._async_client: x402Client | None = None
+        self._sync_client: x402ClientSync | None = None
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+    @property
+    def payments(self) -> tuple[Payment, ...]:
+        """Every payment signed so far, oldest first."""
+        return self.ledger.payments
+
+    @property
+    def spent(self) -> int:
+        """Atomic units counted against ``max_total`` (see ``Payment.spend``)."""
+        return self.ledger.spent
+
+    def to_decimal(self, atomic: int) -> Decimal:
+        """Atomic units as an amount of the asset: ``124`` -> ``Decimal("0.000124")``."""
+        return Decimal(atomic).scaleb(-self.asset.decimals)
+
+    def notify(self, stage: PaymentStage, payment: Payment | None) -> None:
+        """Tell ``on_payment`` that ``payment`` reached ``stage`` (nothing for no payment)."""
+        if self.on_payment is not None and payment is not None:
+            self.on_payment(stage, payment)
+
+    def received(self, payment: Payment, receipt: Receipt) -> None:
+        """Record the receipt fetched for ``payment`` and tell ``on_payment``."""
+        self.ledger.record_receipt(payment, receipt)
+        self.notify("receipt", payment)
+
+    # -- the x402 SDK clients the transports pay with ----------------------------------------
+
+    def x402_client(self) -> x402Client:
+        """The SDK's async client: this wallet's schemes, spend controls, policy and hooks."""
+        if self._async_client is None:
+            client = x402Client()
+            client.on_before_payment_creation(self._before_async)
+            self._configure(client)
+            self._async_client = client
+        return self._async_client
+
+    def x402_client_sync(self) -> x402ClientSync:
+        """The SDK's sync client, configured like ``x402_client``."""
+        if self._sync_client is None:
+            client = x402ClientSync()
+            client.on_before_payment_creation(self._before_sync)
+            self._configure(client)
+            self._sync_client = client
+        return self._sync_client
+
+    def _configure(self, client: x402Client | x402ClientSync) -> None:
+        """What the async and the sync SDK client share (only the hook before signing differs:
+        it may have to read the chain first, awaiting or blocking)."""
+        client.on_after_payment_creation(self._after)
+        client.on_payment_creation_failure(self._failed)
+        signer = EthAccountSigner(self.account)
+        for scheme in self.schemes:
+            kind = UptoEvmClientScheme if scheme == "upto" else ExactEvmClientScheme
+            client.register(self.network, kind(signer))
+        # The SDK allows only listed (and well-known) assets; the caps are this wallet's,
+        # checked in its policy so the refusal can say which cap and by how much.
+        client.set_spend_controls(
+            {
+                "allowed_assets": [{"network": self.network, "asset": self.asset.address}],
+                "max_amount_per_payment": False,
+            }
+        )
+        client.register_policy(self._policy)
+
+    # -- the SDK's hooks: the steps of one payment ----------------------------------------------
+
+    def _policy(self, version: int, offers: list[RequirementsView]) -> list[RequirementsView]:
+        """Keep the offers in this wallet's network and asset, within ``max_per_request``;
+        ``upto`` first (it charges only what is used), then the cheapest."""
+        asset = self.asset.address.lower()
+        payable = [
+            offer
+            for offer in offers
+            if offer.network == self.network
+            and offer.asset.lower() == asset
+            and offer.scheme in self.schemes
+            and offer.get_amount().isdigit()
+        ]
+        if not payable:
+            seen = ", ".join(f"{o.scheme} {o.asset} on {o.network}" for o in offers)
+            raise NoPayableOfferError(
+                f"no offer this wallet pays ({', '.join(self.schemes)} in {self.asset.address}"
+                f" on {self.network}); offered: {seen or 'nothing'}"
+            )
+        cap = self.max_per_request
+        within = [o for o in payable if cap is None or int(o.get_amount()) <= cap]
+        if cap is not None and not within:
+            cheapest = min(int(o.get_amount()) for o in payable)
+            raise SpendCapExceededError(
+                "max_per_request",
+                requested=cheapest,
+                limit=cap,
+                left=cap,
+                decimals=self.asset.decimals,
+            )
+        rank = {scheme: index for index, scheme in enumerate(self.schemes)}
+        return sorted(within, key=lambda o: (rank[o.scheme], int(o.get_amount())))
+
+    def _reserve(self, attempt: Attempt, offer: RequirementsView) -> None:
+        attempt.payment = self.ledger.reserve(offer, method=attempt.method, url=attempt.url)
+        self.notify("required", attempt.payment)
+
+    def _reserve_first(self, attempt: Attempt, offer: RequirementsView) -> bool:
+        """Reserve ``offer``'s amount; False when ``max_total`` refuses it but unproven
+        payments may yet prove cheaper (read them, then ``_reserve`` again)."""
+        try:
+            self._reserve(attempt, offer)
+        except SpendCapExceededError:
+            if not self.ledger.unproven():
+                raise
+            return False
+        return True
+
+    async def _before_async(self, context: PaymentCreationContext) -> None:
+        attempt = current_attempt()
+        if not self._reserve_first(attempt, context.selected_requirements):
+            resolved = attempt.resolve()
+            if resolved is not None:
+                await resolved
+            self._reserve(attempt, context.selected_requirements)
+
+    def _before_sync(self, context: PaymentCreationContext) -> None:
+        attempt = current_attempt()
+        if not self._reserve_first(attempt, context.selected_requirements):
+            attempt.resolve()
+            self._reserve(attempt, context.selected_requirements)
+
+    def _after(self, context: PaymentCreatedContext) -> None:
+        payment = current_attempt().payment
+        if payment is not None:
+            self.ledger.record_signed(payment, context.payment_payload.payload)
+            self.notify("signed", payment)
+
+    def _failed(self, context: PaymentCreationFailureContext) -> None:
+        current_attempt().forget(self.ledger)
