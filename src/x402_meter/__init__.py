@@ -13,19 +13,16 @@ app.add_middleware(
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from x402_meter.assets import Asset
 from x402_meter.config import CapPolicy, FacilitatorHeaders, MeterOptions
 from x402_meter.errors import (
     ConfigurationError,
     FacilitatorUnavailableError,
-    NoPayableOfferError,
-    PayerError,
     PaymentAlreadyUsedError,
     PaymentError,
-    ReceiptUnavailableError,
     RequestRefusedError,
-    SpendCapExceededError,
     StreamCapped,
     TokenizerUnavailableError,
     X402MeterError,
@@ -92,3 +89,25 @@ __all__ = [
     "__version__",
     "metered",
 ]
+
+_CLIENT_ERRORS = frozenset(
+    {"NoPayableOfferError", "PayerError", "ReceiptUnavailableError", "SpendCapExceededError"}
+)
+"""The paying client's errors: imported on first use, so that a server that never pays does
+not import ``openai`` (their base where it is installed) with ``x402_meter``."""
+
+if TYPE_CHECKING:
+    from x402_meter.client._exceptions import (
+        NoPayableOfferError,
+        PayerError,
+        ReceiptUnavailableError,
+        SpendCapExceededError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_ERRORS:
+        from x402_meter.client import _exceptions
+
+        return getattr(_exceptions, name)
+    raise AttributeError(f"module 'x402_meter' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Every exception x402-meter raises, in one tree, so that callers can catch at the right level.
+r"""Every exception x402-meter raises, in one tree, so that callers can catch at the right level.
 
 Each has a stable machine-readable ``reason`` (the one HTTP answers carry too); where an
 exception used to be a standard one (``ValueError``, ``OSError``, ...), it still is, so the
@@ -17,10 +17,10 @@ exception used to be a standard one (``ValueError``, ``OSError``, ...), it still
     ├── MalformedRequestError (ValueError)  per field: a verify/settle body refused
     ├── NotCanonicalUintError (ValueError)  not_canonical_uint: a uint256 spelled otherwise
     ├── TokenizerUnavailableError (RuntimeError)  tokenizer_unavailable
-    ├── PayerError                       payer_error: the paying client did not pay
-    │   ├── SpendCapExceededError        spend_cap_exceeded: over max_per_request/max_total
-    │   ├── NoPayableOfferError          no_payable_offer: no network/asset/scheme it pays
-    │   └── ReceiptUnavailableError      receipt_unavailable
+    ├── PayerError *                     payer_error: the paying client did not pay
+    │   ├── SpendCapExceededError *      spend_cap_exceeded: over max_per_request/max_total
+    │   ├── NoPayableOfferError *        no_payable_offer: no network/asset/scheme it pays
+    │   └── ReceiptUnavailableError *    receipt_unavailable
     └── DevStackError                    devstack_error: the local stack (x402-meter dev)
         ├── AnvilNotFoundError (FileNotFoundError)
         ├── AnvilInstallError (RuntimeError)
@@ -29,15 +29,17 @@ exception used to be a standard one (``ValueError``, ``OSError``, ...), it still
         ├── DeploymentError (RuntimeError)
         └── VyperNotInstalledError (RuntimeError)
 
-``PayerError`` is also an ``openai.OpenAIError`` when the ``openai`` package is installed: the
-``openai`` client then raises the paying client's errors as they are, without retrying.
+\* The paying client's errors are defined beside it, in ``x402_meter.client._exceptions``
+(and exported by ``x402_meter.client`` and ``x402_meter``): ``PayerError`` is also an
+``openai.OpenAIError`` when the ``openai`` package is installed, so that the ``openai`` client
+raises them as they are, without retrying, and a server that never pays is not made to import
+``openai`` for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar
 
 __all__ = [
     "AnvilInstallError",
@@ -50,15 +52,11 @@ __all__ = [
     "FacilitatorUnavailableError",
     "LeaseLostError",
     "MalformedRequestError",
-    "NoPayableOfferError",
     "NotCanonicalUintError",
-    "PayerError",
     "PaymentAlreadyUsedError",
     "PaymentError",
     "PortInUseError",
-    "ReceiptUnavailableError",
     "RequestRefusedError",
-    "SpendCapExceededError",
     "StartupError",
     "StreamCapped",
     "TokenizerUnavailableError",
@@ -193,75 +191,6 @@ class MalformedRequestError(X402MeterError, ValueError):
         super().__init__(message)
         self.reason = reason  # type: ignore[misc]  # instance value refines the class default
         self.message = message
-
-
-# -- the paying client -------------------------------------------------------------------------
-
-if TYPE_CHECKING:
-    _PayerBaseError = X402MeterError
-else:
-    try:  # the openai client passes its own errors through unwrapped and without retrying
-        from openai import OpenAIError as _OpenAIError
-
-        class _PayerBaseError(X402MeterError, _OpenAIError):
-            pass
-
-    except ImportError:  # pragma: no cover - openai is optional
-        _PayerBaseError = X402MeterError
-
-
-class PayerError(_PayerBaseError):
-    """The paying client did not pay. With ``openai`` installed it is also an
-    ``openai.OpenAIError``, so the ``openai`` client raises it as it is, without retrying."""
-
-    reason = "payer_error"
-
-
-class SpendCapExceededError(PayerError):
-    """Paying would go over ``max_per_request`` or ``max_total``; nothing was signed."""
-
-    reason = "spend_cap_exceeded"
-
-    def __init__(
-        self,
-        cap: Literal["max_per_request", "max_total"],
-        *,
-        requested: int,
-        limit: int,
-        left: int,
-        decimals: int,
-    ) -> None:
-        self.cap = cap
-        """Which cap: ``"max_per_request"`` or ``"max_total"``."""
-        self.requested = requested
-        """Atomic units the server asked to authorize (its cheapest payable offer)."""
-        self.limit = limit
-        """The cap, in atomic units."""
-        self.left = left
-        """What the cap still allowed, in atomic units."""
-
-        def units(atomic: int) -> str:
-            return f"{Decimal(atomic).scaleb(-decimals).normalize():f}"
-
-        if cap == "max_per_request":
-            detail = f"above max_per_request ({units(limit)})"
-        else:
-            detail = f"more than max_total allows ({units(left)} left of {units(limit)})"
-        super().__init__(
-            f"refusing to sign: the server asks to authorize up to {units(requested)}, {detail}"
-        )
-
-
-class NoPayableOfferError(PayerError):
-    """The 402 offered nothing this wallet pays: another network, asset or scheme."""
-
-    reason = "no_payable_offer"
-
-
-class ReceiptUnavailableError(PayerError):
-    """The response carries no receipt, or the receipt could not be fetched."""
-
-    reason = "receipt_unavailable"
 
 
 # -- the local development stack ----------------------------------------------------------------

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from x402.schemas import PaymentRequirements
 
 from x402_meter.assets import Asset, default_asset
-from x402_meter.client import PaymentLedger, Receipt
-from x402_meter.errors import SpendCapExceededError
+from x402_meter.client import PaymentLedger, Receipt, SpendCapExceededError
 
 NETWORK: Final = "eip155:8453"
 USDC: Final[Asset] = default_asset(NETWORK)

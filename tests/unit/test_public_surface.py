@@ -1,5 +1,6 @@
 """The public surface: what ``x402_meter`` exports imports, and every exception the package
-defines lives in ``x402_meter.errors``, in the tree its docstring draws."""
+defines lives in ``x402_meter.errors`` (the paying client's beside the client, in
+``x402_meter.client._exceptions``), in the tree the errors module's docstring draws."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import importlib
 import inspect
 import pkgutil
 import re
+import subprocess
+import sys
 from types import ModuleType
 
 import pytest
@@ -14,8 +17,10 @@ import pytest
 import x402_meter
 import x402_meter.client
 from x402_meter import errors
+from x402_meter.client import _exceptions as client_errors
 
 _NOT_IMPORTED = frozenset({"x402_meter.__main__"})  # runs the command line when imported
+_ERROR_MODULES = (errors, client_errors)
 _TREE_LINE = re.compile(r"^(?P<indent>[ │├└─]*?)(?P<name>[A-Z]\w+)\b")
 
 
@@ -68,22 +73,26 @@ def test_every_exported_name_imports(module: ModuleType) -> None:
 def test_every_exception_the_package_defines_is_in_the_errors_module() -> None:
     defined = {cls for module in _package_modules() for cls in _exceptions_defined_in(module)}
     elsewhere = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in defined)
-    elsewhere = [name for name in elsewhere if not name.startswith("x402_meter.errors.")]
+    homes = tuple(f"{module.__name__}." for module in _ERROR_MODULES)
+    elsewhere = [name for name in elsewhere if not name.startswith(homes)]
     assert elsewhere == []
 
 
 def test_every_exception_in_the_errors_module_is_ours_and_exported() -> None:
-    for cls in _exceptions_defined_in(errors):
-        assert issubclass(cls, errors.X402MeterError), cls
-        assert isinstance(cls.reason, str), cls
-        assert cls.reason, cls
-        if not cls.__name__.startswith("_"):
-            assert cls.__name__ in errors.__all__, cls
+    for module in _ERROR_MODULES:
+        for cls in _exceptions_defined_in(module):
+            assert issubclass(cls, errors.X402MeterError), cls
+            assert isinstance(cls.reason, str), cls
+            assert cls.reason, cls
+            if not cls.__name__.startswith("_"):
+                assert cls.__name__ in module.__all__, cls
 
 
 def test_the_docstring_draws_the_tree_as_it_is() -> None:
     drawn = _drawn_tree()
-    public = {cls.__name__: cls for cls in _exceptions_defined_in(errors)}
+    public = {
+        cls.__name__: cls for module in _ERROR_MODULES for cls in _exceptions_defined_in(module)
+    }
     public = {name: cls for name, cls in public.items() if not name.startswith("_")}
     assert set(drawn) == set(public)
     for name, parent in drawn.items():
@@ -95,8 +104,20 @@ def test_the_public_surface_raises_only_what_x402_meter_exports() -> None:
     """Every public exception can be caught through ``from x402_meter import ...``, or
     through ``x402_meter.errors`` for the facilitator server's and the local stack's."""
     exported = {getattr(x402_meter, name) for name in x402_meter.__all__}
-    for name in ("StreamCapped", "SpendCapExceededError", "TokenizerUnavailableError"):
+    for name in ("StreamCapped", "TokenizerUnavailableError"):
         assert getattr(errors, name) in exported
+    for name in client_errors.__all__:
+        assert getattr(client_errors, name) in exported
+        assert getattr(x402_meter.client, name) is getattr(client_errors, name)
+
+
+def test_a_server_importing_x402_meter_does_not_import_openai() -> None:
+    """The paying client's errors (``openai`` errors too) load on first use only."""
+    probe = "import sys, x402_meter; print('openai' in sys.modules)"
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert shown.strip() == "False"
 
 
 def test_the_old_homes_of_moved_exceptions_still_import_them() -> None:

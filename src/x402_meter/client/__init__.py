@@ -36,6 +36,12 @@ Its errors are in ``x402_meter.errors``, re-exported here.
 """
 
 from x402_meter.client._clients import PayingAsyncClient, PayingClient
+from x402_meter.client._exceptions import (
+    NoPayableOfferError,
+    PayerError,
+    ReceiptUnavailableError,
+    SpendCapExceededError,
+)
 from x402_meter.client._ledger import PaymentLedger
 from x402_meter.client._receipts import (
     DEFAULT_RECEIPT_WAIT,
@@ -47,12 +53,6 @@ from x402_meter.client._receipts import (
 )
 from x402_meter.client._transports import PayingAsyncTransport, PayingTransport
 from x402_meter.client._wallet import DEFAULT_SCHEMES, AmountInput, Wallet
-from x402_meter.errors import (
-    NoPayableOfferError,
-    PayerError,
-    ReceiptUnavailableError,
-    SpendCapExceededError,
-)
 
 __all__ = [
     "DEFAULT_RECEIPT_WAIT",

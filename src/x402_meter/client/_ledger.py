@@ -19,9 +19,10 @@ from x402.schemas import PaymentRequirements
 from x402.schemas.v1 import PaymentRequirementsV1
 
 from x402_meter.assets import Asset
+from x402_meter.client._exceptions import SpendCapExceededError
 from x402_meter.client._receipts import RECEIPT_HEADER, Payment, Receipt
 from x402_meter.client.chain_proof import ChainProver, Permit2Authorization
-from x402_meter.errors import ConfigurationError, SpendCapExceededError
+from x402_meter.errors import ConfigurationError
 
 RequirementsView: TypeAlias = PaymentRequirements | PaymentRequirementsV1
 

@@ -13,8 +13,8 @@ from typing import Any, Final, Literal, TypeAlias
 
 import httpx
 
+from x402_meter.client._exceptions import ReceiptUnavailableError
 from x402_meter.client.chain_proof import Permit2Authorization
-from x402_meter.errors import ReceiptUnavailableError
 
 PaymentStage = Literal["required", "signed", "answered", "receipt"]
 """``required``: a 402 arrived and the wallet will pay one of its offers (within the caps);

@@ -21,6 +21,7 @@ from x402.http.x402_http_client import PaymentRoundTripper
 from x402.schemas import NoMatchingRequirementsError
 
 from x402_meter.client._attempt import Attempt, Resolve, paying
+from x402_meter.client._exceptions import NoPayableOfferError, PayerError, ReceiptUnavailableError
 from x402_meter.client._receipts import (
     DEFAULT_RECEIPT_WAIT,
     Payment,
@@ -29,12 +30,7 @@ from x402_meter.client._receipts import (
     receipt_request,
 )
 from x402_meter.client._wallet import Wallet
-from x402_meter.errors import (
-    NoPayableOfferError,
-    PayerError,
-    ReceiptUnavailableError,
-    X402MeterError,
-)
+from x402_meter.errors import X402MeterError
 
 _NOT_FETCHED = (ReceiptUnavailableError, httpx.HTTPError)
 """A receipt that could not be fetched while resolving: the chain is read without it."""

@@ -24,6 +24,7 @@ from x402.schemas import (
 
 from x402_meter.assets import Asset, default_asset
 from x402_meter.client._attempt import Attempt, current_attempt
+from x402_meter.client._exceptions import NoPayableOfferError, SpendCapExceededError
 from x402_meter.client._ledger import PaymentLedger, RequirementsView
 from x402_meter.client._receipts import (
     DEFAULT_RECEIPT_WAIT,
@@ -33,7 +34,7 @@ from x402_meter.client._receipts import (
     Receipt,
 )
 from x402_meter.client.chain_proof import ChainProver
-from x402_meter.errors import ConfigurationError, NoPayableOfferError, SpendCapExceededError
+from x402_meter.errors import ConfigurationError
 from x402_meter.pricing import PriceInput, parse_price
 
 AmountInput: TypeAlias = PriceInput
