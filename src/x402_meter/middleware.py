@@ -62,7 +62,7 @@ from x402_meter.request_body import read_request_body
 from x402_meter.responses import receipt_body, send_json, send_payment_required, send_unavailable
 from x402_meter.route_paths import below_root
 from x402_meter.routing import RouteSpec, RouteTable
-from x402_meter.runtime import MeterRuntime, runtime_for
+from x402_meter.runtime import MeterRuntime
 from x402_meter.shaping import UsageChunkFilter, shape_request
 from x402_meter.startup import (
     LITESTAR_NEEDS_PLUGIN,
@@ -122,25 +122,37 @@ class X402Meter:
     """Whether something routes the receipts path to this meter where the framework routes
     before middleware runs (``X402MeterPlugin`` does, in Litestar)."""
 
-    def __init__(self, app: AnyASGIApp, **options: Unpack[MeterOptions]) -> None:
+    def __init__(
+        self,
+        app: AnyASGIApp,
+        *,
+        runtime: MeterRuntime | None = None,
+        **options: Unpack[MeterOptions],
+    ) -> None:
         """A bad option raises ``ConfigurationError``; where Starlette or FastAPI build the
-        middleware lazily, it fails the server's startup instead (``x402_meter.startup``)."""
+        middleware lazily, it fails the server's startup instead (``x402_meter.startup``).
+
+        ``runtime``: share another meter's runtime (its options, store and settlement
+        worker) instead of giving options; without it, this meter creates its own.
+        """
         self.app = app
         self.misconfigured: MisconfiguredMeter | None = None
-        """Set instead of the rest when a framework built this meter with a bad option."""
+        """Set instead of serving when a framework built this meter with a bad option."""
+        self._resource_urls: dict[tuple[Any, ...], str] = {}
         try:
-            self.config = MeterConfig.create(**options)
+            if runtime is not None and options:
+                raise ConfigurationError("give X402Meter either runtime= or options, not both")
+            self.runtime = runtime if runtime is not None else MeterRuntime(MeterConfig(**options))
         except ConfigurationError as exc:
             if not built_lazily():
                 raise
-            self.misconfigured = MisconfiguredMeter(exc)
+            self.misconfigured = MisconfiguredMeter(exc)  # it answers every request
             return
+        self.config: MeterConfig = self.runtime.config
         if not self.receipts_routed and wraps_litestar_route(app):
             raise ConfigurationError(LITESTAR_NEEDS_PLUGIN)
-        self.runtime: MeterRuntime = runtime_for(self.config)
         self.route_table = RouteTable(self.config.routes, app)
         self._receipts_path = self.config.receipts_path
-        self._resource_urls: dict[tuple[Any, ...], str] = {}
 
     def resource_url(self, scope: Scope) -> str:
         """``str(URL(scope=scope))``, remembered for the parts of the scope it is made of."""
@@ -214,7 +226,7 @@ class X402Meter:
             # seen when the store is read again, twice a second.
             await self.runtime.settler.wait(receipt_id, min(left, _RECEIPT_POLL))
             record = await store.get(receipt_id) or record
-        asset = self.config.asset
+        asset = self.config.payment_asset
         decimals = asset.decimals if record.asset.lower() == asset.address.lower() else None
         await send_json(send, 200, receipt_body(record, decimals))
 
