@@ -205,6 +205,9 @@ class _NothingCounted:
 
         return Usage(PROMPT_TOKENS, 0)
 
+    def snapshot(self) -> None:
+        return None  # no count mid-stream
+
 
 def _counts_nothing(response: ResponseInfo) -> _NothingCounted:
     return _NothingCounted()

@@ -42,7 +42,7 @@ def test_meters_with_equal_options_do_not_share_state_unless_given_the_runtime()
     options: MeterOptions = {"pay_to": PAY_TO, "price_per_token": "1", "store": "memory://"}
     first, second = X402Meter(nothing, **options), X402Meter(nothing, **options)
     assert first.runtime is not second.runtime
-    shared = X402Meter(nothing, runtime=first.runtime)
+    shared = X402Meter.sharing(nothing, first.runtime)
     assert shared.runtime is first.runtime
     assert shared.config is first.config
 
@@ -51,6 +51,7 @@ def test_a_runtime_and_options_together_are_refused() -> None:
     first = X402Meter(nothing, pay_to=PAY_TO, price_per_token="1", store=MemoryStore())
     with pytest.raises(ConfigurationError, match="either runtime= or options"):
         X402Meter(nothing, runtime=first.runtime, pay_to=PAY_TO, price_per_token="1")
+    assert X402Meter(nothing, runtime=first.runtime, **{}).runtime is first.runtime
 
 
 def test_the_litestar_plugin_hands_its_runtime_to_every_route() -> None:

@@ -16,7 +16,7 @@ copy of the store, another ledger.)
 
 from __future__ import annotations
 
-from typing import Any, Final, Self, Unpack, cast
+from typing import Any, Self, Unpack, cast
 
 import anyio
 from litestar import Litestar, get
@@ -28,10 +28,6 @@ from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.middleware import X402Meter, logger
 from x402_meter.routing import NOTHING_METERED, metered_endpoint_found
 from x402_meter.runtime import MeterRuntime
-
-_IN_THE_RUNTIME: Final = cast(MeterOptions, {})
-"""No options: a meter given a runtime takes them from it (typed: ``MeterOptions`` requires
-``pay_to`` and ``price_per_token``)."""
 
 
 class _RoutedMeter(X402Meter):
@@ -55,7 +51,7 @@ class X402MeterMiddleware:
 
     def __call__(self, app: ASGIApp) -> ASGIApp:
         # X402Meter is typed with Starlette's ASGI aliases; Litestar's TypedDicts are narrower.
-        return cast(ASGIApp, _RoutedMeter(app, runtime=self.runtime, **_IN_THE_RUNTIME))
+        return cast(ASGIApp, _RoutedMeter.sharing(app, self.runtime))
 
     async def drain(self) -> None:
         """Wait (up to 30 s) for this meter's settlements in flight; stop its sweeper."""
