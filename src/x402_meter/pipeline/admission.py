@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import anyio
 from starlette.types import Scope
@@ -43,8 +42,7 @@ PROMPT_COUNTED_INLINE: Final = 64 * 1024
 millisecond); longer ones on a worker thread."""
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
+class Admitted(NamedTuple):
     """A payment that may be served: what was offered, what was authorized, and how."""
 
     offer: Offer

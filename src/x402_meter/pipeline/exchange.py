@@ -85,24 +85,32 @@ class PaidAnswer:
             hold=scheme.settles_before_response if chosen is None else chosen,
             checkpoint_each_chunk=config.checkpoint_every == 0,
             usage_filter=self.body.shape(tariff) if config.shape_requests else None,
-            checkpoint=self._checkpoint,
+            ledger=self.ledger,
             answered=self._conclude,
         )
         beat_every = settler.retry.lease_seconds / 3
         if config.checkpoint_every:
             beat_every = min(beat_every, config.checkpoint_every)
+        self.app_cancel = anyio.CancelScope()
+        """Cancels the app when its answer is ended early (it may be waiting, not sending)."""
+        # The heartbeat and the tap are given what they need, not this object: no reference
+        # cycle keeps a request's objects alive until the garbage collector runs.
+        tap, app_cancel = self.tap, self.app_cancel
+
+        def end() -> None:
+            tap.end()
+            app_cancel.cancel()
+
         self.heartbeat = Heartbeat(
             admitted,
             runtime.facilitator,
             beat_every=beat_every,
             recheck_every=config.recheck_every,
             expiry_margin=config.expiry_margin,
-            checkpoint=self._checkpoint,
-            end=self._end,
+            checkpoint=tap.checkpoint,
+            end=end,
             label=self.ledger.receipt_id,
         )
-        self.app_cancel = anyio.CancelScope()
-        """Cancels the app when its answer is ended early (it may be waiting, not sending)."""
         self.concluded = False
         """The charge was made and its settlement started (``_conclude`` runs once)."""
 
@@ -111,7 +119,7 @@ class PaidAnswer:
         self.heartbeat.start()
         try:
             with self.app_cancel:
-                await self.app(self.body.app_scope, self.body.receive, self.tap)
+                await self.app(self.body.app_scope, self.body.receive, self.tap.send_message)
         except Exception:
             if self.heartbeat.stopped is None:
                 raise
@@ -122,13 +130,7 @@ class PaidAnswer:
                 await self._conclude()
                 if self.heartbeat.stopped is not None:
                     await self._ended_early()
-
-    async def _checkpoint(self) -> None:
-        await self.ledger.checkpoint(self.tap.snapshot(), self.tap.served)
-
-    def _end(self) -> None:
-        self.tap.end()
-        self.app_cancel.cancel()
+            self.tap.answered = None  # the one reference back to this object
 
     async def _conclude(self) -> None:
         """Charge what was served and settle it: the one place a settlement starts.

@@ -14,6 +14,7 @@ from typing import Final
 from starlette.types import Message, Send
 
 from x402_meter.metering import Meter, MeterFactory, ResponseInfo, Usage
+from x402_meter.pipeline.ledger_records import LedgerRecords
 from x402_meter.pipeline.request import PaidRequestBody
 from x402_meter.pricing import Tariff, to_atomic
 from x402_meter.shaping import UsageChunkFilter
@@ -40,7 +41,8 @@ class StreamCapped(OSError):  # noqa: N818 - named for what happened, like Conne
 
 
 class ResponseTap:
-    """Wraps one paid request's ``send``. Holds the meter and what it has not yet read."""
+    """Wraps one paid request's ``send`` (``send_message``). Holds the meter and what it has
+    not yet read."""
 
     def __init__(
         self,
@@ -55,8 +57,8 @@ class ResponseTap:
         hold: bool,
         checkpoint_each_chunk: bool,
         usage_filter: UsageChunkFilter | None,
-        checkpoint: Callable[[], Awaitable[None]],
-        answered: Callable[[], Awaitable[None]],
+        ledger: LedgerRecords,
+        answered: Callable[[], Awaitable[None]] | None,
     ) -> None:
         self.send = send
         self.request = request
@@ -69,9 +71,10 @@ class ResponseTap:
         self.checkpoint_each_chunk = checkpoint_each_chunk
         """``checkpoint_every=0``: what a client has received is on record before it goes."""
         self.usage_filter = usage_filter
-        self.checkpoint = checkpoint
+        self.ledger = ledger
         self.answered = answered
-        """Called once a held answer is complete: settles it and sends it."""
+        """Called once a held answer is complete: settles it and sends it (``None`` once
+        the exchange is over: no cycle keeps the request's objects alive)."""
         self.status: int | None = None
         self.meter: Meter | None = None
         self.held: list[Message] | None = None
@@ -104,7 +107,9 @@ class ResponseTap:
         """Bytes of the body sent so far."""
         return self.fed + self.unfed
 
-    def __call__(self, message: Message) -> Awaitable[None]:
+    def send_message(self, message: Message) -> Awaitable[None]:
+        """The app's ``send``; given to it as this bound method (calling an object with
+        ``__call__`` costs more per chunk)."""
         # Not a coroutine: most chunks only go into the meter's next batch and on to the
         # server, and the app then awaits the server's own send, with no frame of ours in
         # between. The rest (a full batch, a look at the cap, the start, the end, a held
@@ -145,7 +150,8 @@ class ResponseTap:
                 self.held.append(message)
                 if not message.get("more_body", False):
                     self.held_complete = True
-                    await self.answered()
+                    if self.answered is not None:
+                        await self.answered()
                 return
         elif message["type"] == "http.response.start":
             message = self._started(message)
@@ -174,6 +180,10 @@ class ResponseTap:
         self.fast = self.meter is not None and self.usage_filter is None
         self._set_feed_at()
         return message
+
+    async def checkpoint(self) -> None:
+        """Record the count so far in the ledger (and extend the row's lease)."""
+        await self.ledger.checkpoint(self.snapshot(), self.served)
 
     def end(self) -> None:
         """The answer ends now: the app's next ``send`` raises ``StreamCapped`` (every chunk

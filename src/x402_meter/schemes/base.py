@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from x402.schemas import SettleResponse
 
@@ -43,8 +43,7 @@ class Refusal:
     status: int = 402
 
 
-@dataclass(frozen=True, slots=True)
-class LocalCheck:
+class LocalCheck(NamedTuple):
     """What a scheme's local checks read from a payload: who pays, until when, under which
     single-use key (a second request with the same key is a replay)."""
 

@@ -29,7 +29,7 @@ class ExactScheme(PaymentScheme):
     def check(
         self, body: dict[str, Any], requirements: PaymentRequirements, offer: Offer, now: int
     ) -> LocalCheck:
-        return LocalCheck(*check_exact_payload(body, requirements, now))
+        return LocalCheck._make(check_exact_payload(body, requirements, now))
 
     def charge(self, tariff: Tariff, usage: Usage, max_amount: int) -> int:
         return max_amount  # a flat price

@@ -36,7 +36,7 @@ class UptoScheme(PaymentScheme):
     def check(
         self, body: dict[str, Any], requirements: PaymentRequirements, offer: Offer, now: int
     ) -> LocalCheck:
-        return LocalCheck(*check_upto_payload(body, requirements, offer, now))
+        return LocalCheck._make(check_upto_payload(body, requirements, offer, now))
 
     def refusal_status(self, reason: str) -> int:
         # The spec's answer for a wallet that has not approved Permit2 (and sent no
