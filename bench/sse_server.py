@@ -189,7 +189,7 @@ def _extra_options() -> dict[str, Any]:
 
     from x402_meter.config import MeterConfig
 
-    known = inspect.signature(MeterConfig.create).parameters
+    known = inspect.signature(MeterConfig).parameters
     extra = json.loads(os.environ.get("X402_BENCH_METER_OPTIONS", "{}"))
     return {name: value for name, value in extra.items() if name in known}
 
@@ -204,6 +204,9 @@ class _NothingCounted:
         from x402_meter.metering import Usage
 
         return Usage(PROMPT_TOKENS, 0)
+
+    def snapshot(self) -> None:
+        return None  # no count mid-stream
 
 
 def _counts_nothing(response: ResponseInfo) -> _NothingCounted:

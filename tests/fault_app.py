@@ -82,7 +82,7 @@ async def release_streams() -> dict[str, bool]:
 
 
 stack = json.loads(os.environ["X402_TEST_STACK"])
-known = inspect.signature(MeterConfig.create).parameters
+known = inspect.signature(MeterConfig).parameters
 extra: dict[str, Any] = {
     name: value
     for name, value in json.loads(os.environ.get("X402_TEST_METER_OPTIONS", "{}")).items()

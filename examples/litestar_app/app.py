@@ -21,9 +21,7 @@ from litestar.response import Stream
 from examples.common.settings import Settings, price_table
 from examples.common.upstream import Upstream, upstream_from
 from x402_meter import PaymentStore, metered
-from x402_meter.config import MeterConfig
 from x402_meter.integrations.litestar import X402MeterMiddleware, X402MeterPlugin
-from x402_meter.runtime import runtime_for
 from x402_meter.store import open_store
 
 CHAT_PATH: Final = "/v1/chat/completions"
@@ -88,8 +86,7 @@ def create_app(
 
     async def shutdown() -> None:
         # Litestar hands middleware no lifespan events: let settlements in flight finish.
-        for options in (per_token, flat_price):
-            await runtime_for(MeterConfig.create(**options)).settler.aclose()
+        await flat_meter.drain()  # the plugin drains its own meter
         await model.aclose()
 
     return Litestar(

@@ -1,8 +1,9 @@
 """State shared by every request of one configured meter: store, facilitator, offers, worker.
 
-Some frameworks (Litestar) build one middleware instance per route. Instances created with
-an equal configuration share one runtime, so an authorization is single-use across all of
-a service's routes, not per route.
+A runtime is created explicitly and shared by passing it: ``X402Meter`` creates its own
+unless given ``runtime=``; where a framework builds one middleware instance per route
+(Litestar), the plugin creates one runtime and hands it to each route's meter, so an
+authorization is single-use across all of a service's routes, not per route.
 """
 
 from __future__ import annotations
@@ -39,20 +40,21 @@ def _store(configured: PaymentStore | str | None) -> PaymentStore:
 
 
 class MeterRuntime:
+    """The store, the facilitator client, the settlement worker and the offers of one meter."""
+
     def __init__(self, config: MeterConfig) -> None:
         self.config = config
-        headers = config.facilitator_headers
         self.facilitator = config.facilitator or FacilitatorClient(
             config.facilitator_url,
             timeout=config.facilitator_timeout,
-            headers=dict(headers) if isinstance(headers, tuple) else headers,
+            headers=config.facilitator_headers,
             api_key=config.facilitator_api_key,
         )
         self.store: PaymentStore = _store(config.store)
         self.settler = Settler(
             self.facilitator,
             self.store,
-            retry=config.settlement_retry,
+            retry=config.retry,
             on_settled=config.on_settled,
             on_settlement_failed=config.on_settlement_failed,
             metrics=config.metrics,
@@ -120,13 +122,3 @@ class MeterRuntime:
             facilitator_signers=self._signers,
             facilitator_extensions=self._extensions,
         )
-
-
-_RUNTIMES: dict[MeterConfig, MeterRuntime] = {}
-
-
-def runtime_for(config: MeterConfig) -> MeterRuntime:
-    runtime = _RUNTIMES.get(config)
-    if runtime is None:
-        runtime = _RUNTIMES[config] = MeterRuntime(config)
-    return runtime

@@ -25,7 +25,7 @@ from x402_meter import Asset, MemoryStore, TokenPrice, X402Meter
 from x402_meter.devstack.accounts import PAYERS, SELLER
 from x402_meter.devstack.instant_facilitator import DEV_NETWORK, InstantFacilitator
 from x402_meter.metering import ResponseInfo, auto_meter, estimate_tokens
-from x402_meter.middleware import CAP_LOOK_BYTES, METER_BATCH_BYTES, _PaidExchange
+from x402_meter.pipeline.response_tap import CAP_LOOK_BYTES, METER_BATCH_BYTES, ResponseTap
 from x402_meter.routing import DEFAULT_SPEC
 from x402_meter.store import LedgerState, PaymentRecord
 
@@ -234,13 +234,13 @@ def test_the_heartbeat_checkpoints_what_went_out_while_the_stream_runs() -> None
 
 def test_chunks_between_looks_at_the_cap_take_the_fast_path(monkeypatch: Any) -> None:
     slow: list[str] = []
-    send_slowly = _PaidExchange._send_slowly
+    send_slowly = ResponseTap._send_slowly
 
-    async def counted(self: _PaidExchange, message: Any) -> None:
+    async def counted(self: ResponseTap, message: Any) -> None:
         slow.append(message["type"])
         await send_slowly(self, message)
 
-    monkeypatch.setattr(_PaidExchange, "_send_slowly", counted)
+    monkeypatch.setattr(ResponseTap, "_send_slowly", counted)
     chunks = [chunk(f" word{index}") for index in range(40)]  # ~3 KiB, under one batch
     sent, row = asyncio.run(paid_request(metered(app_with(chunks), max_tokens=10**7)))
     assert len(sent) == len(chunks) + 2

@@ -1,7 +1,7 @@
 """Litestar: ``Litestar(plugins=[X402MeterPlugin(pay_to=..., price_per_token=..., ...)])``.
 
 Litestar runs app-level middleware per route handler, after routing. The plugin adds
-``X402Meter`` that way (instances share one runtime, see ``x402_meter.runtime``) and adds a
+``X402Meter`` that way (one runtime, created here, handed to each route's meter) and adds a
 route for the receipts path, so receipt requests reach a handler whose middleware answers
 them. Mark handlers with ``@metered`` (under ``@post``) or ``opt={"x402_meter": ...}``, or
 list them in ``routes``. For a ``Router``'s own meter, use ``X402MeterMiddleware``.
@@ -27,7 +27,7 @@ from litestar.types import ASGIApp
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.middleware import X402Meter, logger
 from x402_meter.routing import NOTHING_METERED, metered_endpoint_found
-from x402_meter.runtime import runtime_for
+from x402_meter.runtime import MeterRuntime
 
 
 class _RoutedMeter(X402Meter):
@@ -40,19 +40,23 @@ class X402MeterMiddleware:
     """``X402Meter`` as Litestar middleware: ``Router(..., middleware=[X402MeterMiddleware(
     pay_to=..., store=store, ...)])``.
 
-    Builds one ``X402Meter`` per route from the very options given here; Litestar's copies
-    of routers and handlers get this object itself (``copy`` and ``deepcopy`` return it), so
-    a store object is shared, not copied, and the routes share one runtime.
+    Builds one ``X402Meter`` per route, each given the one runtime built here from the very
+    options given here; Litestar's copies of routers and handlers get this object itself
+    (``copy`` and ``deepcopy`` return it), so a store object is shared, not copied.
     """
 
     def __init__(self, **options: Unpack[MeterOptions]) -> None:
         """``options`` are ``X402Meter``'s keyword arguments, checked now."""
-        MeterConfig.create(**options)
-        self.options = options
+        self.runtime = MeterRuntime(MeterConfig(**options))
 
     def __call__(self, app: ASGIApp) -> ASGIApp:
         # X402Meter is typed with Starlette's ASGI aliases; Litestar's TypedDicts are narrower.
-        return cast(ASGIApp, _RoutedMeter(app, **self.options))
+        return cast(ASGIApp, _RoutedMeter.sharing(app, self.runtime))
+
+    async def drain(self) -> None:
+        """Wait (up to 30 s) for this meter's settlements in flight; stop its sweeper."""
+        with anyio.move_on_after(30):
+            await self.runtime.settler.aclose()
 
     def __copy__(self) -> Self:
         return self
@@ -65,11 +69,11 @@ class X402MeterPlugin(InitPluginProtocol):
     def __init__(self, **options: Unpack[MeterOptions]) -> None:
         """``options`` are ``X402Meter``'s keyword arguments, checked now."""
         self.middleware = X402MeterMiddleware(**options)
-        self.options = options
+        self.runtime = self.middleware.runtime
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.middleware.append(self.middleware)
-        receipts_path = str(self.options.get("receipts_path", "/x402/receipts/"))
+        receipts_path = self.runtime.config.receipts_path
 
         @get(f"{receipts_path}{{receipt_id:str}}", include_in_schema=False, sync_to_thread=False)
         def receipt() -> None:  # pragma: no cover - X402Meter answers first
@@ -77,16 +81,15 @@ class X402MeterPlugin(InitPluginProtocol):
 
         app_config.route_handlers.append(receipt)
         # Middleware sees no lifespan in Litestar: let settlements in flight finish at shutdown.
-        app_config.on_shutdown.append(self.drain)
+        app_config.on_shutdown.append(self.middleware.drain)
         app_config.on_startup.append(self.check_routes)
         return app_config
 
     def check_routes(self, app: Litestar) -> None:
         """At startup: warn when no ``routes`` are given and no handler is ``@metered``."""
-        if not self.options.get("routes") and metered_endpoint_found(app) is False:
+        if not self.runtime.config.routes and metered_endpoint_found(app) is False:
             logger.warning(NOTHING_METERED)
 
     async def drain(self) -> None:
         """Wait (up to 30 s) for this meter's settlements in flight; stop its sweeper."""
-        with anyio.move_on_after(30):
-            await runtime_for(MeterConfig.create(**self.options)).settler.aclose()
+        await self.middleware.drain()

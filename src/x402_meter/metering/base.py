@@ -56,5 +56,10 @@ class Meter(Protocol):
         """The count so far; called once, also for truncated or abandoned bodies."""
         ...
 
+    def snapshot(self) -> Usage | None:
+        """The count so far, mid-stream, without ending it (for checkpoints and the cap);
+        ``None``, the default for a meter that subclasses ``Meter``: it cannot tell."""
+        return None
+
 
 MeterFactory = Callable[[ResponseInfo], Meter]

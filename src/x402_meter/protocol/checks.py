@@ -132,9 +132,10 @@ def _match(payload: PaymentPayload | PaymentPayloadV1, offer: Offer) -> PaymentR
     return requirements
 
 
-def _check_upto(
+def check_upto_payload(
     body: dict[str, Any], requirements: PaymentRequirements, offer: Offer, now: int
 ) -> tuple[str, int, str]:
+    """An ``upto`` (Permit2) payload's body: its payer, deadline and single-use key."""
     auth = "permit2Authorization"
     payer = _address(body, f"{auth}.from")
     token = _address(body, f"{auth}.permitted.token")
@@ -159,9 +160,10 @@ def _check_upto(
     return payer, deadline, f"upto:{requirements.network}:{payer}:{nonce}"
 
 
-def _check_exact(
+def check_exact_payload(
     body: dict[str, Any], requirements: PaymentRequirements, now: int
 ) -> tuple[str, int, str]:
+    """An ``exact`` (EIP-3009) payload's body: its payer, deadline and single-use key."""
     auth = "authorization"
     payer = _address(body, f"{auth}.from")
     to = _address(body, f"{auth}.to")
@@ -189,10 +191,9 @@ def check_payment(
     if isinstance(payload, PaymentPayload):
         accepted = {"accepted": {"amount": payload.accepted.amount}}
         _check_amount(_uint(accepted, "accepted.amount"), int(requirements.amount))
-    if requirements.scheme == "upto":
-        payer, expires_at, key = _check_upto(payload.payload, requirements, offer, now)
-    else:
-        payer, expires_at, key = _check_exact(payload.payload, requirements, now)
+    from x402_meter.schemes import scheme_named  # the schemes build on this module
+
+    checked = scheme_named(requirements.scheme).check(payload.payload, requirements, offer, now)
     sent: PaymentRequirements | PaymentRequirementsV1 = requirements
     if isinstance(payload, PaymentPayloadV1):
         sent = v1_requirements(requirements, resource_url, offer.terms)
@@ -200,8 +201,8 @@ def check_payment(
         payload=payload,
         requirements=sent,
         scheme=requirements.scheme,
-        payer=payer,
+        payer=checked.payer,
         max_amount=int(requirements.amount),
-        expires_at=expires_at,
-        key=key,
+        expires_at=checked.expires_at,
+        key=checked.key,
     )

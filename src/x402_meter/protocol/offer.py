@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from x402.extensions.eip2612_gas_sponsoring import (
-    EIP2612_GAS_SPONSORING_KEY,
     declare_eip2612_gas_sponsoring_extension,
 )
 from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS
@@ -66,19 +65,15 @@ class Offer:
         facilitator_signers: frozenset[str],
         facilitator_extensions: frozenset[str] = frozenset(),
     ) -> Offer:
+        from x402_meter.schemes import scheme_named  # the schemes build on this module
+
         base_extra: dict[str, Any] = {"name": terms.asset.name, "version": terms.asset.version}
         requirements = []
-        for scheme in terms.schemes:
-            extra = dict(base_extra)
-            if scheme == "upto":
-                extra["assetTransferMethod"] = "permit2"
-                if facilitator_address:
-                    extra["facilitatorAddress"] = facilitator_address
-            elif scheme == "exact" and terms.asset.eip3009:
-                extra["primaryType"] = EIP3009_PRIMARY_TYPE
+        for name in terms.schemes:
+            extra = {**base_extra, **scheme_named(name).offer_extra(terms, facilitator_address)}
             requirements.append(
                 PaymentRequirements(
-                    scheme=scheme,
+                    scheme=name,
                     network=terms.network,
                     asset=terms.asset.address,
                     amount=str(terms.tariff.max_amount),
@@ -87,10 +82,9 @@ class Offer:
                     extra=extra,
                 )
             )
-        gas_sponsoring = (
-            "upto" in terms.schemes
-            and terms.asset.eip2612
-            and EIP2612_GAS_SPONSORING_KEY in facilitator_extensions
+        gas_sponsoring = any(
+            scheme_named(name).gas_sponsoring(terms, facilitator_extensions)
+            for name in terms.schemes
         )
         return cls(terms, tuple(requirements), facilitator_signers, gas_sponsoring)
 

@@ -1,0 +1,193 @@
+"""One paid request, top to bottom: admit → record → serve (tapped, under a heartbeat) →
+charge → settle. Each stage is its own unit; this reads them in order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import anyio
+from starlette.types import Receive, Scope, Send
+
+from x402_meter.pipeline.admission import Admission, Admitted
+from x402_meter.pipeline.heartbeat import Heartbeat
+from x402_meter.pipeline.ledger_records import LedgerRecords
+from x402_meter.pipeline.receipts import receipt_path
+from x402_meter.pipeline.replies import Replies
+from x402_meter.pipeline.request import PaidRequestBody
+from x402_meter.pipeline.response_tap import ResponseTap
+from x402_meter.routing import RouteSpec
+from x402_meter.runtime import MeterRuntime
+from x402_meter.store import LedgerState
+from x402_meter.voiding import remember_voided_payer
+
+logger = logging.getLogger("x402_meter")
+
+AnyASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+END_SEND_SECONDS: Final = 5.0
+"""How long the end of an answer ended early may wait on a client that does not read."""
+
+
+class PaidExchange:
+    """One metered request: admitted (or answered), then served as a ``PaidAnswer``."""
+
+    def __init__(
+        self,
+        app: AnyASGIApp,
+        runtime: MeterRuntime,
+        spec: RouteSpec,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        resource_url: Callable[[], str],
+    ) -> None:
+        config = runtime.config
+        self.app = app
+        self.runtime = runtime
+        self.send = send
+        self.body = PaidRequestBody(scope, receive, limit=config.max_request_body)
+        self.replies = Replies(send, config.metrics, resource_url, config.retry_after_seconds)
+        self.admission = Admission(runtime, spec, self.body, self.replies)
+
+    async def run(self) -> None:
+        admitted = await self.admission.admit()
+        if admitted is not None:  # else answered: refused, challenged or unavailable
+            await PaidAnswer(self, admitted).serve()
+
+
+class PaidAnswer:
+    """An admitted payment's answer: recorded, served through the tap under the heartbeat,
+    charged, settled. Holds the stages, wired to each other."""
+
+    def __init__(self, exchange: PaidExchange, admitted: Admitted) -> None:
+        runtime = exchange.runtime
+        config, settler = runtime.config, runtime.settler
+        scheme, tariff = admitted.scheme, admitted.offer.terms.tariff
+        self.app = exchange.app
+        self.runtime = runtime
+        self.send = exchange.send
+        self.body = exchange.body
+        self.replies = exchange.replies
+        self.admitted = admitted
+        self.ledger = LedgerRecords(runtime.store, settler, admitted)
+        chosen = config.settle_before_response
+        self.tap = ResponseTap(
+            self.send,
+            request=self.body,
+            meter_factory=config.meter,
+            receipt_path=receipt_path(
+                self.body.scope, config.receipts_path, self.ledger.receipt_id
+            ),
+            tariff=tariff,
+            max_amount=admitted.authorization.max_amount,
+            watch_cap=config.on_cap == "end" and scheme.metered,
+            hold=scheme.settles_before_response if chosen is None else chosen,
+            checkpoint_each_chunk=config.checkpoint_every == 0,
+            usage_filter=self.body.shape(tariff) if config.shape_requests else None,
+            ledger=self.ledger,
+            answered=self._conclude,
+        )
+        beat_every = settler.retry.lease_seconds / 3
+        if config.checkpoint_every:
+            beat_every = min(beat_every, config.checkpoint_every)
+        self.app_cancel = anyio.CancelScope()
+        """Cancels the app when its answer is ended early (it may be waiting, not sending)."""
+        # The heartbeat and the tap are given what they need, not this object: no reference
+        # cycle keeps a request's objects alive until the garbage collector runs.
+        tap, app_cancel = self.tap, self.app_cancel
+
+        def end() -> None:
+            tap.end()
+            app_cancel.cancel()
+
+        self.heartbeat = Heartbeat(
+            admitted,
+            runtime.facilitator,
+            beat_every=beat_every,
+            recheck_every=config.recheck_every,
+            expiry_margin=config.expiry_margin,
+            checkpoint=tap.checkpoint,
+            end=end,
+            label=self.ledger.receipt_id,
+        )
+        self.concluded = False
+        """The charge was made and its settlement started (``_conclude`` runs once)."""
+
+    async def serve(self) -> None:
+        await self.ledger.verified()
+        self.heartbeat.start()
+        try:
+            with self.app_cancel:
+                await self.app(self.body.app_scope, self.body.receive, self.tap.send_message)
+        except Exception:
+            if self.heartbeat.stopped is None:
+                raise
+            # The app failed on the StreamCapped its send raised after the answer was ended.
+        finally:
+            # Also on client disconnect, app failure and cancellation: charge what was served.
+            with anyio.CancelScope(shield=True):
+                await self._conclude()
+                if self.heartbeat.stopped is not None:
+                    await self._ended_early()
+            self.tap.answered = None  # the one reference back to this object
+
+    async def _conclude(self) -> None:
+        """Charge what was served and settle it: the one place a settlement starts.
+
+        Reached when a held answer is complete (from the tap) or when the app is done
+        (however it ended). A held answer is settled first, then sent with the outcome;
+        any other is settled in the background.
+        """
+        if self.concluded:
+            return
+        self.concluded = True
+        tap, scheme, settler = self.tap, self.admitted.scheme, self.runtime.settler
+        await self.heartbeat.stop()
+        usage = tap.usage()
+        self.replies.count("served")
+        metrics = self.runtime.config.metrics
+        if metrics is not None:
+            metrics.tokens(usage.input_tokens, usage.output_tokens)
+        record = await self.ledger.charged(usage, tap.served)
+        if tap.held is None or not (tap.held_complete or self.heartbeat.stopped):
+            scheme.settle_later(record, settler)
+            return
+        if not tap.held_complete:
+            tap.end_held()  # ended early: what was held is the whole answer
+        settled = await scheme.settle_now(record, settler)
+        if settled.state is LedgerState.FAILED:
+            message = settled.error or "settlement failed"
+            await self.replies.refuse(self.admitted.offer, "settlement_failed", message, 402)
+            return
+        # Not settled and not failed: nothing was charged (the receipt says so), or the
+        # facilitator is unreachable and the sweeper keeps trying; answer anyway.
+        start, *bodies = tap.held
+        start = {**start, "headers": [*start["headers"], *scheme.response_headers(settled)]}
+        await self.send(start)
+        for body in bodies:
+            await self.send(body)
+
+    async def _ended_early(self) -> None:
+        """Remember a payer that voided; close the answer (or refuse, if none had started)."""
+        heartbeat, receipt_id = self.heartbeat, self.ledger.receipt_id
+        if heartbeat.voided is not None:
+            await remember_voided_payer(
+                self.runtime.store,
+                self.admitted.authorization.payer,
+                seconds=self.runtime.config.voided_payer_seconds,
+                reason=heartbeat.voided,
+                receipt_id=receipt_id,
+            )
+        if self.tap.held is not None:
+            return  # _conclude answered
+        assert heartbeat.stopped is not None
+        with anyio.move_on_after(END_SEND_SECONDS):
+            try:
+                if self.tap.status is None:
+                    message = f"the answer was ended before it started: {heartbeat.stopped}"
+                    await self.replies.refuse(self.admitted.offer, heartbeat.stopped, message, 402)
+                else:
+                    await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            except Exception:  # the answer had already ended, or the client has gone
+                logger.debug("could not close %s", receipt_id, exc_info=True)

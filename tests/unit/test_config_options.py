@@ -1,0 +1,61 @@
+"""The options are declared once (``MeterConfig``), and a runtime is shared only by passing it."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+
+from x402_meter import X402Meter
+from x402_meter.config import MeterConfig, MeterOptions
+from x402_meter.errors import ConfigurationError
+from x402_meter.integrations.litestar import X402MeterPlugin
+from x402_meter.store import MemoryStore
+
+PAY_TO = "0x" + "33" * 20
+
+
+async def nothing(scope: object, receive: object, send: object) -> None:
+    """An app that is never called."""
+
+
+def test_meter_options_types_exactly_the_config_keywords() -> None:
+    keywords = {f.name for f in dataclasses.fields(MeterConfig) if f.init}
+    assert set(typing.get_type_hints(MeterOptions)) == keywords
+
+
+def test_create_is_the_constructor() -> None:
+    created = MeterConfig.create(pay_to=PAY_TO, price_per_token="0.000002", max_tokens=7)
+    assert created.max_tokens == 7
+    assert created.retry == MeterConfig(pay_to=PAY_TO, price_per_token="1").retry
+
+
+def test_facilitator_headers_are_copied_not_aliased() -> None:
+    headers = {"X-Team": "a"}
+    config = MeterConfig(pay_to=PAY_TO, price_per_token="1", facilitator_headers=headers)
+    headers["X-Team"] = "b"
+    assert config.facilitator_headers == {"X-Team": "a"}
+
+
+def test_meters_with_equal_options_do_not_share_state_unless_given_the_runtime() -> None:
+    options: MeterOptions = {"pay_to": PAY_TO, "price_per_token": "1", "store": "memory://"}
+    first, second = X402Meter(nothing, **options), X402Meter(nothing, **options)
+    assert first.runtime is not second.runtime
+    shared = X402Meter.sharing(nothing, first.runtime)
+    assert shared.runtime is first.runtime
+    assert shared.config is first.config
+
+
+def test_a_runtime_and_options_together_are_refused() -> None:
+    first = X402Meter(nothing, pay_to=PAY_TO, price_per_token="1", store=MemoryStore())
+    with pytest.raises(ConfigurationError, match="either runtime= or options"):
+        X402Meter(nothing, runtime=first.runtime, pay_to=PAY_TO, price_per_token="1")
+    assert X402Meter(nothing, runtime=first.runtime, **{}).runtime is first.runtime
+
+
+def test_the_litestar_plugin_hands_its_runtime_to_every_route() -> None:
+    plugin = X402MeterPlugin(pay_to=PAY_TO, price_per_token="1", store="memory://")
+    routes = [plugin.middleware(nothing), plugin.middleware(nothing)]
+    assert all(isinstance(meter, X402Meter) for meter in routes)
+    assert {id(typing.cast(X402Meter, meter).runtime) for meter in routes} == {id(plugin.runtime)}
