@@ -1,0 +1,161 @@
+"""A facilitator in this process: x402's HTTP API as an ASGI app, with switches for tests.
+
+``X402Meter`` reaches it the way it reaches any facilitator, over HTTP through its own
+``FacilitatorClient``, only the transport is ``httpx.ASGITransport``: the meter's client code,
+the bodies' shapes (the SDK's ``SupportedResponse``, ``VerifyResponse``, ``SettleResponse``)
+and the status codes all take part, and no chain is needed. It checks no signature: the
+chain-backed tests prove that real payments verify and settle; this tier proves what the
+middleware does with each answer, in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from x402.schemas import SettleResponse, SupportedKind, SupportedResponse, VerifyResponse
+
+from x402_meter.devstack.accounts import FACILITATOR
+from x402_meter.facilitator import FacilitatorClient
+
+NETWORK: Final = "eip155:84532"
+URL: Final = "http://facilitator.test"
+TRANSACTION: Final = "0x" + "ab" * 32
+
+
+@dataclass
+class Settled:
+    """One ``/settle`` call: who paid, how much the server asked to charge."""
+
+    payer: str | None
+    amount: int
+    scheme: str
+
+
+@dataclass
+class Refusal:
+    reason: str
+    message: str = "refused by the in-process facilitator"
+
+
+@dataclass
+class InProcessFacilitator:
+    """Answers ``/supported``, ``/verify`` and ``/settle``; a test sets the switches."""
+
+    verify_refusal: Refusal | None = None
+    """``/verify`` answers ``isValid: false`` with this reason (None: valid)."""
+    settle_refusal: Refusal | None = None
+    """``/settle`` answers ``success: false`` with this reason (None: settled)."""
+    unreachable: bool = False
+    """Every call fails to connect, as a facilitator that is down."""
+    settle_gate: anyio.Event | None = None
+    """``/settle`` waits for this event before answering (a settlement still in flight)."""
+    verified: list[dict[str, Any]] = field(default_factory=list)
+    """The bodies ``/verify`` was sent, in order."""
+    settled: list[Settled] = field(default_factory=list)
+    settle_started: anyio.Event = field(default_factory=anyio.Event)
+
+    def __post_init__(self) -> None:
+        self.app = Starlette(
+            routes=[
+                Route("/supported", self._supported, methods=["GET"]),
+                Route("/verify", self._verify, methods=["POST"]),
+                Route("/settle", self._settle, methods=["POST"]),
+            ]
+        )
+
+    def client(self) -> FacilitatorClient:
+        """What ``X402Meter(facilitator=...)`` is given: the meter's own client, in process."""
+        return FacilitatorClient(URL, transport=_Switchable(self))
+
+    async def _supported(self, request: Request) -> JSONResponse:
+        kinds = [
+            SupportedKind(
+                x402_version=2,
+                scheme="upto",
+                network=NETWORK,
+                extra={"facilitatorAddress": FACILITATOR.address},
+            ),
+            SupportedKind(x402_version=2, scheme="exact", network=NETWORK),
+        ]
+        answer = SupportedResponse(
+            kinds=kinds, extensions=[], signers={"eip155:*": [FACILITATOR.address]}
+        )
+        return _json(answer)
+
+    async def _verify(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        self.verified.append(body)
+        payer = _payer(body)
+        if self.verify_refusal is not None:
+            refusal = self.verify_refusal
+            return _json(
+                VerifyResponse(
+                    is_valid=False,
+                    invalid_reason=refusal.reason,
+                    invalid_message=refusal.message,
+                    payer=payer,
+                )
+            )
+        return _json(VerifyResponse(is_valid=True, payer=payer))
+
+    async def _settle(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        self.settle_started.set()
+        if self.settle_gate is not None:
+            await self.settle_gate.wait()
+        requirements = body["paymentRequirements"]
+        payer = _payer(body)
+        if self.settle_refusal is not None:
+            refusal = self.settle_refusal
+            answer = SettleResponse(
+                success=False,
+                error_reason=refusal.reason,
+                error_message=refusal.message,
+                payer=payer,
+                transaction="",
+                network=requirements["network"],
+            )
+            return _json(answer)
+        amount = int(requirements["amount"])
+        self.settled.append(Settled(payer, amount, requirements["scheme"]))
+        answer = SettleResponse(
+            success=True,
+            payer=payer,
+            transaction=TRANSACTION,
+            network=requirements["network"],
+            amount=str(amount),
+        )
+        return _json(answer)
+
+
+class _Switchable(httpx.AsyncBaseTransport):
+    """The facilitator's app over ``ASGITransport``, or a refused connection when it is down."""
+
+    def __init__(self, facilitator: InProcessFacilitator) -> None:
+        self.facilitator = facilitator
+        self.transport = httpx.ASGITransport(app=facilitator.app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.facilitator.unreachable:
+            raise httpx.ConnectError("connection refused (in-process facilitator down)")
+        return await self.transport.handle_async_request(request)
+
+
+def _payer(body: dict[str, Any]) -> str | None:
+    """The payer named by a payload (upto: the permit's owner; exact: the authorizer)."""
+    inner = body["paymentPayload"]["payload"]
+    for key in ("permit2Authorization", "authorization"):
+        if key in inner:
+            return str(inner[key]["from"])
+    return None
+
+
+def _json(model: SupportedResponse | VerifyResponse | SettleResponse) -> JSONResponse:
+    return JSONResponse(model.model_dump(by_alias=True, exclude_none=True, mode="json"))
