@@ -8,14 +8,16 @@ settlement worker finish.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import httpx
 from eth_account import Account
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 from x402 import x402Client
 from x402.http import decode_payment_required_header, encode_payment_signature_header
 from x402.mechanisms.evm.exact import ExactEvmClientScheme
@@ -86,9 +88,6 @@ def chat_app(
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    from starlette.applications import Starlette
-    from starlette.routing import Route
-
     return Starlette(routes=[Route(CHAT, chat, methods=["POST"])])
 
 
@@ -136,7 +135,3 @@ async def receipt_of(client: httpx.AsyncClient, answer: httpx.Response, wait: fl
     response = await client.get(answer.headers["x-payment-receipt"], params={"wait": wait})
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def long_pieces(times: int = 40) -> Iterator[str]:
-    return iter(PIECES * times)
