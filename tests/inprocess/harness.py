@@ -55,9 +55,15 @@ def metered(app: App, facilitator: InProcessFacilitator, **overrides: Any) -> X4
 
 
 @asynccontextmanager
-async def calling(meter: X402Meter) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of ``meter``; on leaving, settlements in flight finish (the lifespan's job)."""
-    transport = httpx.ASGITransport(app=meter)
+async def calling(
+    meter: X402Meter, *, as_a_server: bool = False
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``meter``; on leaving, settlements in flight finish (the lifespan's job).
+
+    ``as_a_server``: an exception the app lets out after its answer started ends the answer
+    where it is, as a server does, instead of failing the test's request.
+    """
+    transport = httpx.ASGITransport(app=meter, raise_app_exceptions=not as_a_server)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
