@@ -89,15 +89,24 @@ def metered(app: Any, **options: Any) -> X402Meter:
     )
 
 
-async def paid_request(meter: X402Meter) -> tuple[list[dict[str, Any]], PaymentRecord]:
+async def payment_headers(meter: X402Meter, count: int) -> list[bytes]:
+    """``count`` SDK-signed payments of the meter's offer, as ``PAYMENT-SIGNATURE`` values."""
     offer = await meter.runtime.offer(DEFAULT_SPEC, TokenPrice.flat("0.000002"))
     required = offer.payment_required("http://test/v1/chat/completions", "payment required")
     client = x402Client().register(
         NETWORK, UptoEvmClientScheme(Account.from_key(PAYERS[0].private_key))
     )
     client.set_spend_controls({"allowed_assets": [{"network": NETWORK, "asset": ASSET.address}]})
-    payload = await client.create_payment_payload(PaymentRequired(accepts=required.accepts))
-    header = encode_payment_signature_header(payload).encode()
+    headers = []
+    for _ in range(count):
+        payload = await client.create_payment_payload(PaymentRequired(accepts=required.accepts))
+        headers.append(encode_payment_signature_header(payload).encode())
+    return headers
+
+
+async def serve(meter: X402Meter, header: bytes) -> list[dict[str, Any]]:
+    """One paid chat request through ``meter``, called as a server calls it; what it sent,
+    once its settlement is done."""
     scope = {
         "type": "http",
         "method": "POST",
@@ -118,6 +127,12 @@ async def paid_request(meter: X402Meter) -> tuple[list[dict[str, Any]], PaymentR
 
     await meter(scope, receive, send)
     await meter.runtime.settler.drain()
+    return sent
+
+
+async def paid_request(meter: X402Meter) -> tuple[list[dict[str, Any]], PaymentRecord]:
+    (header,) = await payment_headers(meter, 1)
+    sent = await serve(meter, header)
     rows = await meter.runtime.store.list()
     assert len(rows) == 1
     return sent, rows[0]

@@ -10,58 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
-from eth_account import Account
-from x402 import x402Client
-from x402.http.utils import encode_payment_signature_header
-from x402.mechanisms.evm.upto import UptoEvmClientScheme
-from x402.schemas import PaymentRequired
 
-from tests.unit.test_middleware_hot_path import ASSET, NETWORK, app_with, chunk, metered
-from x402_meter import TokenPrice, X402Meter
-from x402_meter.devstack.accounts import PAYERS
-from x402_meter.routing import DEFAULT_SPEC
-
-
-async def payment_headers(meter: X402Meter, count: int) -> list[bytes]:
-    offer = await meter.runtime.offer(DEFAULT_SPEC, TokenPrice.flat("0.000002"))
-    required = offer.payment_required("http://test/v1/chat/completions", "payment required")
-    client = x402Client().register(
-        NETWORK, UptoEvmClientScheme(Account.from_key(PAYERS[0].private_key))
-    )
-    client.set_spend_controls({"allowed_assets": [{"network": NETWORK, "asset": ASSET.address}]})
-    headers = []
-    for _ in range(count):
-        payload = await client.create_payment_payload(PaymentRequired(accepts=required.accepts))
-        headers.append(encode_payment_signature_header(payload).encode())
-    return headers
-
-
-async def serve(meter: X402Meter, header: bytes) -> list[dict[str, Any]]:
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"test"), (b"payment-signature", header)],
-        "scheme": "http",
-        "server": ("test", 80),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b'{"messages": []}', "more_body": False}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        sent.append(dict(message))
-
-    await meter(scope, receive, send)
-    await meter.runtime.settler.drain()
-    return sent
+from tests.unit.test_middleware_hot_path import app_with, chunk, metered, payment_headers, serve
 
 
 def json_app(body: bytes) -> Any:
