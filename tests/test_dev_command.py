@@ -13,13 +13,20 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from eth_account import Account
+from x402.mechanisms.evm.batch_settlement.constants import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+    PERMIT2_DEPOSIT_COLLECTOR_ADDRESS,
+)
 
 from tests.dev_command import dev_stack
+from x402_meter.devstack.accounts import ANVIL_DEV_PRIVATE_KEYS
 
 EXPECTED_KEYS = {
     "rpc_url",
@@ -31,7 +38,12 @@ EXPECTED_KEYS = {
     "asset_version",
     "permit2",
     "upto_proxy",
+    "batch_settlement",
+    "erc3009_deposit_collector",
+    "permit2_deposit_collector",
     "pay_to",
+    "receiver_authorizer",
+    "receiver_authorizer_private_key",
     "payer_private_keys",
     "facilitator_api_key",
 }
@@ -70,7 +82,12 @@ def test_dev_prints_one_json_line_and_stops_everything_on_sigterm() -> None:
         assert info["network"] == f"eip155:{info['chain_id']}"
         assert_payers_and_env(info)
         supported = httpx.get(f"{info['facilitator_url']}/supported").json()
-        assert {kind["scheme"] for kind in supported["kinds"]} == {"exact", "upto"}
+        assert {kind["scheme"] for kind in supported["kinds"]} == {
+            "exact",
+            "upto",
+            "batch-settlement",
+        }
+        assert_batch_settlement(info, supported)
         verify = f"{info['facilitator_url']}/verify"
         assert httpx.post(verify, json={}).status_code == 401  # the printed key is required
         key = {"Authorization": f"Bearer {info['facilitator_api_key']}"}
@@ -98,6 +115,22 @@ def test_children_die_with_a_killed_dev_process() -> None:
     assert all(wait_for_exit(child, timeout=10) for child in children)
     assert port_is_closed(str(info["rpc_url"]))
     assert port_is_closed(str(info["facilitator_url"]))
+
+
+def assert_batch_settlement(info: dict[str, object], supported: dict[str, Any]) -> None:
+    """The channel contracts at the SDK's addresses and the
+    facilitator's receiver authorizer: the advertised one, its key labelled public."""
+    assert (info["batch_settlement"], info["erc3009_deposit_collector"]) == (
+        BATCH_SETTLEMENT_ADDRESS,
+        ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+    )
+    assert info["permit2_deposit_collector"] == PERMIT2_DEPOSIT_COLLECTOR_ADDRESS
+    key = str(info["receiver_authorizer_private_key"])
+    assert Account.from_key(key).address == info["receiver_authorizer"]
+    assert key in ANVIL_DEV_PRIVATE_KEYS
+    assert "PUBLIC" in str(info["receiver_authorizer_key_note"])
+    (kind,) = [k for k in supported["kinds"] if k["scheme"] == "batch-settlement"]
+    assert kind["extra"] == {"receiverAuthorizer": info["receiver_authorizer"]}
 
 
 def assert_payers_and_env(info: dict[str, object]) -> None:

@@ -19,6 +19,10 @@ import openai
 import pytest
 from eth_account import Account
 from web3 import Web3
+from x402.mechanisms.evm.batch_settlement.constants import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+)
 
 from examples.common.settings import Settings
 from examples.fastapi_app.app import create_app
@@ -33,6 +37,11 @@ pytestmark = pytest.mark.anyio
 DEV_KEY: Final = "a-fixed-local-dev-key-for-this-test"
 PER_TOKEN: Final = 2  # atomic units: local-stub at the examples' default X402_PRICES
 ACCOUNT_LINE: Final = re.compile(r"^  #(\d+)  (0x[0-9a-fA-F]{40})  (0x[0-9a-f]{64})$", re.MULTILINE)
+AUTHORIZER_LINES: Final = re.compile(
+    r"^  authorizer   (?P<address>0x[0-9a-fA-F]{40})  .*\n"
+    r"^  its key      (?P<key>0x[0-9a-f]{64})  \(.*a PUBLIC key.*\)$",
+    re.MULTILINE,
+)
 QUESTION: Final = [{"role": "user", "content": "What does x402 do?"}]
 
 
@@ -91,6 +100,13 @@ async def test_printed_keys_and_exports_pay_an_example_on_ports_kept_across_rest
         assert sorted(accounts) == list(range(3, 9))
         assert all(Account.from_key(key).address == address for address, key in accounts.values())
         assert env["X402_PAYER_PRIVATE_KEY"] == accounts[3][1]
+        # The channel contracts, and the facilitator's receiver authorizer with its key,
+        # labelled public.
+        for address in (BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS):
+            assert address in report
+        authorizer = AUTHORIZER_LINES.search(report)
+        assert authorizer is not None, report
+        assert Account.from_key(authorizer["key"]).address == authorizer["address"]
         # The fixed ports and key are the ones asked for, quoted values survive the shell.
         assert env["X402_RPC_URL"] == f"http://127.0.0.1:{base}"
         assert env["X402_FACILITATOR_URL"] == f"http://127.0.0.1:{base + 1}"

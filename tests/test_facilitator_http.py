@@ -12,16 +12,19 @@ from x402_meter.devstack import LocalStack
 from x402_meter.facilitator_server import MAX_BODY_BYTES
 
 
-def test_supported_lists_exact_and_upto_with_the_settling_address(
+def test_supported_lists_exact_upto_and_batch_settlement_with_their_addresses(
     x402_local_stack: LocalStack,
 ) -> None:
     body = httpx.get(f"{x402_local_stack.facilitator_url}/supported").json()
     kinds = {(kind["scheme"], kind["network"]): kind for kind in body["kinds"]}
     network = x402_local_stack.network
-    assert set(kinds) == {("exact", network), ("upto", network)}
+    assert set(kinds) == {("exact", network), ("upto", network), ("batch-settlement", network)}
     assert kinds["upto", network]["extra"]["facilitatorAddress"] == (
         x402_local_stack.facilitator_address
     )
+    assert kinds["batch-settlement", network]["extra"] == {
+        "receiverAuthorizer": x402_local_stack.receiver_authorizer
+    }
 
 
 @pytest.mark.parametrize("path", ["/verify", "/settle"])
@@ -55,7 +58,7 @@ def test_oversized_bodies_get_400(x402_local_stack: LocalStack) -> None:
 
 def test_an_unregistered_scheme_is_invalid_not_an_error(x402_local_stack: LocalStack) -> None:
     stack = x402_local_stack
-    accepted = requirements(stack, "exact", 1).model_copy(update={"scheme": "batch-settlement"})
+    accepted = requirements(stack, "exact", 1).model_copy(update={"scheme": "deferred"})
     body = {
         "x402Version": 2,
         "paymentPayload": {
@@ -72,7 +75,7 @@ def test_an_unregistered_scheme_is_invalid_not_an_error(x402_local_stack: LocalS
     assert response.json() == {
         "isValid": False,
         "invalidReason": "unsupported_scheme",
-        "invalidMessage": f"No scheme 'batch-settlement' registered for network '{stack.network}'",
+        "invalidMessage": f"No scheme 'deferred' registered for network '{stack.network}'",
     }
 
 

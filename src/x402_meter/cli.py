@@ -27,6 +27,7 @@ from x402_meter.facilitator_access import (
     FacilitatorAccessError,
     PayeeAllowlist,
 )
+from x402_meter.facilitator_authorizer import RECEIVER_AUTHORIZER_KEY_ENV
 from x402_meter.facilitator_server import PRIVATE_KEY_ENV, FacilitatorConfigError
 
 logger = logging.getLogger("x402_meter.facilitator")
@@ -139,6 +140,7 @@ def _facilitator_access(args: argparse.Namespace) -> tuple[ApiKeys | None, Payee
 
 
 def _cmd_facilitator(args: argparse.Namespace) -> int:
+    from x402_meter.facilitator_authorizer import receiver_authorizer
     from x402_meter.facilitator_server import build_evm_facilitator, create_facilitator_app, serve
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
@@ -150,7 +152,10 @@ def _cmd_facilitator(args: argparse.Namespace) -> int:
         return 2
     try:
         api_keys, payees = _facilitator_access(args)
-        facilitator = build_evm_facilitator(private_key, args.rpc_url, args.network)
+        authorizer = receiver_authorizer(os.environ, args.receiver_authorizer_key_file)
+        facilitator = build_evm_facilitator(
+            private_key, args.rpc_url, args.network, receiver_authorizer=authorizer
+        )
     except (FacilitatorConfigError, FacilitatorAccessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -164,11 +169,16 @@ def _cmd_facilitator(args: argparse.Namespace) -> int:
     signers = facilitator.get_supported().signers
     access = "no auth" if api_keys is None else f"{len(api_keys)} API key(s)"
     served = "any payTo" if payees is None else f"{len(payees)} payTo address(es)"
+    channels = (
+        "batch-settlement: servers sign their own claims"
+        if authorizer is None
+        else f"batch-settlement receiverAuthorizer {authorizer.address}"
+    )
 
     def announce(url: str) -> None:
         print(
             f"x402-meter facilitator for {args.network} (signers {signers}; {access};"
-            f" {served}) listening on {url}",
+            f" {served}; {channels}) listening on {url}",
             flush=True,
         )
 
@@ -189,11 +199,13 @@ facilitator, an end-to-end demo and the payment ledger."""
 
 DEV_DESCRIPTION: Final = f"""\
 Run the local x402 stack until Ctrl-C: an anvil dev chain, a USDC-like test token,
-Permit2 and the x402 upto proxy, funded payers and a facilitator over HTTP.
+Permit2, the x402 upto proxy, the batch-settlement contract and its deposit collectors,
+funded payers and a facilitator over HTTP (exact, upto and batch-settlement).
 
 It prints the funded dev accounts with their keys (anvil's well-known dev keys: public,
-for the local chain only), the seller (pay_to), the facilitator's URL and API key, and
-export lines to paste into the shells of your app and your paying client.
+for the local chain only), the seller (pay_to), the facilitator's URL and API key, the
+batch-settlement addresses and the facilitator's receiver-authorizer key (another public
+dev key), and export lines to paste into the shells of your app and your paying client.
 
 Ports are free ones picked anew on each run unless fixed; the API key is random unless
 given. Fix both and a restarted stack keeps the exports you pasted:
@@ -203,10 +215,16 @@ anvil comes from npm; if it is missing, --install-anvil installs it (npm is need
 set {ANVIL_ENV} to an anvil binary."""
 
 FACILITATOR_DESCRIPTION: Final = f"""\
-Self-host an x402 facilitator (exact and upto) for an EVM chain. The settling account's
-key comes from ${PRIVATE_KEY_ENV}, never from the command line. /verify and /settle
-need an API key and serve only the listed payees, unless --insecure-no-auth and
---any-pay-to say otherwise.
+Self-host an x402 facilitator (exact, upto and batch-settlement) for an EVM chain. The
+settling account's key comes from ${PRIVATE_KEY_ENV}, never from the command line.
+/verify and /settle need an API key and serve only the listed payees, unless
+--insecure-no-auth and --any-pay-to say otherwise: also a batch-settlement server's
+claims, sweeps and refunds, which spend the settling account's gas.
+
+batch-settlement channels name a receiver authorizer, the key that signs claims and
+refunds. Give the facilitator one (${RECEIVER_AUTHORIZER_KEY_ENV} or
+--receiver-authorizer-key-file) and /supported advertises its address, so servers without
+a key of their own can use it; without one, servers sign their own.
 
   export {PRIVATE_KEY_ENV}=0x...
   export {API_KEYS_ENV}="$(openssl rand -hex 32)"
@@ -283,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     facilitator.add_argument(
         "--any-pay-to", action="store_true", help="serve every payTo address (dev and tests)"
+    )
+    facilitator.add_argument(
+        "--receiver-authorizer-key-file",
+        type=Path,
+        metavar="PATH",
+        help="a file holding the batch-settlement receiver-authorizer private key (one line;"
+        f" # comments); also ${RECEIVER_AUTHORIZER_KEY_ENV}; default: none",
     )
     facilitator.set_defaults(handler=_cmd_facilitator)
 

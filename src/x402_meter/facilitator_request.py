@@ -5,10 +5,16 @@ is a list or a ``validBefore`` of ``"abc"`` raised deep inside it (a 500), and P
 ``int()`` read ``"+10000"``, ``" 10000 "``, ``"10_000"``, ``"010000"`` or full-width digits
 as 10000. This module checks the raw JSON first: every object is an object, every address
 an address, every uint256 a canonical decimal string (``protocol.amounts.parse_uint``), in
-the payload and the requirements, v1 and v2, ``upto`` and ``exact``. What fails is a
+the payload and the requirements, v1 and v2, ``upto``, ``exact`` and ``batch-settlement``
+(its five payload types: deposit, voucher, refund, claim, settle). What fails is a
 ``MalformedRequestError`` with a reason and the path of the field, which the server
 answers with a structured 400. Schemes it does not know are left to the SDK (which refuses
 them as unsupported).
+
+A ``batch-settlement`` body also names the receivers whose channels it touches (a
+channel's ``receiver``, every claimed channel's, the swept ``receiver``); each must be the
+requirements' ``payTo``, so that the payee allowlist, which checks ``payTo``, covers every
+channel a caller can make the facilitator claim, sweep or refund.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ INVALID_REQUEST: Final = "invalid_request"
 INVALID_PAYLOAD: Final = "invalid_payload"
 INVALID_REQUIREMENTS: Final = "invalid_payment_requirements"
 SCHEME_MISMATCH: Final = "scheme_mismatch"
+RECEIVER_MISMATCH: Final = "invalid_batch_settlement_evm_receiver_mismatch"
+"""A batch-settlement payload's receiver is not ``payTo`` (the SDK's reason for the same)."""
+BATCH_SETTLEMENT: Final = "batch-settlement"
 
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _HEX: Final = re.compile(r"0x(?:[0-9a-fA-F]{2})+")
@@ -60,12 +69,12 @@ class _Fields:
         self.node: dict[str, Any] = node
         self.path = path
 
-    def _fail(self, name: str, expected: str) -> MalformedRequestError:
+    def fail(self, name: str, expected: str) -> MalformedRequestError:
         return MalformedRequestError(self.reason, f"{self.path}.{name} must be {expected}")
 
     def get(self, name: str) -> Any:
         if name not in self.node:
-            raise self._fail(name, "present")
+            raise self.fail(name, "present")
         return self.node[name]
 
     def child(self, name: str) -> _Fields:
@@ -74,33 +83,52 @@ class _Fields:
     def text(self, name: str) -> str:
         value = self.get(name)
         if not isinstance(value, str):
-            raise self._fail(name, "a string")
+            raise self.fail(name, "a string")
         return value
 
     def optional_object(self, name: str) -> None:
         if self.node.get(name) is not None and not isinstance(self.node[name], dict):
-            raise self._fail(name, "a JSON object")
+            raise self.fail(name, "a JSON object")
 
     def matching(self, name: str, pattern: re.Pattern[str], expected: str) -> str:
         value = self.get(name)
         if not isinstance(value, str) or pattern.fullmatch(value) is None:
-            raise self._fail(name, expected)
+            raise self.fail(name, expected)
         return value
 
     def address(self, name: str) -> str:
         return self.matching(name, _ADDRESS, "an address (0x + 40 hex digits)")
 
-    def uint(self, name: str) -> int:
+    def uint(self, name: str, bits: int = 256) -> int:
         try:
-            return parse_uint(self.get(name))
+            value = parse_uint(self.get(name))
         except NotCanonicalUintError as exc:
-            raise self._fail(name, f"a canonical unsigned decimal string ({exc})") from exc
-
-    def seconds(self, name: str) -> int:
-        value = self.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
-            raise self._fail(name, "a positive integer")
+            raise self.fail(name, f"a canonical unsigned decimal string ({exc})") from exc
+        if value >= 2**bits:
+            raise self.fail(name, f"a uint{bits} (below 2**{bits})")
         return value
+
+    def seconds(self, name: str, *, minimum: int = 1, bits: int = 63) -> int:
+        """A JSON integer (not a string, not a bool) in ``[minimum, 2**bits)``."""
+        value = self.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**bits:
+            raise self.fail(name, f"an integer from {minimum} below 2**{bits}")
+        return value
+
+    def bytes32(self, name: str) -> str:
+        return self.matching(name, _BYTES32, "0x + 64 hex digits")
+
+    def signature(self, name: str) -> str:
+        return self.matching(name, _HEX, "0x-prefixed hex")
+
+    def items(self, name: str, *, allow_empty: bool = False) -> list[_Fields]:
+        """A JSON array of objects (non-empty unless ``allow_empty``)."""
+        value = self.get(name)
+        if not isinstance(value, list) or not (value or allow_empty):
+            raise self.fail(name, "a JSON array" if allow_empty else "a non-empty JSON array")
+        return [
+            _Fields(self.reason, item, f"{self.path}.{name}[{i}]") for i, item in enumerate(value)
+        ]
 
 
 def _requirements(fields: _Fields, version: int) -> str:
@@ -109,14 +137,27 @@ def _requirements(fields: _Fields, version: int) -> str:
     fields.text("network")
     fields.address("asset")
     fields.address("payTo")
-    fields.seconds("maxTimeoutSeconds")
+    # The SDK's channel manager sends claims, sweeps and refunds with maxTimeoutSeconds 0.
+    fields.seconds("maxTimeoutSeconds", minimum=0 if scheme == BATCH_SETTLEMENT else 1)
     if version == 1:
         fields.uint("maxAmountRequired")
         fields.text("resource")
     else:
         fields.uint("amount")
     fields.optional_object("extra")
+    if scheme == BATCH_SETTLEMENT and isinstance(fields.node.get("extra"), dict):
+        _channel_extra(fields.child("extra"))
     return scheme
+
+
+def _channel_extra(extra: _Fields) -> None:
+    """The batch-settlement fields of ``extra`` that the SDK reads, where present."""
+    if "receiverAuthorizer" in extra.node:
+        extra.address("receiverAuthorizer")
+    if "withdrawDelay" in extra.node:
+        extra.seconds("withdrawDelay", minimum=0, bits=40)
+    if "minDeposit" in extra.node:
+        extra.uint("minDeposit")
 
 
 def _permit2(body: _Fields, *, upto: bool) -> None:
@@ -142,10 +183,115 @@ def _eip3009(body: _Fields) -> None:
     auth.uint("value")
     auth.uint("validAfter")
     auth.uint("validBefore")
-    auth.matching("nonce", _BYTES32, "0x + 64 hex digits")
+    auth.bytes32("nonce")
 
 
-def _inner_payload(body: _Fields, scheme: str) -> None:
+# --- batch-settlement: channel payloads -------------------------------------------------
+
+
+def _channel_config(config: _Fields) -> str:
+    """A ``ChannelConfig``; returns its receiver."""
+    for name in ("payer", "payerAuthorizer", "receiverAuthorizer", "token"):
+        config.address(name)
+    config.seconds("withdrawDelay", minimum=0, bits=40)  # uint40 in the typed data
+    config.bytes32("salt")
+    return config.address("receiver")
+
+
+def _voucher(voucher: _Fields) -> None:
+    voucher.bytes32("channelId")
+    voucher.uint("maxClaimableAmount", bits=128)
+    voucher.signature("signature")
+
+
+def _claims(body: _Fields, *, allow_empty: bool = False) -> list[str]:
+    """``claims``: voucher claims; returns their channels' receivers."""
+    receivers = []
+    for claim in body.items("claims", allow_empty=allow_empty):
+        voucher = claim.child("voucher")
+        receivers.append(_channel_config(voucher.child("channel")))
+        voucher.uint("maxClaimableAmount", bits=128)
+        claim.signature("signature")
+        claim.uint("totalClaimed", bits=128)
+    return receivers
+
+
+def _deposit(deposit: _Fields) -> None:
+    deposit.uint("amount", bits=128)
+    authorization = deposit.child("authorization")
+    present = [
+        name
+        for name in ("erc3009Authorization", "permit2Authorization")
+        if name in authorization.node
+    ]
+    if len(present) != 1:
+        raise MalformedRequestError(
+            deposit.reason,
+            f"{authorization.path} must hold exactly one of erc3009Authorization,"
+            " permit2Authorization",
+        )
+    if present == ["erc3009Authorization"]:
+        erc3009 = authorization.child("erc3009Authorization")
+        erc3009.uint("validAfter")
+        erc3009.uint("validBefore")
+        erc3009.bytes32("salt")
+        erc3009.signature("signature")
+    else:
+        permit2 = authorization.child("permit2Authorization")
+        permit2.address("from")
+        permitted = permit2.child("permitted")
+        permitted.address("token")
+        permitted.uint("amount")
+        permit2.address("spender")
+        permit2.uint("nonce")
+        permit2.uint("deadline")
+        permit2.child("witness").bytes32("channelId")
+        permit2.signature("signature")
+
+
+def _optional_signatures(body: _Fields, *names: str) -> None:
+    for name in names:
+        if body.node.get(name) is not None:
+            body.signature(name)
+
+
+def _refund(body: _Fields) -> list[str]:
+    """A refund's own fields; returns the receivers of the claims it carries."""
+    if "refundNonce" not in body.node:  # a payer's request: the amount is optional
+        if body.node.get("amount") is not None:
+            body.uint("amount", bits=128)
+        return []
+    # The server's refund for /settle: amount and nonce resolved, outstanding claims added.
+    body.uint("amount", bits=128)
+    body.uint("refundNonce")
+    _optional_signatures(body, "refundAuthorizerSignature", "claimAuthorizerSignature")
+    return _claims(body, allow_empty=True)
+
+
+def _channel_payload(body: _Fields) -> list[str]:
+    """A batch-settlement payload of any type; returns the receivers it names."""
+    kind = body.text("type")
+    if kind in ("deposit", "voucher", "refund"):
+        receivers = [_channel_config(body.child("channelConfig"))]
+        _voucher(body.child("voucher"))
+        if kind == "deposit":
+            _deposit(body.child("deposit"))
+        elif kind == "refund":
+            receivers += _refund(body)
+        return receivers
+    if kind == "claim":
+        _optional_signatures(body, "claimAuthorizerSignature")
+        return _claims(body)
+    if kind == "settle":
+        body.address("token")
+        return [body.address("receiver")]
+    raise body.fail("type", "deposit, voucher, refund, claim or settle")
+
+
+def _inner_payload(body: _Fields, scheme: str) -> list[str]:
+    """Check the scheme's own payload; returns the receivers it names (batch-settlement)."""
+    if scheme == BATCH_SETTLEMENT:
+        return _channel_payload(body)
     if scheme == "upto":
         _permit2(body, upto=True)
     elif scheme == "exact" and "permit2Authorization" in body.node:
@@ -153,8 +299,9 @@ def _inner_payload(body: _Fields, scheme: str) -> None:
     elif scheme == "exact":
         _eip3009(body)
     else:
-        return  # not ours to read: the SDK refuses a scheme it has not registered
-    body.matching("signature", _HEX, "0x-prefixed hex")
+        return []  # not ours to read: the SDK refuses a scheme it has not registered
+    body.signature("signature")
+    return []
 
 
 def _extensions(payload: _Fields) -> None:
@@ -203,7 +350,12 @@ def check_request(data: Any) -> FacilitatorRequest:
             SCHEME_MISMATCH,
             f"the payload is for {scheme!r}, the requirements for {required_scheme!r}",
         )
-    _inner_payload(payload.child("payload"), scheme)
+    receivers = _inner_payload(payload.child("payload"), scheme)
+    pay_to = str(requirements.node["payTo"]).lower()
+    if any(receiver.lower() != pay_to for receiver in receivers):
+        raise MalformedRequestError(
+            RECEIVER_MISMATCH, "every channel's receiver must be paymentRequirements.payTo"
+        )
     _extensions(payload)
     try:
         parsed = parse_payment_payload(payload.node)

@@ -1,13 +1,17 @@
 """A self-hosted x402 facilitator: the SDK's facilitator, served over HTTP.
 
-The x402 SDK ships a complete facilitator (``x402FacilitatorSync`` with the EVM ``exact``
-and ``upto`` schemes) but no HTTP server for it. This module is that server: ``GET
-/supported``, ``POST /verify`` and ``POST /settle`` with the bodies the SDK's
+The x402 SDK ships a complete facilitator (``x402FacilitatorSync`` with the EVM ``exact``,
+``upto`` and ``batch-settlement`` schemes) but no HTTP server for it. This module is that
+server: ``GET /supported``, ``POST /verify`` and ``POST /settle`` with the bodies the SDK's
 ``HTTPFacilitatorClient`` sends. The SDK's facilitator calls blocking web3 code, so each
 request runs it in a worker thread and the event loop stays free.
 
 Run it with ``x402-meter facilitator --rpc-url URL --network eip155:N`` (the settling key
 comes from ``X402_FACILITATOR_PRIVATE_KEY``); the local dev stack runs the same code.
+
+``batch-settlement`` (payment channels) goes through the same two endpoints: ``/verify``
+and ``/settle`` a payer's deposit, and ``/settle`` a server's claims, sweeps and
+cooperative refunds, all behind the same API keys and payee allowlist.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from starlette.routing import Route
 from x402 import x402FacilitatorSync
 from x402.extensions.eip2612_gas_sponsoring import EIP2612_GAS_SPONSORING
 from x402.mechanisms.evm import FacilitatorWeb3Signer
+from x402.mechanisms.evm.batch_settlement.facilitator import BatchSettlementEvmFacilitator
+from x402.mechanisms.evm.batch_settlement.types import AuthorizerSigner
 from x402.mechanisms.evm.exact.facilitator import ExactEvmScheme, ExactEvmSchemeConfig
 from x402.mechanisms.evm.exact.v1.facilitator import ExactEvmSchemeV1, ExactEvmSchemeV1Config
 from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme, UptoEvmSchemeConfig
@@ -45,8 +51,13 @@ from x402_meter.protocol.offer import v1_network_name
 logger = logging.getLogger("x402_meter.facilitator")
 
 PRIVATE_KEY_ENV: Final = "X402_FACILITATOR_PRIVATE_KEY"
-MAX_BODY_BYTES: Final = 64 * 1024
-"""Verify/settle bodies are a few kilobytes; anything far larger is not a payment."""
+MAX_BODY_BYTES: Final = 256 * 1024
+"""Verify/settle bodies are a few kilobytes, a batch-settlement claim about 0.7 KB per
+voucher (the SDK claims up to 100 at once): anything far larger is not a payment."""
+TX_GAS_LIMIT: Final = 8_000_000
+"""The gas limit of every transaction the facilitator sends. The SDK's signer defaults to
+500,000, which a claim of many vouchers in one transaction exceeds (the SDK batches up to
+100); a limit is a cap, not a price: a transaction pays for the gas it uses."""
 
 
 def build_evm_facilitator(
@@ -55,8 +66,9 @@ def build_evm_facilitator(
     network: str,
     *,
     confirmation_timeout_seconds: float = 60.0,
+    receiver_authorizer: AuthorizerSigner | None = None,
 ) -> x402FacilitatorSync:
-    """An SDK facilitator with ``exact`` and ``upto`` for one EVM network.
+    """An SDK facilitator with ``exact``, ``upto`` and ``batch-settlement`` for one EVM network.
 
     Where the network has an x402 v1 name (``base``, ``base-sepolia``, ...) it also serves
     v1 ``exact`` under that name: v1-only clients such as ``x402-fetch`` 1.x pay with it.
@@ -64,7 +76,12 @@ def build_evm_facilitator(
     Checks that ``network`` (CAIP-2, ``eip155:<chain id>``) is the chain behind
     ``rpc_url``: a facilitator that signs for the wrong chain fails every settlement.
     ``simulate_in_settle`` is on so that a settlement that would revert (a used nonce, an
-    expired permit) is refused before a transaction spends gas.
+    expired permit) is refused before a transaction spends gas (batch-settlement simulates
+    every deposit, claim, sweep and refund before sending it).
+
+    ``receiver_authorizer``: the key that signs claims and refunds for channels naming its
+    address; ``/supported`` advertises it as ``receiverAuthorizer``. None: servers sign
+    their own (see ``facilitator_authorizer``).
     """
     namespace, _, reference = network.partition(":")
     if namespace != "eip155" or not reference.isdigit():
@@ -73,6 +90,7 @@ def build_evm_facilitator(
         private_key=private_key,
         rpc_url=rpc_url,
         confirmation_timeout_seconds=confirmation_timeout_seconds,
+        gas_limit=TX_GAS_LIMIT,
     )
     try:
         chain_id = signer.get_chain_id()
@@ -86,6 +104,9 @@ def build_evm_facilitator(
     )
     facilitator.register(
         [network], UptoEvmFacilitatorScheme(signer, UptoEvmSchemeConfig(simulate_in_settle=True))
+    )
+    facilitator.register(
+        [network], BatchSettlementEvmFacilitator(signer, authorizer_signer=receiver_authorizer)
     )
     v1_name = v1_network_name(network)
     if v1_name != network:  # v1 has no upto, and no names for other chains (e.g. 31337)

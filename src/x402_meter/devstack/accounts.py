@@ -63,3 +63,6 @@ SELLER: Final = dev_account(2)
 """The default ``pay_to``: the seller who receives payments."""
 PAYERS: Final[tuple[DevAccount, ...]] = tuple(dev_account(i) for i in range(3, 9))
 """Funded payers: test USDC and a Permit2 approval each."""
+RECEIVER_AUTHORIZER: Final = dev_account(9)
+"""The local facilitator's batch-settlement receiver authorizer: it signs claims and refunds
+(EIP-712 typed data) and never sends a transaction, so its ETH and nonce stay untouched."""

@@ -3,7 +3,8 @@
 A developer keeps ``x402-meter dev`` open in one terminal and runs an app and a paying
 client in others; everything those need is printed once, in the variables the examples
 read (``examples/common/settings.py``) plus ``X402_PAYER_PRIVATE_KEY`` for a paying
-client. The payer keys are anvil's public, well-known dev keys and are labelled so.
+client. The payer keys and the facilitator's receiver-authorizer key are anvil's public,
+well-known dev keys and are labelled so.
 """
 
 from __future__ import annotations
@@ -11,13 +12,23 @@ from __future__ import annotations
 import shlex
 from typing import Any, Final
 
-from x402_meter.devstack.accounts import ANVIL_DEV_PRIVATE_KEYS, SELLER, DevAccount, dev_account
+from x402_meter.devstack.accounts import (
+    ANVIL_DEV_PRIVATE_KEYS,
+    RECEIVER_AUTHORIZER,
+    SELLER,
+    DevAccount,
+    dev_account,
+)
 from x402_meter.devstack.stack import PAYER_FUNDING, LocalStack
 from x402_meter.facilitator import API_KEY_ENV
 
 PAYER_KEY_ENV: Final = "X402_PAYER_PRIVATE_KEY"
 """A paying client's key; ``x402-meter dev`` exports the first funded dev payer's."""
 PUBLIC_KEYS_NOTE: Final = "anvil's well-known dev keys: PUBLIC, for the local chain only"
+RECEIVER_AUTHORIZER_NOTE: Final = (
+    f"anvil's well-known dev key #{RECEIVER_AUTHORIZER.index}: PUBLIC, for the local chain"
+    " only; the local facilitator signs batch-settlement claims and refunds with it"
+)
 
 
 def payers(stack: LocalStack) -> list[DevAccount]:
@@ -49,6 +60,7 @@ def json_report(stack: LocalStack) -> dict[str, Any]:
         for account in payers(stack)
     ]
     report["payer_keys_note"] = PUBLIC_KEYS_NOTE
+    report["receiver_authorizer_key_note"] = RECEIVER_AUTHORIZER_NOTE
     report["env"] = exports(stack)
     return report
 
@@ -79,6 +91,15 @@ def summary(stack: LocalStack, elapsed: float, *, stable: bool) -> str:
         f"  asset        {stack.asset}  ({stack.asset_name} v{stack.asset_version},"
         f" {stack.asset_decimals} decimals)",
         f"  pay_to       {stack.pay_to}  (the seller, anvil dev account #{SELLER.index})",
+        "",
+        "batch-settlement (payment channels), at the x402 SDK's canonical addresses:",
+        f"  contract     {stack.batch_settlement}",
+        f"  collectors   {stack.erc3009_deposit_collector}  (EIP-3009 deposits)",
+        f"               {stack.permit2_deposit_collector}  (Permit2 deposits)",
+        f"  authorizer   {stack.receiver_authorizer}  (the receiver authorizer: the"
+        " facilitator signs claims and refunds)",
+        f"  its key      {stack.receiver_authorizer_private_key}  (anvil dev account"
+        f" #{RECEIVER_AUTHORIZER.index}: a PUBLIC key, for the local chain only)",
         "",
         f"Funded payers, {tokens:,} test tokens each and Permit2 approved. Their keys are",
         f"{PUBLIC_KEYS_NOTE}:",

@@ -1,5 +1,10 @@
 """The whole local x402 stack: dev chain, contracts, funded payers and a facilitator.
 
+The contracts sit at the x402 SDK's canonical addresses: Permit2, the upto proxy, the
+batch-settlement contract and its two deposit collectors. The facilitator holds a dev
+receiver-authorizer key (anvil's public dev key, ``accounts.RECEIVER_AUTHORIZER``), so
+batch-settlement servers on the local stack need no key of their own.
+
 ``local_stack()`` is a context manager; ``x402-meter dev`` and the pytest fixture
 ``x402_local_stack`` are thin wrappers around it. The facilitator runs in its own process
 (the SDK's facilitator does blocking web3 calls), started while the contracts deploy.
@@ -26,14 +31,20 @@ from pathlib import Path
 from typing import Any, Final
 
 from web3 import Web3
+from x402.mechanisms.evm.batch_settlement.constants import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+    PERMIT2_DEPOSIT_COLLECTOR_ADDRESS,
+)
 from x402.mechanisms.evm.constants import PERMIT2_ADDRESS, X402_UPTO_PERMIT2_PROXY_ADDRESS
 
-from x402_meter.devstack.accounts import FACILITATOR, PAYERS, SELLER
+from x402_meter.devstack.accounts import FACILITATOR, PAYERS, RECEIVER_AUTHORIZER, SELLER
 from x402_meter.devstack.anvil import start_anvil
 from x402_meter.devstack.deploy import deploy_token, fund_payers, place_canonical_contracts
 from x402_meter.devstack.ports import LOOPBACK, PortInUseError, ensure_port_free
 from x402_meter.devstack.processes import ChildProcess
 from x402_meter.facilitator_access import API_KEYS_ENV, PAY_TO_ENV
+from x402_meter.facilitator_authorizer import RECEIVER_AUTHORIZER_KEY_ENV
 from x402_meter.facilitator_server import PRIVATE_KEY_ENV
 
 PAYER_FUNDING: Final = 10_000 * 10**6
@@ -46,7 +57,9 @@ _FACILITATOR_READY = re.compile(r"listening on (?P<url>http://\S+)")
 class LocalStack:
     """Where the running local stack is, and who is who on it.
 
-    ``payer_private_keys`` are anvil's public, well-known dev keys: local use only.
+    ``payer_private_keys`` are anvil's public, well-known dev keys: local use only, as is
+    ``receiver_authorizer_private_key``, the key with which the facilitator signs
+    batch-settlement claims and refunds (``/supported`` advertises ``receiver_authorizer``).
     ``facilitator_api_key`` is the facilitator's credential, random per stack: give it to
     ``X402Meter(facilitator_api_key=...)``.
     """
@@ -61,8 +74,13 @@ class LocalStack:
     asset_decimals: int
     permit2: str
     upto_proxy: str
+    batch_settlement: str
+    erc3009_deposit_collector: str
+    permit2_deposit_collector: str
     pay_to: str
     facilitator_address: str
+    receiver_authorizer: str
+    receiver_authorizer_private_key: str
     payer_private_keys: tuple[str, ...]
     facilitator_api_key: str = field(repr=False)
 
@@ -86,17 +104,22 @@ def start_facilitator_process(
     private_key: str,
     api_keys: Sequence[str] | None,
     pay_to: Sequence[str] | None,
+    receiver_authorizer_key: str | None = None,
     log_path: Path | None = None,
     port: int = 0,
 ) -> ChildProcess:
     """``x402-meter facilitator`` in a child process; the keys travel by environment.
 
     ``api_keys=None`` runs it with ``--insecure-no-auth``, ``pay_to=None`` with
-    ``--any-pay-to``: both must be asked for.
+    ``--any-pay-to``: both must be asked for. ``receiver_authorizer_key=None``: it signs
+    no batch-settlement claims or refunds (servers sign their own).
     """
     # Only what we pass: keys or payees in the caller's environment are not this child's.
-    env = {k: v for k, v in os.environ.items() if k not in (API_KEYS_ENV, PAY_TO_ENV)}
+    inherited = (API_KEYS_ENV, PAY_TO_ENV, RECEIVER_AUTHORIZER_KEY_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
     env[PRIVATE_KEY_ENV] = private_key
+    if receiver_authorizer_key is not None:
+        env[RECEIVER_AUTHORIZER_KEY_ENV] = receiver_authorizer_key
     args = [sys.executable, "-m", "x402_meter", "facilitator", "--rpc-url", rpc_url]
     args += ["--network", network, "--port", str(port)]
     if api_keys is None:
@@ -151,6 +174,7 @@ def local_stack(
             private_key=FACILITATOR.private_key,
             api_keys=[api_key],
             pay_to=None,  # tests create fresh sellers: see the module docstring
+            receiver_authorizer_key=RECEIVER_AUTHORIZER.private_key,
             log_path=log_dir / "facilitator.log",
             port=facilitator_port,
         )
@@ -173,8 +197,13 @@ def local_stack(
             asset_decimals=token.decimals,
             permit2=PERMIT2_ADDRESS,
             upto_proxy=X402_UPTO_PERMIT2_PROXY_ADDRESS,
+            batch_settlement=BATCH_SETTLEMENT_ADDRESS,
+            erc3009_deposit_collector=ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+            permit2_deposit_collector=PERMIT2_DEPOSIT_COLLECTOR_ADDRESS,
             pay_to=SELLER.address,
             facilitator_address=FACILITATOR.address,
+            receiver_authorizer=RECEIVER_AUTHORIZER.address,
+            receiver_authorizer_private_key=RECEIVER_AUTHORIZER.private_key,
             payer_private_keys=tuple(payer.private_key for payer in PAYERS),
             facilitator_api_key=api_key,
         )
