@@ -25,12 +25,21 @@ from x402_meter.errors import VyperNotInstalledError as VyperNotInstalledError
 
 CONTRACTS_DIR = Path(__file__).resolve().parent / "contracts"
 
-CONTRACT_NAMES: tuple[str, ...] = ("Token", "Permit2", "UptoProxy", "Multicall3")
+CONTRACT_NAMES: tuple[str, ...] = (
+    "Token",
+    "Permit2",
+    "UptoProxy",
+    "Multicall3",
+    "BatchSettlement",
+    "ERC3009DepositCollector",
+    "Permit2DepositCollector",
+)
 
 # Pinned explicitly instead of relying on the compiler's defaults, which change between
 # releases and would make the artifacts depend on the installed vyper. Cancun is the
-# oldest fork with transient storage, which UptoProxy's reentrancy lock needs (it has no
-# initialised storage: its code is installed with anvil_setCode). Older than the
+# oldest fork with transient storage, which the reentrancy locks of UptoProxy and
+# BatchSettlement need (they have no initialised storage: their code is installed with
+# anvil_setCode). Older than the
 # compiler default, it also runs on anvil started with `--hardfork cancun`.
 EVM_VERSION = "cancun"
 OPTIMIZE = "gas"

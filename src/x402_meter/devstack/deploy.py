@@ -1,7 +1,10 @@
 """Put the x402 contracts on a fresh dev chain and fund the dev payers.
 
-Permit2, the upto proxy and Multicall3 go to their canonical mainnet addresses with
-``anvil_setCode``, so the x402 SDK's constants work against the local chain unchanged.
+Permit2, the upto proxy, Multicall3 and the batch-settlement contract with its two deposit
+collectors go to their canonical mainnet addresses with ``anvil_setCode``, so the x402
+SDK's constants work against the local chain unchanged. ``anvil_setCode`` installs runtime
+code without running a constructor: none of these contracts has one (addresses they call
+are compile-time constants, EIP-712 domain separators are computed per call).
 The token is deployed by an ordinary transaction (its constructor sets name and version).
 All accounts used here are anvil's unlocked, well-known dev accounts.
 """
@@ -14,6 +17,11 @@ from typing import Any, Final
 
 from web3 import Web3
 from web3.types import TxParams
+from x402.mechanisms.evm.batch_settlement.constants import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+    PERMIT2_DEPOSIT_COLLECTOR_ADDRESS,
+)
 from x402.mechanisms.evm.constants import (
     MULTICALL3_ADDRESS,
     PERMIT2_ADDRESS,
@@ -38,13 +46,20 @@ class DevToken:
     decimals: int
 
 
+CANONICAL_CONTRACTS: Final[tuple[tuple[str, str], ...]] = (
+    ("Permit2", PERMIT2_ADDRESS),
+    ("UptoProxy", X402_UPTO_PERMIT2_PROXY_ADDRESS),
+    ("Multicall3", MULTICALL3_ADDRESS),
+    ("BatchSettlement", BATCH_SETTLEMENT_ADDRESS),
+    ("ERC3009DepositCollector", ERC3009_DEPOSIT_COLLECTOR_ADDRESS),
+    ("Permit2DepositCollector", PERMIT2_DEPOSIT_COLLECTOR_ADDRESS),
+)
+"""(artifact name, address) of every contract placed at the address the x402 SDK expects."""
+
+
 def place_canonical_contracts(w3: Web3) -> None:
-    """Permit2, the x402 upto proxy and Multicall3, at the addresses the SDK expects."""
-    for name, address in (
-        ("Permit2", PERMIT2_ADDRESS),
-        ("UptoProxy", X402_UPTO_PERMIT2_PROXY_ADDRESS),
-        ("Multicall3", MULTICALL3_ADDRESS),
-    ):
+    """Install every contract of ``CANONICAL_CONTRACTS`` at its canonical address."""
+    for name, address in CANONICAL_CONTRACTS:
         w3.provider.make_request(
             "anvil_setCode",  # type: ignore[arg-type]
             [address, load_artifact(name)["bytecode_runtime"]],
