@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from eth_account import Account
+from web3 import Web3
 from x402.mechanisms.evm.batch_settlement.constants import (
     BATCH_SETTLEMENT_ADDRESS,
     ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
@@ -118,13 +119,16 @@ def test_children_die_with_a_killed_dev_process() -> None:
 
 
 def assert_batch_settlement(info: dict[str, object], supported: dict[str, Any]) -> None:
-    """The channel contracts at the SDK's addresses and the
+    """The channel contracts at the SDK's addresses, with code on the chain, and the
     facilitator's receiver authorizer: the advertised one, its key labelled public."""
     assert (info["batch_settlement"], info["erc3009_deposit_collector"]) == (
         BATCH_SETTLEMENT_ADDRESS,
         ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
     )
     assert info["permit2_deposit_collector"] == PERMIT2_DEPOSIT_COLLECTOR_ADDRESS
+    w3 = Web3(Web3.HTTPProvider(str(info["rpc_url"])))
+    for name in ("batch_settlement", "erc3009_deposit_collector", "permit2_deposit_collector"):
+        assert len(w3.eth.get_code(Web3.to_checksum_address(str(info[name])))) > 0, name
     key = str(info["receiver_authorizer_private_key"])
     assert Account.from_key(key).address == info["receiver_authorizer"]
     assert key in ANVIL_DEV_PRIVATE_KEYS
