@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract.contract import ContractFunction
@@ -27,6 +28,10 @@ from web3.exceptions import ContractLogicError
 from x402.http.clients import x402HttpxClient
 from x402.http.utils import decode_payment_response_header
 from x402.mechanisms.evm.batch_settlement.server import ClaimResult
+from x402.mechanisms.evm.batch_settlement.server.channel_manager_common import (
+    build_claim_payment_payload,
+    build_payment_requirements,
+)
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 
 from tests.channel_seller import (
@@ -38,7 +43,9 @@ from tests.channel_seller import (
     payer_scheme,
 )
 from tests.examples.conftest import new_funded_payer
+from tests.sdk_payer import facilitator_client
 from x402_meter.devstack import LocalStack, local_stack
+from x402_meter.devstack.accounts import DEPLOYER, PAYERS
 from x402_meter.devstack.batch_settlement import BatchSettlementContracts
 
 pytestmark = pytest.mark.anyio
@@ -194,6 +201,38 @@ async def test_a_cooperative_refund_returns_the_unclaimed_remainder(stack: Local
             payer=remainder, contract=-DEPOSIT, pay_to=3 * PRICE
         )
         assert contracts(stack).refund_nonce(config) == 1
+
+
+@pytest.mark.slow  # a hundred deposits first
+async def test_a_claim_of_a_hundred_vouchers_goes_through_in_one_transaction(
+    stack: LocalStack,
+) -> None:
+    """The SDK's channel manager claims up to 100 vouchers at once: a body of ~70 KB and a
+    transaction of ~4 million gas, both beyond the SDK signer's defaults (500,000 gas).
+    The facilitator takes it and claims all hundred in one transaction."""
+    chain = contracts(stack)
+    payer, receiver = PAYERS[0], Account.create().address
+    configs = []
+    for _ in range(100):  # deposited directly: the claim is what is under test
+        config = chain.channel_config(payer.address, receiver, stack.receiver_authorizer)
+        chain.send(chain.eip3009_deposit_call(config, payer.account, 2 * PRICE), DEPLOYER.address)
+        configs.append(config)
+    claims = [
+        chain.voucher_claim(c, payer.account, 2 * PRICE, PRICE + i) for i, c in enumerate(configs)
+    ]
+    requirements = build_payment_requirements(receiver, stack.asset, stack.network)
+    body = build_claim_payment_payload(claims, requirements, None)  # the facilitator signs it
+    sent = facilitator_transactions(stack)
+
+    claimed = await facilitator_client(stack).settle(body, requirements)
+
+    assert claimed.success, claimed
+    assert facilitator_transactions(stack) == sent + 1
+    receipt = stack.web3().eth.get_transaction_receipt(claimed.transaction)  # type: ignore[arg-type]
+    assert receipt["gasUsed"] > 500_000
+    total = sum(PRICE + i for i in range(100))
+    assert chain.receiver_totals(receiver) == (total, 0)
+    assert [chain.channel(c).total_claimed for c in configs] == [PRICE + i for i in range(100)]
 
 
 def channel_config(seller: ChannelSeller, payer: str) -> ChannelConfig:
