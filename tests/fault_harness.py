@@ -80,17 +80,24 @@ def uvicorn_server(
 
 @contextmanager
 def own_facilitator(
-    stack: LocalStack, log_path: Path, port: int, *, pay_to: Sequence[str] | None = None
+    stack: LocalStack,
+    log_path: Path,
+    port: int,
+    *,
+    pay_to: Sequence[str] | None = None,
+    receiver_authorizer_key: str | None = None,
 ) -> Iterator[ChildProcess]:
     """A second facilitator on ``port``, for tests that stop it or that limit its payees
     (``pay_to``; None: any). It takes the stack's API key and signs with its own dev
-    account (9): two processes sending transactions from one account would race for nonces."""
+    account (9): two processes sending transactions from one account would race for nonces.
+    ``receiver_authorizer_key``: the batch-settlement key it signs claims and refunds with."""
     process = start_facilitator_process(
         rpc_url=stack.rpc_url,
         network=stack.network,
         private_key=dev_account(9).private_key,
         api_keys=[stack.facilitator_api_key],
         pay_to=pay_to,
+        receiver_authorizer_key=receiver_authorizer_key,
         log_path=log_path,
         port=port,
     )
