@@ -31,8 +31,8 @@ from x402.mechanisms.evm.batch_settlement.server.channel_manager_common import (
 )
 from x402.mechanisms.evm.batch_settlement.server.storage import Channel
 from x402.mechanisms.evm.batch_settlement.types import VoucherClaim
-from x402.schemas import PaymentPayload, PaymentRequirements
 
+from tests.channel_bodies import body_of
 from tests.channel_seller import (
     PRICE,
     Balances,
@@ -51,16 +51,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 DEPOSIT = 10 * PRICE
 SERVED = 3
-
-
-def body_of(payload: PaymentPayload, requirements: PaymentRequirements) -> dict[str, Any]:
-    return {
-        "x402Version": 2,
-        "paymentPayload": payload.model_dump(by_alias=True, exclude_none=True, mode="json"),
-        "paymentRequirements": requirements.model_dump(
-            by_alias=True, exclude_none=True, mode="json"
-        ),
-    }
 
 
 async def served_channel(stack: LocalStack, seller: ChannelSeller) -> tuple[str, Channel]:

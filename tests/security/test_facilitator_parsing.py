@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
 from x402.schemas import PaymentPayload, PaymentRequired
 
+from tests.channel_bodies import ChannelTerms, sdk_channel_bodies
 from tests.examples.conftest import new_funded_payer
 from tests.sdk_payer import requirements, sign
 from tests.test_middleware_fastapi import CHAT, chat_app
@@ -93,6 +94,22 @@ async def sign_bodies(stack: LocalStack) -> dict[str, dict[str, Any]]:
 def signed(x402_local_stack: LocalStack, portal: BlockingPortal) -> dict[str, dict[str, Any]]:
     """Valid verify/settle bodies, ``exact`` and ``upto``, signed by the SDK (never settled)."""
     return portal.call(sign_bodies, x402_local_stack)
+
+
+@pytest.fixture(scope="module")
+def signed_channels(x402_local_stack: LocalStack) -> dict[str, dict[str, Any]]:
+    """Valid ``batch-settlement`` bodies of every kind (deposits by funded payers)."""
+    stack = x402_local_stack
+    terms = ChannelTerms(
+        stack.network,
+        stack.asset,
+        stack.asset_name,
+        stack.asset_version,
+        stack.pay_to,
+        stack.receiver_authorizer,
+    )
+    payers = ["0x" + bytes(new_funded_payer(stack).key).hex() for _ in range(3)]
+    return {f"batch-settlement {k}": v for k, v in sdk_channel_bodies(terms, payers).items()}
 
 
 MALFORMED = [
@@ -258,12 +275,15 @@ def test_random_payload_shapes_get_a_structured_answer_never_a_500(
     in_process_app: Starlette,
     portal: BlockingPortal,
     signed: dict[str, dict[str, Any]],
+    signed_channels: dict[str, dict[str, Any]],
     data: st.DataObject,
 ) -> None:
-    """Finding 8: any field of a valid body (v2 exact or upto, or turned into v1) replaced by
-    random JSON (objects, lists, strings, numbers, null, floats) gets a structured refusal
-    (400) or a valid answer (200), never a 500 or an exception out of the app."""
-    body = copy.deepcopy(signed[data.draw(st.sampled_from(sorted(signed)))])
+    """Finding 8: any field of a valid body (v2 exact, upto or any batch-settlement kind, or
+    turned into v1) replaced by random JSON (objects, lists, strings, numbers, null, floats)
+    gets a structured refusal (400) or a valid answer (200), never a 500 or an exception
+    out of the app."""
+    bodies = signed | signed_channels
+    body = copy.deepcopy(bodies[data.draw(st.sampled_from(sorted(bodies)))])
     if data.draw(st.booleans()):
         body = changed(body, "paymentPayload.x402Version", 1)
     for _ in range(data.draw(st.integers(min_value=1, max_value=3))):

@@ -1,7 +1,7 @@
 """The facilitator's strict reading of batch-settlement bodies, before the SDK's.
 
-Bodies are built by the x402 SDK itself: its client signs deposits (EIP-3009 and Permit2)
-and vouchers, its channel manager's builders make claims, sweeps and refunds. Each reads
+Bodies are built by the x402 SDK itself (tests/channel_bodies.py): its client signs
+deposits and vouchers, its channel manager's builders make claims, sweeps and refunds. Each reads
 as valid; a changed field is refused with a reason and the field's path; a receiver other
 than ``payTo`` is refused, so that the payee allowlist covers every channel touched.
 """
@@ -14,21 +14,10 @@ import json
 from typing import Any, Final
 
 import pytest
-from eth_account import Account
 from hypothesis import given
 from hypothesis import strategies as st
-from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme, sign_voucher
-from x402.mechanisms.evm.batch_settlement.server.channel_manager_common import (
-    build_claim_payment_payload,
-    build_payment_requirements,
-    build_refund_payment_payload,
-    build_settle_payment_payload,
-)
-from x402.mechanisms.evm.batch_settlement.server.storage import Channel
-from x402.mechanisms.evm.batch_settlement.types import ChannelConfig, VoucherClaim
-from x402.mechanisms.evm.signers import EthAccountSigner
-from x402.schemas import PaymentPayload, PaymentRequirements
 
+from tests.channel_bodies import ChannelTerms, sdk_channel_bodies
 from x402_meter.devstack.accounts import PAYERS, RECEIVER_AUTHORIZER, SELLER
 from x402_meter.errors import MalformedRequestError
 from x402_meter.facilitator_request import (
@@ -39,110 +28,16 @@ from x402_meter.facilitator_request import (
 )
 from x402_meter.facilitator_server import MAX_BODY_BYTES
 
-NETWORK: Final = "eip155:31337"
-TOKEN: Final = "0x" + "11" * 20
+TERMS: Final = ChannelTerms(
+    network="eip155:31337",
+    token="0x" + "11" * 20,
+    token_name="USD Coin",
+    token_version="2",
+    pay_to=SELLER.address,
+    receiver_authorizer=RECEIVER_AUTHORIZER.address,
+)
 STRANGER: Final = "0x" + "99" * 20
-PRICE: Final = 1_000
-
-
-def channel_requirements(method: str = "eip3009") -> PaymentRequirements:
-    """What a batch-settlement server offers (the extra its SDK scheme writes)."""
-    return PaymentRequirements(
-        scheme="batch-settlement",
-        network=NETWORK,
-        asset=TOKEN,
-        amount=str(PRICE),
-        pay_to=SELLER.address,
-        max_timeout_seconds=300,
-        extra={
-            "receiverAuthorizer": RECEIVER_AUTHORIZER.address,
-            "withdrawDelay": 900,
-            "name": "USD Coin",
-            "version": "2",
-            "assetTransferMethod": method,
-            "minDeposit": str(10 * PRICE),
-        },
-    )
-
-
-def body(payload: PaymentPayload, requirements: PaymentRequirements) -> dict[str, Any]:
-    return {
-        "x402Version": 2,
-        "paymentPayload": payload.model_dump(by_alias=True, exclude_none=True, mode="json"),
-        "paymentRequirements": requirements.model_dump(
-            by_alias=True, exclude_none=True, mode="json"
-        ),
-    }
-
-
-def payer_body(inner: dict[str, Any], requirements: PaymentRequirements) -> dict[str, Any]:
-    return body(PaymentPayload(accepted=requirements, payload=inner), requirements)
-
-
-def client_of(index: int) -> BatchSettlementEvmScheme:
-    return BatchSettlementEvmScheme(EthAccountSigner(Account.from_key(PAYERS[index].private_key)))
-
-
-def server_channel(index: int) -> tuple[ChannelConfig, str, str]:
-    """A channel of payer ``index`` as the server keeps it: config, id, a voucher's signature."""
-    client = client_of(index)
-    requirements = channel_requirements()
-    config = client.build_channel_config(requirements)
-    deposit = client.create_payment_payload(requirements)
-    voucher = sign_voucher(
-        EthAccountSigner(Account.from_key(PAYERS[index].private_key)),
-        deposit["voucher"]["channelId"],
-        str(3 * PRICE),
-        NETWORK,
-    )
-    return config, voucher.channel_id, voucher.signature
-
-
-def sdk_bodies() -> dict[str, dict[str, Any]]:
-    """One body of every kind the SDK sends to a facilitator."""
-    bodies = {}
-    for method in ("eip3009", "permit2"):
-        requirements = channel_requirements(method)
-        bodies[f"deposit {method}"] = payer_body(
-            client_of(0).create_payment_payload(requirements), requirements
-        )
-    requirements = channel_requirements()
-    config, channel_id, signature = server_channel(0)
-    voucher = {
-        "channelId": channel_id,
-        "maxClaimableAmount": str(3 * PRICE),
-        "signature": signature,
-    }
-    bodies["voucher"] = payer_body(
-        {"type": "voucher", "channelConfig": config.to_dict(), "voucher": voucher}, requirements
-    )
-    bodies["refund request"] = payer_body(
-        {"type": "refund", "channelConfig": config.to_dict(), "voucher": voucher}, requirements
-    )
-
-    manager = build_payment_requirements(SELLER.address, TOKEN, NETWORK)
-    claims = []
-    for index in range(3):
-        claim_config, _, claim_signature = server_channel(index)
-        claims.append(VoucherClaim(claim_config, str(3 * PRICE), claim_signature, str(2 * PRICE)))
-    bodies["claim"] = body(build_claim_payment_payload(claims, manager, None), manager)
-    bodies["settle"] = body(build_settle_payment_payload(manager, SELLER.address, TOKEN), manager)
-    channel = Channel(
-        channel_id=channel_id,
-        channel_config=config,
-        charged_cumulative_amount=str(2 * PRICE),
-        signed_max_claimable=str(3 * PRICE),
-        signature=signature,
-        balance=str(10 * PRICE),
-    )
-    refund = build_refund_payment_payload(
-        channel, claims[:1], manager, str(8 * PRICE), "0", "0x" + "ab" * 65, None
-    )
-    bodies["refund"] = body(refund, manager)
-    return bodies
-
-
-BODIES: Final = sdk_bodies()
+BODIES: Final = sdk_channel_bodies(TERMS, [payer.private_key for payer in PAYERS])
 
 
 @pytest.mark.parametrize("kind", sorted(BODIES))
@@ -200,7 +95,7 @@ def test_a_receiver_other_than_pay_to_is_refused(kind: str, path: str) -> None:
 
 
 def test_a_receiver_in_another_case_is_the_same_receiver() -> None:
-    check_request(changed("settle", f"{P}.receiver", SELLER.address.lower()))
+    check_request(changed("settle", f"{P}.receiver", TERMS.pay_to.lower()))
 
 
 MALFORMED = [
