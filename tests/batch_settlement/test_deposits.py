@@ -13,46 +13,53 @@ from collections.abc import Callable
 import pytest
 from web3.contract.contract import ContractFunction
 from x402.mechanisms.evm.batch_settlement.constants import (
-    BATCH_SETTLEMENT_ADDRESS,
     ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
     PERMIT2_DEPOSIT_COLLECTOR_ADDRESS,
 )
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 
-from x402_meter.devstack import token_balance
-from x402_meter.devstack.accounts import FACILITATOR, PAYERS, SELLER, dev_account
+from tests.batch_settlement.chain import PAYER, RELAYER, balance, escrow, new_channel
 from x402_meter.devstack.batch_settlement import BatchSettlementContracts
-
-PAYER = PAYERS[0]
-RECEIVER_AUTHORIZER = dev_account(9)
 
 DepositCall = Callable[[BatchSettlementContracts, ChannelConfig, int], ContractFunction]
 
 
 def by_eip3009(
-    contracts: BatchSettlementContracts, config: ChannelConfig, amount: int
+    contracts: BatchSettlementContracts, channel: ChannelConfig, amount: int
 ) -> ContractFunction:
-    return contracts.eip3009_deposit_call(config, PAYER.account, amount)
+    return contracts.eip3009_deposit_call(channel, PAYER.account, amount)
 
 
 def by_permit2(
-    contracts: BatchSettlementContracts, config: ChannelConfig, amount: int
+    contracts: BatchSettlementContracts, channel: ChannelConfig, amount: int
 ) -> ContractFunction:
-    return contracts.permit2_deposit_call(config, PAYER.account, amount)
+    return contracts.permit2_deposit_call(channel, PAYER.account, amount)
 
 
 @pytest.mark.parametrize("deposit", [by_eip3009, by_permit2], ids=["eip3009", "permit2"])
 def test_a_deposit_moves_exactly_its_amount_into_the_channel(
     contracts: BatchSettlementContracts, deposit: DepositCall
 ) -> None:
-    config = contracts.channel_config(PAYER.address, SELLER.address, RECEIVER_AUTHORIZER.address)
-    payer_before = token_balance(contracts.w3, contracts.token, PAYER.address)
+    channel = new_channel(contracts)
+    payer_before = balance(contracts, PAYER.address)
 
-    contracts.send(deposit(contracts, config, 1_234_567), FACILITATOR.address)
+    contracts.send(deposit(contracts, channel, 1_234_567), RELAYER.address)
 
-    assert token_balance(contracts.w3, contracts.token, PAYER.address) == payer_before - 1_234_567
-    assert token_balance(contracts.w3, contracts.token, BATCH_SETTLEMENT_ADDRESS) == 1_234_567
-    assert contracts.channel(config).balance == 1_234_567
-    assert contracts.channel(config).total_claimed == 0
+    assert balance(contracts, PAYER.address) == payer_before - 1_234_567
+    assert escrow(contracts) == 1_234_567
+    assert contracts.channel(channel).balance == 1_234_567
+    assert contracts.channel(channel).total_claimed == 0
     for collector in (ERC3009_DEPOSIT_COLLECTOR_ADDRESS, PERMIT2_DEPOSIT_COLLECTOR_ADDRESS):
-        assert token_balance(contracts.w3, contracts.token, collector) == 0
+        assert balance(contracts, collector) == 0
+
+
+@pytest.mark.parametrize("deposit", [by_eip3009, by_permit2], ids=["eip3009", "permit2"])
+def test_a_top_up_adds_to_the_channel_balance(
+    contracts: BatchSettlementContracts, deposit: DepositCall
+) -> None:
+    channel = new_channel(contracts)
+    contracts.send(deposit(contracts, channel, 1_000), RELAYER.address)
+    contracts.send(deposit(contracts, channel, 2_345), RELAYER.address)
+
+    assert contracts.channel(channel).balance == 3_345
+    assert escrow(contracts) == 3_345
