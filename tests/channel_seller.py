@@ -22,7 +22,9 @@ from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Request, Response
 from x402 import x402Client, x402ResourceServer
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient
+from x402.http.clients import x402HttpxClient
 from x402.http.middleware.fastapi import payment_middleware
+from x402.http.utils import decode_payment_response_header
 from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme as PayerScheme
 from x402.mechanisms.evm.batch_settlement.server import (
     BatchSettlementChannelManager,
@@ -132,6 +134,27 @@ async def answer() -> dict[str, str]:
 def payer_scheme(stack: LocalStack, account: LocalAccount) -> PayerScheme:
     """The SDK's batch-settlement client scheme for ``account``, reading the stack's chain."""
     return PayerScheme(EthAccountSignerWithRPC(account, stack.rpc_url))
+
+
+async def pay(
+    stack: LocalStack,
+    seller: ChannelSeller,
+    payer: LocalAccount,
+    times: int,
+    method: str = "eip3009",
+) -> list[dict[str, Any]]:
+    """``times`` paid requests by ``payer``; each answer's decoded PAYMENT-RESPONSE."""
+    settlements = []
+    client = payer_client(stack, payer_scheme(stack, payer))
+    async with x402HttpxClient(client, timeout=60) as http:
+        for _ in range(times):
+            response = await http.get(seller.url(method))
+            assert response.status_code == 200, response.text
+            assert response.json() == {"answer": "paid"}
+            settlement = decode_payment_response_header(response.headers["payment-response"])
+            assert settlement.success, settlement
+            settlements.append(settlement.model_dump(by_alias=True))
+    return settlements
 
 
 def payer_client(stack: LocalStack, scheme: PayerScheme) -> x402Client:

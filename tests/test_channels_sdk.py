@@ -25,8 +25,6 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError
-from x402.http.clients import x402HttpxClient
-from x402.http.utils import decode_payment_response_header
 from x402.mechanisms.evm.batch_settlement.server import ClaimResult
 from x402.mechanisms.evm.batch_settlement.server.channel_manager_common import (
     build_claim_payment_payload,
@@ -39,7 +37,7 @@ from tests.channel_seller import (
     Balances,
     ChannelSeller,
     channel_seller,
-    payer_client,
+    pay,
     payer_scheme,
 )
 from tests.examples.conftest import new_funded_payer
@@ -71,27 +69,6 @@ def contracts(stack: LocalStack) -> BatchSettlementContracts:
     return BatchSettlementContracts(
         stack.web3(), stack.asset, stack.asset_name, stack.asset_version
     )
-
-
-async def pay(
-    stack: LocalStack,
-    seller: ChannelSeller,
-    payer: LocalAccount,
-    times: int,
-    method: str = "eip3009",
-) -> list[dict[str, Any]]:
-    """``times`` paid requests by ``payer``; each answer's decoded PAYMENT-RESPONSE."""
-    settlements = []
-    client = payer_client(stack, payer_scheme(stack, payer))
-    async with x402HttpxClient(client, timeout=60) as http:
-        for _ in range(times):
-            response = await http.get(seller.url(method))
-            assert response.status_code == 200, response.text
-            assert response.json() == {"answer": "paid"}
-            settlement = decode_payment_response_header(response.headers["payment-response"])
-            assert settlement.success, settlement
-            settlements.append(settlement.model_dump(by_alias=True))
-    return settlements
 
 
 def only_channel(seller: ChannelSeller, payer: str) -> str:

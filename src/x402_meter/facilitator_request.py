@@ -160,8 +160,8 @@ def _channel_extra(extra: _Fields) -> None:
         extra.uint("minDeposit")
 
 
-def _permit2(body: _Fields, *, upto: bool) -> None:
-    auth = body.child("permit2Authorization")
+def _permit2_transfer(auth: _Fields) -> _Fields:
+    """A Permit2 witness transfer's common fields; returns its witness, scheme-specific."""
     auth.address("from")
     permitted = auth.child("permitted")
     permitted.address("token")
@@ -169,7 +169,11 @@ def _permit2(body: _Fields, *, upto: bool) -> None:
     auth.address("spender")
     auth.uint("nonce")
     auth.uint("deadline")
-    witness = auth.child("witness")
+    return auth.child("witness")
+
+
+def _permit2(body: _Fields, *, upto: bool) -> None:
+    witness = _permit2_transfer(body.child("permit2Authorization"))
     witness.address("to")
     witness.uint("validAfter")
     if upto:
@@ -238,14 +242,7 @@ def _deposit(deposit: _Fields) -> None:
         erc3009.signature("signature")
     else:
         permit2 = authorization.child("permit2Authorization")
-        permit2.address("from")
-        permitted = permit2.child("permitted")
-        permitted.address("token")
-        permitted.uint("amount")
-        permit2.address("spender")
-        permit2.uint("nonce")
-        permit2.uint("deadline")
-        permit2.child("witness").bytes32("channelId")
+        _permit2_transfer(permit2).bytes32("channelId")
         permit2.signature("signature")
 
 

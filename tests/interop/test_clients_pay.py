@@ -161,24 +161,17 @@ async def check(example: Example, paid: Paid) -> None:
         assert settled is None, f"{name}: PAYMENT-RESPONSE on an answer settled after it"
 
 
-async def run_node(script: str, example: Example, paid: list[Paid]) -> list[str]:
-    """Run one client's script over all its cells; fill in what it got; return what it
-    tried to reach off this machine (nothing, if it behaves)."""
-    stack = example.stack
+async def node_report(
+    script: str, stack: LocalStack, base: str, cells: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Run one client's script over ``cells`` (name, path, body, privateKey) against the
+    server at ``base``; the harness's report: each cell's outcome, and what was blocked."""
     job = {
-        "base": example.base,
+        "base": base,
         "rpcUrl": stack.rpc_url,
         "chainId": stack.chain_id,
         "asset": {"address": stack.asset, "name": stack.asset_name},
-        "cells": [
-            {
-                "name": p.cell.name,
-                "path": p.cell.path,
-                "body": p.cell.body,
-                "privateKey": "0x" + bytes(p.payer.key).hex(),
-            }
-            for p in paid
-        ],
+        "cells": cells,
     }
     with anyio.fail_after(NODE_BOUND_SECONDS):
         finished = await anyio.run_process(
@@ -188,7 +181,23 @@ async def run_node(script: str, example: Example, paid: list[Paid]) -> list[str]
             check=False,
         )
     assert finished.returncode == 0, finished.stderr.decode()[-3000:]
-    report = json.loads(finished.stdout.decode().strip().splitlines()[-1])
+    report: dict[str, Any] = json.loads(finished.stdout.decode().strip().splitlines()[-1])
+    return report
+
+
+async def run_node(script: str, example: Example, paid: list[Paid]) -> list[str]:
+    """Run one client's script over all its cells; fill in what it got; return what it
+    tried to reach off this machine (nothing, if it behaves)."""
+    cells = [
+        {
+            "name": p.cell.name,
+            "path": p.cell.path,
+            "body": p.cell.body,
+            "privateKey": "0x" + bytes(p.payer.key).hex(),
+        }
+        for p in paid
+    ]
+    report = await node_report(script, example.stack, example.base, cells)
     for entry, result in zip(paid, report["cells"], strict=True):
         assert entry.cell.name == result["name"]
         entry.status = result.get("status")

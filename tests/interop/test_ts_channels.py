@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-import anyio
 import pytest
 from eth_account.signers.local import LocalAccount
 from x402.http.utils import decode_payment_response_header
 
 from tests.channel_seller import PRICE, Balances, ChannelSeller, channel_seller
 from tests.examples.conftest import new_funded_payer
-from tests.interop.test_clients_pay import CLIENTS_DIR, NODE_BOUND_SECONDS, ROOT, needs_node
+from tests.interop.test_clients_pay import needs_node, node_report
 from x402_meter.devstack import LocalStack
 
 pytestmark = [pytest.mark.anyio, needs_node]
@@ -33,31 +32,13 @@ async def pay_with_node(
     stack: LocalStack, seller: ChannelSeller, payer: LocalAccount, method: str
 ) -> dict[str, Any]:
     """REQUESTS paid GETs by one TypeScript client; the harness's report."""
-    job = {
-        "base": seller.base,
-        "rpcUrl": stack.rpc_url,
-        "chainId": stack.chain_id,
-        "asset": {"address": stack.asset, "name": stack.asset_name},
-        "cells": [
-            {
-                "name": f"{method} #{n}",
-                "path": seller.url(method).removeprefix(seller.base),
-                "body": None,
-                "privateKey": "0x" + bytes(payer.key).hex(),
-            }
-            for n in range(REQUESTS)
-        ],
-    }
-    with anyio.fail_after(NODE_BOUND_SECONDS):
-        finished = await anyio.run_process(
-            ["node", str(CLIENTS_DIR / "channels.mjs")],
-            input=json.dumps(job).encode(),
-            cwd=ROOT,
-            check=False,
-        )
-    assert finished.returncode == 0, finished.stderr.decode()[-3000:]
-    report: dict[str, Any] = json.loads(finished.stdout.decode().strip().splitlines()[-1])
-    return report
+    path = seller.url(method).removeprefix(seller.base)
+    key = "0x" + bytes(payer.key).hex()
+    cells = [
+        {"name": f"{method} #{n}", "path": path, "body": None, "privateKey": key}
+        for n in range(REQUESTS)
+    ]
+    return await node_report("channels.mjs", stack, seller.base, cells)
 
 
 @pytest.mark.parametrize("method", ["eip3009", "permit2"])

@@ -22,7 +22,6 @@ import httpx
 import pytest
 from eth_account import Account
 from web3 import Web3
-from x402.http.clients import x402HttpxClient
 from x402.mechanisms.evm.batch_settlement.server.channel_manager_common import (
     build_claim_payment_payload,
     build_payment_requirements,
@@ -38,8 +37,7 @@ from tests.channel_seller import (
     Balances,
     ChannelSeller,
     channel_seller,
-    payer_client,
-    payer_scheme,
+    pay,
 )
 from tests.examples.conftest import new_funded_payer
 from tests.fault_harness import free_port, own_facilitator
@@ -56,9 +54,7 @@ SERVED = 3
 async def served_channel(stack: LocalStack, seller: ChannelSeller) -> tuple[str, Channel]:
     """A new payer's channel with the seller, SERVED requests paid: (payer, the channel)."""
     payer = new_funded_payer(stack)
-    async with x402HttpxClient(payer_client(stack, payer_scheme(stack, payer)), timeout=60) as http:
-        for _ in range(SERVED):
-            assert (await http.get(seller.url())).status_code == 200
+    await pay(stack, seller, payer, SERVED)
     (channel,) = seller.scheme.get_storage().list()
     return payer.address, channel
 

@@ -3,27 +3,18 @@
 // one client, so its first request deposits and the next ones pay by voucher. The scheme
 // reads the chain (channel recovery) through the local RPC URL it is given, nothing else.
 import { wrapFetchWithPayment, x402Client } from "@x402/fetch";
-import { toClientEvmSigner } from "@x402/evm";
 import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
-import { createPublicClient, defineChain, http } from "viem";
-import { privateKeyToAccount } from "viem/accounts";
 import { run } from "./harness.mjs";
+import { localNetwork, localSigner } from "./official_signer.mjs";
 
 const payers = new Map();
 
 function payingFetch(job, privateKey) {
   if (!payers.has(privateKey)) {
-    const chain = defineChain({
-      id: job.chainId,
-      name: "channels",
-      nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
-      rpcUrls: { default: { http: [job.rpcUrl] } },
-    });
-    const publicClient = createPublicClient({ chain, transport: http(job.rpcUrl) });
-    const signer = toClientEvmSigner(privateKeyToAccount(privateKey), publicClient);
-    const network = `eip155:${job.chainId}`;
+    const network = localNetwork(job);
+    const scheme = new BatchSettlementEvmScheme(localSigner(job, privateKey), { rpcUrl: job.rpcUrl });
     const client = x402Client.fromConfig({
-      schemes: [{ network, client: new BatchSettlementEvmScheme(signer, { rpcUrl: job.rpcUrl }) }],
+      schemes: [{ network, client: scheme }],
       spendControls: { allowedAssets: [{ network, asset: job.asset.address }] },
     });
     payers.set(privateKey, wrapFetchWithPayment(globalThis.fetch, client));
