@@ -63,6 +63,7 @@ def test_a_facilitator_on_a_chain_with_a_v1_name_serves_v1_exact_under_it(
     assert kinds(interop_stack, 2) == {
         ("exact", interop_stack.network),
         ("upto", interop_stack.network),
+        ("batch-settlement", interop_stack.network),
     }
 
 
