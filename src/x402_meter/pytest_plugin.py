@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def x402_local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """A running local x402 stack (chain, token, Permit2, upto proxy, facilitator)."""
+    """A running local x402 stack (chain, token, Permit2, upto proxy, batch-settlement
+    contracts, facilitator)."""
     from x402_meter.devstack import local_stack
 
     log_dir: Path = tmp_path_factory.mktemp("x402-local-stack")
