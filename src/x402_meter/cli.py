@@ -218,8 +218,8 @@ FACILITATOR_DESCRIPTION: Final = f"""\
 Self-host an x402 facilitator (exact, upto and batch-settlement) for an EVM chain. The
 settling account's key comes from ${PRIVATE_KEY_ENV}, never from the command line.
 /verify and /settle need an API key and serve only the listed payees, unless
---insecure-no-auth and --any-pay-to say otherwise: also a batch-settlement server's
-claims, sweeps and refunds, which spend the settling account's gas.
+--insecure-no-auth and --any-pay-to say otherwise; so do a batch-settlement server's
+claims, sweeps and refunds (sent to /settle: they spend the settling account's gas).
 
 batch-settlement channels name a receiver authorizer, the key that signs claims and
 refunds. Give the facilitator one (${RECEIVER_AUTHORIZER_KEY_ENV} or
