@@ -96,9 +96,7 @@ class BatchSettlementContracts:
 
     def token_balance(self, owner: str) -> int:
         """``owner``'s balance of the channel token, in atomic units."""
-        return int(
-            self._token_contract.functions.balanceOf(Web3.to_checksum_address(owner)).call()
-        )
+        return int(self._token_contract.functions.balanceOf(Web3.to_checksum_address(owner)).call())
 
     # -- channels ---------------------------------------------------------------------
 
