@@ -1,7 +1,8 @@
 """A fully offline x402 stack for development and tests.
 
-anvil (a real EVM dev chain), a USDC-like token, Permit2 and the x402 upto proxy at their
-canonical addresses, funded dev payers, and a facilitator served over HTTP::
+anvil (a real EVM dev chain), a USDC-like token, Permit2, the x402 upto proxy and the
+batch-settlement contracts at their canonical addresses, funded dev payers, and a
+facilitator served over HTTP::
 
     from x402_meter.devstack import local_stack
 
