@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Final
 
 from web3.contract.contract import ContractFunction
-from x402.mechanisms.evm.batch_settlement.abi import BATCH_SETTLEMENT_ABI
 from x402.mechanisms.evm.batch_settlement.constants import MIN_WITHDRAW_DELAY
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig, VoucherClaim
 from x402.schemas import PaymentRequired
@@ -143,16 +142,9 @@ def measure_refunds(bench: GasBench) -> None:
         bench.vouchers([(config, payer)], PRICE), RECEIVER_AUTHORIZER.account
     )
     refund = contracts.refund_with_signature_call(config, DEPOSIT, 1, RECEIVER_AUTHORIZER.account)
-    sdk_abi = contracts.w3.eth.contract(
-        address=contracts.settlement.address, abi=BATCH_SETTLEMENT_ABI
-    )
-    encoded = [
-        bytes.fromhex(sdk_abi.encode_abi(call.fn_name, args=call.args).removeprefix("0x"))
-        for call in (claim, refund)
-    ]
     bench.gas(
         "multicall: claim the last voucher, refund the rest (the SDK's cooperative refund)",
-        sdk_abi.functions.multicall(encoded),
+        contracts.multicall_call([claim, refund]),
     )
 
 

@@ -266,6 +266,12 @@ class BatchSettlementContracts:
     def finalize_withdraw_call(self, config: ChannelConfig) -> ContractFunction:
         return self.settlement.functions.finalizeWithdraw(to_contract_channel_config(config))
 
+    def multicall_call(self, calls: Sequence[ContractFunction]) -> ContractFunction:
+        """``multicall`` of ``calls`` (all or nothing), as the SDK's cooperative refund
+        batches a claim and a refund."""
+        encoded = [_hex_bytes(self.settlement.encode_abi(c.fn_name, args=c.args)) for c in calls]
+        return self.settlement.functions.multicall(encoded)
+
     # -- sending ----------------------------------------------------------------------
 
     def send(self, call: ContractFunction, sender: str) -> TxReceipt:

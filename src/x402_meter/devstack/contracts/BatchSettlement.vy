@@ -23,8 +23,8 @@
 
      Bounds (Vyper copies dynamic arguments into statically sized memory, and
      memory costs gas quadratically in its size, so they are kept small):
-     a claim batch holds at most MAX_CLAIMS rows (the SDK claims at most 100
-     per batch), and a voucher signature is one 65-byte ECDSA signature: every
+     a claim batch holds at most MAX_CLAIMS rows (the SDK's channel manager
+     claims 100 per batch by default), and a voucher signature is one 65-byte ECDSA signature: every
      payer on the dev chain is an EOA (the dev token's EIP-3009 functions
      accept EOA signatures only, too).
 """
