@@ -57,7 +57,7 @@ voucher (the SDK claims up to 100 at once): anything far larger is not a payment
 TX_GAS_LIMIT: Final = 8_000_000
 """The gas limit of every transaction the facilitator sends. The SDK's signer defaults to
 500,000: enough for ``exact`` and ``upto``, not for a batch-settlement claim of many
-vouchers (the SDK batches up to 100; 100 take about 3.9 million gas on the dev chain, and
+vouchers (the SDK batches up to 100; 100 take about 2.1 million gas on the dev chain, and
 at 500,000 such a transaction is never mined). A limit is a cap, not a price: a
 transaction pays for the gas it uses."""
 

@@ -19,7 +19,6 @@ from web3.types import TxReceipt
 from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 
-from x402_meter.devstack import token_balance
 from x402_meter.devstack.accounts import DEPLOYER, FACILITATOR, PAYERS, SELLER, dev_account
 from x402_meter.devstack.batch_settlement import BatchSettlementContracts
 
@@ -36,7 +35,7 @@ STRANGER: LocalAccount = Account.from_key(keccak(b"x402-meter tests: a key with 
 
 
 def balance(contracts: BatchSettlementContracts, owner: str) -> int:
-    return token_balance(contracts.w3, contracts.token, owner)
+    return contracts.token_balance(owner)
 
 
 def escrow(contracts: BatchSettlementContracts) -> int:

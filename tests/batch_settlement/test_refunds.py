@@ -5,8 +5,6 @@ refund uses up its nonce."""
 from __future__ import annotations
 
 import pytest
-from web3.contract.contract import ContractFunction
-from x402.mechanisms.evm.batch_settlement.abi import BATCH_SETTLEMENT_ABI
 
 from tests.batch_settlement.chain import (
     OUTSIDER,
@@ -145,27 +143,16 @@ def test_the_sdks_claim_then_refund_multicall_is_all_or_nothing(
 ) -> None:
     channel = open_channel(contracts, 10_000)
     rows = [contracts.voucher_claim(channel, PAYER.account, 3_000, 3_000)]
-    claim_data = contracts.claim_with_signature_call(rows, RECEIVER_AUTHORIZER.account)
-    settlement = contracts.w3.eth.contract(
-        address=contracts.settlement.address, abi=BATCH_SETTLEMENT_ABI
-    )
-
-    def encoded(call: ContractFunction) -> bytes:
-        data = settlement.encode_abi(call.fn_name, args=call.args)
-        return bytes.fromhex(data.removeprefix("0x"))
+    claim = contracts.claim_with_signature_call(rows, RECEIVER_AUTHORIZER.account)
 
     stale = contracts.refund_with_signature_call(channel, 99_999, 7, RECEIVER_AUTHORIZER.account)
     with reverts("InvalidRefundNonce"):
-        contracts.send(
-            settlement.functions.multicall([encoded(claim_data), encoded(stale)]), RELAYER.address
-        )
+        contracts.send(contracts.multicall_call([claim, stale]), RELAYER.address)
     assert contracts.channel(channel).total_claimed == 0
 
     payer_before = balance(contracts, PAYER.address)
     refund = contracts.refund_with_signature_call(channel, 99_999, 0, RECEIVER_AUTHORIZER.account)
-    contracts.send(
-        settlement.functions.multicall([encoded(claim_data), encoded(refund)]), RELAYER.address
-    )
+    contracts.send(contracts.multicall_call([claim, refund]), RELAYER.address)
     assert contracts.channel(channel).total_claimed == 3_000
     assert contracts.channel(channel).balance == 3_000
     assert balance(contracts, PAYER.address) == payer_before + 7_000

@@ -73,29 +73,30 @@ class ChannelState:
         return self.balance - self.total_claimed
 
 
-@dataclass(frozen=True, slots=True)
 class BatchSettlementContracts:
     """The batch-settlement contract and its collectors on a dev chain, and its token.
 
     ``token_name``/``token_version`` are the token's EIP-712 domain, which EIP-3009
-    deposit authorizations are signed under.
+    deposit authorizations are signed under. The chain id is read once, here.
     """
 
-    w3: Web3
-    token: str
-    token_name: str
-    token_version: str
-
-    @property
-    def network(self) -> str:
-        return f"eip155:{self.w3.eth.chain_id}"
-
-    @property
-    def settlement(self) -> Contract:
-        return self.w3.eth.contract(
+    def __init__(self, w3: Web3, token: str, token_name: str, token_version: str) -> None:
+        self.w3 = w3
+        self.token = Web3.to_checksum_address(token)
+        self.token_name = token_name
+        self.token_version = token_version
+        self.network = f"eip155:{w3.eth.chain_id}"
+        self.settlement: Contract = w3.eth.contract(
             address=Web3.to_checksum_address(BATCH_SETTLEMENT_ADDRESS),
             abi=load_artifact("BatchSettlement")["abi"],
         )
+        self._token_contract: Contract = w3.eth.contract(
+            address=self.token, abi=load_artifact("Token")["abi"]
+        )
+
+    def token_balance(self, owner: str) -> int:
+        """``owner``'s balance of the channel token, in atomic units."""
+        return int(self._token_contract.functions.balanceOf(Web3.to_checksum_address(owner)).call())
 
     # -- channels ---------------------------------------------------------------------
 
@@ -264,6 +265,12 @@ class BatchSettlementContracts:
 
     def finalize_withdraw_call(self, config: ChannelConfig) -> ContractFunction:
         return self.settlement.functions.finalizeWithdraw(to_contract_channel_config(config))
+
+    def multicall_call(self, calls: Sequence[ContractFunction]) -> ContractFunction:
+        """``multicall`` of ``calls`` (all or nothing), as the SDK's cooperative refund
+        batches a claim and a refund."""
+        encoded = [_hex_bytes(self.settlement.encode_abi(c.fn_name, args=c.args)) for c in calls]
+        return self.settlement.functions.multicall(encoded)
 
     # -- sending ----------------------------------------------------------------------
 

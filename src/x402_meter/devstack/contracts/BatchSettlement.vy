@@ -23,8 +23,8 @@
 
      Bounds (Vyper copies dynamic arguments into statically sized memory, and
      memory costs gas quadratically in its size, so they are kept small):
-     a claim batch holds at most MAX_CLAIMS rows (the SDK claims at most 100
-     per batch), and a voucher signature is one 65-byte ECDSA signature: every
+     a claim batch holds at most MAX_CLAIMS rows (the SDK's channel manager
+     claims 100 per batch by default), and a voucher signature is one 65-byte ECDSA signature: every
      payer on the dev chain is an EOA (the dev token's EIP-3009 functions
      accept EOA signatures only, too).
 """
@@ -191,11 +191,17 @@ event WithdrawFinalized:
 # ---------------------------------------------------------------------------
 # Storage (read through the explicit getters below, which return the tuples
 # the SDK's ABI declares)
+#
+# Each two-field record is packed into one word, first field in the low 128
+# bits, as Solidity lays out the reference contract's structs: a claim then
+# reads one cold slot instead of two, and a channel's first claim rewrites a
+# slot its deposit already made non-zero instead of filling a fresh one.
+# The _load_*/_store_* functions below are the only code touching them.
 # ---------------------------------------------------------------------------
 
-channel_state: HashMap[bytes32, ChannelState]
-pending_withdrawal: HashMap[bytes32, WithdrawalState]
-receiver_state: HashMap[address, HashMap[address, ReceiverState]]
+channel_words: HashMap[bytes32, uint256]
+withdrawal_words: HashMap[bytes32, uint256]
+receiver_words: HashMap[address, HashMap[address, uint256]]
 # Next nonce a signed Refund must carry; every executed refund advances it.
 refund_nonce: HashMap[bytes32, uint256]
 
@@ -257,11 +263,13 @@ def deposit(
     assert collector != empty(address), "InvalidCollector"
 
     channel_id: bytes32 = self._channel_id(config, self._domain_separator())
-    state: ChannelState = self.channel_state[channel_id]
+    state: ChannelState = self._load_channel(channel_id)
     assert amount <= max_value(uint128) - state.balance, "DepositOverflow"
     new_balance: uint128 = state.balance + amount
     # Credited before the external call; the collector cannot re-enter.
-    self.channel_state[channel_id].balance = new_balance
+    self._store_channel(
+        channel_id, ChannelState(balance=new_balance, totalClaimed=state.totalClaimed)
+    )
 
     held_before: uint256 = staticcall IERC20Balance(config.token).balanceOf(self)
     extcall IDepositCollector(collector).collect(
@@ -336,11 +344,15 @@ def settle(receiver: address, token: address):
             settled to `receiver`; anyone may call, a call with nothing to
             settle does nothing.
     """
-    totals: ReceiverState = self.receiver_state[receiver][token]
+    totals: ReceiverState = self._load_receiver(receiver, token)
     amount: uint128 = totals.totalClaimed - totals.totalSettled
     if amount == 0:
         return
-    self.receiver_state[receiver][token].totalSettled = totals.totalClaimed
+    self._store_receiver(
+        receiver,
+        token,
+        ReceiverState(totalClaimed=totals.totalClaimed, totalSettled=totals.totalClaimed),
+    )
     self._safe_transfer(token, receiver, amount)
     log Settled(receiver=receiver, token=token, sender=msg.sender, amount=amount)
 
@@ -362,14 +374,12 @@ def initiateWithdraw(config: ChannelConfig, amount: uint128):
     )
     assert amount != 0, "NothingToWithdraw"
     channel_id: bytes32 = self._channel_id(config, self._domain_separator())
-    assert self.pending_withdrawal[channel_id].initiatedAt == 0, (
-        "WithdrawalAlreadyPending"
-    )
-    state: ChannelState = self.channel_state[channel_id]
+    assert self._load_withdrawal(channel_id).initiatedAt == 0, "WithdrawalAlreadyPending"
+    state: ChannelState = self._load_channel(channel_id)
     assert amount <= state.balance - state.totalClaimed, "WithdrawAmountExceedsAvailable"
 
     started: uint40 = convert(block.timestamp, uint40)
-    self.pending_withdrawal[channel_id] = WithdrawalState(amount=amount, initiatedAt=started)
+    self._store_withdrawal(channel_id, WithdrawalState(amount=amount, initiatedAt=started))
     log WithdrawInitiated(
         channelId=channel_id, amount=amount, finalizeAfter=started + config.withdrawDelay
     )
@@ -387,17 +397,19 @@ def finalizeWithdraw(config: ChannelConfig):
         "NotAuthorizedToFinalizeWithdraw"
     )
     channel_id: bytes32 = self._channel_id(config, self._domain_separator())
-    pending: WithdrawalState = self.pending_withdrawal[channel_id]
+    pending: WithdrawalState = self._load_withdrawal(channel_id)
     assert pending.initiatedAt != 0, "WithdrawalNotPending"
     assert block.timestamp >= convert(pending.initiatedAt, uint256) + convert(
         config.withdrawDelay, uint256
     ), "WithdrawDelayNotElapsed"
 
-    state: ChannelState = self.channel_state[channel_id]
+    state: ChannelState = self._load_channel(channel_id)
     amount: uint128 = min(pending.amount, state.balance - state.totalClaimed)
-    self.pending_withdrawal[channel_id] = empty(WithdrawalState)
+    self._store_withdrawal(channel_id, empty(WithdrawalState))
     new_balance: uint128 = state.balance - amount
-    self.channel_state[channel_id].balance = new_balance
+    self._store_channel(
+        channel_id, ChannelState(balance=new_balance, totalClaimed=state.totalClaimed)
+    )
 
     log WithdrawFinalized(channelId=channel_id, sender=msg.sender, amount=amount)
     if new_balance == 0 and state.totalClaimed == 0:
@@ -470,7 +482,7 @@ def channels(channelId: bytes32) -> (uint128, uint128):
     """
     @notice (balance, totalClaimed) of a channel.
     """
-    state: ChannelState = self.channel_state[channelId]
+    state: ChannelState = self._load_channel(channelId)
     return state.balance, state.totalClaimed
 
 
@@ -481,7 +493,7 @@ def pendingWithdrawals(channelId: bytes32) -> (uint128, uint40):
     @notice (amount, initiatedAt) of the channel's pending withdrawal; zeros
             when none is pending.
     """
-    pending: WithdrawalState = self.pending_withdrawal[channelId]
+    pending: WithdrawalState = self._load_withdrawal(channelId)
     return pending.amount, pending.initiatedAt
 
 
@@ -491,7 +503,7 @@ def receivers(receiver: address, token: address) -> (uint128, uint128):
     """
     @notice (totalClaimed, totalSettled) of `receiver` in `token`.
     """
-    totals: ReceiverState = self.receiver_state[receiver][token]
+    totals: ReceiverState = self._load_receiver(receiver, token)
     return totals.totalClaimed, totals.totalSettled
 
 
@@ -537,7 +549,7 @@ def getClaimBatchDigest(voucherClaims: DynArray[VoucherClaim, MAX_CLAIMS]) -> by
 
 @internal
 def _apply_claim(row: VoucherClaim, channel_id: bytes32, domain: bytes32):
-    state: ChannelState = self.channel_state[channel_id]
+    state: ChannelState = self._load_channel(channel_id)
     # Cumulative totals: a row at or below what is recorded is already applied.
     if row.totalClaimed <= state.totalClaimed:
         return
@@ -560,10 +572,19 @@ def _apply_claim(row: VoucherClaim, channel_id: bytes32, domain: bytes32):
         ), "InvalidSignature"
 
     delta: uint128 = row.totalClaimed - state.totalClaimed
-    self.channel_state[channel_id].totalClaimed = row.totalClaimed
-    self.receiver_state[row.voucher.channel.receiver][
-        row.voucher.channel.token
-    ].totalClaimed += delta
+    self._store_channel(
+        channel_id, ChannelState(balance=state.balance, totalClaimed=row.totalClaimed)
+    )
+    receiver: address = row.voucher.channel.receiver
+    token: address = row.voucher.channel.token
+    totals: ReceiverState = self._load_receiver(receiver, token)
+    self._store_receiver(
+        receiver,
+        token,
+        ReceiverState(
+            totalClaimed=totals.totalClaimed + delta, totalSettled=totals.totalSettled
+        ),
+    )
     log Claimed(
         channelId=channel_id,
         sender=msg.sender,
@@ -579,20 +600,27 @@ def _execute_refund(config: ChannelConfig, channel_id: bytes32, amount: uint128)
     # refund signed for this nonce can be used once only.
     self.refund_nonce[channel_id] = unsafe_add(self.refund_nonce[channel_id], 1)
 
-    state: ChannelState = self.channel_state[channel_id]
+    state: ChannelState = self._load_channel(channel_id)
     refunded: uint128 = min(amount, state.balance - state.totalClaimed)
     if refunded == 0:
         return
     new_balance: uint128 = state.balance - refunded
-    self.channel_state[channel_id].balance = new_balance
+    self._store_channel(
+        channel_id, ChannelState(balance=new_balance, totalClaimed=state.totalClaimed)
+    )
 
     # A pending withdrawal shrinks by what the refund already returned.
-    pending: WithdrawalState = self.pending_withdrawal[channel_id]
+    pending: WithdrawalState = self._load_withdrawal(channel_id)
     if pending.initiatedAt != 0:
         if refunded >= pending.amount:
-            self.pending_withdrawal[channel_id] = empty(WithdrawalState)
+            self._store_withdrawal(channel_id, empty(WithdrawalState))
         else:
-            self.pending_withdrawal[channel_id].amount = pending.amount - refunded
+            self._store_withdrawal(
+                channel_id,
+                WithdrawalState(
+                    amount=pending.amount - refunded, initiatedAt=pending.initiatedAt
+                ),
+            )
 
     log Refunded(channelId=channel_id, sender=msg.sender, amount=refunded)
     if new_balance == 0 and state.totalClaimed == 0:
@@ -620,6 +648,75 @@ def _safe_transfer(token: address, receiver: address, amount: uint128):
         assert token.codesize != 0, "TransferFailed"
     else:
         assert len(response) == 32 and convert(response, uint256) == 1, "TransferFailed"
+
+
+# ---------------------------------------------------------------------------
+# Internals: packed storage
+# ---------------------------------------------------------------------------
+
+LOW_128_BITS: constant(uint256) = 2**128 - 1
+
+
+@pure
+@internal
+def _low(word: uint256) -> uint128:
+    return convert(word & LOW_128_BITS, uint128)
+
+
+@pure
+@internal
+def _high(word: uint256) -> uint128:
+    return convert(word >> 128, uint128)
+
+
+@pure
+@internal
+def _pack(low: uint128, high: uint256) -> uint256:
+    return convert(low, uint256) | (high << 128)
+
+
+@view
+@internal
+def _load_channel(channel_id: bytes32) -> ChannelState:
+    word: uint256 = self.channel_words[channel_id]
+    return ChannelState(balance=self._low(word), totalClaimed=self._high(word))
+
+
+@internal
+def _store_channel(channel_id: bytes32, state: ChannelState):
+    self.channel_words[channel_id] = self._pack(
+        state.balance, convert(state.totalClaimed, uint256)
+    )
+
+
+@view
+@internal
+def _load_withdrawal(channel_id: bytes32) -> WithdrawalState:
+    word: uint256 = self.withdrawal_words[channel_id]
+    return WithdrawalState(
+        amount=self._low(word), initiatedAt=convert(word >> 128, uint40)
+    )
+
+
+@internal
+def _store_withdrawal(channel_id: bytes32, pending: WithdrawalState):
+    self.withdrawal_words[channel_id] = self._pack(
+        pending.amount, convert(pending.initiatedAt, uint256)
+    )
+
+
+@view
+@internal
+def _load_receiver(receiver: address, token: address) -> ReceiverState:
+    word: uint256 = self.receiver_words[receiver][token]
+    return ReceiverState(totalClaimed=self._low(word), totalSettled=self._high(word))
+
+
+@internal
+def _store_receiver(receiver: address, token: address, totals: ReceiverState):
+    self.receiver_words[receiver][token] = self._pack(
+        totals.totalClaimed, convert(totals.totalSettled, uint256)
+    )
 
 
 # ---------------------------------------------------------------------------
