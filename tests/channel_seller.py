@@ -11,7 +11,8 @@ can read the chain (as the SDK's channel recovery needs).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -53,6 +54,8 @@ class ChannelSeller:
     manager: BatchSettlementChannelManager
     facilitator_calls: list[str] = field(default_factory=list)
     """The path of every request the seller sent to the facilitator, in order."""
+    settle_answers: list[dict[str, Any]] = field(default_factory=list)
+    """The body of every ``/settle`` answer the facilitator gave the seller, in order."""
 
     def url(self, method: str = "eip3009") -> str:
         return f"{self.base}{ROUTES[method]}"
@@ -84,11 +87,20 @@ async def channel_seller(stack: LocalStack) -> AsyncIterator[ChannelSeller]:
     """
     pay_to = Account.create().address
     calls: list[str] = []
+    settle_answers: list[dict[str, Any]] = []
 
     async def record(request: httpx.Request) -> None:
         calls.append(request.url.path)
 
-    async with httpx.AsyncClient(timeout=60, event_hooks={"request": [record]}) as http:
+    async def record_settlement(response: httpx.Response) -> None:
+        if response.request.url.path == "/settle":
+            settle_answers.append(json.loads(await response.aread()))
+
+    hooks: dict[str, list[Callable[..., Any]]] = {
+        "request": [record],
+        "response": [record_settlement],
+    }
+    async with httpx.AsyncClient(timeout=60, event_hooks=hooks) as http:
         facilitator = HTTPFacilitatorClient(
             FacilitatorConfig(
                 url=stack.facilitator_url,
@@ -124,7 +136,7 @@ async def channel_seller(stack: LocalStack) -> AsyncIterator[ChannelSeller]:
             )
         )
         async with serving(app) as base:
-            yield ChannelSeller(base, pay_to, scheme, manager, calls)
+            yield ChannelSeller(base, pay_to, scheme, manager, calls, settle_answers)
 
 
 async def answer() -> dict[str, str]:

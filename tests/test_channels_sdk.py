@@ -141,6 +141,7 @@ async def test_vouchers_of_several_channels_are_claimed_in_one_transaction_and_s
         swept = await seller.manager.settle()
 
         assert swept.transaction.startswith("0x")
+        assert seller.settle_answers[-1]["amount"] == str(total)  # read from its Settled event
         assert facilitator_transactions(stack) == sent + 2
         for payer in payers:
             expected = before[payer.address].moved(contract=-total, pay_to=total)

@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from web3 import Web3
 from x402 import x402FacilitatorSync
 from x402.extensions.eip2612_gas_sponsoring import EIP2612_GAS_SPONSORING
 from x402.mechanisms.evm import FacilitatorWeb3Signer
@@ -62,6 +63,19 @@ at 500,000 such a transaction is never mined). A limit is a cap, not a price: a
 transaction pays for the gas it uses."""
 
 
+class ChainSigner(FacilitatorWeb3Signer):
+    """The SDK's facilitator signer, with its web3 client readable as ``w3``.
+
+    The SDK's batch-settlement sweep reads the swept amount from the ``Settled`` event
+    through ``signer.w3`` (or ``signer.web3``), which ``FacilitatorWeb3Signer`` keeps
+    private: without this, every sweep's settle answer carries an empty ``amount``.
+    """
+
+    @property
+    def w3(self) -> Web3:
+        return self._w3
+
+
 def build_evm_facilitator(
     private_key: str,
     rpc_url: str,
@@ -88,7 +102,7 @@ def build_evm_facilitator(
     namespace, _, reference = network.partition(":")
     if namespace != "eip155" or not reference.isdigit():
         raise FacilitatorConfigError(f"network must look like 'eip155:<chain id>', got {network!r}")
-    signer = FacilitatorWeb3Signer(
+    signer = ChainSigner(
         private_key=private_key,
         rpc_url=rpc_url,
         confirmation_timeout_seconds=confirmation_timeout_seconds,
