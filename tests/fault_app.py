@@ -6,9 +6,9 @@ free route) is called in the same process, so a test can stop the facilitator or
 server while streams are open, on an event instead of a timer. With ``?per_second=N`` it
 streams without end, N chunks a second, as a model that never stops would: only the meter
 can end it. ``GET /runs`` (free) says how many times it has run, so a test can tell that an
-unpaid request never reached the model. ``$X402_TEST_METER_OPTIONS`` (JSON) adds middleware
-options; those the x402_meter being served does not know are left out, so that the tests
-can be run against older code to show that they fail there.
+unpaid request never reached the model. ``$X402_TEST_METER_OPTIONS`` (JSON) adds or
+replaces middleware options; those the x402_meter being served does not know are left out,
+so that the tests can be run against older code to show that they fail there.
 """
 
 from __future__ import annotations
@@ -88,22 +88,21 @@ extra: dict[str, Any] = {
     for name, value in json.loads(os.environ.get("X402_TEST_METER_OPTIONS", "{}")).items()
     if name in known
 }
-app.add_middleware(
-    X402Meter,
-    pay_to=stack["pay_to"],
-    facilitator_url=os.environ.get("X402_TEST_FACILITATOR_URL", stack["facilitator_url"]),
-    facilitator_api_key=stack["facilitator_api_key"],
-    network=stack["network"],
-    asset=Asset(
+options: dict[str, Any] = {
+    "pay_to": stack["pay_to"],
+    "facilitator_url": os.environ.get("X402_TEST_FACILITATOR_URL", stack["facilitator_url"]),
+    "facilitator_api_key": stack["facilitator_api_key"],
+    "network": stack["network"],
+    "asset": Asset(
         stack["asset"], stack["asset_name"], stack["asset_version"], stack["asset_decimals"]
     ),
-    price_per_token="0.000002",
-    max_tokens=4096,
-    routes=["POST /v1/chat/completions"],
-    store=os.environ["X402_TEST_STORE"],
-    checkpoint_every=0.0,  # before every chunk: what a client has seen is on record
-    settlement_retry=RetryPolicy(
+    "price_per_token": "0.000002",
+    "max_tokens": 4096,
+    "routes": ["POST /v1/chat/completions"],
+    "store": os.environ["X402_TEST_STORE"],
+    "checkpoint_every": 0.0,  # before every chunk: what a client has seen is on record
+    "settlement_retry": RetryPolicy(
         first=0.2, longest=1.0, inline_attempts=2, sweep_every=0.2, lease_seconds=2.0
     ),
-    **extra,
-)
+}
+app.add_middleware(X402Meter, **(options | extra))

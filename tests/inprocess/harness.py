@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 from x402 import x402Client
 from x402.http import decode_payment_required_header, encode_payment_signature_header
 from x402.mechanisms.evm.exact import ExactEvmClientScheme
@@ -56,14 +57,26 @@ def metered(app: App, facilitator: InProcessFacilitator, **overrides: Any) -> X4
 
 @asynccontextmanager
 async def calling(
-    meter: X402Meter, *, as_a_server: bool = False
+    meter: X402Meter, *, sent: list[Message] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of ``meter``; on leaving, settlements in flight finish (the lifespan's job).
 
-    ``as_a_server``: an exception the app lets out after its answer started ends the answer
-    where it is, as a server does, instead of failing the test's request.
+    An exception that the meter lets out fails the request (a server would log it).
+    ``sent`` collects the messages the meter sends, as the server receives them.
     """
-    transport = httpx.ASGITransport(app=meter, raise_app_exceptions=not as_a_server)
+    app: App = meter
+    if sent is not None:
+        kept = sent
+
+        async def server_side(scope: Scope, receive: Receive, send: Send) -> None:
+            async def keep(message: Message) -> None:
+                kept.append(message)
+                await send(message)
+
+            await meter(scope, receive, keep)
+
+        app = server_side
+    transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
