@@ -108,6 +108,7 @@ class PaidAnswer:
             runtime.facilitator,
             beat_every=beat_every,
             recheck_every=config.recheck_every,
+            recheck_timeout=config.recheck_timeout,
             expiry_margin=config.expiry_margin,
             checkpoint=tap.checkpoint,
             end=end,
