@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import anyio
 import httpx
 from eth_account import Account
 from starlette.applications import Starlette
@@ -36,6 +37,12 @@ PAYER: Final = PAYERS[0]
 CHAT: Final = "/v1/chat/completions"
 QUESTION: Final = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 STREAMED: Final = {**QUESTION, "stream": True}
+
+FIRST, *REST = sse_events(with_usage=False)
+FIRST += REST.pop(0)  # the role and the first words: something to charge for
+
+HANG: Final = 30
+"""Seconds after which a test that waits on the meter fails (a guard against a hang)."""
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -110,6 +117,22 @@ def chat_app(
     return Starlette(routes=[Route(CHAT, chat, methods=["POST"])])
 
 
+class WaitingApp:
+    """Sends its first chunk, then waits for its upstream (``finish``), which may never come."""
+
+    def __init__(self) -> None:
+        self.streaming = anyio.Event()
+        self.finish = anyio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": FIRST, "more_body": True})
+        self.streaming.set()
+        await self.finish.wait()
+        await send({"type": "http.response.body", "body": b"".join(REST)})
+
+
 def offered(challenge: httpx.Response, scheme: str = "upto") -> PaymentRequirements:
     """The requirements a 402's ``PAYMENT-REQUIRED`` header offers for ``scheme``."""
     required = decode_payment_required_header(challenge.headers["payment-required"])
@@ -147,6 +170,27 @@ async def pay(
     assert challenge.status_code == 402, challenge.text
     requirements = offered(challenge, scheme).model_copy(update=changes)
     return await client.post(CHAT, json=body, headers=header(await signed(requirements)))
+
+
+async def paid_stream(
+    client: httpx.AsyncClient, app: WaitingApp, once_streaming: Callable[[], Any]
+) -> httpx.Response:
+    """Pay for a stream; once its first chunk is out, run ``once_streaming`` (a coroutine
+    function, or a plain one that changes the facilitator); the whole answer."""
+    answers: list[httpx.Response] = []
+
+    async def paying() -> None:
+        answers.append(await pay(client, STREAMED))
+
+    with anyio.fail_after(HANG):  # a guard against a hang, not a timing assertion
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(paying)
+            await app.streaming.wait()
+            changed = once_streaming()
+            if changed is not None:
+                await changed
+    [answer] = answers
+    return answer
 
 
 async def receipt_of(client: httpx.AsyncClient, answer: httpx.Response, wait: float = 10) -> Any:

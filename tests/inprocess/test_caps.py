@@ -14,7 +14,7 @@ from starlette.types import Message
 
 from tests.apps import max_amount
 from tests.inprocess.facilitator import InProcessFacilitator
-from tests.inprocess.harness import STREAMED, calling, chat_app, metered, pay
+from tests.inprocess.harness import HANG, STREAMED, calling, chat_app, metered, pay
 from tests.inprocess.harness import receipt_of as receipt
 from tests.openai_stream import PIECES, sse_events
 from x402_meter import StreamCapped
@@ -25,9 +25,6 @@ LONG = PIECES * 200
 """Far more output than 50 tokens: the stream reaches the maximum long before its end."""
 FULL = list(sse_events(LONG, with_usage=False))
 SSE = [(b"content-type", b"text/event-stream")]
-HANG = 30
-"""Seconds after which an app left running at the cap fails the test (the authorization's
-deadline, at 280 s, would stop it at last)."""
 
 
 def answers(messages: list[Message]) -> list[list[Message]]:

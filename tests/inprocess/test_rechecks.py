@@ -13,40 +13,30 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
-import httpx
 import pytest
 
 from tests.apps import PRICE_ATOMIC
 from tests.inprocess.facilitator import InProcessFacilitator, Refusal
-from tests.inprocess.harness import PAYER, STREAMED, calling, metered, pay, receipt_of
-from tests.openai_stream import sse_events
+from tests.inprocess.harness import (
+    FIRST,
+    PAYER,
+    REST,
+    STREAMED,
+    WaitingApp,
+    calling,
+    metered,
+    paid_stream,
+    pay,
+    receipt_of,
+)
 from x402_meter import MemoryStore, X402Meter
 from x402_meter.pipeline.heartbeat import RECHECK_JITTER, recheck_wait
 from x402_meter.store import PaymentRecord
 
 pytestmark = pytest.mark.anyio
 
-FIRST, *REST = sse_events(with_usage=False)
-FIRST += REST.pop(0)  # the role and the first words: something to charge for
 RECHECK_EVERY: Final = 0.05
 """Re-checks a few beats apart, so that the tests take a fraction of a second."""
-HANG: Final = 30
-
-
-class WaitingApp:
-    """Sends its first chunk, then waits for its upstream (``finish``), which may never come."""
-
-    def __init__(self) -> None:
-        self.streaming = anyio.Event()
-        self.finish = anyio.Event()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        headers = [(b"content-type", b"text/event-stream")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": FIRST, "more_body": True})
-        self.streaming.set()
-        await self.finish.wait()
-        await send({"type": "http.response.body", "body": b"".join(REST)})
 
 
 class Beats(MemoryStore):
@@ -73,27 +63,6 @@ class Beats(MemoryStore):
 
 def meter_for(app: WaitingApp, facilitator: InProcessFacilitator, **options: Any) -> X402Meter:
     return metered(app, facilitator, recheck_every=RECHECK_EVERY, **options)
-
-
-async def paid_stream(
-    client: httpx.AsyncClient, app: WaitingApp, once_streaming: Callable[[], Any]
-) -> httpx.Response:
-    """Pay for a stream; once its first chunk is out, run ``once_streaming`` (a coroutine
-    function, or a plain one that changes the facilitator); the whole answer."""
-    answers: list[httpx.Response] = []
-
-    async def paying() -> None:
-        answers.append(await pay(client, STREAMED))
-
-    with anyio.fail_after(HANG):  # a guard against a hang, not a timing assertion
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(paying)
-            await app.streaming.wait()
-            changed = once_streaming()
-            if changed is not None:
-                await changed
-    [answer] = answers
-    return answer
 
 
 @pytest.mark.parametrize(

@@ -132,9 +132,12 @@ class PaidAnswer:
         finally:
             # Also on client disconnect, app failure and cancellation: charge what was served.
             with anyio.CancelScope(shield=True):
-                await self._conclude()
-                if self.heartbeat.stopped is not None:
-                    await self._ended_early()
+                try:
+                    await self._conclude()
+                    if self.heartbeat.stopped is not None:
+                        await self._ended_early()
+                finally:
+                    self.runtime.settler.served(self.ledger.receipt_id)
             self.tap.answered = None  # the one reference back to this object
 
     async def _conclude(self) -> None:
