@@ -9,12 +9,13 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import httpx
 import pytest
 from starlette.types import Message
 
 from tests.apps import max_amount
 from tests.inprocess.facilitator import InProcessFacilitator
-from tests.inprocess.harness import HANG, STREAMED, calling, chat_app, metered, pay
+from tests.inprocess.harness import HANG, STREAMED, App, calling, chat_app, metered, pay
 from tests.inprocess.harness import receipt_of as receipt
 from tests.openai_stream import PIECES, sse_events
 from x402_meter import StreamCapped
@@ -25,6 +26,8 @@ LONG = PIECES * 200
 """Far more output than 50 tokens: the stream reaches the maximum long before its end."""
 FULL = list(sse_events(LONG, with_usage=False))
 SSE = [(b"content-type", b"text/event-stream")]
+MAXIMUM = max_amount(STREAMED, max_tokens=50)
+"""What a request authorizes with ``max_tokens=50``: reached long before ``LONG`` ends."""
 
 
 def answers(messages: list[Message]) -> list[list[Message]]:
@@ -48,7 +51,6 @@ async def test_on_cap_end_closes_the_body_at_the_cap_stops_the_app_and_charges_t
     async with calling(meter, sent=messages) as client:  # an exception let out would fail it
         answer = await pay(client, STREAMED)
         paid = await receipt(client, answer)
-    maximum = max_amount(STREAMED, max_tokens=50)
     _challenge, (_start, *bodies), _receipt = answers(messages)
     assert answer.status_code == 200
     assert bodies[-1]["more_body"] is False  # closed on the chunk that reached the cap
@@ -56,9 +58,21 @@ async def test_on_cap_end_closes_the_body_at_the_cap_stops_the_app_and_charges_t
     assert all(m["more_body"] for m in bodies[:-1])
     assert answer.content == b"".join(FULL[: len(bodies)])  # whole events, none past the cap
     assert len(sent) < len(FULL)  # the app was stopped
-    assert paid["amount"] == paid["max_amount"] == str(maximum)
+    assert paid["amount"] == paid["max_amount"] == str(MAXIMUM)
     assert int(paid["output_tokens"]) >= 50
-    assert [s.amount for s in facilitator.settled] == [maximum]
+    assert [s.amount for s in facilitator.settled] == [MAXIMUM]
+
+
+async def capped(app: App) -> tuple[httpx.Response, Any, InProcessFacilitator]:
+    """``app`` metered with ``max_tokens=50`` and ``on_cap="end"``, paid for once: its
+    answer, the answer's receipt, and the facilitator."""
+    facilitator = InProcessFacilitator()
+    meter = metered(app, facilitator, max_tokens=50, on_cap="end")
+    async with calling(meter) as client:
+        with anyio.fail_after(HANG):  # a guard against a hang, not a timing assertion
+            answer = await pay(client, STREAMED)
+        paid = await receipt(client, answer)
+    return answer, paid, facilitator
 
 
 async def test_an_app_that_swallows_stream_capped_gets_it_again_sends_nothing_and_is_stopped() -> (
@@ -82,19 +96,13 @@ async def test_an_app_that_swallows_stream_capped_gets_it_again_sends_nothing_an
             stopped.append("cancelled")
             raise
 
-    facilitator = InProcessFacilitator()
-    meter = metered(stubborn, facilitator, max_tokens=50, on_cap="end")
-    async with calling(meter) as client:
-        with anyio.fail_after(HANG):  # a guard against a hang, not a timing assertion
-            answer = await pay(client, STREAMED)
-        paid = await receipt(client, answer)
-    maximum = max_amount(STREAMED, max_tokens=50)
+    answer, paid, facilitator = await capped(stubborn)
     delivered = len(FULL) - len(refused)
     assert 0 < len(refused) < len(FULL)  # every send after the cap refused, again and again
     assert answer.content == b"".join(FULL[:delivered])  # not a byte past the cap
     assert stopped == ["cancelled"]
-    assert paid["amount"] == str(maximum)
-    assert [s.amount for s in facilitator.settled] == [maximum]
+    assert paid["amount"] == str(MAXIMUM)
+    assert [s.amount for s in facilitator.settled] == [MAXIMUM]
 
 
 async def test_an_app_that_waits_between_chunks_is_stopped_at_the_cap_without_an_error() -> None:
@@ -113,16 +121,11 @@ async def test_an_app_that_waits_between_chunks_is_stopped_at_the_cap_without_an
             stopped.append("cancelled")
             raise
 
-    facilitator = InProcessFacilitator()
-    meter = metered(paced, facilitator, max_tokens=50, on_cap="end")
-    async with calling(meter) as client:
-        with anyio.fail_after(HANG):  # a guard against a hang, not a timing assertion
-            answer = await pay(client, STREAMED)
-        paid = await receipt(client, answer)
+    answer, paid, _ = await capped(paced)
     assert stopped == ["cancelled"]  # at its wait: it never sent again
     assert answer.content == b"".join(sent)
     assert len(sent) < len(FULL)
-    assert paid["amount"] == str(max_amount(STREAMED, max_tokens=50))
+    assert paid["amount"] == str(MAXIMUM)
 
 
 async def test_on_cap_finish_lets_the_stream_finish_and_charges_only_the_maximum() -> None:
@@ -132,12 +135,11 @@ async def test_on_cap_finish_lets_the_stream_finish_and_charges_only_the_maximum
     async with calling(meter) as client:
         answer = await pay(client, STREAMED)
         paid = await receipt(client, answer)
-    maximum = max_amount(STREAMED, max_tokens=50)
     assert answer.content == b"".join(FULL)
     assert sent == FULL
-    assert paid["amount"] == paid["max_amount"] == str(maximum)
+    assert paid["amount"] == paid["max_amount"] == str(MAXIMUM)
     assert int(paid["output_tokens"]) > 50  # counted beyond the cap, charged at it
-    assert [s.amount for s in facilitator.settled] == [maximum]
+    assert [s.amount for s in facilitator.settled] == [MAXIMUM]
 
 
 async def test_a_stream_under_the_maximum_is_charged_its_count() -> None:
@@ -171,4 +173,4 @@ async def test_an_app_that_fails_for_its_own_reason_after_the_cap_is_not_hidden(
     async with calling(meter) as client:
         with pytest.raises(AppOwnError):  # the server hears of it, as of any failure of the app
             await pay(client, STREAMED)
-    assert [s.amount for s in facilitator.settled] == [max_amount(STREAMED, max_tokens=50)]
+    assert [s.amount for s in facilitator.settled] == [MAXIMUM]
