@@ -79,8 +79,8 @@ def endless_app(per_second: int) -> Any:
 class CountingFacilitator(FacilitatorClient):
     """The HTTP facilitator client, counting ``/verify`` calls."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, api_key: str) -> None:
+        super().__init__(url, api_key=api_key)
         self.verifies = 0
 
     async def verify(self, payload: Any, requirements: Any) -> Any:
@@ -132,7 +132,7 @@ def metered(stack: LocalStack, per_second: int, recheck_every: float) -> X402Met
         max_tokens=1_000_000,
         routes=["POST /v1/chat/completions"],
         store=MemoryStore(),
-        facilitator=CountingFacilitator(stack.facilitator_url),
+        facilitator=CountingFacilitator(stack.facilitator_url, stack.facilitator_api_key),
         recheck_every=recheck_every,
         voided_payer_seconds=0,  # a new payer per trial anyway
     )

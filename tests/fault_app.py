@@ -6,9 +6,10 @@ free route) is called in the same process, so a test can stop the facilitator or
 server while streams are open, on an event instead of a timer. With ``?per_second=N`` it
 streams without end, N chunks a second, as a model that never stops would: only the meter
 can end it. ``GET /runs`` (free) says how many times it has run, so a test can tell that an
-unpaid request never reached the model. ``$X402_TEST_METER_OPTIONS`` (JSON) adds middleware
-options; those the x402_meter being served does not know are left out, so that the tests
-can be run against older code to show that they fail there.
+unpaid request never reached the model; ``GET /facilitator-calls`` (free), how many times the
+meter called each facilitator endpoint. ``$X402_TEST_METER_OPTIONS`` (JSON) adds or
+replaces middleware options; those the x402_meter being served does not know are left out,
+so that the tests can be run against older code to show that they fail there.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ import inspect
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from x402_meter import Asset, X402Meter
 from x402_meter.config import MeterConfig
 from x402_meter.devstack.stub_model import stream_chat
+from x402_meter.facilitator import FacilitatorClient
 from x402_meter.settlement import RetryPolicy
 
 release = anyio.Event()
@@ -81,6 +85,34 @@ async def release_streams() -> dict[str, bool]:
     return {"released": True}
 
 
+class CountedCalls(httpx.AsyncHTTPTransport):
+    """The meter's transport to the facilitator: counts its calls by path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_path: Counter[str] = Counter()
+        self.counted = anyio.Event()
+        """Set by the next call (then replaced)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.by_path[request.url.path] += 1
+        counted, self.counted = self.counted, anyio.Event()
+        counted.set()
+        return await super().handle_async_request(request)
+
+
+calls = CountedCalls()
+
+
+@app.get("/facilitator-calls")
+async def facilitator_calls(verify_at_least: int = 0) -> dict[str, int]:
+    """How many times the meter called each facilitator endpoint (a free route), once it
+    has called ``/verify`` at least ``verify_at_least`` times."""
+    while calls.by_path["/verify"] < verify_at_least:
+        await calls.counted.wait()
+    return dict(calls.by_path)
+
+
 stack = json.loads(os.environ["X402_TEST_STACK"])
 known = inspect.signature(MeterConfig).parameters
 extra: dict[str, Any] = {
@@ -88,22 +120,24 @@ extra: dict[str, Any] = {
     for name, value in json.loads(os.environ.get("X402_TEST_METER_OPTIONS", "{}")).items()
     if name in known
 }
-app.add_middleware(
-    X402Meter,
-    pay_to=stack["pay_to"],
-    facilitator_url=os.environ.get("X402_TEST_FACILITATOR_URL", stack["facilitator_url"]),
-    facilitator_api_key=stack["facilitator_api_key"],
-    network=stack["network"],
-    asset=Asset(
+options: dict[str, Any] = {
+    "pay_to": stack["pay_to"],
+    "facilitator": FacilitatorClient(
+        os.environ.get("X402_TEST_FACILITATOR_URL", stack["facilitator_url"]),
+        api_key=stack["facilitator_api_key"],
+        transport=calls,
+    ),
+    "network": stack["network"],
+    "asset": Asset(
         stack["asset"], stack["asset_name"], stack["asset_version"], stack["asset_decimals"]
     ),
-    price_per_token="0.000002",
-    max_tokens=4096,
-    routes=["POST /v1/chat/completions"],
-    store=os.environ["X402_TEST_STORE"],
-    checkpoint_every=0.0,  # before every chunk: what a client has seen is on record
-    settlement_retry=RetryPolicy(
+    "price_per_token": "0.000002",
+    "max_tokens": 4096,
+    "routes": ["POST /v1/chat/completions"],
+    "store": os.environ["X402_TEST_STORE"],
+    "checkpoint_every": 0.0,  # before every chunk: what a client has seen is on record
+    "settlement_retry": RetryPolicy(
         first=0.2, longest=1.0, inline_attempts=2, sweep_every=0.2, lease_seconds=2.0
     ),
-    **extra,
-)
+}
+app.add_middleware(X402Meter, **(options | extra))

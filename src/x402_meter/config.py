@@ -69,6 +69,7 @@ class MeterOptions(TypedDict, total=False):
     max_input_tokens: int | None
     max_buffered_bodies: int
     recheck_every: float
+    recheck_timeout: float
     expiry_margin: float
     voided_payer_seconds: float
 
@@ -129,7 +130,11 @@ class MeterConfig:
     """Bytes of request bodies all requests may hold at once while they are being read
     (503 ``server_busy`` above): unpaid requests cannot pin more memory than this."""
     recheck_every: float = 5.0
-    """Seconds between re-verifications of a streaming answer's authorization (0: never)."""
+    """Seconds between re-verifications of a streaming answer's authorization (0: never):
+    from one re-check's answer to the next re-check, less a random part of up to a quarter."""
+    recheck_timeout: float = 10.0
+    """Seconds a re-verification may take to answer; later, it is a miss (as when the
+    facilitator cannot be reached), and the second miss in a row ends the answer."""
     expiry_margin: float = 20.0
     """Seconds before an authorization's deadline at which its answer ends and is settled."""
     voided_payer_seconds: float = 3600.0
@@ -194,6 +199,10 @@ class MeterConfig:
         if self.recheck_every < 0:
             raise ConfigurationError(
                 f"recheck_every must be >= 0 seconds, got {self.recheck_every!r}"
+            )
+        if not self.recheck_timeout > 0:
+            raise ConfigurationError(
+                f"recheck_timeout must be > 0 seconds, got {self.recheck_timeout!r}"
             )
         expiry_margin = self.expiry_margin
         if not PERMIT2_DEADLINE_BUFFER < expiry_margin < max_timeout_seconds:

@@ -153,9 +153,12 @@ class FacilitatorUnavailableError(X402MeterError):
 
 
 class StreamCapped(X402MeterError, OSError):  # noqa: N818 - named for what happened, like ConnectionResetError
-    """Raised to the app on ``send`` after its answer was ended at the authorized maximum.
+    """Raised to the app on ``send`` after its answer was ended (at the authorized maximum,
+    or early: a void, the deadline), on every ``send`` from then on.
 
     An ``OSError``, as ASGI servers raise when the client has gone: apps already stop on it.
+    An app may catch it to clean up; the middleware does not pass it (or what the app raises
+    while handling it) on to the server: the answer was closed, which is no error.
     """
 
     reason = "stream_capped"

@@ -140,6 +140,8 @@ class Settler:
         self._on_failed = on_settlement_failed
         self._tasks: set[asyncio.Task[object]] = set()
         self._finished: dict[str, asyncio.Event] = {}
+        self._serving: set[str] = set()
+        """Receipts whose answers this process is serving (``serving`` to ``served``)."""
         self._sweeper: asyncio.Task[None] | None = None
         self._sweeper_loop: asyncio.AbstractEventLoop | None = None
 
@@ -159,8 +161,20 @@ class Settler:
             self._sweeper_loop = loop
 
     def expect(self, receipt_id: str) -> None:
-        """A payment is being served: ``wait`` callers may wait for it from now on."""
+        """A payment is being settled: ``wait`` callers may wait for it from now on."""
         self._finished.setdefault(receipt_id, asyncio.Event())
+
+    def serving(self, receipt_id: str) -> None:
+        """This process serves the payment's answer from now until ``served``: its sweeper
+        leaves the row alone even when its heartbeat is late and its lease has run out (the
+        row is not abandoned, only late; recovering it from its checkpoint would settle a
+        part of an answer still running and use up its authorization)."""
+        self._serving.add(receipt_id)
+        self.expect(receipt_id)
+
+    def served(self, receipt_id: str) -> None:
+        """The answer is over (charged, or failed): the sweeper may recover its row again."""
+        self._serving.discard(receipt_id)
 
     def submit(self, record: PaymentRecord) -> None:
         """Settle ``record`` (``to_settle``, leased to us) in the background; never blocks."""
@@ -342,6 +356,8 @@ class Settler:
         now = time.time() if now is None else now
         taken = 0
         for row in await self._store.due(now):
+            if row.state is LedgerState.VERIFIED and row.receipt_id in self._serving:
+                continue  # still being served here: late, not abandoned
             claimed = await self._store.claim(
                 row.receipt_id, self.owner, now + self.retry.lease_seconds, now
             )

@@ -17,7 +17,7 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from x402.schemas import SettleResponse, SupportedKind, SupportedResponse, VerifyResponse
 
@@ -54,10 +54,23 @@ class InProcessFacilitator:
     """``/settle`` answers ``success: false`` with this reason (None: settled)."""
     unreachable: bool = False
     """Every call fails to connect, as a facilitator that is down."""
+    verify_unreachable: bool = False
+    """``/verify`` calls fail to connect (``/settle`` still answers): down while answers
+    stream, back for their settlements."""
+    verify_status: int | None = None
+    """``/verify`` answers with this HTTP status and no verdict (a facilitator in trouble)."""
+    verify_gate: anyio.Event | None = None
+    """``/verify`` waits for this event before answering (a slow facilitator)."""
     settle_gate: anyio.Event | None = None
     """``/settle`` waits for this event before answering (a settlement still in flight)."""
     verified: list[dict[str, Any]] = field(default_factory=list)
     """The bodies ``/verify`` was sent, in order."""
+    verify_called: anyio.Event = field(default_factory=anyio.Event)
+    """Set by the next ``/verify`` call (then replaced): see ``verify_calls``."""
+    verifying: int = 0
+    """``/verify`` calls in flight."""
+    most_verifying: int = 0
+    """The most ``/verify`` calls that were ever in flight at once."""
     settled: list[Settled] = field(default_factory=list)
     settle_started: anyio.Event = field(default_factory=anyio.Event)
 
@@ -89,9 +102,25 @@ class InProcessFacilitator:
         )
         return _json(answer)
 
-    async def _verify(self, request: Request) -> JSONResponse:
+    async def verify_calls(self, count: int) -> None:
+        """Wait until ``/verify`` has been called ``count`` times (or more)."""
+        while len(self.verified) < count:
+            await self.verify_called.wait()
+
+    async def _verify(self, request: Request) -> Response:
         body = await request.json()
         self.verified.append(body)
+        called, self.verify_called = self.verify_called, anyio.Event()
+        called.set()
+        self.verifying += 1
+        self.most_verifying = max(self.most_verifying, self.verifying)
+        try:
+            if self.verify_gate is not None:
+                await self.verify_gate.wait()
+        finally:
+            self.verifying -= 1
+        if self.verify_status is not None:
+            return PlainTextResponse("facilitator trouble", status_code=self.verify_status)
         payer = _payer(body)
         if self.verify_refusal is not None:
             refusal = self.verify_refusal
@@ -143,7 +172,10 @@ class _Switchable(httpx.AsyncBaseTransport):
         self.transport = httpx.ASGITransport(app=facilitator.app)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self.facilitator.unreachable:
+        facilitator = self.facilitator
+        if facilitator.unreachable or (
+            facilitator.verify_unreachable and request.url.path == "/verify"
+        ):
             raise httpx.ConnectError("connection refused (in-process facilitator down)")
         return await self.transport.handle_async_request(request)
 

@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import anyio
 import httpx
 from eth_account import Account
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 from x402 import x402Client
 from x402.http import decode_payment_required_header, encode_payment_signature_header
 from x402.mechanisms.evm.exact import ExactEvmClientScheme
@@ -35,6 +37,12 @@ PAYER: Final = PAYERS[0]
 CHAT: Final = "/v1/chat/completions"
 QUESTION: Final = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 STREAMED: Final = {**QUESTION, "stream": True}
+
+FIRST, *REST = sse_events(with_usage=False)
+FIRST += REST.pop(0)  # the role and the first words: something to charge for
+
+HANG: Final = 30
+"""Seconds after which a test that waits on the meter fails (a guard against a hang)."""
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -56,14 +64,26 @@ def metered(app: App, facilitator: InProcessFacilitator, **overrides: Any) -> X4
 
 @asynccontextmanager
 async def calling(
-    meter: X402Meter, *, as_a_server: bool = False
+    meter: X402Meter, *, sent: list[Message] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of ``meter``; on leaving, settlements in flight finish (the lifespan's job).
 
-    ``as_a_server``: an exception the app lets out after its answer started ends the answer
-    where it is, as a server does, instead of failing the test's request.
+    An exception that the meter lets out fails the request (a server would log it).
+    ``sent`` collects the messages the meter sends, as the server receives them.
     """
-    transport = httpx.ASGITransport(app=meter, raise_app_exceptions=not as_a_server)
+    app: App = meter
+    if sent is not None:
+        kept = sent
+
+        async def server_side(scope: Scope, receive: Receive, send: Send) -> None:
+            async def keep(message: Message) -> None:
+                kept.append(message)
+                await send(message)
+
+            await meter(scope, receive, keep)
+
+        app = server_side
+    transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
@@ -95,6 +115,22 @@ def chat_app(
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return Starlette(routes=[Route(CHAT, chat, methods=["POST"])])
+
+
+class WaitingApp:
+    """Sends its first chunk, then waits for its upstream (``finish``), which may never come."""
+
+    def __init__(self) -> None:
+        self.streaming = anyio.Event()
+        self.finish = anyio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": FIRST, "more_body": True})
+        self.streaming.set()
+        await self.finish.wait()
+        await send({"type": "http.response.body", "body": b"".join(REST)})
 
 
 def offered(challenge: httpx.Response, scheme: str = "upto") -> PaymentRequirements:
@@ -134,6 +170,27 @@ async def pay(
     assert challenge.status_code == 402, challenge.text
     requirements = offered(challenge, scheme).model_copy(update=changes)
     return await client.post(CHAT, json=body, headers=header(await signed(requirements)))
+
+
+async def paid_stream(
+    client: httpx.AsyncClient, app: WaitingApp, once_streaming: Callable[[], Any]
+) -> httpx.Response:
+    """Pay for a stream; once its first chunk is out, run ``once_streaming`` (a coroutine
+    function, or a plain one that changes the facilitator); the whole answer."""
+    answers: list[httpx.Response] = []
+
+    async def paying() -> None:
+        answers.append(await pay(client, STREAMED))
+
+    with anyio.fail_after(HANG):  # a guard against a hang, not a timing assertion
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(paying)
+            await app.streaming.wait()
+            changed = once_streaming()
+            if changed is not None:
+                await changed
+    [answer] = answers
+    return answer
 
 
 async def receipt_of(client: httpx.AsyncClient, answer: httpx.Response, wait: float = 10) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from typing import Any
 
 import pytest
 
@@ -59,3 +60,20 @@ def test_the_litestar_plugin_hands_its_runtime_to_every_route() -> None:
     routes = [plugin.middleware(nothing), plugin.middleware(nothing)]
     assert all(isinstance(meter, X402Meter) for meter in routes)
     assert {id(typing.cast(X402Meter, meter).runtime) for meter in routes} == {id(plugin.runtime)}
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"recheck_every": -1}, "recheck_every"),
+        ({"recheck_timeout": 0}, "recheck_timeout"),
+        ({"recheck_timeout": -1}, "recheck_timeout"),
+        ({"expiry_margin": 6}, "expiry_margin"),
+        ({"expiry_margin": 300}, "expiry_margin"),
+        ({"max_timeout_seconds": 30, "expiry_margin": 30}, "expiry_margin"),
+        ({"voided_payer_seconds": -1}, "voided_payer_seconds"),
+    ],
+)
+def test_the_recheck_and_deadline_options_are_checked(options: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        MeterConfig.create(pay_to=PAY_TO, price_per_token="0.000002", **options)

@@ -10,6 +10,7 @@ from typing import Any, Final
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from x402_meter.errors import StreamCapped
 from x402_meter.pipeline.admission import Admission, Admitted
 from x402_meter.pipeline.heartbeat import Heartbeat
 from x402_meter.pipeline.ledger_records import LedgerRecords
@@ -72,6 +73,8 @@ class PaidAnswer:
         self.admitted = admitted
         self.ledger = LedgerRecords(runtime.store, settler, admitted)
         chosen = config.settle_before_response
+        self.app_cancel = anyio.CancelScope()
+        """Cancels the app when its answer is ended early (it may be waiting, not sending)."""
         self.tap = ResponseTap(
             self.send,
             request=self.body,
@@ -87,12 +90,11 @@ class PaidAnswer:
             usage_filter=self.body.shape(tariff) if config.shape_requests else None,
             ledger=self.ledger,
             answered=self._conclude,
+            stop_app=self.app_cancel.cancel,
         )
         beat_every = settler.retry.lease_seconds / 3
         if config.checkpoint_every:
             beat_every = min(beat_every, config.checkpoint_every)
-        self.app_cancel = anyio.CancelScope()
-        """Cancels the app when its answer is ended early (it may be waiting, not sending)."""
         # The heartbeat and the tap are given what they need, not this object: no reference
         # cycle keeps a request's objects alive until the garbage collector runs.
         tap, app_cancel = self.tap, self.app_cancel
@@ -106,6 +108,7 @@ class PaidAnswer:
             runtime.facilitator,
             beat_every=beat_every,
             recheck_every=config.recheck_every,
+            recheck_timeout=config.recheck_timeout,
             expiry_margin=config.expiry_margin,
             checkpoint=tap.checkpoint,
             end=end,
@@ -120,16 +123,21 @@ class PaidAnswer:
         try:
             with self.app_cancel:
                 await self.app(self.body.app_scope, self.body.receive, self.tap.send_message)
-        except Exception:
-            if self.heartbeat.stopped is None:
+        except Exception as exc:
+            if not (self.tap.capped and refused_send(exc)):
                 raise
-            # The app failed on the StreamCapped its send raised after the answer was ended.
+            # The app stopped on the StreamCapped its send raised after its answer was ended
+            # (at the cap, or early): the answer is closed, the server need not hear of it.
+            logger.debug("%s: the app stopped on its refused send", self.ledger.receipt_id)
         finally:
             # Also on client disconnect, app failure and cancellation: charge what was served.
             with anyio.CancelScope(shield=True):
-                await self._conclude()
-                if self.heartbeat.stopped is not None:
-                    await self._ended_early()
+                try:
+                    await self._conclude()
+                    if self.heartbeat.stopped is not None:
+                        await self._ended_early()
+                finally:
+                    self.runtime.settler.served(self.ledger.receipt_id)
             self.tap.answered = None  # the one reference back to this object
 
     async def _conclude(self) -> None:
@@ -191,3 +199,19 @@ class PaidAnswer:
                     await self.send({"type": "http.response.body", "body": b"", "more_body": False})
             except Exception:  # the answer had already ended, or the client has gone
                 logger.debug("could not close %s", receipt_id, exc_info=True)
+
+
+def refused_send(exc: BaseException) -> bool:
+    """Whether ``exc`` comes of a ``send`` the tap refused: a ``StreamCapped``, or what the app
+    or its framework raised while handling one (Starlette's ``ClientDisconnect``), or a group
+    of such. Any other failure of the app still reaches the server."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(refused_send(inner) for inner in exc.exceptions)
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, StreamCapped):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -9,17 +9,22 @@ timer costs a fraction of a task to start and to stop. (``checkpoint_every=0`` c
 before each chunk, in the response tap.)
 
 While an answer streams, the payer can still make its authorization unsettleable
-(invalidate the nonce, move the funds, revoke the approval). Every ``recheck_every``
-seconds the heartbeat has the scheme check the payment again (the facilitator's verify), in
-a task of its own so that a slow facilitator never delays a checkpoint or the lease. Once
-the answer is no longer going to be paid (or the facilitator has not answered twice in a
-row, or the deadline is near) it ends.
+(invalidate the nonce, move the funds, revoke the approval). Once ``recheck_every`` seconds
+have passed, the heartbeat starts the re-checks: a task of its own (a slow facilitator never
+delays a checkpoint or the lease) that has the scheme check the payment again (the
+facilitator's verify), one re-check at a time, and starts the next ``recheck_every`` after
+the last one's answer, less a random part of up to a quarter (streams opened together do not
+re-check together). So a slow facilitator is asked less often, not more: re-checks never
+pile up. A re-check may take ``recheck_timeout`` to answer. The answer ends at once when a
+re-check finds that it would no longer be paid; when the facilitator is down (no connection,
+an error, no answer within ``recheck_timeout``) twice in a row; or when the deadline is near.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -34,8 +39,13 @@ from x402_meter.voiding import PAYER_VOIDED, is_voiding
 logger = logging.getLogger("x402_meter")
 
 RECHECK_MISSES_TOLERATED: Final = 1
-"""Re-checks in a row that may go unanswered (facilitator down or slower than
-``recheck_every``) before the answer ends: one blip is tolerated, an outage is not."""
+"""Re-checks in a row that may go unanswered (the facilitator unreachable, answering with
+an error, or not within ``recheck_timeout``) before the answer ends: one blip is tolerated,
+an outage is not."""
+RECHECK_JITTER: Final = 0.25
+"""The wait before a re-check is ``recheck_every`` less a random part of up to this share of
+it: never longer (the bound on a voiding payer holds), and streams that started together
+drift apart instead of re-checking in lockstep."""
 
 
 class Heartbeat:
@@ -48,6 +58,7 @@ class Heartbeat:
         *,
         beat_every: float,
         recheck_every: float,
+        recheck_timeout: float,
         expiry_margin: float,
         checkpoint: Callable[[], Awaitable[None]],
         end: Callable[[], None],
@@ -58,6 +69,8 @@ class Heartbeat:
         self.beat_every = beat_every
         """Seconds between heartbeats."""
         self.recheck_every = recheck_every
+        self.recheck_timeout = recheck_timeout
+        """Seconds a re-check may take to answer before it counts as a miss."""
         self.end_at = admitted.authorization.expires_at - expiry_margin
         """Unix time at which the answer ends, early enough for its settlement to land."""
         self.checkpoint = checkpoint
@@ -70,8 +83,9 @@ class Heartbeat:
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.recheck_at = float("inf")
-        """``time.monotonic()`` at which the authorization is re-checked next."""
+        """``time.monotonic()`` at which the re-checks start (then they keep their own time)."""
         self.recheck_task: asyncio.Task[None] | None = None
+        """The re-checks, one after another, until the answer ends."""
         self.recheck_misses = 0
         self.stopped: str | None = None
         """Why the answer was ended early: ``payer_voided``, ``payment_invalid``,
@@ -82,7 +96,7 @@ class Heartbeat:
     def start(self) -> None:
         self.serving = True
         if self.recheck_every:
-            self.recheck_at = time.monotonic() + self.recheck_every
+            self.recheck_at = time.monotonic() + recheck_wait(self.recheck_every)
         self._arm()
 
     async def stop(self) -> None:
@@ -98,9 +112,7 @@ class Heartbeat:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _arm(self) -> None:
-        # While a re-check is in flight the next one is not due (it starts at a later beat).
-        recheck = self.recheck_at if self.recheck_task is None else float("inf")
-        delay = min(self.beat_every, self.end_at - time.time(), recheck - time.monotonic())
+        delay = min(self.beat_every, self.end_at - time.time(), self.recheck_at - time.monotonic())
         self.timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._beat)
 
     def _beat(self) -> None:
@@ -112,32 +124,42 @@ class Heartbeat:
         if time.time() >= self.end_at:  # settle while the authorization can still be settled
             self.end_early("authorization_expiring")
             return
-        if self.recheck_task is None and time.monotonic() >= self.recheck_at:
-            self.recheck_at = time.monotonic() + self.recheck_every
-            self.recheck_task = asyncio.ensure_future(self._recheck())
+        if time.monotonic() >= self.recheck_at:  # from now on the re-checks keep their own time
+            self.recheck_at = float("inf")
+            self.recheck_task = asyncio.ensure_future(self._rechecks())
         await self.checkpoint()  # if it fails, the heartbeat stops (and the lease runs out)
         if self.serving:
             self._arm()
 
-    async def _recheck(self) -> None:
-        """Check the payment again; end the answer if it would no longer settle."""
+    async def _rechecks(self) -> None:
+        """Re-check the payment, one re-check at a time, until the answer ends."""
+        while self.stopped is None:
+            if not await self._recheck():
+                return
+            await asyncio.sleep(recheck_wait(self.recheck_every))
+
+    async def _recheck(self) -> bool:
+        """Check the payment again; end the answer if it would no longer settle. ``False``:
+        the answer was ended."""
         admitted = self.admitted
         try:
-            with anyio.fail_after(self.recheck_every):
+            with anyio.fail_after(self.recheck_timeout):
                 refusal = await admitted.scheme.recheck(admitted.authorization, self.facilitator)
         except (FacilitatorUnavailableError, TimeoutError) as exc:
             self.recheck_misses += 1
-            logger.warning("re-check of %s got no answer: %s", self.label, exc)
+            detail = str(exc) or f"no answer within {self.recheck_timeout:g} s"
+            logger.warning("re-check of %s got no answer: %s", self.label, detail)
             if self.recheck_misses > RECHECK_MISSES_TOLERATED:
                 self.end_early("facilitator_unavailable")
-            return
-        finally:
-            self.recheck_task = None
+                return False
+            return True
         self.recheck_misses = 0
         if refusal is not None:
             if is_voiding(refusal.reason):
                 self.voided = refusal.reason
             self.end_early(PAYER_VOIDED if self.voided else "payment_invalid", refusal.reason)
+            return False
+        return True
 
     def end_early(self, reason: str, detail: str | None = None) -> None:
         """End the answer now; the exchange then charges what was served and settles it."""
@@ -146,3 +168,9 @@ class Heartbeat:
         self.stopped = reason
         self.end()
         logger.warning("ended %s early: %s", self.label, detail or reason)
+
+
+def recheck_wait(recheck_every: float) -> float:
+    """Seconds before the next re-check: ``recheck_every`` less a random part of up to
+    ``RECHECK_JITTER`` of it."""
+    return recheck_every * (1 - RECHECK_JITTER * random.random())  # noqa: S311 - jitter, no secret

@@ -56,7 +56,7 @@ class LedgerRecords:
     async def verified(self) -> None:
         """Durable before the first byte goes out: a payment that was verified is never lost."""
         await self.store.save(self.record)
-        self.settler.expect(self.record.receipt_id)
+        self.settler.serving(self.record.receipt_id)
 
     async def checkpoint(self, usage: Usage | None, served: bool) -> None:
         """Record the running count and charge, and extend this server's lease on the row."""

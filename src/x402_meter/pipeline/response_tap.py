@@ -53,6 +53,7 @@ class ResponseTap:
         usage_filter: UsageChunkFilter | None,
         ledger: LedgerRecords,
         answered: Callable[[], Awaitable[None]] | None,
+        stop_app: Callable[[], None],
     ) -> None:
         self.send = send
         self.request = request
@@ -69,13 +70,17 @@ class ResponseTap:
         self.answered = answered
         """Called once a held answer is complete: settles it and sends it (``None`` once
         the exchange is over: no cycle keeps the request's objects alive)."""
+        self.stop_app = stop_app
+        """Stops the app once its answer has ended at the cap: it may be waiting on its
+        upstream, not sending, and the charge waits for it."""
         self.status: int | None = None
         self.meter: Meter | None = None
         self.held: list[Message] | None = None
         """The held answer's messages (``None``: not held)."""
         self.held_complete = False
         self.capped = False
-        """The answer was ended: every further chunk is refused with ``StreamCapped``."""
+        """The answer was ended: every further chunk is refused with ``StreamCapped`` (and
+        the app is stopped, ``stop_app``)."""
         self.fast = False
         """Body chunks may take ``send``'s fast path: metered, nothing held or filtered,
         not capped. ``feed_at`` stays 0 (no chunk takes it) while this is false."""
@@ -146,12 +151,16 @@ class ResponseTap:
                     self.held_complete = True
                     if self.answered is not None:
                         await self.answered()
+                if self.capped:
+                    self.stop_app()
                 return
         elif message["type"] == "http.response.start":
             message = self._started(message)
             if self.held is not None:
                 return
         await self.send(message)
+        if self.capped:  # the cap was reached at this chunk, the answer's last: it is closed
+            self.stop_app()
 
     def _started(self, message: Message) -> Message:
         """The answer's start: the receipt header, no shared caching, a meter, hold or not."""
