@@ -292,7 +292,7 @@ def create_stub_upstream(
                     "query": request.url.query,
                     "headers": [
                         [k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw
-                    ],  # fmt: skip
+                    ],
                     "body": body.decode("utf-8", "replace"),
                 }
             )
