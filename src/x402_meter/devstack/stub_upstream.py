@@ -360,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 file.write(json.dumps(entry) + "\n")
 
     app = create_stub_upstream(api_key=key, on_request=on_request)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
 
 
 if __name__ == "__main__":
