@@ -1,0 +1,188 @@
+"""Paid through the gateway, end to end: official clients, real processes, the local chain.
+
+The ``openai`` and ``anthropic`` packages pay through x402-meter's paying client, and the
+official TypeScript client (``@x402/fetch``) pays from node. Each charge is the upstream's
+own usage at the plan's price, exactly: the receipt's tokens are what the stub reported,
+its amount is the price of those tokens, and the payer's balance on chain fell by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Final
+
+import anthropic
+import httpx
+import openai
+import pytest
+from anthropic.types import MessageParam
+from eth_account.signers.local import LocalAccount
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+
+from tests.examples.conftest import Example, example_settings, new_funded_payer
+from tests.gateway.harness import GatewayProcess
+from tests.interop.test_clients_pay import UPTO_JSON, UPTO_STREAM, check, needs_node, prepare
+from tests.interop.test_clients_pay import run_node as run_node_client
+from x402_meter import Asset
+from x402_meter.client import PayingClient, Receipt, Wallet
+from x402_meter.devstack import LocalStack, token_balance
+from x402_meter.devstack.stub_model import GREETING, pieces, prompt_tokens
+
+pytestmark = pytest.mark.anyio
+
+HELLO: Final[list[ChatCompletionMessageParam]] = [{"role": "user", "content": "hi"}]
+CLAUDE_HELLO: Final[list[MessageParam]] = [{"role": "user", "content": "hi"}]
+OPENAI_PRICE: Final = (Decimal("0.000001"), Decimal("0.000002"))  # per_million 1 / 2
+ANTHROPIC_PRICE: Final = (Decimal("0.000003"), Decimal("0.000015"))  # per_million 3 / 15
+
+
+def expected_amount(price: tuple[Decimal, Decimal], input_tokens: int, output: int) -> int:
+    """The charge in atomic units (6 decimals), rounded up once."""
+    exact = (price[0] * input_tokens + price[1] * output) * 10**6
+    return int(exact.to_integral_value(rounding="ROUND_CEILING"))
+
+
+STUB_INPUT: Final = prompt_tokens(HELLO)
+STUB_OUTPUT: Final = len(pieces(GREETING))
+
+
+@pytest.fixture
+def payer(x402_local_stack: LocalStack) -> LocalAccount:
+    return new_funded_payer(x402_local_stack)
+
+
+@pytest.fixture
+def http(x402_local_stack: LocalStack, payer: LocalAccount) -> Iterator[PayingClient]:
+    stack = x402_local_stack
+    asset = Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals)
+    with PayingClient(
+        wallet=Wallet(payer, network=stack.network, asset=asset, max_total="1")
+    ) as client:
+        yield client
+
+
+def balance(stack: LocalStack, address: str) -> int:
+    return token_balance(stack.web3(), stack.asset, address)
+
+
+def assert_charged(
+    stack: LocalStack,
+    receipt: Receipt,
+    price: tuple[Decimal, Decimal],
+    input_tokens: int = STUB_INPUT,
+    output_tokens: int = STUB_OUTPUT,
+) -> int:
+    assert receipt.status == "settled", receipt
+    assert (receipt.input_tokens, receipt.output_tokens) == (input_tokens, output_tokens)
+    assert receipt.usage_source == "reported"
+    assert receipt.amount == expected_amount(price, input_tokens, output_tokens)
+    return receipt.amount
+
+
+def test_openai_package_pays_for_chat_and_responses_streamed_or_not(
+    x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient, payer: LocalAccount
+) -> None:
+    stack = x402_local_stack
+    before = balance(stack, payer.address), balance(stack, gateway.seller)
+    llm = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x402", http_client=http)
+    charged = 0
+
+    completion = llm.chat.completions.create(model="local-stub", messages=HELLO)
+    assert completion.choices[0].message.content == GREETING
+    charged += assert_charged(stack, http.receipt(), OPENAI_PRICE)
+
+    stream = llm.chat.completions.create(model="local-stub", messages=HELLO, stream=True)
+    chunks: list[ChatCompletionChunk] = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == GREETING
+    assert all(chunk.usage is None for chunk in chunks)  # not asked for, so not shown
+    charged += assert_charged(stack, http.receipt(), OPENAI_PRICE)
+
+    response = llm.responses.create(model="local-stub", input="hi")
+    assert response.output_text == GREETING
+    charged += assert_charged(stack, http.receipt(), OPENAI_PRICE)
+
+    events = list(llm.responses.create(model="local-stub", input="hi", stream=True))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == GREETING
+    charged += assert_charged(stack, http.receipt(), OPENAI_PRICE)
+
+    after = balance(stack, payer.address), balance(stack, gateway.seller)
+    assert before[0] - after[0] == charged
+    assert after[1] - before[1] == charged
+
+
+def test_anthropic_package_pays_for_messages_streamed_or_not(
+    x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient, payer: LocalAccount
+) -> None:
+    stack = x402_local_stack
+    before = balance(stack, payer.address)
+    claude = anthropic.Anthropic(
+        base_url=gateway.url + "/anthropic", api_key="x402", http_client=http.httpx2_client()
+    )
+    message = claude.messages.create(model="claude-stub-1", max_tokens=256, messages=CLAUDE_HELLO)
+    assert message.content[0].text == GREETING  # type: ignore[union-attr]
+    charged = assert_charged(stack, http.receipt(), ANTHROPIC_PRICE)
+
+    with claude.messages.stream(
+        model="claude-stub-1", max_tokens=256, messages=CLAUDE_HELLO
+    ) as stream:
+        text = "".join(stream.text_stream)
+    assert text == GREETING
+    charged += assert_charged(stack, http.receipt(), ANTHROPIC_PRICE)
+    assert before - balance(stack, payer.address) == charged
+
+
+def test_a_flat_plan_charges_its_price_per_request(
+    x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient
+) -> None:
+    llm = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x402", http_client=http)
+    llm.chat.completions.create(model="flat-stub", messages=HELLO)
+    receipt = http.receipt()
+    assert (receipt.status, receipt.amount) == ("settled", 2000)
+
+
+def test_an_answer_without_usage_is_charged_by_the_tokenizer(
+    x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient
+) -> None:
+    llm = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x402", http_client=http)
+    llm.chat.completions.create(model="stub-no-usage", messages=HELLO)
+    receipt = http.receipt()
+    assert receipt.status == "settled"
+    assert receipt.usage_source == "estimated"
+    input_tokens, output_tokens = receipt.input_tokens or 0, receipt.output_tokens or 0
+    assert output_tokens > 0
+    assert receipt.amount == expected_amount(OPENAI_PRICE, input_tokens, output_tokens)
+
+
+def test_the_models_endpoint_lists_the_plans_with_their_prices(gateway: GatewayProcess) -> None:
+    listing = httpx.get(gateway.url + "/v1/models").json()
+    models = {entry["id"]: entry for entry in listing["data"]}
+    assert set(models) == {"local-stub", "stub-*", "pinned-override", "flat-stub", "claude-stub*"}
+    assert models["local-stub"]["pricing"]["input_per_million"] == "1"
+    assert models["local-stub"]["pricing"]["max_tokens"] == 512
+    assert models["flat-stub"]["pricing"]["per_request"] == "0.002"
+    assert models["claude-stub*"]["paths"] == ["/anthropic/v1/messages"]
+
+
+@needs_node
+async def test_the_official_typescript_client_pays_through_the_gateway(
+    x402_local_stack: LocalStack, gateway: GatewayProcess
+) -> None:
+    stack = x402_local_stack
+    served = Example(
+        "gateway", gateway.url, stack, example_settings(stack), new_funded_payer(stack)
+    )
+    cells = (UPTO_JSON, UPTO_STREAM)
+    paid = prepare(served, cells)
+    assert await run_node_client("official.mjs", served, paid) == []
+    for entry in paid:
+        await check(served, entry)  # 200, the whole answer, settled, spent = receipt
+        path = (entry.headers or {})["x-payment-receipt"]
+        async with httpx.AsyncClient() as client:
+            receipt = (await client.get(gateway.url + path)).json()
+        assert receipt["usage_source"] == "reported", receipt
+        assert receipt["input_tokens"] == prompt_tokens(entry.cell.body["messages"])
+        assert int(receipt["amount"]) == expected_amount(
+            OPENAI_PRICE, receipt["input_tokens"], receipt["output_tokens"]
+        )
