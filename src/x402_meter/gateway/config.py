@@ -341,13 +341,13 @@ class _Parser:
         )
         paths = table.strings("paths", kind.paths)
         for path in paths:
-            if not _PATH.fullmatch(path):
+            if not _plain_path(path):
                 raise GatewayConfigError(
                     f"{table.name('paths')}: {path!r} must be a plain path like"
                     " /v1/chat/completions (letters, digits, _ . : -)"
                 )
         prefix = table.take("prefix", "")
-        if not isinstance(prefix, str) or (prefix and not _PATH.fullmatch(prefix)):
+        if not isinstance(prefix, str) or (prefix and not _plain_path(prefix)):
             raise GatewayConfigError(
                 f"{table.name('prefix')} must be '' or a plain path like /openai"
             )
@@ -532,6 +532,11 @@ class _Parser:
                             f" prices {upstream.default_model!r}"
                         )
         return routes
+
+
+def _plain_path(path: str) -> bool:
+    """Plain segments only: no ``.`` or ``..`` (which a client or proxy may collapse)."""
+    return bool(_PATH.fullmatch(path)) and not {".", ".."} & set(path.split("/"))
 
 
 def _check_pinned_models(upstream: Upstream, path: str, plans: ModelPlans) -> None:
