@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
@@ -48,10 +49,12 @@ class Gateway:
         *,
         store: PaymentStore | str | None = None,
         facilitator: FacilitatorClient | None = None,
+        upstream_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """``store`` and ``facilitator`` replace what the config names (tests, embedding)."""
+        """``store`` and ``facilitator`` replace what the config names; the upstreams are
+        called through ``upstream_transport`` if given (a proxy, mTLS, an in-process app)."""
         self.config = config
-        self.forwarder = Forwarder(config)
+        self.forwarder = Forwarder(config, transport=upstream_transport)
         self.metrics = GatewayMetrics() if config.metrics else None
         options: dict[str, Any] = {
             **config.meter_options(),
