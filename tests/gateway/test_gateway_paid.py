@@ -112,6 +112,17 @@ def test_openai_package_pays_for_chat_and_responses_streamed_or_not(
     assert after[1] - before[1] == charged
 
 
+def test_openai_package_pays_for_embeddings_their_input_only(
+    x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient
+) -> None:
+    llm = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x402", http_client=http)
+    inputs = ["x402 turns HTTP 402 into a payment", "per token"]
+    embedded = llm.embeddings.create(model="local-stub", input=inputs)
+    assert len(embedded.data) == 2
+    input_tokens = prompt_tokens([{"content": text} for text in inputs])
+    assert_charged(x402_local_stack, http.receipt(), OPENAI_PRICE, input_tokens, 0)
+
+
 def test_anthropic_package_pays_for_messages_streamed_or_not(
     x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient, payer: LocalAccount
 ) -> None:
