@@ -170,4 +170,19 @@ prefix = "/anthropic"
 models = ["claude-stub*"]
 price_per_million = {{ input = "3", output = "15" }}
 max_tokens = 1024
+
+[upstreams.ollama]
+kind = "ollama"
+base_url = "{upstream_url}"
+api_key_env = "{UPSTREAM_KEY_ENV}"
+prefix = "/ollama"
+paths = ["/api/chat"]
+default_model = "llama-stub"
+{extra}
+[[upstreams.ollama.plans]]
+models = ["llama-stub"]
+price_per_million = {{ input = "1", output = "2" }}
+per_request = "0.0001"
+pinned = {{ "options.num_predict" = 256 }}
+on_override = "override"
 """

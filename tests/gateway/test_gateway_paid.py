@@ -8,6 +8,7 @@ its amount is the price of those tokens, and the payer's balance on chain fell b
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Final
@@ -21,7 +22,7 @@ from eth_account.signers.local import LocalAccount
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from tests.examples.conftest import Example, example_settings, new_funded_payer
-from tests.gateway.harness import GatewayProcess
+from tests.gateway.harness import GatewayProcess, StubUpstream
 from tests.interop.test_clients_pay import UPTO_JSON, UPTO_STREAM, check, needs_node, prepare
 from tests.interop.test_clients_pay import run_node as run_node_client
 from x402_meter import Asset
@@ -144,6 +145,30 @@ def test_anthropic_package_pays_for_messages_streamed_or_not(
     assert before - balance(stack, payer.address) == charged
 
 
+def test_ollamas_native_chat_is_paid_with_its_own_counts_and_the_price_per_request(
+    x402_local_stack: LocalStack,
+    gateway: GatewayProcess,
+    upstream: StubUpstream,
+    http: PayingClient,
+) -> None:
+    """No model named: the upstream's default; the output limit pinned; NDJSON streamed."""
+    answer = http.post(
+        gateway.url + "/ollama/api/chat",
+        json={"messages": HELLO, "options": {"num_predict": 100000}},
+    )
+    assert answer.status_code == 200, answer.text
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    assert "".join(line["message"]["content"] for line in lines) == GREETING
+    assert lines[-1]["done"] is True
+    receipt = http.receipt()
+    per_request = 100  # 0.0001 USDC
+    assert receipt.status == "settled"
+    assert (receipt.input_tokens, receipt.output_tokens) == (STUB_INPUT, STUB_OUTPUT)
+    assert receipt.amount == per_request + expected_amount(OPENAI_PRICE, STUB_INPUT, STUB_OUTPUT)
+    sent = json.loads(upstream.requests()[-1]["body"])
+    assert (sent["model"], sent["options"]["num_predict"]) == ("llama-stub", 256)
+
+
 def test_a_flat_plan_charges_its_price_per_request(
     x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient
 ) -> None:
@@ -169,7 +194,14 @@ def test_an_answer_without_usage_is_charged_by_the_tokenizer(
 def test_the_models_endpoint_lists_the_plans_with_their_prices(gateway: GatewayProcess) -> None:
     listing = httpx.get(gateway.url + "/v1/models").json()
     models = {entry["id"]: entry for entry in listing["data"]}
-    assert set(models) == {"local-stub", "stub-*", "pinned-override", "flat-stub", "claude-stub*"}
+    assert set(models) == {
+        "local-stub",
+        "stub-*",
+        "pinned-override",
+        "flat-stub",
+        "claude-stub*",
+        "llama-stub",
+    }
     assert models["local-stub"]["pricing"]["input_per_million"] == "1"
     assert models["local-stub"]["pricing"]["max_tokens"] == 512
     assert models["flat-stub"]["pricing"]["per_request"] == "0.002"
