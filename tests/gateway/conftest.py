@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from eth_account.signers.local import LocalAccount
 
+from tests.examples.conftest import new_funded_payer
 from tests.gateway.harness import (
     GatewayProcess,
     StubUpstream,
@@ -32,3 +34,9 @@ def gateway(
     config = openai_config(upstream.url, read_timeout="3")
     with gateway_process(x402_local_stack, directory, config) as served:
         yield served
+
+
+@pytest.fixture
+def payer(x402_local_stack: LocalStack) -> LocalAccount:
+    """A new account with gas, 100 test USDC and a Permit2 approval."""
+    return new_funded_payer(x402_local_stack)

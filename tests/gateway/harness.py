@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,16 +20,34 @@ from pathlib import Path
 from typing import Any, Final
 
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 
 from tests.fault_harness import free_port
+from x402_meter import Asset
+from x402_meter.client import PayingAsyncClient, Wallet
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.dev_report import exports
 from x402_meter.devstack.processes import ChildProcess, uvicorn_ready
 
+CHAT: Final = "/v1/chat/completions"
+QUESTION: Final = {"model": "local-stub", "messages": [{"role": "user", "content": "hi"}]}
 UPSTREAM_KEY: Final = "sk-stub-UPSTREAM-secret-7f3a9c2e51d84b06"
 """The upstream's key: it must never reach a caller or a log line."""
 UPSTREAM_KEY_ENV: Final = "STUB_UPSTREAM_KEY"
 START_SECONDS: Final = 60  # a bound against a hang, not a timing assertion
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def paying_client(stack: LocalStack, payer: LocalAccount) -> PayingAsyncClient:
+    """The paying client a caller of the gateway uses, for the stack's token."""
+    asset = Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals)
+    return PayingAsyncClient(wallet=Wallet(payer, network=stack.network, asset=asset))
 
 
 @dataclass

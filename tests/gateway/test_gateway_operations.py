@@ -7,7 +7,6 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Final
 
 import anyio
 import httpx
@@ -16,28 +15,22 @@ from eth_account.signers.local import LocalAccount
 from x402.http import decode_payment_required_header, encode_payment_signature_header
 from x402.schemas import PaymentRequirements
 
-from tests.examples.conftest import new_funded_payer
 from tests.gateway.harness import (
+    CHAT,
+    QUESTION,
     UPSTREAM_KEY,
     GatewayProcess,
     StubUpstream,
+    closed_port,
     gateway_process,
     openai_config,
+    paying_client,
 )
-from tests.gateway.test_gateway_safety import paying_client
 from tests.sdk_payer import sign
 from x402_meter.devstack import LocalStack, token_balance
 from x402_meter.store import LedgerState, open_store
 
 pytestmark = pytest.mark.anyio
-
-CHAT: Final = "/v1/chat/completions"
-QUESTION: Final = {"model": "local-stub", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-def payer(x402_local_stack: LocalStack) -> LocalAccount:
-    return new_funded_payer(x402_local_stack)
 
 
 def access_lines(gateway: GatewayProcess) -> list[dict[str, object]]:
@@ -114,7 +107,7 @@ async def test_two_workers_on_redis_share_reservations_and_settle_every_answer(
 async def test_readiness_says_which_part_is_not_ready(
     x402_local_stack: LocalStack, upstream: StubUpstream, tmp_path: Path
 ) -> None:
-    closed = f"http://127.0.0.1:{_closed_port()}"
+    closed = f"http://127.0.0.1:{closed_port()}"
     env = {"X402_FACILITATOR_URL": closed}
     with gateway_process(x402_local_stack, tmp_path, openai_config(upstream.url), env=env) as gw:
         async with httpx.AsyncClient() as client:
@@ -191,7 +184,7 @@ async def test_shutdown_lets_answers_in_flight_be_charged_and_settled(
                 with contextlib.suppress(httpx.RemoteProtocolError):
                     async for _ in chunks:
                         pass
-        exit_code = await anyio.to_thread.run_sync(lambda: gateway.process._process.wait(60))
+        exit_code = await anyio.to_thread.run_sync(lambda: gateway.process.wait(60))
     assert exit_code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
     ledger = open_store(store)
     try:
@@ -201,11 +194,3 @@ async def test_shutdown_lets_answers_in_flight_be_charged_and_settled(
     assert row.state is LedgerState.SETTLED, row
     assert row.amount is not None
     assert row.amount > 0
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

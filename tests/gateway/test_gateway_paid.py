@@ -49,11 +49,6 @@ STUB_OUTPUT: Final = len(pieces(GREETING))
 
 
 @pytest.fixture
-def payer(x402_local_stack: LocalStack) -> LocalAccount:
-    return new_funded_payer(x402_local_stack)
-
-
-@pytest.fixture
 def http(x402_local_stack: LocalStack, payer: LocalAccount) -> Iterator[PayingClient]:
     stack = x402_local_stack
     asset = Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals)

@@ -16,22 +16,21 @@ import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from tests.examples.conftest import new_funded_payer
 from tests.gateway.harness import (
+    CHAT,
+    QUESTION,
     UPSTREAM_KEY,
     GatewayProcess,
     StubUpstream,
+    closed_port,
     gateway_process,
     openai_config,
+    paying_client,
 )
-from x402_meter import Asset
-from x402_meter.client import PayingAsyncClient, Wallet
 from x402_meter.devstack import LocalStack, token_balance
 
 pytestmark = pytest.mark.anyio
 
-CHAT: Final = "/v1/chat/completions"
-QUESTION: Final = {"model": "local-stub", "messages": [{"role": "user", "content": "hi"}]}
 ALLOWED_PATHS: Final = {"/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/messages"}
 
 
@@ -57,16 +56,6 @@ def post(target: str, host: str = "gateway.example", method: str = "POST") -> by
         f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
-
-
-@pytest.fixture
-def payer(x402_local_stack: LocalStack) -> LocalAccount:
-    return new_funded_payer(x402_local_stack)
-
-
-def paying_client(stack: LocalStack, payer: LocalAccount) -> PayingAsyncClient:
-    asset = Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals)
-    return PayingAsyncClient(wallet=Wallet(payer, network=stack.network, asset=asset))
 
 
 @pytest.fixture
@@ -348,7 +337,7 @@ async def test_an_upstream_error_or_timeout_is_reported_and_not_charged(
 async def test_an_unreachable_upstream_is_a_502_and_not_charged(
     x402_local_stack: LocalStack, payer: LocalAccount, tmp_path: Any
 ) -> None:
-    closed = f"http://127.0.0.1:{_closed_port()}"
+    closed = f"http://127.0.0.1:{closed_port()}"
     with gateway_process(x402_local_stack, tmp_path, openai_config(closed)) as gateway:
         async with paying_client(x402_local_stack, payer) as client:
             answer = await client.post(gateway.url + CHAT, json=QUESTION)
@@ -359,10 +348,3 @@ async def test_an_unreachable_upstream_is_a_502_and_not_charged(
             ).json()
     assert (answer.status_code, answer.json()["reason"]) == (502, "upstream_unavailable")
     assert (receipt["status"], receipt["amount"]) == ("not_charged", "0")
-
-
-def _closed_port() -> int:
-    """A port nothing listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -91,6 +91,10 @@ class ChildProcess:
     def poll(self) -> int | None:
         return self._process.poll()
 
+    def wait(self, timeout: float) -> int:
+        """Its exit status, once it has exited (``TimeoutExpired`` after ``timeout``)."""
+        return self._process.wait(timeout)
+
     def _read(self) -> None:
         stdout = self._process.stdout
         assert stdout is not None

@@ -20,7 +20,7 @@ import httpx
 
 from x402_meter.assets import Asset
 from x402_meter.config import MeterConfig, MeterOptions
-from x402_meter.errors import ConfigurationError
+from x402_meter.errors import ConfigurationError, GatewayConfigError
 from x402_meter.gateway.plans import FieldPath, ModelPlans, OverridePolicy, Plan
 from x402_meter.gateway.secrets import Secret, read_secret
 from x402_meter.gateway.upstreams import KINDS, UpstreamKind
@@ -51,13 +51,16 @@ ENV_SETTINGS: Final = {
 }
 """Settings the environment overrides (``x402-meter dev`` prints these exports)."""
 FACILITATOR_KEY_ENV: Final = "X402_FACILITATOR_API_KEY"
+__all__ = [
+    "GatewayConfig",
+    "GatewayConfigError",
+    "Route",
+    "Upstream",
+    "load_config",
+    "parse_config",
+]
+
 ASSET_ENV: Final = ("X402_ASSET", "X402_ASSET_NAME", "X402_ASSET_VERSION", "X402_ASSET_DECIMALS")
-
-
-class GatewayConfigError(ConfigurationError):
-    """The gateway's configuration has a value it cannot use; the message names it."""
-
-    reason = "gateway_config_error"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
