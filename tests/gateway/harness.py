@@ -179,6 +179,11 @@ on_override = "override"
 models = ["flat-stub"]
 per_request = "0.002"
 
+[[upstreams.openai.plans]]
+models = ["capped-stub"]
+price_per_million = {{ input = "1", output = "2" }}
+max_tokens = 5
+
 [upstreams.anthropic]
 kind = "anthropic"
 base_url = "{upstream_url}"

@@ -164,6 +164,23 @@ def test_ollamas_native_chat_is_paid_with_its_own_counts_and_the_price_per_reque
     assert (sent["model"], sent["options"]["num_predict"]) == ("llama-stub", 256)
 
 
+def test_a_stream_past_what_was_paid_is_ended_there_and_charged_the_maximum(
+    x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient
+) -> None:
+    logged = gateway.process.expect_line(
+        lambda line: line.startswith('{"event":"access"') and '"status":200' in line
+    )
+    body = {"model": "capped-stub", "messages": HELLO, "stream": True}
+    with http.stream("POST", gateway.url + "/v1/chat/completions", json=body) as answer:
+        streamed = answer.read()
+    receipt = http.receipt()
+    assert b"data: [DONE]" not in streamed  # ended before the upstream's end
+    assert receipt.status == "settled"
+    assert receipt.amount == receipt.max_amount
+    assert logged.wait(30)
+    assert "Exception in ASGI application" not in gateway.log_text()
+
+
 def test_a_flat_plan_charges_its_price_per_request(
     x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient
 ) -> None:
@@ -196,6 +213,7 @@ def test_the_models_endpoint_lists_the_plans_with_their_prices(gateway: GatewayP
         "flat-stub",
         "claude-stub*",
         "llama-stub",
+        "capped-stub",
     }
     assert models["local-stub"]["pricing"]["input_per_million"] == "1"
     assert models["local-stub"]["pricing"]["max_tokens"] == 512

@@ -24,6 +24,7 @@ import anyio
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
+from x402_meter.errors import StreamCapped
 from x402_meter.gateway.config import GatewayConfig, Route, Upstream
 from x402_meter.gateway.labels import current_labels
 from x402_meter.gateway.policy import ROUTE_KEY
@@ -131,14 +132,26 @@ class Forwarder:
     async def relay(
         self, upstream: Upstream, response: httpx.Response, receive: Receive, send: Send
     ) -> None:
-        """Stream the answer as it comes; stop when the caller leaves or the upstream stalls."""
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": _answer_headers(response),
-            }
-        )
+        """Stream the answer as it comes; stop when the caller leaves, the upstream stalls
+        or the meter ended the answer at the authorized maximum (``StreamCapped``)."""
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": _answer_headers(response),
+                }
+            )
+            if await self._relay_body(upstream, response, receive, send):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except StreamCapped:
+            pass  # the meter has closed the answer; closing the upstream stops its work
+
+    async def _relay_body(
+        self, upstream: Upstream, response: httpx.Response, receive: Receive, send: Send
+    ) -> bool:
+        """The body, chunk by chunk; False if the meter ended the answer first."""
+        capped = False
         async with anyio.create_task_group() as tasks:
 
             async def caller_left() -> None:
@@ -150,6 +163,8 @@ class Forwarder:
             try:
                 async for chunk in response.aiter_raw():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except StreamCapped:  # caught here: a task group would wrap it in a group
+                capped = True
             except httpx.TimeoutException:
                 _set_outcome("timeout")
                 logger.warning("upstream %s stalled mid-answer: ended it", upstream.name)
@@ -159,7 +174,7 @@ class Forwarder:
                     "upstream %s broke mid-answer: %s", upstream.name, type(exc).__name__
                 )
             tasks.cancel_scope.cancel()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return not capped
 
     async def relay_error(self, upstream: Upstream, response: httpx.Response, send: Send) -> None:
         """An upstream error, relayed with its status and (bounded, redacted) body."""
