@@ -190,6 +190,24 @@ def test_a_flat_plan_charges_its_price_per_request(
     assert (receipt.status, receipt.amount) == ("settled", 2000)
 
 
+def test_a_flat_plan_is_paid_up_front_with_exact_and_settled_before_the_answer(
+    x402_local_stack: LocalStack, gateway: GatewayProcess, payer: LocalAccount
+) -> None:
+    stack = x402_local_stack
+    asset = Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals)
+    wallet = Wallet(payer, network=stack.network, asset=asset, schemes=("exact",))
+    before = balance(stack, payer.address)
+    with PayingClient(wallet=wallet) as http:
+        answer = http.post(
+            gateway.url + "/v1/chat/completions", json={"model": "flat-stub", "messages": HELLO}
+        )
+        receipt = http.receipt()
+    assert answer.status_code == 200, answer.text
+    assert "payment-response" in answer.headers  # settled before it was sent
+    assert (receipt.status, receipt.scheme, receipt.amount) == ("settled", "exact", 2000)
+    assert before - balance(stack, payer.address) == 2000
+
+
 def test_an_answer_without_usage_is_charged_by_the_tokenizer(
     x402_local_stack: LocalStack, gateway: GatewayProcess, http: PayingClient
 ) -> None:
