@@ -162,6 +162,32 @@ async def test_access_lines_say_what_happened_and_carry_no_header_or_body(
         assert secret not in log
 
 
+async def test_a_caller_that_leaves_mid_stream_stops_the_upstream_call(
+    x402_local_stack: LocalStack, gateway: GatewayProcess, payer: LocalAccount
+) -> None:
+    """The upstream stalls after its first chunk; the caller leaves. The gateway ends the
+    call then (outcome ``2xx``), not when the upstream's read timeout would (``timeout``),
+    and charges what was delivered."""
+    logged = gateway.process.expect_line(
+        lambda line: line.startswith('{"event":"access"') and '"status":200' in line
+    )
+    body = {**QUESTION, "model": "stub-stall-mid", "stream": True}
+    async with paying_client(x402_local_stack, payer) as client:
+        async with client.stream("POST", gateway.url + CHAT, json=body) as answer:
+            assert answer.status_code == 200
+            await anext(answer.aiter_raw())
+            path = answer.headers["x-payment-receipt"]
+        # leaving the block closed the connection
+        receipt = (await client.get(gateway.url + path, params={"wait": 20})).json()
+    assert await anyio.to_thread.run_sync(logged.wait, 30)
+    (line,) = [
+        entry for entry in access_lines(gateway) if entry["receipt"] == path.rsplit("/", 1)[-1]
+    ]
+    assert line["upstream_outcome"] == "2xx"
+    assert receipt["status"] == "settled"
+    assert int(receipt["amount"]) > 0
+
+
 async def test_shutdown_lets_answers_in_flight_be_charged_and_settled(
     x402_local_stack: LocalStack, upstream: StubUpstream, payer: LocalAccount, tmp_path: Path
 ) -> None:
