@@ -3,20 +3,21 @@
     .venv/bin/python -m bench.gateway [--rounds 10] [--events 8000] [--cpu-requests 200]
 
 The upstream is ``bench/sse_server.py`` (bare, in its own uvicorn process, on the servers'
-core); the gateway is ``x402-meter gateway`` in its own process in front of it (on any
-core: on two cores it shares them with the harness and the facilitator), on the local
-stack. Per round, in alternating order:
+core). Three ways to its answer, on the local stack: **direct** (unpaid); **X402Meter**,
+the same app behind the middleware in its own process (paid: what the payment itself
+costs); and the **gateway**, ``x402-meter gateway`` in its own process in front of the
+bare upstream (paid; on any core: on two cores it shares them with the harness and the
+facilitator). Per round, each way once, in a rotating order:
 
 - **time to first event**: a 50-event stream, 10 ms apart: from connecting to the first
-  ``data:``, directly and through the gateway paid (its verify round trip included);
+  ``data:`` (a paid way's verify round trip included);
 - **throughput**: an ``--events`` long stream sent back to back, MB/s from the first event
-  to the last byte, directly and through the gateway paid; the ratio taken per round.
+  to the last byte; the ratio to direct taken per round.
 
-Then **CPU per paid request**: ``--cpu-requests`` paid 20-event answers through the
-gateway one after another, each settled on chain, and the CPU time of all the gateway's
-threads over them (``/proc/<pid>/task/*/schedstat``), divided by the requests; the
-upstream's own CPU for the same answers unpaid, for scale. Payments are signed before any
-clock starts, by the SDK's client.
+Then **CPU per request**: ``--cpu-requests`` 20-event answers each way, one after another
+(paid ones settled on chain), and the CPU time of all the serving process's threads over
+them (``/proc/<pid>/task/*/schedstat``), divided by the requests. Payments are signed
+before any clock starts, by the SDK's client.
 
 Last, **in process** (``--only-in-process`` runs only this, no chain or server): the CPU
 of one paid request through the gateway's app, beside ``X402Meter`` alone and the bare
@@ -35,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -44,7 +45,7 @@ from eth_account import Account
 
 from bench.common import Payer, Summary, machine
 from bench.http_client import Exchange
-from bench.servers import SERVER_CPU, free_port, pin, pin_client, sse_server
+from bench.servers import free_port, pin_client, sse_server
 from x402_meter.devstack import LocalStack, local_stack
 from x402_meter.devstack.dev_report import exports
 from x402_meter.devstack.processes import ChildProcess, uvicorn_ready
@@ -120,17 +121,6 @@ def process_cpu_ns(pid: int) -> int:
     return total
 
 
-async def payment_headers(gateway: Gateway, payer: Payer, content: bytes, count: int) -> list[str]:
-    async with httpx.AsyncClient() as client:
-        challenge = await client.post(
-            f"http://{gateway.host}:{gateway.port}{PATH}",
-            content=content,
-            headers={"content-type": "application/json"},
-        )
-    assert challenge.status_code == 402, challenge.text
-    return await payer.headers_for_challenge(challenge.headers["payment-required"], count)
-
-
 async def exchange(host: str, port: int, content: bytes, header: str | None = None) -> Exchange:
     headers = [("payment-signature", header)] if header else []
     done = await Exchange(host, port, PATH, headers=headers, body=content).run()
@@ -139,13 +129,49 @@ async def exchange(host: str, port: int, content: bytes, header: str | None = No
     return done
 
 
-async def settle_all(gateway: Gateway, receipts: list[str]) -> None:
-    async with httpx.AsyncClient(timeout=60) as client:
-        for path in receipts:
-            answer = await client.get(
-                f"http://{gateway.host}:{gateway.port}{path}", params={"wait": 30}
+@dataclass
+class Target:
+    """One way to get the answer: straight from the upstream, from the upstream behind its
+    own ``X402Meter``, or through the gateway."""
+
+    name: str
+    host: str
+    port: int
+    pid: int
+    paid: bool
+    headers: dict[bytes, list[str]] = field(default_factory=dict)
+    """Unused payment headers, by request body."""
+    receipts: list[str] = field(default_factory=list)
+
+    async def sign(self, payer: Payer, content: bytes, count: int) -> None:
+        if not self.paid:
+            return
+        async with httpx.AsyncClient() as client:
+            challenge = await client.post(
+                f"http://{self.host}:{self.port}{PATH}",
+                content=content,
+                headers={"content-type": "application/json"},
             )
-            assert answer.json()["status"] == "settled", answer.text
+        assert challenge.status_code == 402, challenge.text
+        required = challenge.headers["payment-required"]
+        self.headers[content] = await payer.headers_for_challenge(required, count)
+
+    async def ask(self, content: bytes) -> Exchange:
+        header = self.headers[content].pop() if self.paid else None
+        done = await exchange(self.host, self.port, content, header)
+        if self.paid:
+            self.receipts.append(done.headers["x-payment-receipt"])
+        return done
+
+    async def settle_all(self) -> None:
+        """Wait for every answer so far to be settled (before the next round starts)."""
+        async with httpx.AsyncClient(timeout=60) as client:
+            for path in self.receipts:
+                answer = await client.get(
+                    f"http://{self.host}:{self.port}{path}", params={"wait": 30}
+                )
+                assert answer.json()["status"] == "settled", answer.text
+        self.receipts.clear()
 
 
 def rate(done: Exchange) -> float:
@@ -157,86 +183,86 @@ async def run(rounds: int, events: int, cpu_requests: int) -> str:
     with tempfile.TemporaryDirectory() as scratch_dir, local_stack() as stack:
         scratch = Path(scratch_dir)
         payer = Payer(stack.network, stack.asset, stack.payer_private_keys[0])
-        with sse_server("bare", stack, scratch) as upstream:
-            pin(upstream.pid, SERVER_CPU)
-            with gateway_process(stack, upstream.url, scratch) as gateway:
-                return await measure(stack, payer, upstream, gateway, rounds, events, cpu_requests)
+        meter_store = f"sqlite:///{scratch / 'meter.sqlite3'}"
+        with (
+            sse_server("bare", stack, scratch) as upstream,
+            sse_server("meter", stack, scratch, store_url=meter_store) as metered,
+            gateway_process(stack, upstream.url, scratch) as gateway,
+        ):
+            targets = [
+                Target("direct", upstream.host, upstream.port, upstream.pid, paid=False),
+                Target("X402Meter", metered.host, metered.port, metered.pid, paid=True),
+                Target("gateway", gateway.host, gateway.port, gateway.pid, paid=True),
+            ]
+            return await measure(payer, targets, rounds, events, cpu_requests)
 
 
 async def measure(
-    stack: LocalStack,
-    payer: Payer,
-    upstream: object,
-    gateway: Gateway,
-    rounds: int,
-    events: int,
-    cpu_requests: int,
+    payer: Payer, targets: list[Target], rounds: int, events: int, cpu_requests: int
 ) -> str:
-    from bench.servers import Server
-
-    assert isinstance(upstream, Server)
     first, long, short = body(50, 10), body(events), body(20)
-    first_headers = await payment_headers(gateway, payer, first, rounds)
-    long_headers = await payment_headers(gateway, payer, long, rounds)
-    short_headers = await payment_headers(gateway, payer, short, cpu_requests)
-    await exchange(upstream.host, upstream.port, short)  # warm both up
-    receipts: list[str] = []
-    warm = await exchange(gateway.host, gateway.port, short, short_headers.pop())
-    receipts.append(warm.headers["x-payment-receipt"])
+    for target in targets:
+        await target.sign(payer, first, rounds)
+        await target.sign(payer, long, rounds)
+        await target.sign(payer, short, cpu_requests + 1)
+        await target.ask(short)  # warm up
+        await target.settle_all()
+    names = [target.name for target in targets]
+    first_ms: dict[str, list[float]] = {name: [] for name in names}
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    added_ms: dict[str, list[float]] = {name: [] for name in names}
 
-    direct_first, gateway_first, ratios, direct_rate, gateway_rate = [], [], [], [], []
+    async def settled(target: Target, content: bytes) -> Exchange:
+        """One answer, asked once every earlier one is settled: a settlement in flight
+        (a transaction on the chain) would slow this one's verify and share its cores."""
+        for each in targets:
+            await each.settle_all()
+        return await target.ask(content)
+
     for index in range(rounds):
-        order = [False, True] if index % 2 == 0 else [True, False]
-        for through_gateway in order:
-            if through_gateway:
-                done = await exchange(gateway.host, gateway.port, first, first_headers[index])
-                gateway_first.append(done.first_event * 1000)
-                receipts.append(done.headers["x-payment-receipt"])
-            else:
-                done = await exchange(upstream.host, upstream.port, first)
-                direct_first.append(done.first_event * 1000)
-        pair: dict[bool, float] = {}
-        for through_gateway in order:
-            if through_gateway:
-                done = await exchange(gateway.host, gateway.port, long, long_headers[index])
-                receipts.append(done.headers["x-payment-receipt"])
-            else:
-                done = await exchange(upstream.host, upstream.port, long)
-            pair[through_gateway] = rate(done)
-        direct_rate.append(pair[False])
-        gateway_rate.append(pair[True])
-        ratios.append(pair[True] / pair[False])
-        await settle_all(gateway, receipts)  # settled before the next round starts
-        receipts.clear()
-
-    upstream_cpu_before = process_cpu_ns(upstream.pid)
-    for _ in range(len(short_headers)):
-        await exchange(upstream.host, upstream.port, short)
-    upstream_cpu = (process_cpu_ns(upstream.pid) - upstream_cpu_before) / len(short_headers)
-
-    cpu_before = process_cpu_ns(gateway.pid)
-    for header in short_headers:
-        done = await exchange(gateway.host, gateway.port, short, header)
-        receipts.append(done.headers["x-payment-receipt"])
-    await settle_all(gateway, receipts)
-    gateway_cpu = (process_cpu_ns(gateway.pid) - cpu_before) / len(short_headers)
-
-    added = [g - d for g, d in zip(gateway_first, direct_first, strict=True)]
+        order = targets[index % 3 :] + targets[: index % 3]  # each goes first in turn
+        for target in order:
+            done = await settled(target, first)
+            first_ms[target.name].append(done.first_event * 1000)
+        round_rates = {}
+        for target in order:
+            round_rates[target.name] = rate(await settled(target, long))
+            rates[target.name].append(round_rates[target.name])
+        for name in names:
+            ratios[name].append(round_rates[name] / round_rates["direct"])
+            added_ms[name].append(first_ms[name][-1] - first_ms["direct"][-1])
+    cpu_ms = {}
+    for target in targets:
+        before = process_cpu_ns(target.pid)
+        for _ in range(cpu_requests):
+            await target.ask(short)
+        await target.settle_all()
+        cpu_ms[target.name] = (process_cpu_ns(target.pid) - before) / cpu_requests / 1e6
     lines = [
         f"# The gateway, side by side with its upstream ({machine()})",
         "",
-        f"{rounds} rounds; throughput over {events}-event streams; CPU over "
-        f"{len(short_headers)} paid 20-event answers, each settled on chain.",
+        f"{rounds} rounds, each way once per round in a rotating order; time to first event "
+        f"over 50-event streams 10 ms apart, throughput over {events}-event streams sent "
+        f"back to back; CPU over {cpu_requests} 20-event answers (paid ones settled on "
+        "chain), all threads of the serving process.",
         "",
-        "| figure | direct | through the gateway | gateway's part |",
-        "|---|---|---|---|",
-        f"| time to first event, ms (median, min–max) | {Summary.of(direct_first).cell(1)} "
-        f"| {Summary.of(gateway_first).cell(1)} | +{Summary.of(added).cell(1)} |",
-        f"| throughput, MB/s | {Summary.of(direct_rate).cell(1)} "
-        f"| {Summary.of(gateway_rate).cell(1)} | ratio {Summary.of(ratios).cell(2)} |",
-        f"| CPU per request, ms (all threads) | {upstream_cpu / 1e6:.2f} (the upstream, unpaid) "
-        f"| {gateway_cpu / 1e6:.2f} (the gateway, paid) | |",
+        "| way | first event, ms | added to direct, ms | MB/s | ratio to direct | CPU per"
+        " request, ms |",
+        "|---|---|---|---|---|---|",
     ]
+    notes = {
+        "direct": "the upstream",
+        "X402Meter": "its app included",
+        "gateway": "the gateway alone",
+    }
+    for name in names:
+        lines.append(
+            f"| {name} | {Summary.of(first_ms[name]).cell(1)}"
+            f" | {Summary.of(added_ms[name]).cell(1)}"
+            f" | {Summary.of(rates[name]).cell(1)} | {Summary.of(ratios[name]).cell(2)}"
+            f" | {cpu_ms[name]:.2f} ({notes[name]}) |"
+        )
     return "\n".join(lines)
 
 
