@@ -14,10 +14,12 @@ import httpx
 import pytest
 
 from tests.inprocess.facilitator import NETWORK, InProcessFacilitator
-from tests.inprocess.harness import ASSET, header, offered, signed
+from tests.inprocess.harness import ASSET, PAYER, header, offered, signed
 from x402_meter import MemoryStore
+from x402_meter.client import PayingAsyncClient, Wallet
 from x402_meter.cors import EXPOSE_HEADERS
 from x402_meter.devstack.accounts import SELLER
+from x402_meter.devstack.stub_model import GREETING
 from x402_meter.devstack.stub_upstream import create_stub_upstream
 from x402_meter.gateway import Gateway, parse_config
 
@@ -43,7 +45,13 @@ def gateway(seen: list[dict[str, Any]] | None = None, **settings: Any) -> Gatewa
                     "kind": "openai",
                     "base_url": "http://upstream.test",
                     "plans": [{"models": ["local-stub"], "price_per_token": "0.000001"}],
-                }
+                },
+                "anthropic": {
+                    "kind": "anthropic",
+                    "base_url": "http://upstream.test",
+                    "prefix": "/anthropic",
+                    "plans": [{"models": ["claude-stub"], "price_per_token": "0.000001"}],
+                },
             },
         },
         {},
@@ -118,3 +126,23 @@ async def test_a_paid_answer_passes_back_only_allowlisted_upstream_headers() -> 
     }
     (request,) = seen
     assert request["path"] == CHAT
+
+
+async def test_the_async_anthropic_client_pays_through_the_httpx2_bridge() -> None:
+    import anthropic
+
+    app = gateway()
+    wallet = Wallet(PAYER.private_key, network=NETWORK, asset=ASSET)
+    async with PayingAsyncClient(
+        wallet=wallet, transport=httpx.ASGITransport(app=app), base_url="http://gw"
+    ) as http:
+        claude = anthropic.AsyncAnthropic(
+            base_url="http://gw/anthropic", api_key="x402", http_client=http.httpx2_client()
+        )
+        message = await claude.messages.create(
+            model="claude-stub", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        )
+        receipt = await http.receipt()
+    await app.meter.runtime.settler.aclose()
+    assert message.content[0].text == GREETING  # type: ignore[union-attr]
+    assert (receipt.status, receipt.usage_source) == ("settled", "reported")
