@@ -44,7 +44,7 @@ def gateway(seen: list[dict[str, Any]] | None = None, **settings: Any) -> Gatewa
                 "openai": {
                     "kind": "openai",
                     "base_url": "http://upstream.test",
-                    "plans": [{"models": ["local-stub"], "price_per_token": "0.000001"}],
+                    "plans": [{"models": ["local-stub", "stub-*"], "price_per_token": "0.000001"}],
                 },
                 "anthropic": {
                     "kind": "anthropic",
@@ -146,3 +146,20 @@ async def test_the_async_anthropic_client_pays_through_the_httpx2_bridge() -> No
     await app.meter.runtime.settler.aclose()
     assert message.content[0].text == GREETING  # type: ignore[union-attr]
     assert (receipt.status, receipt.usage_source) == ("settled", "reported")
+
+
+async def test_an_upstream_redirect_is_not_followed_relayed_or_charged() -> None:
+    seen: list[dict[str, Any]] = []
+    app = gateway(seen)
+    body = {**QUESTION, "model": "stub-redirect"}
+    async with client(app) as caller:
+        challenge = await caller.post(CHAT, json=body)
+        answer = await caller.post(
+            CHAT, json=body, headers=header(await signed(offered(challenge)))
+        )
+        await app.meter.runtime.settler.aclose()
+        receipt = (await caller.get(answer.headers["x-payment-receipt"])).json()
+    assert (answer.status_code, answer.json()["reason"]) == (502, "upstream_redirected")
+    assert "location" not in answer.headers
+    assert (receipt["status"], receipt["amount"]) == ("not_charged", "0")
+    assert [request["path"] for request in seen] == [CHAT]

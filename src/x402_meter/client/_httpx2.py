@@ -1,7 +1,8 @@
-"""The paying clients for packages built on ``httpx2`` (the ``anthropic`` package, 1.x on).
+"""The paying clients for packages built on ``httpx2`` (the ``anthropic`` package: 1.17
+and 2.x checked).
 
 ``httpx2`` is a successor of httpx with the same transport interface, and such packages
-refuse an ``httpx.Client``. A ``Bridge`` is an ``httpx2`` transport that sends each
+refuse an ``httpx.Client``. The bridge here is an ``httpx2`` transport that sends each
 request through a paying client (so the wallet, its caps and its receipts are the same)
 and hands the answer back as it streams, headers and bytes unchanged.
 """

@@ -6,8 +6,9 @@ and Ollama's native chat (``/api/chat``), streaming (SSE, NDJSON) and not, answe
 stub model's canned answers (``stub_model``); its "tokens" are the answer's pieces, and its
 prompt count is a quarter of the prompt's bytes. It reports ``usage`` as each provider does,
 unless the model's name contains ``no-usage``. Other words in the model's name ask for
-trouble, for the tests: ``fail-500`` (a 500), ``fail-400`` (a 400), ``stall`` (no answer
-at all), ``stall-mid`` (a stream that stops after its first chunk).
+trouble, for the tests: ``fail-500`` (a 500), ``fail-400`` (a 400), ``redirect`` (a 307
+to another host), ``stall`` (no answer at all), ``stall-mid`` (a stream that stops after
+its first chunk).
 
 With ``api_key`` it wants it as a provider does (``Authorization: Bearer`` or
 ``x-api-key``) and answers anything else 401 quoting what it got, as some providers do:
@@ -29,7 +30,7 @@ from typing import Any, Final
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from x402_meter.devstack.stub_model import (
@@ -323,6 +324,8 @@ def create_stub_upstream(
             if f"fail-{status}" in turn.model:
                 message = f"the stub failed on purpose ({status})"
                 return JSONResponse({"error": {"message": message}}, status_code=status)
+        if "redirect" in turn.model:
+            return RedirectResponse("http://elsewhere.invalid/v1/steal", status_code=307)
         if "stall-mid" in turn.model:
             first = _sse(None, {"choices": [{"index": 0, "delta": {"content": "x"}}]})
             return StreamingResponse(_stalled_after(first), media_type=SSE)

@@ -8,7 +8,8 @@ meter charges nothing for a status >= 400):
 
 - no connection: 502 ``upstream_unavailable``; no answer in time: 504 ``upstream_timeout``;
 - the upstream refused the gateway's key (401, 403, 407): 502 ``upstream_auth_failed``,
-  without its body (an auth error may quote the key);
+  without its body (an auth error may quote the key); a redirect: 502
+  ``upstream_redirected`` (never followed: it could point anywhere);
 - any other error status is relayed with its body (bounded, the key redacted);
 - a stream that stalls for ``read_timeout`` after it started is ended where it is (the
   meter charges what was delivered).
@@ -124,6 +125,10 @@ class Forwarder:
                 return
             if response.status_code >= 400:
                 await self.relay_error(upstream, response, send)
+                return
+            if response.status_code >= 300:  # a redirect is no answer, and is not followed
+                logger.error("upstream %s redirected (%d)", upstream.name, response.status_code)
+                await self.failed(send, upstream, 502, "upstream_redirected", "redirected")
                 return
             await self.relay(upstream, response, receive, send)
         finally:
