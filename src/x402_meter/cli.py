@@ -179,12 +179,12 @@ def _cmd_facilitator(args: argparse.Namespace) -> int:
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
     from x402_meter.gateway.config import GatewayConfigError, load_config
-    from x402_meter.gateway.serve import check_workers, serve
+    from x402_meter.gateway.serve import check_runnable, serve
 
     try:
         if args.check:
             config = load_config(args.config, os.environ)
-            check_workers(config, args.workers)
+            check_runnable(config, args.workers)
             routes = ", ".join(config.routes)
             print(f"{args.config}: OK ({len(config.upstreams)} upstream(s); POST {routes})")
             return 0

@@ -18,7 +18,7 @@ from x402_meter.gateway import GatewayConfig, GatewayConfigError, parse_config
 from x402_meter.gateway.config import load_config
 from x402_meter.gateway.plans import apply_plan
 from x402_meter.gateway.policy import RequestPolicy
-from x402_meter.gateway.serve import check_workers
+from x402_meter.gateway.serve import check_runnable
 
 SELLER: Final = "0x" + "12" * 20
 KEY: Final = "sk-unit-test-key-0123456789"
@@ -165,8 +165,8 @@ def test_two_upstreams_on_one_path_need_a_prefix() -> None:
 
 def test_several_workers_need_a_shared_store() -> None:
     with pytest.raises(GatewayConfigError, match="shared store"):
-        check_workers(parse(), 2)
-    check_workers(parse({"gateway/store": "sqlite:///ledger.sqlite3"}), 2)
+        check_runnable(parse(), 2)
+    check_runnable(parse({"gateway/store": "sqlite:///ledger.sqlite3"}), 2)
 
 
 def test_pinned_fields_are_refused_or_overridden_and_defaults_fill_gaps() -> None:

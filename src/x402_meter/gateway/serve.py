@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from x402_meter.errors import GatewayConfigError
 from x402_meter.gateway.app import Gateway
 from x402_meter.gateway.config import CONFIG_ENV, GatewayConfig, load_config
 
@@ -40,21 +41,30 @@ def app_from_env() -> Gateway:
     return Gateway(load_config(os.environ[CONFIG_ENV], os.environ))
 
 
-def check_workers(config: GatewayConfig, workers: int) -> None:
-    from x402_meter.gateway.config import GatewayConfigError
+def check_runnable(config: GatewayConfig, workers: int) -> None:
+    """What the config cannot tell by itself: a store the workers can share, and the
+    packages it needs installed."""
+    import importlib.util
 
     if workers > 1 and config.store.startswith("memory:"):
         raise GatewayConfigError(
             "gateway.store: several workers need a shared store (sqlite:///path or"
             " redis://host), not memory://"
         )
+    if config.metrics and importlib.util.find_spec("prometheus_client") is None:
+        raise GatewayConfigError(
+            "gateway.metrics needs prometheus_client: pip install 'x402-meter[metrics]',"
+            " or set metrics = false"
+        )
+    if importlib.util.find_spec("uvicorn") is None:
+        raise GatewayConfigError("the gateway runs on uvicorn: pip install 'x402-meter[devstack]'")
 
 
 def serve(config_path: str, *, host: str, port: int, workers: int) -> None:
     import uvicorn
 
     config = load_config(config_path, os.environ)
-    check_workers(config, workers)
+    check_runnable(config, workers)
     os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
     uvicorn.run(
         "x402_meter.gateway.serve:app_from_env",
