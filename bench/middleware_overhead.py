@@ -81,7 +81,7 @@ async def signed_headers(app: X402Meter, count: int) -> list[bytes]:
     return [header.encode() for header in headers]
 
 
-async def call(app: Any, header: bytes | None) -> None:
+async def call(app: Any, header: bytes | None, body: bytes = b"{}") -> None:
     headers = [(b"payment-signature", header)] if header else []
     scope = {
         "type": "http",
@@ -99,7 +99,7 @@ async def call(app: Any, header: bytes | None) -> None:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": b"{}", "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
         await asyncio.Event().wait()
         raise AssertionError
 

@@ -14,6 +14,8 @@
 chunks, ``MS`` milliseconds apart (default: back to back), then a usage chunk and
 ``[DONE]``; with ``hold=K`` it sends K chunks and waits for ``POST /release`` (a free route)
 before the rest, so a benchmark can hold streams open on an event rather than a timer.
+Without a query, the same settings may come in the JSON body as ``"x_bench": {"events":
+N, ...}`` (a gateway in front forwards no query string).
 
 Environment: ``X402_BENCH_MODE``, ``X402_BENCH_STACK`` (the local stack as JSON),
 ``X402_BENCH_STORE`` (the ledger URL, ``meter`` only), ``X402_BENCH_MAX_TOKENS``,
@@ -83,11 +85,26 @@ class _Release:
 _release = _Release()
 
 
-async def _read_body(receive: Receive) -> None:
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
     while True:
         message = await receive()
+        chunks.append(message.get("body", b""))
         if message["type"] != "http.request" or not message.get("more_body", False):
-            return
+            return b"".join(chunks)
+
+
+def _settings(scope: Scope, body: bytes) -> dict[str, list[str]]:
+    """The stream's settings: the query, else the body's ``"x_bench"`` object (for a
+    gateway in front, which forwards no query string)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if query or not body:
+        return query
+    try:
+        given = json.loads(body).get("x_bench") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {name: [str(value)] for name, value in given.items()}
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -121,7 +138,7 @@ async def sse_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["type"] != "http":
         return
-    await _read_body(receive)
+    body = await _read_body(receive)
     if scope["path"] == "/release":
         _release.release()
         await _text(send, 200, b"released")
@@ -129,7 +146,7 @@ async def sse_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["path"] != PATH:
         await _text(send, 404, b"not found")
         return
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    query = _settings(scope, body)
     events = int(query.get("events", ["64"])[0])
     interval = float(query.get("interval", ["0"])[0]) / 1000
     hold = int(query.get("hold", ["-1"])[0])

@@ -36,7 +36,16 @@ COMMANDS: Final = dict(commands(build_parser()))
 
 def test_every_command_and_ledger_action_is_checked() -> None:
     names = {" ".join(path) for path in COMMANDS}
-    assert {"", "dev", "facilitator", "demo", "ledger", "ledger list", "ledger retry"} <= names
+    assert {
+        "",
+        "dev",
+        "facilitator",
+        "gateway",
+        "demo",
+        "ledger",
+        "ledger list",
+        "ledger retry",
+    } <= names
 
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=lambda path: " ".join(path) or "x402-meter")

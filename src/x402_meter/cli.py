@@ -1,4 +1,4 @@
-"""The ``x402-meter`` command: ``dev``, ``facilitator``, ``demo`` and ``ledger``.
+"""The ``x402-meter`` command: ``dev``, ``facilitator``, ``gateway``, ``demo`` and ``ledger``.
 
 Help texts are plain text (this docstring is not shown): ``--help`` is read in a terminal.
 """
@@ -187,6 +187,24 @@ def _cmd_facilitator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from x402_meter.gateway.config import GatewayConfigError, load_config
+    from x402_meter.gateway.serve import check_runnable, serve
+
+    try:
+        if args.check:
+            config = load_config(args.config, os.environ)
+            check_runnable(config, args.workers)
+            routes = ", ".join(config.routes)
+            print(f"{args.config}: OK ({len(config.upstreams)} upstream(s); POST {routes})")
+            return 0
+        serve(args.config, host=args.host, port=args.port, workers=args.workers)
+    except GatewayConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from x402_meter.demo import run_demo
 
@@ -195,7 +213,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 DESCRIPTION: Final = """\
 Charge per token for LLM APIs with x402 payments: a local dev stack, a self-hosted
-facilitator, an end-to-end demo and the payment ledger."""
+facilitator, a paid gateway, an end-to-end demo and the payment ledger."""
 
 DEV_DESCRIPTION: Final = f"""\
 Run the local x402 stack until Ctrl-C: an anvil dev chain, a USDC-like test token,
@@ -230,6 +248,22 @@ a key of their own can use it; without one, servers sign their own.
   export {API_KEYS_ENV}="$(openssl rand -hex 32)"
   x402-meter facilitator --rpc-url https://sepolia.base.org --network eip155:84532 \\
       --pay-to 0xYourSellerAddress"""
+
+
+GATEWAY_DESCRIPTION: Final = """\
+Sell an existing LLM API (OpenAI, Anthropic, vLLM, Ollama, ...) per token: a gateway
+that asks callers for x402 payments, forwards allowlisted requests to the upstreams in
+the config with the gateway's own key, streams the answers back and charges the tokens
+the upstream reports.
+
+The config (TOML) names the upstreams, their paths and the plans (prices per model);
+the environment may set X402_PAY_TO, X402_NETWORK, X402_FACILITATOR_URL,
+X402_FACILITATOR_API_KEY, X402_METER_STORE and X402_ASSET (as x402-meter dev prints
+them). Upstream keys come from the environment or files the config names, never
+from the config itself. See docs/gateway.md.
+
+  export OPENAI_API_KEY=sk-...
+  x402-meter gateway --config gateway.toml --port 8402"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +344,23 @@ def build_parser() -> argparse.ArgumentParser:
         f" # comments); also ${RECEIVER_AUTHORIZER_KEY_ENV}; default: none",
     )
     facilitator.set_defaults(handler=_cmd_facilitator)
+
+    gateway = commands.add_parser(
+        "gateway",
+        help="sell an LLM API per token: a paid gateway configured by a TOML file",
+        description=GATEWAY_DESCRIPTION,
+        formatter_class=PlainFormatter,
+    )
+    gateway.add_argument("--config", required=True, metavar="FILE", help="the gateway.toml")
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=8402)
+    gateway.add_argument(
+        "--workers", type=int, default=1, help="uvicorn workers (2+ need a shared store)"
+    )
+    gateway.add_argument(
+        "--check", action="store_true", help="check the configuration and exit (0 if usable)"
+    )
+    gateway.set_defaults(handler=_cmd_gateway)
 
     demo = commands.add_parser(
         "demo",

@@ -274,10 +274,10 @@ class MeterConfig:
 
     def terms_for(self, spec: RouteSpec, price: TokenPrice, input_tokens: int = 0) -> PaymentTerms:
         """The payment terms of a route at ``price`` for a prompt of ``input_tokens``, with
-        the route's overrides."""
-        tariff = Tariff(
-            price, self.payment_asset.decimals, spec.max_tokens or self.max_tokens, input_tokens
-        )
+        the route's overrides; the output covered is the price's own ``max_tokens``, else
+        the route's, else the meter's."""
+        max_tokens = price.max_tokens or spec.max_tokens or self.max_tokens
+        tariff = Tariff(price, self.payment_asset.decimals, max_tokens, input_tokens)
         return PaymentTerms(
             network=self.network,
             asset=self.payment_asset,

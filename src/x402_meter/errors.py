@@ -7,7 +7,8 @@ exception used to be a standard one (``ValueError``, ``OSError``, ...), it still
     X402MeterError                       reason
     ├── ConfigurationError (ValueError)  configuration_error: a bad option or price
     │   ├── FacilitatorConfigError       facilitator_config_error: the facilitator's chain/key
-    │   └── FacilitatorAccessError       facilitator_access_error: its API keys or payees
+    │   ├── FacilitatorAccessError       facilitator_access_error: its API keys or payees
+    │   └── GatewayConfigError           gateway_config_error: a gateway.toml setting
     ├── PaymentError                     per refusal (400, 402 or 412 to the client)
     │   └── PaymentAlreadyUsedError      payment_already_used
     ├── RequestRefusedError              per refusal (400, 408, 413 or 503, before payment)
@@ -50,6 +51,7 @@ __all__ = [
     "FacilitatorAccessError",
     "FacilitatorConfigError",
     "FacilitatorUnavailableError",
+    "GatewayConfigError",
     "LeaseLostError",
     "MalformedRequestError",
     "NotCanonicalUintError",
@@ -90,6 +92,13 @@ class FacilitatorAccessError(ConfigurationError):
     """The facilitator's keys or payees are configured with a value it cannot use."""
 
     reason = "facilitator_access_error"
+
+
+class GatewayConfigError(ConfigurationError):
+    """``x402-meter gateway``'s configuration has a value it cannot use; the message names
+    the setting (``upstreams.openai.plans[0].price_per_million.input: ...``)."""
+
+    reason = "gateway_config_error"
 
 
 # -- the middleware: admission, serving, settlement ----------------------------------------------

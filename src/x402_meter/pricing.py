@@ -54,16 +54,30 @@ def parse_price(value: PriceInput, *, name: str = "price") -> Decimal:
 class TokenPrice:
     """USD per token, by kind of token. ``cached_input`` defaults to the ``input`` price.
 
+    Two optional terms make it a whole price plan, as sellers publish one per model:
+    ``per_request``, a flat price for each answer served, on top of its tokens (a plan of
+    only that has token prices of 0); and ``max_tokens``, the output one payment covers at
+    this price, instead of the route's (``PriceTable`` entries may each have their own).
+
     >>> TokenPrice(input="0.0000005", output="0.0000015")
     >>> TokenPrice.per_million(input="0.50", output="1.50")   # the same prices
+    >>> TokenPrice(input="0", output="0", per_request="0.01")  # one cent an answer
     """
 
     input: Decimal
     output: Decimal
     cached_input: Decimal
+    per_request: Decimal
+    max_tokens: int | None
 
     def __init__(
-        self, input: PriceInput, output: PriceInput, cached_input: PriceInput | None = None
+        self,
+        input: PriceInput,
+        output: PriceInput,
+        cached_input: PriceInput | None = None,
+        *,
+        per_request: PriceInput = 0,
+        max_tokens: int | None = None,
     ) -> None:
         object.__setattr__(self, "input", parse_price(input, name="input price"))
         object.__setattr__(self, "output", parse_price(output, name="output price"))
@@ -73,6 +87,12 @@ class TokenPrice:
             else parse_price(cached_input, name="cached_input price")
         )
         object.__setattr__(self, "cached_input", cached)
+        object.__setattr__(self, "per_request", parse_price(per_request, name="per_request price"))
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0
+        ):
+            raise ConfigurationError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        object.__setattr__(self, "max_tokens", max_tokens)
 
     @classmethod
     def flat(cls, price: PriceInput) -> TokenPrice:
@@ -82,9 +102,16 @@ class TokenPrice:
 
     @classmethod
     def per_million(
-        cls, input: PriceInput, output: PriceInput, cached_input: PriceInput | None = None
+        cls,
+        input: PriceInput,
+        output: PriceInput,
+        cached_input: PriceInput | None = None,
+        *,
+        per_request: PriceInput = 0,
+        max_tokens: int | None = None,
     ) -> TokenPrice:
-        """Prices quoted per million tokens, as most LLM price lists are."""
+        """Prices quoted per million tokens, as most LLM price lists are (``per_request``
+        is per request still)."""
         cached = (
             None
             if cached_input is None
@@ -94,6 +121,8 @@ class TokenPrice:
             parse_price(input, name="input price").scaleb(-6, _EXACT),
             parse_price(output, name="output price").scaleb(-6, _EXACT),
             cached,
+            per_request=per_request,
+            max_tokens=max_tokens,
         )
 
     @property
@@ -130,11 +159,19 @@ class Tariff:
 
     @property
     def max_amount(self) -> int:
-        """The authorization's maximum: the prompt at the input price plus ``max_tokens`` at
-        the highest of the prices, rounded up once."""
+        """The authorization's maximum: the price per request, the prompt at the input price
+        and ``max_tokens`` at the highest of the prices, rounded up once."""
         with localcontext(_EXACT):
             prompt = max(self.price.input, self.price.cached_input) * self.input_tokens
-            return to_atomic(prompt + self.price.highest * self.max_tokens, self.decimals)
+            output = self.price.highest * self.max_tokens
+            return to_atomic(self.price.per_request + prompt + output, self.decimals)
+
+    def could_reach(self, tokens: int, maximum: int) -> bool:
+        """Whether an answer of at most ``tokens`` tokens (of any kind) could cost
+        ``maximum``: until it could, its count need not be taken."""
+        with localcontext(_EXACT):
+            most = self.price.per_request + self.price.highest * tokens
+        return to_atomic(most, self.decimals) >= maximum
 
     @property
     def prices_input(self) -> bool:
@@ -142,10 +179,12 @@ class Tariff:
         return self.price.input > 0 or self.price.cached_input > 0
 
     def charge(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> int:
-        """The exact cost, rounded up once to an atomic unit, capped at ``max_amount``."""
+        """The exact cost of an answer served (its tokens and the price per request),
+        rounded up once to an atomic unit, capped at ``max_amount``."""
         with localcontext(_EXACT):
             exact = (
-                self.price.input * max(input_tokens - cached_input_tokens, 0)
+                self.price.per_request
+                + self.price.input * max(input_tokens - cached_input_tokens, 0)
                 + self.price.cached_input * min(cached_input_tokens, input_tokens)
                 + self.price.output * output_tokens
             )

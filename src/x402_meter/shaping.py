@@ -94,7 +94,7 @@ def affordable_output(
     if price.output <= 0:
         return None
     prompt_cost = price.input * estimate_tokens(prompt_text(request_body))
-    left = Decimal(max_amount).scaleb(-decimals) - prompt_cost
+    left = Decimal(max_amount).scaleb(-decimals) - price.per_request - prompt_cost
     tokens = int((left / price.output).to_integral_value(rounding=ROUND_FLOOR))
     return max(tokens, 1)
 

@@ -218,3 +218,29 @@ def test_the_factory_reads_sse_and_json_bodies(content_type: str, body: bytes) -
 def test_other_content_is_estimated_from_its_size() -> None:
     meter = openai_chat_meter(ResponseInfo(200, "application/octet-stream"))
     assert metered(meter, b"x" * 9, b"y" * 3) == estimated(3)
+
+
+def test_an_embeddings_answer_is_its_input_tokens_and_no_output() -> None:
+    """Its numbers are not text: were they counted as output, a long vector would cost
+    thousands of tokens."""
+    body = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1] * 1536}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }
+    assert metered(json_meter(), json.dumps(body).encode()) == Usage(
+        8, 0, 0, model="text-embedding-3-small"
+    )
+
+
+def test_auto_meter_recognises_an_embeddings_answer() -> None:
+    from x402_meter.metering import auto_meter
+
+    body = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}],
+        "usage": {"prompt_tokens": 3, "total_tokens": 3},
+    }
+    meter = auto_meter(ResponseInfo(200, "application/json"))
+    assert metered(meter, json.dumps(body).encode()) == Usage(3, 0, 0)

@@ -228,3 +228,77 @@ def test_a_tariff_without_a_positive_token_cap_is_rejected(max_tokens: int) -> N
 def test_absurdly_large_prices_are_refused_when_configured(price: str) -> None:
     with pytest.raises(ConfigurationError, match="price_per_token"):
         TokenPrice.flat(price)
+
+
+# A price per request and a cover per price: the terms of a seller's plan, per model.
+
+
+@settings(max_examples=200)
+@given(
+    per_request=price_strings(),
+    price=price_strings(),
+    decimals=DECIMALS,
+    max_tokens=st.integers(1, 10**6),
+    input_tokens=st.integers(0, 10**6),
+    output_tokens=st.integers(0, 10**6),
+)
+def test_a_price_per_request_is_added_once_to_the_charge_and_the_maximum(
+    per_request: str,
+    price: str,
+    decimals: int,
+    max_tokens: int,
+    input_tokens: int,
+    output_tokens: int,
+) -> None:
+    plan = Tariff(TokenPrice(price, price, per_request=per_request), decimals, max_tokens)
+    units = atomic_units(decimals)
+    exact = (Fraction(per_request) + Fraction(price) * (input_tokens + output_tokens)) * units
+    maximum = math.ceil((Fraction(per_request) + Fraction(price) * max_tokens) * units)
+    assert plan.max_amount == maximum
+    assert plan.charge(input_tokens, output_tokens) == min(math.ceil(exact), maximum)
+
+
+def test_a_flat_plan_charges_its_price_per_request_whatever_the_tokens() -> None:
+    flat = Tariff(TokenPrice("0", "0", per_request="0.01"), 6, 4096)
+    assert flat.max_amount == 10_000
+    assert flat.charge(0, 0) == flat.charge(500, 4096) == 10_000
+
+
+def test_per_million_keeps_the_price_per_request_per_request() -> None:
+    price = TokenPrice.per_million("1", "2", per_request="0.001", max_tokens=64)
+    assert (price.per_request, price.max_tokens) == (Decimal("0.001"), 64)
+
+
+@pytest.mark.parametrize("max_tokens", [0, -1, True, 1.5, "64"])
+def test_a_price_with_a_cover_that_is_no_positive_int_is_rejected(max_tokens: Any) -> None:
+    with pytest.raises(ConfigurationError, match="max_tokens must be a positive int"):
+        TokenPrice("0", "0.000001", max_tokens=max_tokens)
+
+
+def test_a_negative_price_per_request_is_rejected_naming_it() -> None:
+    with pytest.raises(ConfigurationError, match="per_request price"):
+        TokenPrice("0", "0.000001", per_request="-0.01")
+
+
+@settings(max_examples=300)
+@given(
+    tariff=tariffs(),
+    per_request=price_strings(),
+    tokens=st.integers(0, 10**7),
+    cached=st.integers(0, 10**7),
+)
+def test_could_reach_is_never_false_when_that_many_tokens_can_cost_the_maximum(
+    tariff: Tariff, per_request: str, tokens: int, cached: int
+) -> None:
+    """The cap's early-out: false only when no split of ``tokens`` can cost the maximum."""
+    price = tariff.price
+    plan = Tariff(
+        TokenPrice(price.input, price.output, price.cached_input, per_request=per_request),
+        tariff.decimals,
+        tariff.max_tokens,
+    )
+    maximum = plan.max_amount
+    if not plan.could_reach(tokens, maximum):
+        for input_tokens in (0, tokens // 2, tokens):
+            charge = plan.charge(input_tokens, tokens - input_tokens, min(cached, input_tokens))
+            assert charge < maximum

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from eth_account.signers.local import LocalAccount
@@ -19,6 +19,9 @@ from x402_meter.client._receipts import (
 from x402_meter.client._transports import PayingAsyncTransport, PayingTransport
 from x402_meter.client._wallet import AmountInput, Wallet
 from x402_meter.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import httpx2
 
 _DEFAULT_TIMEOUT: Final = 60.0
 """Seconds; httpx's own 5 s is too short for a model's first token after a payment."""
@@ -125,6 +128,14 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
         payment = payment or self.last_payment
         return await self.paying_transport.fetch_receipt(required(payment), wait)
 
+    def httpx2_client(self) -> httpx2.AsyncClient:
+        """This client as an ``httpx2.AsyncClient``, for packages built on httpx2 (the
+        ``anthropic`` package's ``AsyncAnthropic(http_client=...)``): the same wallet,
+        caps and receipts."""
+        from x402_meter.client._httpx2 import async_client
+
+        return async_client(self)
+
 
 class PayingClient(_WalletPayments, httpx.Client):
     """``httpx.Client`` that pays x402 402s; give it to ``openai.OpenAI``.
@@ -167,3 +178,11 @@ class PayingClient(_WalletPayments, httpx.Client):
         ``PayingAsyncClient.receipt``."""
         payment = payment or self.last_payment
         return self.paying_transport.fetch_receipt(required(payment), wait)
+
+    def httpx2_client(self) -> httpx2.Client:
+        """This client as an ``httpx2.Client``, for packages built on httpx2 (the
+        ``anthropic`` package's ``Anthropic(http_client=...)``): the same wallet, caps
+        and receipts."""
+        from x402_meter.client._httpx2 import sync_client
+
+        return sync_client(self)

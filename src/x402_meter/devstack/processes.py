@@ -70,6 +70,7 @@ class ChildProcess:
         self._matched: str | None = None
         self._predicate: Callable[[str], bool] | None = None
         self._event = threading.Event()
+        self._watchers: list[tuple[Callable[[str], bool], threading.Event]] = []
         self._lock = threading.Lock()
         self._process = subprocess.Popen(
             list(args),
@@ -90,6 +91,10 @@ class ChildProcess:
     def poll(self) -> int | None:
         return self._process.poll()
 
+    def wait(self, timeout: float) -> int:
+        """Its exit status, once it has exited (``TimeoutExpired`` after ``timeout``)."""
+        return self._process.wait(timeout)
+
     def _read(self) -> None:
         stdout = self._process.stdout
         assert stdout is not None
@@ -103,8 +108,28 @@ class ChildProcess:
                         self._event.set()
             if self._log is not None:
                 self._log.write(raw)
+            if self._watchers:
+                self._notify(line)
         # EOF: the child has exited (or closed stdout); wake any waiter so it can report.
         self._event.set()
+
+    def _notify(self, line: str) -> None:
+        if self._log is not None:
+            self._log.flush()  # what the watcher is told of is in the log file too
+        with self._lock:
+            matched = [entry for entry in self._watchers if entry[0](line)]
+            for entry in matched:
+                self._watchers.remove(entry)
+        for _, event in matched:
+            event.set()
+
+    def expect_line(self, predicate: Callable[[str], bool]) -> threading.Event:
+        """An event set once a line read from now on satisfies ``predicate`` (and is in the
+        log file): register it before causing the line, then wait on it."""
+        event = threading.Event()
+        with self._lock:
+            self._watchers.append((predicate, event))
+        return event
 
     def wait_for_line(self, predicate: Callable[[str], bool], timeout: float) -> str:
         """Block until a stdout line satisfies ``predicate``; raise StartupError otherwise."""

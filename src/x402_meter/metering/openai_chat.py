@@ -5,6 +5,8 @@
   with ``prompt_tokens`` (cached ones included, ``prompt_tokens_details.cached_tokens`` of
   them from the cache) and ``completion_tokens`` (``completion_tokens_details
   .reasoning_tokens`` included).
+- Embeddings (``object: list`` of ``embedding`` objects): ``usage.prompt_tokens`` is the
+  input; there is no output.
 - Streams (``chat.completion.chunk``) report usage when the request set
   ``stream_options.include_usage``: in a final chunk with no choices, ``"usage": null`` in the
   others. vLLM and llama.cpp with ``stream_options.continuous_usage_stats`` put the running
@@ -47,7 +49,11 @@ class OpenAIChatUsage(UsageExtractor):
 
     @staticmethod
     def recognises(event: dict[str, Any]) -> bool:
-        return event.get("object") in OBJECTS or isinstance(event.get("choices"), list)
+        return (
+            event.get("object") in OBJECTS
+            or isinstance(event.get("choices"), list)
+            or _is_embeddings(event)
+        )
 
     def reports_output(self, event: Any) -> bool:
         return _usage_report(event) is not None
@@ -99,9 +105,24 @@ def _usage_report(event: Any) -> tuple[dict[str, Any], int, int] | None:
         return None
     prompt = count(usage.get("prompt_tokens"))
     completion = count(usage.get("completion_tokens"))
+    if completion is None and _is_embeddings(event):
+        completion = 0  # embeddings: the input is all there is to count
     if prompt is None or completion is None:
         return None
     return usage, prompt, completion
+
+
+def _is_embeddings(event: Any) -> bool:
+    """An embeddings answer: ``{"object": "list", "data": [{"object": "embedding", ...}]}``."""
+    if not isinstance(event, dict) or event.get("object") != "list":
+        return False
+    data = event.get("data")
+    return (
+        isinstance(data, list)
+        and bool(data)
+        and isinstance(data[0], dict)
+        and (data[0].get("object") == "embedding")
+    )
 
 
 def _message_texts(message: dict[str, Any]) -> Iterator[str]:

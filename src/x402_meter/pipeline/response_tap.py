@@ -17,7 +17,7 @@ from x402_meter.errors import StreamCapped
 from x402_meter.metering import Meter, MeterFactory, ResponseInfo, Usage
 from x402_meter.pipeline.ledger_records import LedgerRecords
 from x402_meter.pipeline.request import PaidRequestBody
-from x402_meter.pricing import Tariff, to_atomic
+from x402_meter.pricing import Tariff
 from x402_meter.shaping import UsageChunkFilter
 
 logger = logging.getLogger("x402_meter")
@@ -274,7 +274,7 @@ class ResponseTap:
         tariff = self.tariff
         maximum = self.max_amount
         bytes_seen = forwarded + len(self.request.seen)
-        if to_atomic(tariff.price.highest * bytes_seen, tariff.decimals) < maximum:
+        if not tariff.could_reach(bytes_seen, maximum):
             return False
         usage = self.snapshot()
         if usage is None:
