@@ -142,6 +142,8 @@ class Settler:
         self._finished: dict[str, asyncio.Event] = {}
         self._serving: set[str] = set()
         """Receipts whose answers this process is serving (``serving`` to ``served``)."""
+        self._none_serving: asyncio.Event | None = None
+        """Set when the last answer served here is over, while ``aclose`` waits for it."""
         self._sweeper: asyncio.Task[None] | None = None
         self._sweeper_loop: asyncio.AbstractEventLoop | None = None
 
@@ -175,6 +177,8 @@ class Settler:
     def served(self, receipt_id: str) -> None:
         """The answer is over (charged, or failed): the sweeper may recover its row again."""
         self._serving.discard(receipt_id)
+        if not self._serving and self._none_serving is not None:
+            self._none_serving.set()
 
     def submit(self, record: PaymentRecord) -> None:
         """Settle ``record`` (``to_settle``, leased to us) in the background; never blocks."""
@@ -201,6 +205,15 @@ class Settler:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def aclose(self) -> None:
+        """Shut down: wait for the answers still being served here, then for their
+        settlements. A server that shuts down cancels the answers it is still sending; each
+        unwinds through its charge (written, its settlement started), so waiting for them
+        first is what lets those charges settle before the process exits rather than at the
+        next start (the caller bounds the wait, e.g. the lifespan's 30 s)."""
+        while self._serving:
+            self._none_serving = asyncio.Event()
+            await self._none_serving.wait()
+        self._none_serving = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             with anyio.CancelScope(shield=True):

@@ -221,37 +221,9 @@ def _pricing(price: TokenPrice, max_tokens: int) -> dict[str, Any]:
     }
 
 
-class InFlight:
-    """The requests being answered, so that shutdown can wait for their charges.
-
-    uvicorn cancels the requests still running when its graceful period is over and goes
-    straight on to the lifespan's shutdown; a cancelled paid answer still concludes (its
-    charge is written, its settlement started) as it unwinds, and the meter's shutdown
-    waits for settlements in flight only: this waits for the unwinding first.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle: anyio.Event | None = None
-
-    def enter(self) -> None:
-        self.count += 1
-
-    def leave(self) -> None:
-        self.count -= 1
-        if self.count == 0 and self._idle is not None:
-            self._idle.set()
-
-    async def wait_idle(self, seconds: float) -> None:
-        if self.count:
-            self._idle = anyio.Event()
-            with anyio.move_on_after(seconds):
-                await self._idle.wait()
-
-
 class Operations:
-    """The outermost layer: its own endpoints, the request's labels, the access log, and
-    at shutdown a wait for the answers still unwinding (``InFlight``)."""
+    """The outermost layer: its own endpoints, the request's labels and the access log.
+    (At shutdown the meter waits for the answers still unwinding, and their settlements.)"""
 
     def __init__(
         self,
@@ -264,13 +236,8 @@ class Operations:
         self.readiness = readiness
         self.metrics = metrics
         self.models = json.dumps(models_listing(config)).encode()
-        self.in_flight = InFlight()
-        self.shutdown_timeout = config.shutdown_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), send)
-            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -280,24 +247,13 @@ class Operations:
         token = current_labels.set(labels)
         answer = _Answer(send)
         started = time.perf_counter()
-        self.in_flight.enter()
         try:
             await self.app(scope, receive, answer.send)
         finally:
-            self.in_flight.leave()
             current_labels.reset(token)
             if self.metrics is not None and labels.outcome:
                 self.metrics.upstream_answer(labels)
             self.log(scope, labels, answer, time.perf_counter() - started)
-
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        async def receive_lifespan() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                await self.in_flight.wait_idle(self.shutdown_timeout)
-            return message
-
-        return receive_lifespan
 
     async def own(self, path: str, send: Send) -> bool:
         """Answer one of the gateway's own endpoints; False if ``path`` is none of them."""
