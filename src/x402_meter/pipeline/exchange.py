@@ -21,7 +21,6 @@ from x402_meter.pipeline.response_tap import ResponseTap
 from x402_meter.routing import RouteSpec
 from x402_meter.runtime import MeterRuntime
 from x402_meter.store import LedgerState
-from x402_meter.voiding import remember_voided_payer
 
 logger = logging.getLogger("x402_meter")
 
@@ -177,16 +176,14 @@ class PaidAnswer:
             await self.send(body)
 
     async def _ended_early(self) -> None:
-        """Remember a payer that voided; close the answer (or refuse, if none had started)."""
-        heartbeat, receipt_id = self.heartbeat, self.ledger.receipt_id
-        if heartbeat.voided is not None:
-            await remember_voided_payer(
-                self.runtime.store,
-                self.admitted.authorization.payer,
-                seconds=self.runtime.config.voided_payer_seconds,
-                reason=heartbeat.voided,
-                receipt_id=receipt_id,
-            )
+        """Close the answer (or refuse, if none had started).
+
+        A payer whose re-check read as a void is not remembered here: the settlement of
+        what was served is the evidence (the Settler remembers the payer when it fails for
+        a voiding reason). A re-check can misread a facilitator's RPC trouble as a void;
+        ending the answer is cheap, refusing an honest payer for hours is not.
+        """
+        heartbeat = self.heartbeat
         if self.tap.held is not None:
             return  # _conclude answered
         assert heartbeat.stopped is not None
@@ -198,7 +195,7 @@ class PaidAnswer:
                 else:
                     await self.send({"type": "http.response.body", "body": b"", "more_body": False})
             except Exception:  # the answer had already ended, or the client has gone
-                logger.debug("could not close %s", receipt_id, exc_info=True)
+                logger.debug("could not close %s", self.ledger.receipt_id, exc_info=True)
 
 
 def refused_send(exc: BaseException) -> bool:
