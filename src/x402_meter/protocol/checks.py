@@ -8,8 +8,9 @@ sent on to the facilitator are always the server's, never the client's copy.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER, X402_UPTO_PERMIT2_PROXY_ADDRESS
 from x402.schemas import PaymentPayload, PaymentRequirements
@@ -18,6 +19,9 @@ from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 from x402_meter.errors import PaymentError
 from x402_meter.protocol.amounts import NotCanonicalUintError, parse_uint
 from x402_meter.protocol.offer import Offer, v1_network_name, v1_requirements
+
+if TYPE_CHECKING:
+    from x402_meter.schemes import PaymentScheme
 
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _HEX: Final = re.compile(r"0x(?:[0-9a-fA-F]{2})+")
@@ -184,16 +188,25 @@ def check_exact_payload(
 
 
 def check_payment(
-    payload: PaymentPayload | PaymentPayloadV1, offer: Offer, *, now: int, resource_url: str
+    payload: PaymentPayload | PaymentPayloadV1,
+    offer: Offer,
+    *,
+    now: int,
+    resource_url: str,
+    schemes: Mapping[str, PaymentScheme] | None = None,
 ) -> Authorization:
-    """Check ``payload`` against ``offer``; raise a PaymentError with a reason if it fails."""
+    """Check ``payload`` against ``offer``; raise a PaymentError with a reason if it fails.
+
+    ``schemes``: the implementations (default: the built-in stateless ones)."""
     requirements = _match(payload, offer)
     if isinstance(payload, PaymentPayload):
         accepted = {"accepted": {"amount": payload.accepted.amount}}
         _check_amount(_uint(accepted, "accepted.amount"), int(requirements.amount))
-    from x402_meter.schemes import scheme_named  # the schemes build on this module
+    if schemes is None:
+        from x402_meter.schemes import BUILT_IN  # the schemes build on this module
 
-    checked = scheme_named(requirements.scheme).check(payload.payload, requirements, offer, now)
+        schemes = BUILT_IN
+    checked = schemes[requirements.scheme].check(payload.payload, requirements, offer, now)
     sent: PaymentRequirements | PaymentRequirementsV1 = requirements
     if isinstance(payload, PaymentPayloadV1):
         sent = v1_requirements(requirements, resource_url, offer.terms)
