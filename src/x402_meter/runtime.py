@@ -23,8 +23,15 @@ from x402_meter.protocol.offer import Offer
 from x402_meter.request_body import BodyBudget
 from x402_meter.routing import RouteSpec
 from x402_meter.schemes import BUILT_IN, PaymentScheme
+from x402_meter.schemes.batch_settlement import BatchSettlementScheme
 from x402_meter.settlement import Settler
-from x402_meter.store import PaymentStore, open_store
+from x402_meter.store import (
+    ChannelStore,
+    PaymentStore,
+    channel_store_beside,
+    open_channel_store,
+    open_store,
+)
 
 SUPPORTED_TTL_SECONDS: Final = 600.0
 """How long the facilitator's /supported answer (its settling addresses) is reused."""
@@ -42,6 +49,14 @@ def _store(configured: PaymentStore | str | None) -> PaymentStore:
     return configured
 
 
+def _channel_store(configured: ChannelStore | str | None, store: PaymentStore) -> ChannelStore:
+    if configured is None:
+        return channel_store_beside(store)
+    if isinstance(configured, str):
+        return open_channel_store(configured)
+    return configured
+
+
 class MeterRuntime:
     """The store, the facilitator client, the settlement worker, the payment schemes and the
     offers of one meter."""
@@ -55,6 +70,12 @@ class MeterRuntime:
             api_key=config.facilitator_api_key,
         )
         self.store: PaymentStore = _store(config.store)
+        self.channels: ChannelStore | None = (
+            _channel_store(config.channel_store, self.store)
+            if BatchSettlementScheme.name in config.schemes
+            else None
+        )
+        """Where sessions keep their channels (None: sessions are not offered)."""
         self.schemes: Mapping[str, PaymentScheme] = MappingProxyType(self._schemes())
         """The implementation of every scheme this meter offers (and of the built-in ones,
         for rows a store keeps from an earlier configuration), by name."""
@@ -82,7 +103,18 @@ class MeterRuntime:
 
     def _schemes(self) -> dict[str, PaymentScheme]:
         """The stateless built-in schemes, and those that keep state for this meter."""
-        return dict(BUILT_IN)
+        schemes: dict[str, PaymentScheme] = dict(BUILT_IN)
+        config = self.config
+        if self.channels is not None:
+            authorizer = config.session_receiver_authorizer
+            schemes[BatchSettlementScheme.name] = BatchSettlementScheme(
+                self.channels,
+                withdraw_delay=config.session_withdraw_delay,
+                deposit_multiple=config.session_deposit_multiple,
+                state_ttl=config.session_state_ttl,
+                receiver_authorizer=None if authorizer is None else authorizer.address,
+            )
+        return schemes
 
     def _offers_fresh(self) -> bool:
         fetched_at = self._offers_fetched_at

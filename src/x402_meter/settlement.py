@@ -42,7 +42,7 @@ from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
-from x402_meter.errors import FacilitatorUnavailableError
+from x402_meter.errors import ChargeUnavailableError, FacilitatorUnavailableError
 from x402_meter.errors import LeaseLostError as LeaseLostError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metrics import MeterMetrics
@@ -284,7 +284,7 @@ class Settler:
                 result = await settle_by_facilitator(record, self._facilitator)
             else:
                 result = await scheme.settle_charge(record, self._facilitator)
-        except FacilitatorUnavailableError as exc:
+        except (FacilitatorUnavailableError, ChargeUnavailableError) as exc:
             return await self._later(record, attempt, str(exc), None)
         if result.success and not record.amount:  # a scheme's charge of nothing, done
             return await self._save(

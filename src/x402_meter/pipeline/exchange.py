@@ -151,6 +151,7 @@ class PaidAnswer:
             return
         self.concluded = True
         tap, scheme, settler = self.tap, self.admitted.scheme, self.runtime.settler
+        scheme.answer_ended(self.admitted.authorization)
         await self.heartbeat.stop()
         usage = tap.usage()
         self.replies.count("served")

@@ -20,8 +20,8 @@ from x402_meter.pricing import Tariff
 if TYPE_CHECKING:
     from x402_meter.schemes import PaymentScheme
 
-Scheme = Literal["upto", "exact"]
-SCHEMES: Final[frozenset[str]] = frozenset({"upto", "exact"})
+Scheme = Literal["upto", "exact", "batch-settlement"]
+SCHEMES: Final[frozenset[str]] = frozenset({"upto", "exact", "batch-settlement"})
 
 _V1_NAMES: Final = {f"eip155:{chain_id}": name for name, chain_id in V1_NETWORK_CHAIN_IDS.items()}
 DEFAULT_MIME_TYPE: Final = "application/json"

@@ -127,6 +127,10 @@ class PaymentScheme(ABC):
 
     # -- the charge and its settlement -------------------------------------------------------
 
+    def answer_ended(self, authorization: Authorization) -> None:  # noqa: B027 - optional hook
+        """The answer is over and its charge comes next (a channel lets a request that waits
+        on it know that it will be free in a moment)."""
+
     @abstractmethod
     def charge(self, tariff: Tariff, usage: Usage, max_amount: int) -> int:
         """What a served answer costs, in atomic units, never more than ``max_amount``."""
