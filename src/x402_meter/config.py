@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Required, TypedDict, Unpack
 
 from x402.http.constants import DEFAULT_FACILITATOR_URL
+from x402.mechanisms.evm.batch_settlement.constants import MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY
+from x402.mechanisms.evm.batch_settlement.types import AuthorizerSigner
 from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER
 from x402.mechanisms.evm.v1.constants import V1_NETWORK_CHAIN_IDS
 
@@ -21,7 +23,7 @@ from x402_meter.protocol.headers import DEFAULT_MAX_HEADER_BYTES
 from x402_meter.protocol.offer import SCHEMES, PaymentTerms, Scheme
 from x402_meter.routing import RouteSpec
 from x402_meter.settlement import RetryPolicy, SettlementHook
-from x402_meter.store import PaymentStore
+from x402_meter.store import ChannelStore, PaymentStore
 
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _CAIP2_EVM: Final = re.compile(r"eip155:[1-9][0-9]*")
@@ -72,6 +74,11 @@ class MeterOptions(TypedDict, total=False):
     recheck_timeout: float
     expiry_margin: float
     voided_payer_seconds: float
+    channel_store: ChannelStore | str | None
+    session_deposit_multiple: int
+    session_withdraw_delay: int
+    session_state_ttl: float | None
+    session_receiver_authorizer: AuthorizerSigner | None
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -139,6 +146,21 @@ class MeterConfig:
     """Seconds before an authorization's deadline at which its answer ends and is settled."""
     voided_payer_seconds: float = 3600.0
     """How long a payer that voided an authorization is refused (0: not refused)."""
+    channel_store: ChannelStore | str | None = None
+    """Where sessions keep their channels: a channel store, a URL (``memory://``,
+    ``sqlite:///path``), or None: beside the store (its SQLite file, or in memory)."""
+    session_deposit_multiple: int = 10
+    """A session's suggested first deposit (``minDeposit``): this many times the most one
+    request can cost."""
+    session_withdraw_delay: int = 900
+    """Seconds a payer must wait to withdraw from a session's channel without the seller
+    (900 s to 30 days): the window in which the seller's claims must land."""
+    session_state_ttl: float | None = None
+    """Seconds a channel's mirror of the chain is trusted for admitting vouchers with no
+    facilitator call (None: a third of the withdraw delay, between 30 s and 5 min)."""
+    session_receiver_authorizer: AuthorizerSigner | None = field(default=None, repr=False)
+    """The seller's own receiver-authorizer key (e.g. the SDK's ``LocalAuthorizerSigner``),
+    named in its channels (None: the facilitator's advertised ``receiverAuthorizer``)."""
 
     price: PriceModel = field(init=False, repr=False)
     """``price_per_token`` compiled."""
@@ -215,6 +237,7 @@ class MeterConfig:
             raise ConfigurationError(
                 f"voided_payer_seconds must be >= 0 seconds, got {self.voided_payer_seconds!r}"
             )
+        self._check_sessions()
         routes = self.routes
         if isinstance(routes, str):
             raise ConfigurationError("routes must be a list of patterns, not a single string")
@@ -268,6 +291,37 @@ class MeterConfig:
         }
         for name, compiled_value in compiled.items():
             object.__setattr__(self, name, compiled_value)
+
+    def _check_sessions(self) -> None:
+        multiple, delay, ttl = (
+            self.session_deposit_multiple,
+            self.session_withdraw_delay,
+            self.session_state_ttl,
+        )
+        if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+            raise ConfigurationError(
+                f"session_deposit_multiple must be an int >= 1, got {multiple!r}"
+            )
+        if isinstance(delay, bool) or not isinstance(delay, int):
+            raise ConfigurationError(f"session_withdraw_delay must be an int, got {delay!r}")
+        if not MIN_WITHDRAW_DELAY <= delay <= MAX_WITHDRAW_DELAY:
+            raise ConfigurationError(
+                f"session_withdraw_delay must be {MIN_WITHDRAW_DELAY}..{MAX_WITHDRAW_DELAY}"
+                f" seconds (the contract's bounds), got {delay!r}"
+            )
+        if ttl is not None and not (isinstance(ttl, int | float) and 0 < ttl < delay):
+            raise ConfigurationError(
+                "session_state_ttl must be > 0 seconds and less than session_withdraw_delay,"
+                f" got {ttl!r}"
+            )
+        authorizer = self.session_receiver_authorizer
+        if authorizer is not None and not _ADDRESS.fullmatch(
+            str(getattr(authorizer, "address", ""))
+        ):
+            raise ConfigurationError(
+                "session_receiver_authorizer must be a signer with an address (e.g. the"
+                " x402 SDK's LocalAuthorizerSigner)"
+            )
 
     def price_model_for(self, spec: RouteSpec) -> PriceModel:
         return spec.price if spec.price is not None else self.price

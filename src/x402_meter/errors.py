@@ -13,6 +13,7 @@ exception used to be a standard one (``ValueError``, ``OSError``, ...), it still
     │   └── PaymentAlreadyUsedError      payment_already_used
     ├── RequestRefusedError              per refusal (400, 408, 413 or 503, before payment)
     ├── FacilitatorUnavailableError      facilitator_unavailable: try again later
+    ├── ChargeUnavailableError           charge_unavailable: a channel's charge, retried later
     ├── StreamCapped (OSError)           stream_capped: the app's answer hit the maximum
     ├── LeaseLostError                   lease_lost: another worker settles this row
     ├── MalformedRequestError (ValueError)  per field: a verify/settle body refused
@@ -45,6 +46,7 @@ from typing import ClassVar
 __all__ = [
     "AnvilInstallError",
     "AnvilNotFoundError",
+    "ChargeUnavailableError",
     "ConfigurationError",
     "DeploymentError",
     "DevStackError",
@@ -159,6 +161,13 @@ class FacilitatorUnavailableError(X402MeterError):
     """The facilitator could not be reached or answered with an error: try again later."""
 
     reason = "facilitator_unavailable"
+
+
+class ChargeUnavailableError(X402MeterError):
+    """A session's charge could not be written to its channel store now: the settlement
+    worker tries again later (as when the facilitator is away)."""
+
+    reason = "charge_unavailable"
 
 
 class StreamCapped(X402MeterError, OSError):  # noqa: N818 - named for what happened, like ConnectionResetError

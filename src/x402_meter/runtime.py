@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Final
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
 
 from x402_meter.config import MeterConfig
 from x402_meter.errors import FacilitatorUnavailableError
@@ -20,8 +22,16 @@ from x402_meter.pricing import TokenPrice
 from x402_meter.protocol.offer import Offer
 from x402_meter.request_body import BodyBudget
 from x402_meter.routing import RouteSpec
+from x402_meter.schemes import BUILT_IN, PaymentScheme
+from x402_meter.schemes.batch_settlement import BatchSettlementScheme
 from x402_meter.settlement import Settler
-from x402_meter.store import PaymentStore, open_store
+from x402_meter.store import (
+    ChannelStore,
+    PaymentStore,
+    channel_store_beside,
+    open_channel_store,
+    open_store,
+)
 
 SUPPORTED_TTL_SECONDS: Final = 600.0
 """How long the facilitator's /supported answer (its settling addresses) is reused."""
@@ -39,8 +49,17 @@ def _store(configured: PaymentStore | str | None) -> PaymentStore:
     return configured
 
 
+def _channel_store(configured: ChannelStore | str | None, store: PaymentStore) -> ChannelStore:
+    if configured is None:
+        return channel_store_beside(store)
+    if isinstance(configured, str):
+        return open_channel_store(configured)
+    return configured
+
+
 class MeterRuntime:
-    """The store, the facilitator client, the settlement worker and the offers of one meter."""
+    """The store, the facilitator client, the settlement worker, the payment schemes and the
+    offers of one meter."""
 
     def __init__(self, config: MeterConfig) -> None:
         self.config = config
@@ -51,6 +70,15 @@ class MeterRuntime:
             api_key=config.facilitator_api_key,
         )
         self.store: PaymentStore = _store(config.store)
+        self.channels: ChannelStore | None = (
+            _channel_store(config.channel_store, self.store)
+            if BatchSettlementScheme.name in config.schemes
+            else None
+        )
+        """Where sessions keep their channels (None: sessions are not offered)."""
+        self.schemes: Mapping[str, PaymentScheme] = MappingProxyType(self._schemes())
+        """The implementation of every scheme this meter offers (and of the built-in ones,
+        for rows a store keeps from an earlier configuration), by name."""
         self.settler = Settler(
             self.facilitator,
             self.store,
@@ -59,17 +87,34 @@ class MeterRuntime:
             on_settlement_failed=config.on_settlement_failed,
             metrics=config.metrics,
             voided_payer_seconds=config.voided_payer_seconds,
+            schemes=self.schemes,
         )
         self._offers: dict[tuple[RouteSpec, TokenPrice, int], Offer] = {}
         self._offers_fetched_at: float | None = None
         """When ``/supported`` was last read (``time.monotonic``); None: never, so the first
         request reads it. Never a number standing for "long ago": the monotonic clock starts
         near zero at boot, so no fixed value is old enough on a machine that just started."""
-        self._facilitator_address: str | None = None
+        self._kind_extras: dict[str, Mapping[str, Any]] = {}
+        """What ``/supported`` says of each scheme on the network (its ``extra``)."""
         self._signers: frozenset[str] = frozenset()
         self._extensions: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
         self.body_budget = BodyBudget(config.max_buffered_bodies)
+
+    def _schemes(self) -> dict[str, PaymentScheme]:
+        """The stateless built-in schemes, and those that keep state for this meter."""
+        schemes: dict[str, PaymentScheme] = dict(BUILT_IN)
+        config = self.config
+        if self.channels is not None:
+            authorizer = config.session_receiver_authorizer
+            schemes[BatchSettlementScheme.name] = BatchSettlementScheme(
+                self.channels,
+                withdraw_delay=config.session_withdraw_delay,
+                deposit_multiple=config.session_deposit_multiple,
+                state_ttl=config.session_state_ttl,
+                receiver_authorizer=None if authorizer is None else authorizer.address,
+            )
+        return schemes
 
     def _offers_fresh(self) -> bool:
         fetched_at = self._offers_fetched_at
@@ -101,15 +146,15 @@ class MeterRuntime:
             raise FacilitatorUnavailableError(
                 f"the facilitator does not support {', '.join(missing)} on {network}"
             )
-        upto_extra = (kinds["upto"].extra or {}) if "upto" in kinds else {}
-        address = upto_extra.get("facilitatorAddress")
-        self._facilitator_address = str(address) if address else None
+        self._kind_extras = {name: dict(kind.extra or {}) for name, kind in kinds.items()}
         signers: set[str] = set()
         for pattern, addresses in supported.signers.items():
             if pattern in (network, "eip155:*"):
                 signers.update(address.lower() for address in addresses)
-        if self._facilitator_address:
-            signers.add(str(self._facilitator_address).lower())
+        for extra in self._kind_extras.values():  # a kind's own settling address (upto's)
+            address = extra.get("facilitatorAddress")
+            if isinstance(address, str) and address:
+                signers.add(address.lower())
         self._signers = frozenset(signers)
         self._extensions = frozenset(supported.extensions or ())
         self._offers.clear()
@@ -118,7 +163,8 @@ class MeterRuntime:
     def _build(self, spec: RouteSpec, price: TokenPrice, input_tokens: int) -> Offer:
         return Offer.build(
             self.config.terms_for(spec, price, input_tokens),
-            facilitator_address=self._facilitator_address,
+            kind_extras=self._kind_extras,
             facilitator_signers=self._signers,
             facilitator_extensions=self._extensions,
+            schemes=self.schemes,
         )

@@ -33,21 +33,24 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER
-from x402.schemas import PaymentPayload, PaymentRequirements
+from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
-from x402_meter.errors import FacilitatorUnavailableError
+from x402_meter.errors import ChargeUnavailableError, FacilitatorUnavailableError
 from x402_meter.errors import LeaseLostError as LeaseLostError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metrics import MeterMetrics
 from x402_meter.store import LedgerState, PaymentRecord, PaymentStore
 from x402_meter.voiding import is_voiding, remember_voided_payer
+
+if TYPE_CHECKING:
+    from x402_meter.schemes import PaymentScheme
 
 logger = logging.getLogger("x402_meter.settlement")
 
@@ -91,6 +94,13 @@ def settle_requirements_of(record: PaymentRecord) -> PaymentRequirements | Payme
     return v2.model_copy(update={"amount": amount})
 
 
+async def settle_by_facilitator(
+    record: PaymentRecord, facilitator: FacilitatorClient
+) -> SettleResponse:
+    """The facilitator's ``/settle`` of a charged row: how ``exact`` and ``upto`` settle."""
+    return await facilitator.settle(payload_of(record), settle_requirements_of(record))
+
+
 def settle_deadline(record: PaymentRecord) -> float | None:
     """The last unix time at which a facilitator still settles the row's authorization.
 
@@ -126,10 +136,14 @@ class Settler:
         on_settlement_failed: SettlementHook | None = None,
         metrics: MeterMetrics | None = None,
         voided_payer_seconds: float = 0.0,
+        schemes: Mapping[str, PaymentScheme] | None = None,
     ) -> None:
         """``voided_payer_seconds``: how long a payer whose settlement failed because it
-        voided its authorization is refused (0: it is not)."""
+        voided its authorization is refused (0: it is not). ``schemes``: how each row's
+        scheme settles a charge (``PaymentScheme.settle_charge``); a row of a scheme not
+        named there is settled through the facilitator."""
         self._facilitator = facilitator
+        self._schemes: Mapping[str, PaymentScheme] = schemes or {}
         self._voided_for = voided_payer_seconds
         self._metrics = metrics
         self._started: dict[str, float] = {}
@@ -262,7 +276,8 @@ class Settler:
         return await self._save(record, lease_owner=None, lease_until=0.0)
 
     async def _attempt(self, record: PaymentRecord) -> PaymentRecord:
-        if not record.amount:
+        scheme = self._schemes.get(record.scheme)
+        if not record.amount and not (scheme is not None and scheme.settles_zero_charges):
             return await self._save(
                 record, state=LedgerState.NOT_CHARGED, amount=0, lease_owner=None, lease_until=0.0
             )
@@ -278,11 +293,22 @@ class Settler:
         attempt = record.attempts + 1
         started = time.perf_counter()
         try:
-            result = await self._facilitator.settle(
-                payload_of(record), settle_requirements_of(record)
-            )
-        except FacilitatorUnavailableError as exc:
+            if scheme is None:
+                result = await settle_by_facilitator(record, self._facilitator)
+            else:
+                result = await scheme.settle_charge(record, self._facilitator)
+        except (FacilitatorUnavailableError, ChargeUnavailableError) as exc:
             return await self._later(record, attempt, str(exc), None)
+        if result.success and not record.amount:  # a scheme's charge of nothing, done
+            return await self._save(
+                record,
+                state=LedgerState.NOT_CHARGED,
+                amount=0,
+                attempts=attempt,
+                error=None,
+                lease_owner=None,
+                lease_until=0.0,
+            )
         if result.success:
             logger.info(
                 "settled %s amount=%s tx=%s in %.0f ms",

@@ -5,7 +5,9 @@
 the bodies' shapes (the SDK's ``SupportedResponse``, ``VerifyResponse``, ``SettleResponse``)
 and the status codes all take part, and no chain is needed. It checks no signature: the
 chain-backed tests prove that real payments verify and settle; this tier proves what the
-middleware does with each answer, in seconds.
+middleware does with each answer, in seconds. For ``batch-settlement`` it keeps a ledger of
+channels in place of the chain (``channels``): a deposit's settle credits it, a verify
+reports it, as the spec has a facilitator do.
 """
 
 from __future__ import annotations
@@ -27,6 +29,27 @@ from x402_meter.facilitator import FacilitatorClient
 NETWORK: Final = "eip155:84532"
 URL: Final = "http://facilitator.test"
 TRANSACTION: Final = "0x" + "ab" * 32
+RECEIVER_AUTHORIZER: Final = FACILITATOR.address
+"""The ``receiverAuthorizer`` it advertises for ``batch-settlement``."""
+SESSIONS: Final = "batch-settlement"
+
+
+@dataclass
+class Channel:
+    """A channel as the chain would keep it."""
+
+    balance: int = 0
+    total_claimed: int = 0
+    withdraw_requested_at: int = 0
+
+    def snapshot(self, channel_id: str) -> dict[str, Any]:
+        return {
+            "channelId": channel_id,
+            "balance": str(self.balance),
+            "totalClaimed": str(self.total_claimed),
+            "withdrawRequestedAt": self.withdraw_requested_at,
+            "refundNonce": "0",
+        }
 
 
 @dataclass
@@ -73,6 +96,10 @@ class InProcessFacilitator:
     """The most ``/verify`` calls that were ever in flight at once."""
     settled: list[Settled] = field(default_factory=list)
     settle_started: anyio.Event = field(default_factory=anyio.Event)
+    channels: dict[str, Channel] = field(default_factory=dict)
+    """``batch-settlement`` channels by id (lower case), in place of the chain."""
+    calls: list[str] = field(default_factory=list)
+    """The path of every call, in order."""
 
     def __post_init__(self) -> None:
         self.app = Starlette(
@@ -96,6 +123,12 @@ class InProcessFacilitator:
                 extra={"facilitatorAddress": FACILITATOR.address},
             ),
             SupportedKind(x402_version=2, scheme="exact", network=NETWORK),
+            SupportedKind(
+                x402_version=2,
+                scheme=SESSIONS,
+                network=NETWORK,
+                extra={"receiverAuthorizer": RECEIVER_AUTHORIZER},
+            ),
         ]
         answer = SupportedResponse(
             kinds=kinds, extensions=[], signers={"eip155:*": [FACILITATOR.address]}
@@ -109,6 +142,7 @@ class InProcessFacilitator:
 
     async def _verify(self, request: Request) -> Response:
         body = await request.json()
+        self.calls.append("/verify")
         self.verified.append(body)
         called, self.verify_called = self.verify_called, anyio.Event()
         called.set()
@@ -132,10 +166,26 @@ class InProcessFacilitator:
                     payer=payer,
                 )
             )
+        if body["paymentRequirements"]["scheme"] == SESSIONS:
+            return _json(self._verify_channel(body["paymentPayload"]["payload"], payer))
         return _json(VerifyResponse(is_valid=True, payer=payer))
+
+    def _verify_channel(self, inner: dict[str, Any], payer: str | None) -> VerifyResponse:
+        """A deposit or voucher: valid, with its channel as the chain has it now; a voucher
+        on a channel with no balance is ``channel_not_found``."""
+        channel_id = str(inner["voucher"]["channelId"]).lower()
+        channel = self.channels.get(channel_id, Channel())
+        if inner["type"] == "voucher" and channel.balance == 0:
+            return VerifyResponse(
+                is_valid=False,
+                invalid_reason="invalid_batch_settlement_evm_channel_not_found",
+                payer=payer,
+            )
+        return VerifyResponse(is_valid=True, payer=payer, extra=channel.snapshot(channel_id))
 
     async def _settle(self, request: Request) -> JSONResponse:
         body = await request.json()
+        self.calls.append("/settle")
         self.settle_started.set()
         if self.settle_gate is not None:
             await self.settle_gate.wait()
@@ -153,6 +203,14 @@ class InProcessFacilitator:
             )
             return _json(answer)
         amount = int(requirements["amount"])
+        extra = None
+        if requirements["scheme"] == SESSIONS:  # a deposit: the chain credits the channel
+            inner = body["paymentPayload"]["payload"]
+            channel_id = str(inner["voucher"]["channelId"]).lower()
+            channel = self.channels.setdefault(channel_id, Channel())
+            amount = int(inner["deposit"]["amount"])
+            channel.balance += amount
+            extra = {"channelState": channel.snapshot(channel_id)}
         self.settled.append(Settled(payer, amount, requirements["scheme"]))
         answer = SettleResponse(
             success=True,
@@ -160,6 +218,7 @@ class InProcessFacilitator:
             transaction=TRANSACTION,
             network=requirements["network"],
             amount=str(amount),
+            extra=extra,
         )
         return _json(answer)
 
@@ -181,11 +240,14 @@ class _Switchable(httpx.AsyncBaseTransport):
 
 
 def _payer(body: dict[str, Any]) -> str | None:
-    """The payer named by a payload (upto: the permit's owner; exact: the authorizer)."""
+    """The payer named by a payload (upto: the permit's owner; exact: the authorizer;
+    batch-settlement: the channel's payer)."""
     inner = body["paymentPayload"]["payload"]
     for key in ("permit2Authorization", "authorization"):
         if key in inner:
             return str(inner[key]["from"])
+    if "channelConfig" in inner:
+        return str(inner["channelConfig"]["payer"])
     return None
 
 

@@ -47,7 +47,7 @@ def offer(
         schemes=schemes,  # type: ignore[arg-type]
         description=description,
     )
-    return Offer.build(terms, facilitator_address=None, facilitator_signers=frozenset())
+    return Offer.build(terms, kind_extras={}, facilitator_signers=frozenset())
 
 
 def v1_body_entries(built: Offer) -> list[dict[str, object]]:

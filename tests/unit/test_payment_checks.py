@@ -40,7 +40,9 @@ TERMS = PaymentTerms(
     description="chat",
 )
 OFFER = Offer.build(
-    TERMS, facilitator_address=FACILITATOR, facilitator_signers=frozenset({FACILITATOR.lower()})
+    TERMS,
+    kind_extras={"upto": {"facilitatorAddress": FACILITATOR}},
+    facilitator_signers=frozenset({FACILITATOR.lower()}),
 )
 UPTO, EXACT = OFFER.requirements
 
@@ -225,7 +227,7 @@ def test_a_payment_valid_from_now_until_the_deadline_buffer_is_accepted() -> Non
 
 
 def test_any_facilitator_is_accepted_when_the_offer_names_no_signers() -> None:
-    offer = Offer.build(TERMS, facilitator_address=None, facilitator_signers=frozenset())
+    offer = Offer.build(TERMS, kind_extras={}, facilitator_signers=frozenset())
     body = changed(upto_body(), "permit2Authorization.witness.facilitator", OTHER)
     authorization = check_payment(v2(body), offer, now=NOW, resource_url=RESOURCE)
     assert authorization.payer == PAYER.lower()
@@ -240,7 +242,7 @@ def test_a_scheme_not_offered_is_unsupported() -> None:
 
 def test_a_scheme_missing_from_the_offer_is_unsupported() -> None:
     upto_only = PaymentTerms(NETWORK, TERMS.asset, PAY_TO, TERMS.tariff, schemes=("upto",))
-    offer = Offer.build(upto_only, facilitator_address=None, facilitator_signers=frozenset())
+    offer = Offer.build(upto_only, kind_extras={}, facilitator_signers=frozenset())
     with pytest.raises(PaymentError) as caught:
         check_payment(v2(exact_body(), EXACT), offer, now=NOW, resource_url=RESOURCE)
     assert caught.value.reason == "unsupported_scheme"

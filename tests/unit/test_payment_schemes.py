@@ -30,10 +30,21 @@ def test_the_pipeline_names_no_scheme() -> None:
 
 
 def test_every_configurable_scheme_is_implemented() -> None:
+    from x402_meter.config import MeterConfig
     from x402_meter.protocol.offer import SCHEMES
+    from x402_meter.runtime import MeterRuntime
 
-    assert set(BUILT_IN) == set(SCHEMES)
-    assert all(scheme_named(name).name == name for name in SCHEMES)
+    config = MeterConfig(
+        pay_to="0x" + "33" * 20,
+        price_per_token="1",
+        schemes=("upto", "exact", "batch-settlement"),
+        store="memory://",
+    )
+    schemes = MeterRuntime(config).schemes
+    assert set(schemes) == set(SCHEMES)
+    assert all(schemes[name].name == name for name in SCHEMES)
+    assert set(BUILT_IN) <= set(SCHEMES)
+    assert all(scheme_named(name).name == name for name in BUILT_IN)
 
 
 @given(counts, counts, counts, st.integers(min_value=0, max_value=10**12))

@@ -31,7 +31,7 @@ from x402_meter.protocol.headers import PAYMENT_SIGNATURE, X_PAYMENT, decode_pay
 from x402_meter.protocol.offer import Offer
 from x402_meter.routing import RouteSpec
 from x402_meter.runtime import MeterRuntime
-from x402_meter.schemes import PaymentScheme, scheme_named
+from x402_meter.schemes import PaymentScheme
 from x402_meter.voiding import refuse_voided_payer
 
 logger = logging.getLogger("x402_meter")
@@ -95,7 +95,7 @@ class Admission:
         except PaymentError as exc:
             await self.replies.refuse(offer, exc.reason, exc.message, exc.status_code)
             return None
-        scheme = scheme_named(authorization.scheme)
+        scheme = self.runtime.schemes[authorization.scheme]
         if not await self._verified(offer, authorization, scheme):
             return None
         return Admitted(offer, authorization, scheme)
@@ -105,7 +105,10 @@ class Admission:
         payload = decode_payment(header, max_bytes=self.config.max_payment_header_bytes)
         now = int(time.time())
         resource_url = self.replies.resource_url()
-        authorization = check_payment(payload, offer, now=now, resource_url=resource_url)
+        schemes = self.runtime.schemes
+        authorization = check_payment(
+            payload, offer, now=now, resource_url=resource_url, schemes=schemes
+        )
         if authorization.expires_at - self.config.expiry_margin <= now:
             # Nothing served now could be settled in time: refused before it is reserved.
             raise PaymentError(
@@ -114,7 +117,8 @@ class Admission:
             )
         store = self.runtime.store
         await refuse_voided_payer(store, authorization.payer, self.config.voided_payer_seconds)
-        if not await store.reserve(authorization.key, authorization.expires_at):
+        reserves = schemes[authorization.scheme].reserves_keys
+        if reserves and not await store.reserve(authorization.key, authorization.expires_at):
             raise PaymentAlreadyUsedError()
         return authorization
 
@@ -123,22 +127,27 @@ class Admission:
     ) -> bool:
         """Admitted by the scheme (the facilitator's verify); if not, the reservation is
         released (the authorization was never used) and the request answered."""
-        store = self.runtime.store
         try:
             refusal = await scheme.admit(authorization, self.runtime.facilitator)
         except FacilitatorUnavailableError as exc:
-            await store.release(authorization.key)
+            await self._release(authorization, scheme)
             logger.warning("facilitator unavailable during verify: %s", exc)
             await self.replies.unavailable(str(exc))
             return False
         except BaseException:
-            await store.release(authorization.key)
+            await self._release(authorization, scheme)
             raise
         if refusal is not None:
-            await store.release(authorization.key)
+            await self._release(authorization, scheme)
+            if refusal.extra is not None:
+                offer = offer.with_extra(scheme.name, refusal.extra)
             await self.replies.refuse(offer, refusal.reason, refusal.message, refusal.status)
             return False
         return True
+
+    async def _release(self, authorization: Authorization, scheme: PaymentScheme) -> None:
+        if scheme.reserves_keys:
+            await self.runtime.store.release(authorization.key)
 
     def _reads_body(self, model: PriceModel) -> bool:
         """Whether admission needs the body: for the prompt's price, the model's price or

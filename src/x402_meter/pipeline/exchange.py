@@ -150,6 +150,7 @@ class PaidAnswer:
             return
         self.concluded = True
         tap, scheme, settler = self.tap, self.admitted.scheme, self.runtime.settler
+        scheme.answer_ended(self.admitted.authorization)
         await self.heartbeat.stop()
         usage = tap.usage()
         self.replies.count("served")
@@ -158,7 +159,7 @@ class PaidAnswer:
             metrics.tokens(usage.input_tokens, usage.output_tokens)
         record = await self.ledger.charged(usage, tap.served)
         if tap.held is None or not (tap.held_complete or self.heartbeat.stopped):
-            scheme.settle_later(record, settler)
+            await scheme.settle_later(record, settler)
             return
         if not tap.held_complete:
             tap.end_held()  # ended early: what was held is the whole answer
@@ -170,7 +171,8 @@ class PaidAnswer:
         # Not settled and not failed: nothing was charged (the receipt says so), or the
         # facilitator is unreachable and the sweeper keeps trying; answer anyway.
         start, *bodies = tap.held
-        start = {**start, "headers": [*start["headers"], *scheme.response_headers(settled)]}
+        headers = await scheme.response_headers(settled)
+        start = {**start, "headers": [*start["headers"], *headers]}
         await self.send(start)
         for body in bodies:
             await self.send(body)

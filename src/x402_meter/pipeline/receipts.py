@@ -58,7 +58,11 @@ class ReceiptEndpoint:
             record = await store.get(receipt_id) or record
         asset = self.runtime.config.payment_asset
         decimals = asset.decimals if record.asset.lower() == asset.address.lower() else None
-        await send_json(send, 200, receipt_body(record, decimals))
+        body = receipt_body(record, decimals)
+        scheme = self.runtime.schemes.get(record.scheme)
+        if scheme is not None:
+            body.update(scheme.receipt_extra(record))
+        await send_json(send, 200, body)
 
 
 def wait_seconds(scope: Scope) -> float:

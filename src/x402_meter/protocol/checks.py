@@ -8,8 +8,9 @@ sent on to the facilitator are always the server's, never the client's copy.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER, X402_UPTO_PERMIT2_PROXY_ADDRESS
 from x402.schemas import PaymentPayload, PaymentRequirements
@@ -19,9 +20,12 @@ from x402_meter.errors import PaymentError
 from x402_meter.protocol.amounts import NotCanonicalUintError, parse_uint
 from x402_meter.protocol.offer import Offer, v1_network_name, v1_requirements
 
+if TYPE_CHECKING:
+    from x402_meter.schemes import PaymentScheme
+
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 _HEX: Final = re.compile(r"0x(?:[0-9a-fA-F]{2})+")
-_BYTES32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
+BYTES32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
 _UPTO_PROXY: Final = X402_UPTO_PERMIT2_PROXY_ADDRESS.lower()
 
 
@@ -51,7 +55,8 @@ class Authorization:
         return self.requirements.model_copy(update={"amount": str(amount)})
 
 
-def _invalid(path: str, expected: str) -> PaymentError:
+def invalid(path: str, expected: str) -> PaymentError:
+    """400 ``invalid_payload``: the field at ``path`` is not what it must be."""
     return PaymentError("invalid_payload", f"{path} must be {expected}", status_code=400)
 
 
@@ -59,35 +64,39 @@ def _refuse(reason: str, message: str) -> PaymentError:
     return PaymentError(reason, message)
 
 
-def _field(obj: Any, path: str) -> Any:
+def field_at(obj: Any, path: str) -> Any:
+    """The value at a dotted ``path`` of a JSON object; 400 if it is missing."""
     node = obj
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise _invalid(path, "present")
+            raise invalid(path, "present")
         node = node[part]
     return node
 
 
-def _address(obj: Any, path: str) -> str:
-    value = _field(obj, path)
+def address_at(obj: Any, path: str) -> str:
+    """An EVM address at ``path``, lower case; 400 if it is not one."""
+    value = field_at(obj, path)
     if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
-        raise _invalid(path, "an address (0x + 40 hex digits)")
+        raise invalid(path, "an address (0x + 40 hex digits)")
     return value.lower()
 
 
-def _uint(obj: Any, path: str) -> int:
+def uint_at(obj: Any, path: str) -> int:
+    """A canonical unsigned decimal string at ``path``; 400 if it is not one."""
     # One spelling per number: "010", "+10" or a JSON number would let the key we reserve
     # and the value the facilitator reads disagree about which authorization this is.
     try:
-        return parse_uint(_field(obj, path))
+        return parse_uint(field_at(obj, path))
     except NotCanonicalUintError as exc:
-        raise _invalid(path, f"a canonical unsigned 256-bit decimal string ({exc})") from exc
+        raise invalid(path, f"a canonical unsigned 256-bit decimal string ({exc})") from exc
 
 
-def _hex(obj: Any, path: str, pattern: re.Pattern[str] = _HEX) -> str:
-    value = _field(obj, path)
+def hex_at(obj: Any, path: str, pattern: re.Pattern[str] = _HEX) -> str:
+    """``0x``-prefixed hex at ``path`` (whole bytes, or ``pattern``), lower case; 400 if not."""
+    value = field_at(obj, path)
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise _invalid(path, "0x-prefixed hex")
+        raise invalid(path, "0x-prefixed hex")
     return value.lower()
 
 
@@ -137,16 +146,16 @@ def check_upto_payload(
 ) -> tuple[str, int, str]:
     """An ``upto`` (Permit2) payload's body: its payer, deadline and single-use key."""
     auth = "permit2Authorization"
-    payer = _address(body, f"{auth}.from")
-    token = _address(body, f"{auth}.permitted.token")
-    amount = _uint(body, f"{auth}.permitted.amount")
-    spender = _address(body, f"{auth}.spender")
-    nonce = _uint(body, f"{auth}.nonce")
-    deadline = _uint(body, f"{auth}.deadline")
-    to = _address(body, f"{auth}.witness.to")
-    facilitator = _address(body, f"{auth}.witness.facilitator")
-    valid_after = _uint(body, f"{auth}.witness.validAfter")
-    _hex(body, "signature")
+    payer = address_at(body, f"{auth}.from")
+    token = address_at(body, f"{auth}.permitted.token")
+    amount = uint_at(body, f"{auth}.permitted.amount")
+    spender = address_at(body, f"{auth}.spender")
+    nonce = uint_at(body, f"{auth}.nonce")
+    deadline = uint_at(body, f"{auth}.deadline")
+    to = address_at(body, f"{auth}.witness.to")
+    facilitator = address_at(body, f"{auth}.witness.facilitator")
+    valid_after = uint_at(body, f"{auth}.witness.validAfter")
+    hex_at(body, "signature")
     if token != requirements.asset.lower():
         raise _refuse("asset_mismatch", "the permit is for another token")
     if to != requirements.pay_to.lower():
@@ -165,13 +174,13 @@ def check_exact_payload(
 ) -> tuple[str, int, str]:
     """An ``exact`` (EIP-3009) payload's body: its payer, deadline and single-use key."""
     auth = "authorization"
-    payer = _address(body, f"{auth}.from")
-    to = _address(body, f"{auth}.to")
-    value = _uint(body, f"{auth}.value")
-    valid_after = _uint(body, f"{auth}.validAfter")
-    valid_before = _uint(body, f"{auth}.validBefore")
-    nonce = _hex(body, f"{auth}.nonce", _BYTES32)
-    _hex(body, "signature")
+    payer = address_at(body, f"{auth}.from")
+    to = address_at(body, f"{auth}.to")
+    value = uint_at(body, f"{auth}.value")
+    valid_after = uint_at(body, f"{auth}.validAfter")
+    valid_before = uint_at(body, f"{auth}.validBefore")
+    nonce = hex_at(body, f"{auth}.nonce", BYTES32)
+    hex_at(body, "signature")
     if to != requirements.pay_to.lower():
         raise _refuse("pay_to_mismatch", "the authorization pays someone else")
     _check_amount(value, int(requirements.amount))
@@ -184,16 +193,25 @@ def check_exact_payload(
 
 
 def check_payment(
-    payload: PaymentPayload | PaymentPayloadV1, offer: Offer, *, now: int, resource_url: str
+    payload: PaymentPayload | PaymentPayloadV1,
+    offer: Offer,
+    *,
+    now: int,
+    resource_url: str,
+    schemes: Mapping[str, PaymentScheme] | None = None,
 ) -> Authorization:
-    """Check ``payload`` against ``offer``; raise a PaymentError with a reason if it fails."""
+    """Check ``payload`` against ``offer``; raise a PaymentError with a reason if it fails.
+
+    ``schemes``: the implementations (default: the built-in stateless ones)."""
     requirements = _match(payload, offer)
     if isinstance(payload, PaymentPayload):
         accepted = {"accepted": {"amount": payload.accepted.amount}}
-        _check_amount(_uint(accepted, "accepted.amount"), int(requirements.amount))
-    from x402_meter.schemes import scheme_named  # the schemes build on this module
+        _check_amount(uint_at(accepted, "accepted.amount"), int(requirements.amount))
+    if schemes is None:
+        from x402_meter.schemes import BUILT_IN  # the schemes build on this module
 
-    checked = scheme_named(requirements.scheme).check(payload.payload, requirements, offer, now)
+        schemes = BUILT_IN
+    checked = schemes[requirements.scheme].check(payload.payload, requirements, offer, now)
     sent: PaymentRequirements | PaymentRequirementsV1 = requirements
     if isinstance(payload, PaymentPayloadV1):
         sent = v1_requirements(requirements, resource_url, offer.terms)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from x402.extensions.eip2612_gas_sponsoring import (
     declare_eip2612_gas_sponsoring_extension,
@@ -15,8 +17,11 @@ from x402.schemas.v1 import PaymentRequirementsV1
 from x402_meter.assets import Asset
 from x402_meter.pricing import Tariff
 
-Scheme = Literal["upto", "exact"]
-SCHEMES: Final[frozenset[str]] = frozenset({"upto", "exact"})
+if TYPE_CHECKING:
+    from x402_meter.schemes import PaymentScheme
+
+Scheme = Literal["upto", "exact", "batch-settlement"]
+SCHEMES: Final[frozenset[str]] = frozenset({"upto", "exact", "batch-settlement"})
 
 _V1_NAMES: Final = {f"eip155:{chain_id}": name for name, chain_id in V1_NETWORK_CHAIN_IDS.items()}
 DEFAULT_MIME_TYPE: Final = "application/json"
@@ -61,16 +66,23 @@ class Offer:
         cls,
         terms: PaymentTerms,
         *,
-        facilitator_address: str | None,
+        kind_extras: Mapping[str, Mapping[str, Any]],
         facilitator_signers: frozenset[str],
         facilitator_extensions: frozenset[str] = frozenset(),
+        schemes: Mapping[str, PaymentScheme] | None = None,
     ) -> Offer:
-        from x402_meter.schemes import scheme_named  # the schemes build on this module
+        """``kind_extras``: what the facilitator's ``/supported`` says of each scheme on the
+        network (its ``extra``); ``schemes``: the implementations (default: the built-in
+        stateless ones)."""
+        if schemes is None:
+            from x402_meter.schemes import BUILT_IN  # the schemes build on this module
 
+            schemes = BUILT_IN
         base_extra: dict[str, Any] = {"name": terms.asset.name, "version": terms.asset.version}
         requirements = []
         for name in terms.schemes:
-            extra = {**base_extra, **scheme_named(name).offer_extra(terms, facilitator_address)}
+            offered = schemes[name].offer_extra(terms, kind_extras.get(name, {}))
+            extra = {**base_extra, **offered}
             requirements.append(
                 PaymentRequirements(
                     scheme=name,
@@ -83,10 +95,19 @@ class Offer:
                 )
             )
         gas_sponsoring = any(
-            scheme_named(name).gas_sponsoring(terms, facilitator_extensions)
-            for name in terms.schemes
+            schemes[name].gas_sponsoring(terms, facilitator_extensions) for name in terms.schemes
         )
         return cls(terms, tuple(requirements), facilitator_signers, gas_sponsoring)
+
+    def with_extra(self, scheme: str, extra: Mapping[str, Any]) -> Offer:
+        """This offer with ``extra`` added to ``scheme``'s requirements (a corrective 402)."""
+        requirements = tuple(
+            r.model_copy(update={"extra": {**(r.extra or {}), **extra}})
+            if r.scheme == scheme
+            else r
+            for r in self.requirements
+        )
+        return dataclasses.replace(self, requirements=requirements)
 
     def payment_required(self, resource_url: str, error: str) -> PaymentRequired:
         resource = ResourceInfo(

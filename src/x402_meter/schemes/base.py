@@ -8,6 +8,7 @@ before answering, how to settle, and what the answer tells the client.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -41,6 +42,9 @@ class Refusal:
     reason: str
     message: str
     status: int = 402
+    extra: Mapping[str, Any] | None = None
+    """Added to the refused scheme's requirements in the 402 (a channel's corrective 402
+    carries the server's channel state this way)."""
 
 
 class LocalCheck(NamedTuple):
@@ -66,12 +70,23 @@ class PaymentScheme(ABC):
     metered: ClassVar[bool]
     """Whether the charge follows the count (so the count can reach the authorized maximum
     and ``on_cap="end"`` watches it), or is flat."""
+    reserves_keys: ClassVar[bool] = True
+    """Whether admission reserves the payment's key in the store (single-use authorizations);
+    a scheme that serialises its payments itself (a channel's lock) says no."""
+    settles_zero_charges: ClassVar[bool] = False
+    """Whether a charge of nothing still goes through ``settle_charge`` (a channel's lock is
+    released there); otherwise it is ``not_charged`` without a call."""
 
     # -- what is offered ---------------------------------------------------------------------
 
-    def offer_extra(self, terms: PaymentTerms, facilitator_address: str | None) -> dict[str, Any]:
+    def offer_extra(self, terms: PaymentTerms, kind_extra: Mapping[str, Any]) -> dict[str, Any]:
         """What this scheme adds to the requirements' ``extra`` (beyond the token's name and
-        version)."""
+        version); ``kind_extra`` is what the facilitator's ``/supported`` says of the scheme
+        on this network.
+
+        Raises ``FacilitatorUnavailableError`` when the facilitator's answer lacks what the
+        offer needs (nothing can be offered then).
+        """
         return {}
 
     def gas_sponsoring(self, terms: PaymentTerms, facilitator_extensions: frozenset[str]) -> bool:
@@ -112,6 +127,10 @@ class PaymentScheme(ABC):
 
     # -- the charge and its settlement -------------------------------------------------------
 
+    def answer_ended(self, authorization: Authorization) -> None:  # noqa: B027 - optional hook
+        """The answer is over and its charge comes next (a channel lets a request that waits
+        on it know that it will be free in a moment)."""
+
     @abstractmethod
     def charge(self, tariff: Tariff, usage: Usage, max_amount: int) -> int:
         """What a served answer costs, in atomic units, never more than ``max_amount``."""
@@ -120,11 +139,25 @@ class PaymentScheme(ABC):
         """Settle a charge before the answer goes out (one attempt; the sweeper retries)."""
         return await settler.settle(record, attempts=1)
 
-    def settle_later(self, record: PaymentRecord, settler: Settler) -> None:
-        """Settle a charge in the background, after the answer."""
+    async def settle_later(self, record: PaymentRecord, settler: Settler) -> None:
+        """Settle a charge after the answer: in the background (the request is not held)."""
         settler.submit(record)
 
-    def response_headers(self, settled: PaymentRecord) -> list[Header]:
+    async def settle_charge(
+        self, record: PaymentRecord, facilitator: FacilitatorClient
+    ) -> SettleResponse:
+        """One settlement attempt of a charged row, as the ``Settler`` makes it: the
+        facilitator's ``/settle`` with the row's payload and the server's requirements at
+        the charged amount. Raises ``FacilitatorUnavailableError`` for a transient failure."""
+        from x402_meter.settlement import settle_by_facilitator  # settlement builds on schemes
+
+        return await settle_by_facilitator(record, facilitator)
+
+    def receipt_extra(self, record: PaymentRecord) -> dict[str, Any]:
+        """What this scheme adds to a row's receipt body."""
+        return {}
+
+    async def response_headers(self, settled: PaymentRecord) -> list[Header]:
         """What an answer held until settled tells the client: the x402 settle response,
         when a settlement happened (not for a charge of nothing)."""
         if settled.state is not LedgerState.SETTLED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from x402_meter.protocol.checks import check_exact_payload
@@ -23,7 +24,7 @@ class ExactScheme(PaymentScheme):
     settles_before_response: ClassVar[bool] = True
     metered: ClassVar[bool] = False
 
-    def offer_extra(self, terms: PaymentTerms, facilitator_address: str | None) -> dict[str, Any]:
+    def offer_extra(self, terms: PaymentTerms, kind_extra: Mapping[str, Any]) -> dict[str, Any]:
         return {"primaryType": EIP3009_PRIMARY_TYPE} if terms.asset.eip3009 else {}
 
     def check(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from x402.extensions.eip2612_gas_sponsoring import EIP2612_GAS_SPONSORING_KEY
@@ -24,10 +25,11 @@ class UptoScheme(PaymentScheme):
     settles_before_response: ClassVar[bool] = False  # the charge waits on the whole body
     metered: ClassVar[bool] = True
 
-    def offer_extra(self, terms: PaymentTerms, facilitator_address: str | None) -> dict[str, Any]:
+    def offer_extra(self, terms: PaymentTerms, kind_extra: Mapping[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {"assetTransferMethod": "permit2"}
+        facilitator_address = kind_extra.get("facilitatorAddress")
         if facilitator_address:
-            extra["facilitatorAddress"] = facilitator_address
+            extra["facilitatorAddress"] = str(facilitator_address)
         return extra
 
     def gas_sponsoring(self, terms: PaymentTerms, facilitator_extensions: frozenset[str]) -> bool:

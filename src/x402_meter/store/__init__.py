@@ -2,6 +2,8 @@
 
 ``MemoryStore`` (tests), ``SQLiteStore`` (the embedded default; several workers on one
 host), ``RedisStore`` (many hosts; needs the ``redis`` extra). ``open_store(url)`` picks one.
+Sessions keep their channels in a ``ChannelStore``: ``MemoryChannelStore`` or
+``SQLiteChannelStore`` (``channel_store_beside(store)`` picks the one that goes with a store).
 """
 
 from x402_meter.store.base import (
@@ -11,17 +13,26 @@ from x402_meter.store.base import (
     PaymentStore,
     VoidedPayer,
 )
+from x402_meter.store.channel_base import ChannelRecord, ChannelStore
+from x402_meter.store.channel_memory import MemoryChannelStore
+from x402_meter.store.channel_sqlite import SQLiteChannelStore
 from x402_meter.store.memory import MemoryStore
 from x402_meter.store.sqlite import SQLiteStore
-from x402_meter.store.urls import open_store
+from x402_meter.store.urls import channel_store_beside, open_channel_store, open_store
 
 __all__ = [
     "OPEN_STATES",
+    "ChannelRecord",
+    "ChannelStore",
     "LedgerState",
+    "MemoryChannelStore",
     "MemoryStore",
     "PaymentRecord",
     "PaymentStore",
+    "SQLiteChannelStore",
     "SQLiteStore",
     "VoidedPayer",
+    "channel_store_beside",
+    "open_channel_store",
     "open_store",
 ]

@@ -1,25 +1,21 @@
 """SQLite: the embedded default store, safe for several worker processes on one host.
 
-WAL journal (readers never block the writer), every write a single statement or an
-``IMMEDIATE`` transaction, and a busy timeout so concurrent workers queue instead of
-failing. Reservation is one conditional upsert, so two processes can never both win.
-Calls run on a worker thread, one at a time per store, so the event loop never blocks.
-Amounts are stored as text: a uint256 does not fit SQLite's 64-bit integers.
+Every write a single statement or an ``IMMEDIATE`` transaction, on a ``SQLiteFile`` (WAL, a
+busy timeout, calls on a worker thread one at a time). Reservation is one conditional
+upsert, so two processes can never both win. Amounts are stored as text: a uint256 does not
+fit SQLite's 64-bit integers.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
-
-import anyio
-import anyio.to_thread
+from typing import Any, Final, TypeVar
 
 from x402_meter.store.base import LedgerState, PaymentRecord, VoidedPayer
+from x402_meter.store.sqlite_file import SQLiteFile, Synchronous
 
 _T = TypeVar("_T")
 
@@ -145,37 +141,18 @@ class SQLiteStore:
         self,
         path: str | Path,
         *,
-        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        synchronous: Synchronous = "NORMAL",
         busy_timeout_seconds: float = 10.0,
     ) -> None:
         """``synchronous="NORMAL"`` survives any process crash; ``"FULL"`` also power loss."""
         self.path = Path(path)
-        self._synchronous = synchronous
-        self._busy_timeout = busy_timeout_seconds
-        self._connection: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
+        self._file = SQLiteFile(
+            path, _SCHEMA, synchronous=synchronous, busy_timeout_seconds=busy_timeout_seconds
+        )
         self._until_sweep = _SWEEP_EVERY
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(f"PRAGMA synchronous={self._synchronous}")
-            connection.executescript(_SCHEMA)
-            self._connection = connection
-        return self._connection
-
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        def locked() -> _T:
-            with self._lock:
-                return work(self._connect())
-
-        return await anyio.to_thread.run_sync(locked, limiter=self._limiter)
+        return await self._file.run(work)
 
     async def reserve(self, key: str, expires_at: float) -> bool:
         now = time.time()
@@ -313,9 +290,4 @@ class SQLiteStore:
         return await self._run(select)
 
     async def aclose(self) -> None:
-        def close(db: sqlite3.Connection) -> None:
-            db.close()
-            self._connection = None
-
-        if self._connection is not None:
-            await self._run(close)
+        await self._file.close()

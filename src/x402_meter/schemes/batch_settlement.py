@@ -1,0 +1,301 @@
+"""``batch-settlement``: sessions. Deposit once into a payment channel, then pay each answer
+with a cumulative voucher that this server checks itself; each answer is charged its metered
+cost, at most the voucher's increment, in the channel store. ``docs/design/sessions.md``
+says how a request goes; the claims of the charged vouchers are batched off the request
+path (the next part of issue 17).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import anyio.to_thread
+from web3 import Web3
+from x402.mechanisms.evm.batch_settlement.constants import (
+    MAX_WITHDRAW_DELAY,
+    MIN_WITHDRAW_DELAY,
+    SCHEME_BATCH_SETTLEMENT,
+)
+from x402.mechanisms.evm.batch_settlement.errors import (
+    ERR_CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
+    ERR_MISSING_CHANNEL,
+)
+from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
+
+from x402_meter.errors import ChargeUnavailableError, FacilitatorUnavailableError, PaymentError
+from x402_meter.protocol.headers import PAYMENT_RESPONSE, settle_response_header
+from x402_meter.schemes.base import Header, LocalCheck, PaymentScheme, Refusal
+from x402_meter.schemes.channel_admission import ChannelAdmission
+from x402_meter.schemes.channel_payload import (
+    ChannelPayment,
+    check_channel_terms,
+    check_voucher_signature,
+    read_channel_payment,
+)
+from x402_meter.schemes.channel_state import ChainSnapshot, ChargingChannels, channel_state
+from x402_meter.store import ChannelRecord, ChannelStore, LedgerState, PaymentRecord
+
+if TYPE_CHECKING:
+    from x402_meter.facilitator import FacilitatorClient
+    from x402_meter.metering import Usage
+    from x402_meter.pricing import Tariff
+    from x402_meter.protocol.checks import Authorization
+    from x402_meter.protocol.offer import Offer, PaymentTerms
+    from x402_meter.settlement import Settler
+
+_ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
+CHANNEL_LOCK_LOST: Final = "channel_lock_lost"
+DEFAULT_DEPOSIT_MULTIPLE: Final = 10
+"""``minDeposit`` is this many times a request's maximum by default (as the SDK's server)."""
+CHARGE_ATTEMPTS: Final = 5
+"""Compare-and-set attempts of one charge before the settlement worker retries it later."""
+
+
+def default_state_ttl(withdraw_delay: int) -> float:
+    """How long a channel's mirror is trusted by default: a third of the withdraw delay,
+    between 30 s and 5 min (the SDK's rule): a withdrawal requested just after a read is
+    seen long before it can be finalized."""
+    return float(min(300, max(30, withdraw_delay // 3)))
+
+
+class BatchSettlementScheme(PaymentScheme):
+    """Sessions on payment channels, with one meter's channel store."""
+
+    name: ClassVar[str] = SCHEME_BATCH_SETTLEMENT
+    # The charge is local (a write to the channel store): a non-streamed answer is held for
+    # it and carries PAYMENT-RESPONSE, from which the SDK's client signs its next voucher.
+    settles_before_response: ClassVar[bool] = True
+    metered: ClassVar[bool] = True
+    reserves_keys: ClassVar[bool] = False  # the channel's lock serialises its requests
+    settles_zero_charges: ClassVar[bool] = True  # a charge of nothing still frees the channel
+
+    def __init__(
+        self,
+        channels: ChannelStore,
+        *,
+        withdraw_delay: int = MIN_WITHDRAW_DELAY,
+        deposit_multiple: int = DEFAULT_DEPOSIT_MULTIPLE,
+        state_ttl: float | None = None,
+        receiver_authorizer: str | None = None,
+    ) -> None:
+        """``receiver_authorizer``: the address that authorizes claims and refunds of this
+        seller's channels (None: the one the facilitator advertises)."""
+        if not MIN_WITHDRAW_DELAY <= withdraw_delay <= MAX_WITHDRAW_DELAY:
+            raise ValueError(f"withdraw_delay must be {MIN_WITHDRAW_DELAY}..{MAX_WITHDRAW_DELAY} s")
+        self.channels = channels
+        self.withdraw_delay = withdraw_delay
+        self.deposit_multiple = deposit_multiple
+        self.state_ttl = default_state_ttl(withdraw_delay) if state_ttl is None else state_ttl
+        """Seconds a channel's mirror of the chain is trusted for local admission."""
+        self.receiver_authorizer = receiver_authorizer
+        self.charging = ChargingChannels()
+
+    # -- what is offered ---------------------------------------------------------------------
+
+    def offer_extra(self, terms: PaymentTerms, kind_extra: Mapping[str, Any]) -> dict[str, Any]:
+        authorizer = self.receiver_authorizer or kind_extra.get("receiverAuthorizer")
+        if (
+            not isinstance(authorizer, str)
+            or not _ADDRESS.fullmatch(authorizer)
+            or int(authorizer, 16) == 0
+        ):
+            raise FacilitatorUnavailableError(
+                f"the facilitator advertises no receiverAuthorizer for {self.name} on"
+                f" {terms.network}, and no session_receiver_authorizer is configured"
+            )
+        return {
+            "receiverAuthorizer": Web3.to_checksum_address(authorizer),
+            "withdrawDelay": self.withdraw_delay,
+            "minDeposit": str(terms.tariff.max_amount * self.deposit_multiple),
+            "assetTransferMethod": "eip3009" if terms.asset.eip3009 else "permit2",
+        }
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def check(
+        self, body: dict[str, Any], requirements: PaymentRequirements, offer: Offer, now: int
+    ) -> LocalCheck:
+        payment = read_channel_payment(body)
+        check_channel_terms(payment, requirements)
+        # The key names the request's hold on its channel: the channel, the cumulative it
+        # pays up to, and a random part (two copies of one voucher are two requests; the
+        # channel's lock admits one, its cumulative refuses the other afterwards).
+        key = (
+            f"{self.name}:{requirements.network}:{payment.channel_id}:{payment.cumulative}:"
+            f"{secrets.token_hex(8)}"
+        )
+        return LocalCheck(payment.payer, now + requirements.max_timeout_seconds, key)
+
+    async def admit(
+        self, authorization: Authorization, facilitator: FacilitatorClient
+    ) -> Refusal | None:
+        payload, requirements = authorization.payload, authorization.requirements
+        if not isinstance(payload, PaymentPayload) or not isinstance(
+            requirements, PaymentRequirements
+        ):
+            return Refusal("unsupported_scheme", f"{self.name} is paid with x402 version 2")
+        payment = read_channel_payment(payload.payload)
+        try:
+            # An ECDSA recovery: 0.3 ms with coincurve installed, 5 ms in eth-keys' pure
+            # Python; either way not on the event loop, which other answers stream through.
+            await anyio.to_thread.run_sync(
+                check_voucher_signature, payment, str(requirements.network)
+            )
+        except PaymentError as exc:
+            return Refusal(exc.reason, exc.message, exc.status_code)
+        admission = ChannelAdmission(
+            self,
+            payment,
+            payload,
+            requirements,
+            key=authorization.key,
+            maximum=authorization.max_amount,
+            until=float(authorization.expires_at),
+        )
+        return await admission.run(facilitator)
+
+    async def recheck(
+        self, authorization: Authorization, facilitator: FacilitatorClient
+    ) -> Refusal | None:
+        """Nothing to re-check: the funds are in escrow, and a withdrawal takes longer than
+        any answer (the withdraw delay)."""
+        return None
+
+    # -- the charge ----------------------------------------------------------------------------
+
+    def charge(self, tariff: Tariff, usage: Usage, max_amount: int) -> int:
+        metered = tariff.charge(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens)
+        return min(metered, max_amount)  # the maximum is the voucher's increment
+
+    def answer_ended(self, authorization: Authorization) -> None:
+        self.charging.begin(read_channel_payment(authorization.payload.payload).channel_id)
+
+    async def settle_now(self, record: PaymentRecord, settler: Settler) -> PaymentRecord:
+        return await self._charge_now(record, settler)
+
+    async def settle_later(self, record: PaymentRecord, settler: Settler) -> None:
+        # Not in the background: the charge is durable before the request is done.
+        await self._charge_now(record, settler)
+
+    async def _charge_now(self, record: PaymentRecord, settler: Settler) -> PaymentRecord:
+        channel_id = _payment_of_row(record).channel_id
+        try:
+            return await settler.settle(record, attempts=1)
+        finally:
+            self.charging.end(channel_id)
+
+    async def settle_charge(
+        self, record: PaymentRecord, facilitator: FacilitatorClient
+    ) -> SettleResponse:
+        """Add the row's charge to its channel: the charged cumulative grows by it, the
+        request's voucher (which covers the new cumulative) becomes the latest, and the
+        channel is free. Done once per request (a retry finds it done)."""
+        payment = _payment_of_row(record)
+        amount = record.amount or 0
+        try:
+            for _ in range(CHARGE_ATTEMPTS):
+                current = await self.channels.get(payment.channel_id)
+                if current is None:
+                    return _failed(record, ERR_MISSING_CHANNEL, "the channel has no record")
+                if current.last_charged == record.key:
+                    return _charged(record, current, amount)  # done before: a retry
+                if current.serving != record.key:
+                    return _failed(
+                        record,
+                        CHANNEL_LOCK_LOST,
+                        "another request took the channel before this charge was recorded",
+                    )
+                total = current.charged + amount
+                if total > payment.cumulative:
+                    return _failed(
+                        record,
+                        ERR_CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
+                        f"{total} charged would exceed the voucher's {payment.cumulative}",
+                    )
+                changes: dict[str, Any] = {
+                    "charged": total,
+                    "serving": None,
+                    "serving_until": 0.0,
+                    "last_charged": record.key,
+                }
+                if amount:  # the voucher becomes the latest once it covers a charge
+                    changes["voucher_max"] = payment.cumulative
+                    changes["voucher_signature"] = payment.signature
+                stored = await self.channels.put(dataclasses.replace(current, **changes))
+                if stored is not None:
+                    return _charged(record, stored, amount)
+        except Exception as exc:  # the store did not answer: the worker tries again later
+            raise ChargeUnavailableError(f"channel store: {type(exc).__name__}: {exc}") from exc
+        raise ChargeUnavailableError(f"channel {payment.channel_id} kept changing")
+
+    # -- what the client is told ---------------------------------------------------------------
+
+    async def response_headers(self, settled: PaymentRecord) -> list[Header]:
+        if settled.state not in (LedgerState.SETTLED, LedgerState.NOT_CHARGED):
+            return []
+        payment = _payment_of_row(settled)
+        record = await self.channels.get(payment.channel_id)
+        chain = ChainSnapshot.of(record) if record is not None else ChainSnapshot(0, 0, 0, 0)
+        amount = settled.amount or 0
+        result = SettleResponse(
+            success=True,
+            transaction="",  # the charge is in the channel: no transaction of its own
+            network=settled.network,
+            payer=settled.payer,
+            amount="",
+            extra={
+                "chargedAmount": str(amount),
+                "channelState": channel_state(
+                    payment.channel_id, chain, charged_after(settled, payment)
+                ),
+            },
+        )
+        return [(PAYMENT_RESPONSE.encode(), settle_response_header(result))]
+
+    def receipt_extra(self, record: PaymentRecord) -> dict[str, Any]:
+        payment = _payment_of_row(record)
+        channel: dict[str, Any] = {"id": payment.channel_id}
+        if record.state in (LedgerState.SETTLED, LedgerState.NOT_CHARGED):
+            channel["charged_cumulative"] = str(charged_after(record, payment))
+        return {"channel": channel}
+
+
+def charged_after(record: PaymentRecord, payment: ChannelPayment) -> int:
+    """The channel's charged cumulative once ``record`` was charged: the voucher was for the
+    cumulative before it plus the request's maximum (admission checked it), so it is the
+    voucher's amount less what was not charged of that maximum."""
+    return payment.cumulative - record.max_amount + (record.amount or 0)
+
+
+def _payment_of_row(record: PaymentRecord) -> ChannelPayment:
+    return read_channel_payment(json.loads(record.payload_json)["payload"])
+
+
+def _charged(record: PaymentRecord, channel: ChannelRecord, amount: int) -> SettleResponse:
+    return SettleResponse(
+        success=True,
+        transaction="",
+        network=record.network,
+        payer=record.payer,
+        amount=str(amount),
+        extra={"chargedAmount": str(amount), "chargedCumulativeAmount": str(channel.charged)},
+    )
+
+
+def _failed(record: PaymentRecord, reason: str, message: str) -> SettleResponse:
+    return SettleResponse(
+        success=False,
+        error_reason=reason,
+        error_message=message,
+        transaction="",
+        network=record.network,
+        payer=record.payer,
+    )
+
+
+__all__ = ["BatchSettlementScheme", "charged_after", "default_state_ttl"]

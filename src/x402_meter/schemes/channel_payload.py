@@ -1,0 +1,149 @@
+"""A ``batch-settlement`` payload read strictly: a deposit or a voucher on one channel.
+
+Every field is read before anything else looks at it (addresses, canonical uints, bytes32,
+hex signatures): a malformed payload is a 400 naming the field, never a 500. The channel's
+binding (its id is the EIP-712 hash of its config) and its terms (receiver, receiver
+authorizer, token, withdraw delay) are checked against the server's own requirements with
+the SDK's functions, and so is the voucher's EIP-712 signature. No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from x402.mechanisms.evm.batch_settlement.constants import SCHEME_BATCH_SETTLEMENT
+from x402.mechanisms.evm.batch_settlement.errors import (
+    ERR_INVALID_PAYLOAD_TYPE,
+    ERR_INVALID_VOUCHER_SIGNATURE,
+)
+from x402.mechanisms.evm.batch_settlement.facilitator.utils import (
+    validate_channel_config,
+    verify_batch_settlement_voucher_typed_data,
+)
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
+from x402.mechanisms.evm.batch_settlement.utils import channel_id_binding_error
+from x402.mechanisms.evm.utils import get_evm_chain_id
+from x402.schemas import PaymentRequirements
+
+from x402_meter.errors import PaymentError
+from x402_meter.protocol.checks import BYTES32, address_at, field_at, hex_at, invalid, uint_at
+
+UINT128_MAX: Final = 2**128 - 1
+"""The contract keeps balances and cumulative amounts in uint128."""
+UINT40_MAX: Final = 2**40 - 1
+ZERO_ADDRESS: Final = "0x" + "00" * 20
+
+Kind = Literal["deposit", "voucher"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPayment:
+    """What a deposit or voucher payload says, read and checked."""
+
+    kind: Kind
+    config: ChannelConfig
+    channel_id: str
+    """Lower case."""
+    cumulative: int
+    """The voucher's ``maxClaimableAmount``."""
+    signature: str
+    deposit: int | None
+    """A deposit's amount (None for a voucher)."""
+
+    @property
+    def payer(self) -> str:
+        return self.config.payer.lower()
+
+    @property
+    def contract_wallet(self) -> bool:
+        """A zero ``payerAuthorizer``: the voucher is an EIP-1271 signature of the payer,
+        which only the chain (the facilitator) can check."""
+        return self.config.payer_authorizer.lower() == ZERO_ADDRESS
+
+    def signed_by_payer(self, network: str) -> bool:
+        """Whether the voucher's EIP-712 signature recovers to the ``payerAuthorizer``
+        (the SDK's ECDSA path; not for a contract wallet)."""
+        return verify_batch_settlement_voucher_typed_data(
+            signer=None,  # type: ignore[arg-type]  # unused on the ECDSA path
+            channel_id=self.channel_id,
+            max_claimable_amount=str(self.cumulative),
+            payer_authorizer=self.config.payer_authorizer,
+            payer=self.config.payer,
+            signature=self.signature,
+            chain_id=get_evm_chain_id(network),
+        )
+
+    def voucher(self) -> dict[str, str]:
+        """The voucher as the wire carries it."""
+        return {
+            "channelId": self.channel_id,
+            "maxClaimableAmount": str(self.cumulative),
+            "signature": self.signature,
+        }
+
+
+def _bounded(value: int, path: str, bound: int, name: str) -> int:
+    if value > bound:
+        raise invalid(path, f"at most {name}")
+    return value
+
+
+def read_channel_payment(body: dict[str, Any]) -> ChannelPayment:
+    """The payload's body, read strictly; ``PaymentError`` (400 for malformed) if it fails."""
+    kind = body.get("type") if isinstance(body, dict) else None
+    if kind not in ("deposit", "voucher"):
+        shown = kind if isinstance(kind, str) and len(kind) <= 20 else "?"
+        raise PaymentError(
+            ERR_INVALID_PAYLOAD_TYPE,
+            f"a {SCHEME_BATCH_SETTLEMENT} payment here is a deposit or a voucher, not {shown!r}",
+        )
+    config_path = "channelConfig"
+    delay_value = field_at(body, f"{config_path}.withdrawDelay")
+    if isinstance(delay_value, bool) or not isinstance(delay_value, int) or delay_value < 0:
+        raise invalid(f"{config_path}.withdrawDelay", "a non-negative integer")
+    config = ChannelConfig(
+        payer=address_at(body, f"{config_path}.payer"),
+        payer_authorizer=address_at(body, f"{config_path}.payerAuthorizer"),
+        receiver=address_at(body, f"{config_path}.receiver"),
+        receiver_authorizer=address_at(body, f"{config_path}.receiverAuthorizer"),
+        token=address_at(body, f"{config_path}.token"),
+        withdraw_delay=_bounded(delay_value, f"{config_path}.withdrawDelay", UINT40_MAX, "2^40-1"),
+        salt=hex_at(body, f"{config_path}.salt", BYTES32),
+    )
+    channel_id = hex_at(body, "voucher.channelId", BYTES32)
+    cumulative = _bounded(
+        uint_at(body, "voucher.maxClaimableAmount"),
+        "voucher.maxClaimableAmount",
+        UINT128_MAX,
+        "2^128-1",
+    )
+    signature = hex_at(body, "voucher.signature")
+    deposit = None
+    if kind == "deposit":
+        deposit = _bounded(
+            uint_at(body, "deposit.amount"), "deposit.amount", UINT128_MAX, "2^128-1"
+        )
+        authorization = field_at(body, "deposit.authorization")
+        if not isinstance(authorization, dict) or not authorization:
+            raise invalid("deposit.authorization", "an object")
+    return ChannelPayment(kind, config, channel_id, cumulative, signature, deposit)
+
+
+def check_channel_terms(payment: ChannelPayment, requirements: PaymentRequirements) -> None:
+    """The channel id binds the config, on this network, and the config is this server's
+    (receiver, receiver authorizer, token, withdraw delay); ``PaymentError`` if not."""
+    network = str(requirements.network)
+    reason = channel_id_binding_error(payment.config, payment.channel_id, network)
+    reason = reason or validate_channel_config(payment.config, payment.channel_id, requirements)
+    if reason is not None:
+        raise PaymentError(reason, "the channel does not match this server's terms")
+
+
+def check_voucher_signature(payment: ChannelPayment, network: str) -> None:
+    """The voucher is signed by the config's ``payerAuthorizer`` (an EOA); ``PaymentError``
+    if not. A contract wallet's voucher is left to the facilitator."""
+    if not payment.contract_wallet and not payment.signed_by_payer(network):
+        raise PaymentError(
+            ERR_INVALID_VOUCHER_SIGNATURE, "the voucher is not signed by the payer authorizer"
+        )

@@ -1,0 +1,41 @@
+"""Channels in a dictionary: for tests and single-process development."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from x402_meter.store.channel_base import ChannelRecord
+
+
+class MemoryChannelStore:
+    """Compare-and-set on a dictionary; atomic because the event loop is one thread."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, ChannelRecord] = {}
+
+    async def get(self, channel_id: str) -> ChannelRecord | None:
+        return self._records.get(channel_id.lower())
+
+    async def put(self, record: ChannelRecord) -> ChannelRecord | None:
+        key = record.channel_id.lower()
+        current = self._records.get(key)
+        if (current.version if current is not None else 0) != record.version:
+            return None
+        now = time.time()
+        stored = dataclasses.replace(
+            record,
+            channel_id=key,
+            version=record.version + 1,
+            created_at=current.created_at if current is not None else now,
+            updated_at=now,
+        )
+        self._records[key] = stored
+        return stored
+
+    async def list(self, limit: int = 100, offset: int = 0) -> list[ChannelRecord]:
+        records = sorted(self._records.values(), key=lambda r: r.updated_at, reverse=True)
+        return records[offset : offset + limit]
+
+    async def aclose(self) -> None:
+        return None
