@@ -81,6 +81,10 @@ async def test_every_field_round_trips_with_uint256_amounts(channels: ChannelSto
         last_charged="batch-settlement:j",
         claimed=huge - 5,
         claim_transaction="0x" + "ff" * 32,
+        claiming="host:1:ab",
+        claiming_until=1_700_000_400.75,
+        claim_failures=3,
+        claim_error="invalid_batch_settlement_evm_claim_simulation_failed",
     )
     stored = await channels.put(written)
     assert stored is not None
@@ -155,6 +159,39 @@ async def test_channels_are_listed_most_recently_written_first(channels: Channel
     listed = [r.channel_id for r in await channels.list()]
     assert listed == [ids[0], ids[2], ids[1]]
     assert [r.channel_id for r in await channels.list(limit=1, offset=1)] == [ids[2]]
+
+
+async def test_claimable_channels_are_charged_beyond_their_claims_with_a_free_claim(
+    channels: ChannelStore,
+) -> None:
+    ids = ["0x" + f"{n:02x}" * 32 for n in range(1, 7)]
+    written = [
+        channel(ids[0], charged=10, claimed=4, claiming_until=30.0),  # free since 30
+        channel(ids[1], charged=10, claimed=0),  # free since ever
+        channel(ids[2], charged=10, claimed=10),  # all claimed
+        channel(ids[3], charged=0),  # nothing charged
+        channel(ids[4], charged=10, claiming="w", claiming_until=200.0),  # held until 200
+        channel(ids[5], charged=2**255, claimed=2**255 - 1, claiming_until=50.0),
+    ]
+    for record in written:
+        assert await channels.put(record) is not None
+    assert [r.channel_id for r in await channels.claimable(100.0)] == [ids[1], ids[0], ids[5]]
+    assert [r.channel_id for r in await channels.claimable(100.0, limit=2)] == ids[1::-1]
+    assert [r.channel_id for r in await channels.claimable(40.0)] == [ids[1], ids[0]]
+    assert ids[4] in [r.channel_id for r in await channels.claimable(200.0)]
+
+
+async def test_a_channel_leaves_the_claimable_ones_when_claimed_and_returns_when_charged(
+    channels: ChannelStore,
+) -> None:
+    stored = await channels.put(channel(charged=10))
+    assert stored is not None
+    assert [r.channel_id for r in await channels.claimable(1.0)] == [CHANNEL]
+    stored = await channels.put(dataclasses.replace(stored, claimed=10))
+    assert stored is not None
+    assert await channels.claimable(1.0) == []
+    assert await channels.put(dataclasses.replace(stored, charged=11)) is not None
+    assert [r.charged for r in await channels.claimable(1.0)] == [11]
 
 
 def test_a_record_is_busy_while_its_lease_runs() -> None:

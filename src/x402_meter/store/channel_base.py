@@ -52,8 +52,19 @@ class ChannelRecord:
     """The key of the request charged last (charging it again changes nothing)."""
     # -- claims ----------------------------------------------------------------------------
     claimed: int = 0
-    """The cumulative amount this server's claims have recorded on chain."""
+    """The cumulative amount this server's claims have recorded on chain (at most
+    ``charged``: a channel with ``charged`` above it has something to claim)."""
     claim_transaction: str | None = None
+    """The transaction of the last claim that recorded ``claimed``."""
+    claiming: str | None = None
+    """The claims worker holding the channel's claim (None: no claim in flight)."""
+    claiming_until: float = 0.0
+    """Unix time until which ``claiming`` holds the claim; after a refused claim, the time
+    before which no worker tries again (a backoff)."""
+    claim_failures: int = 0
+    """Claims of this channel refused in a row (0 after a claim lands)."""
+    claim_error: str | None = None
+    """Why the last claim of this channel was refused (None after a claim lands)."""
     # -- bookkeeping -----------------------------------------------------------------------
     version: int = 0
     """Bumped by every write (0: never written)."""
@@ -63,6 +74,11 @@ class ChannelRecord:
     def busy(self, now: float) -> bool:
         """Whether a request holds the channel at ``now``."""
         return self.serving is not None and self.serving_until > now
+
+    def claimable(self, now: float) -> bool:
+        """Whether the channel has charges not yet claimed and no claim of it is held (or
+        backed off) at ``now``: what ``ChannelStore.claimable`` lists."""
+        return self.charged > self.claimed and self.claiming_until <= now
 
 
 class ChannelStore(Protocol):
@@ -78,6 +94,11 @@ class ChannelStore(Protocol):
         Returns the record as stored (its version one more), or None when another write came
         first (read again and decide again).
         """
+        ...
+
+    async def claimable(self, now: float, limit: int = 100) -> list[ChannelRecord]:
+        """At most ``limit`` records that are ``claimable(now)``: charged beyond what was
+        claimed, their claim free; the one free the longest first (``claiming_until``)."""
         ...
 
     async def list(self, limit: int = 100, offset: int = 0) -> list[ChannelRecord]:
