@@ -1,11 +1,13 @@
-"""One conformance suite for every channel store backend: memory and SQLite (Redis to come:
-add it to ``BACKENDS`` and the fixture)."""
+"""One conformance suite for every channel store backend: memory, SQLite and Redis (a private
+redis-server for the session, each test under its own key prefix)."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import anyio
 import pytest
@@ -16,16 +18,18 @@ from x402_meter.store import (
     ChannelStore,
     MemoryChannelStore,
     MemoryStore,
+    PaymentStore,
     SQLiteChannelStore,
     SQLiteStore,
     channel_store_beside,
     open_channel_store,
 )
+from x402_meter.store.channel_redis import RedisChannelStore
 from x402_meter.store.redis import RedisStore
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis"]
 CHANNEL = "0x" + "ab" * 32
 
 
@@ -34,8 +38,11 @@ async def channels(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     backend: ChannelStore
     if request.param == "memory":
         backend = MemoryChannelStore()
-    else:
+    elif request.param == "sqlite":
         backend = SQLiteChannelStore(tmp_path / "ledger.db")
+    else:
+        url = request.getfixturevalue("redis_url")
+        backend = RedisChannelStore(url, prefix=f"t{time.time_ns()}:")
     yield backend
     await backend.aclose()
 
@@ -204,6 +211,26 @@ def test_a_record_is_busy_while_its_lease_runs() -> None:
 # -- SQLite: shared by processes, durable -------------------------------------------------
 
 
+async def test_two_redis_stores_on_one_server_share_channels_and_their_versions(
+    redis_url: str,
+) -> None:
+    prefix = f"t{time.time_ns()}:"
+    one, other = (
+        RedisChannelStore(redis_url, prefix=prefix),
+        RedisChannelStore(redis_url, prefix=prefix),
+    )
+    try:
+        written = await one.put(channel(charged=7))
+        assert written is not None
+        assert await other.get(CHANNEL) == written
+        assert await other.put(dataclasses.replace(written, charged=8)) is not None
+        assert await one.put(dataclasses.replace(written, charged=9)) is None
+        assert [r.charged for r in await one.claimable(1.0)] == [8]
+    finally:
+        await one.aclose()
+        await other.aclose()
+
+
 async def test_two_sqlite_stores_on_one_file_share_channels_and_their_versions(
     tmp_path: Path,
 ) -> None:
@@ -249,19 +276,41 @@ def test_a_memory_ledger_gets_memory_channels() -> None:
     assert isinstance(channel_store_beside(MemoryStore()), MemoryChannelStore)
 
 
-def test_a_redis_ledger_needs_a_channel_store_of_its_own() -> None:
+async def test_a_redis_ledger_gets_channels_on_its_server_under_its_prefix(
+    redis_url: str,
+) -> None:
+    prefix = f"t{time.time_ns()}:"
+    ledger = RedisStore(redis_url, prefix=prefix)
+    beside = channel_store_beside(ledger)
+    again = RedisChannelStore(redis_url, prefix=prefix)
+    try:
+        assert isinstance(beside, RedisChannelStore)
+        assert (beside.url, beside.prefix) == (redis_url, prefix)
+        written = await beside.put(channel(charged=3))
+        assert await again.get(CHANNEL) == written
+    finally:
+        for store in (beside, again, ledger):
+            await store.aclose()
+
+
+def test_another_ledger_needs_a_channel_store_of_its_own() -> None:
+    unknown = cast(PaymentStore, object())  # a payment store no channel store goes with
     with pytest.raises(ConfigurationError, match="channel_store="):
-        channel_store_beside(RedisStore("redis://127.0.0.1:1/0"))
+        channel_store_beside(unknown)
 
 
-@pytest.mark.parametrize("url", ["redis://localhost/0", "sqlite:///", "ftp://x", "nothing"])
-def test_a_channel_store_url_names_memory_or_sqlite(url: str) -> None:
+@pytest.mark.parametrize("url", ["redis://", "sqlite:///", "ftp://x", "nothing"])
+def test_a_channel_store_url_names_memory_sqlite_or_redis(url: str) -> None:
     with pytest.raises(ConfigurationError):
         open_channel_store(url)
 
 
-def test_channel_store_urls(tmp_path: Path) -> None:
+async def test_channel_store_urls(tmp_path: Path) -> None:
     assert isinstance(open_channel_store("memory://"), MemoryChannelStore)
     sqlite = open_channel_store(f"sqlite:///{tmp_path}/c.db")
     assert isinstance(sqlite, SQLiteChannelStore)
     assert sqlite.path == tmp_path / "c.db"
+    redis = open_channel_store("redis://127.0.0.1:6390/2")
+    assert isinstance(redis, RedisChannelStore)
+    assert (redis.url, redis.prefix) == ("redis://127.0.0.1:6390/2", "x402:")
+    await redis.aclose()
