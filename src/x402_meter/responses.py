@@ -38,9 +38,10 @@ async def send_payment_required(
 
     v2 clients read the header; v1 clients read ``accepts`` in the body, where amounts are
     ``maxAmountRequired`` and networks carry their legacy names. ``reason`` tells a program
-    why; ``error`` tells a person.
+    why; the body's ``error`` tells a person. The header's ``error`` is the reason, as the
+    x402 SDK's server writes it: its clients act on it (a session's corrective 402).
     """
-    header = payment_required_header(offer.payment_required(resource_url, message))
+    header = payment_required_header(offer.payment_required(resource_url, reason))
     body = {
         "x402Version": 1,
         "error": message,

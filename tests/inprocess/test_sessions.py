@@ -10,6 +10,7 @@ for the chain.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import anyio
@@ -47,6 +48,8 @@ from tests.inprocess.sessions import (
 from tests.openai_stream import COMPLETION_TOKENS, PROMPT_TOKENS
 from x402_meter import X402Meter
 from x402_meter.devstack.accounts import PAYERS
+from x402_meter.schemes.channel_state import ChargingChannels
+from x402_meter.store import LedgerState
 
 pytestmark = pytest.mark.anyio
 
@@ -416,3 +419,66 @@ async def test_a_deposit_that_does_not_land_frees_the_channel_and_serves_nothing
     channel = await channel_of(meter, payer.channel_id(requirements))
     assert (channel.serving, channel.charged, channel.balance) == (None, 0, 0)
     assert facilitator.calls == ["/verify", "/settle"]
+
+
+# -- a server that died mid-stream --------------------------------------------------------------
+
+
+async def test_a_row_left_mid_stream_is_charged_to_its_channel_by_another_worker() -> None:
+    """A server died while streaming: its ledger row is still ``verified`` with its last
+    checkpoint, its request still holds the channel. Another worker's sweeper, once the
+    row's lease has run out, charges the checkpoint to the channel and frees it."""
+    facilitator = InProcessFacilitator()
+    payer = ChannelPayer()
+    dead = session_meter(chat_app(), facilitator)
+    async with calling(dead) as client:
+        requirements, charged = await opened(dead, client, payer)
+        answer = await send(
+            client, STREAMED, payer.voucher(requirements, charged + int(requirements.amount))
+        )
+    receipt_id = answer.headers["x-payment-receipt"].rsplit("/", 1)[-1]
+    store, channels = dead.runtime.store, dead.runtime.channels
+    assert channels is not None
+    served = await store.get(receipt_id)
+    channel = await channel_of(dead, payer.channel_id(requirements))
+    assert served is not None
+    assert served.amount
+    # As the dead server left them: the row verified at its checkpoint, the channel held.
+    left = dataclasses.replace(
+        served, state=LedgerState.VERIFIED, amount=served.amount - 1, lease_until=1.0
+    )
+    await store.save(left)
+    held = dataclasses.replace(
+        channel,
+        charged=charged,
+        serving=served.key,
+        serving_until=time.time() + 300,
+        last_charged=None,
+    )
+    assert await channels.put(held) is not None
+
+    worker = session_meter(chat_app(), facilitator, store=store, channel_store=channels)
+    assert await worker.runtime.settler.sweep() == 1
+    await worker.runtime.settler.drain()
+
+    recovered = await store.get(receipt_id)
+    assert recovered is not None
+    assert (recovered.state, recovered.amount) == (LedgerState.SETTLED, served.amount - 1)
+    after = await channel_of(worker, payer.channel_id(requirements))
+    assert (after.charged, after.serving) == (charged + served.amount - 1, None)
+
+
+async def test_charging_channels_wake_a_waiting_request_when_the_charge_is_done() -> None:
+    charging = ChargingChannels()
+    assert not await charging.wait("0xaa", 10)  # nothing charging: no wait at all
+    charging.begin("0xaa")
+    woken: list[bool] = []
+    async with anyio.create_task_group() as tasks:
+
+        async def waiter() -> None:
+            woken.append(await charging.wait("0xaa", HANG))
+
+        tasks.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        charging.end("0xaa")
+    assert woken == [True]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,3 +78,49 @@ def test_the_litestar_plugin_hands_its_runtime_to_every_route() -> None:
 def test_the_recheck_and_deadline_options_are_checked(options: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigurationError, match=named):
         MeterConfig.create(pay_to=PAY_TO, price_per_token="0.000002", **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"session_deposit_multiple": 0}, "session_deposit_multiple"),
+        ({"session_deposit_multiple": 2.5}, "session_deposit_multiple"),
+        ({"session_withdraw_delay": 899}, "session_withdraw_delay"),
+        ({"session_withdraw_delay": 30 * 24 * 3600 + 1}, "session_withdraw_delay"),
+        ({"session_state_ttl": 0}, "session_state_ttl"),
+        ({"session_state_ttl": 900}, "session_state_ttl"),
+        ({"session_receiver_authorizer": "0x" + "44" * 20}, "session_receiver_authorizer"),
+        ({"schemes": ("batch-settlement", "permit")}, "schemes"),
+    ],
+)
+def test_the_session_options_are_checked(options: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        MeterConfig.create(pay_to=PAY_TO, price_per_token="0.000002", **options)
+
+
+def test_sessions_keep_their_channels_beside_the_store_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    from x402_meter.store import MemoryChannelStore, SQLiteChannelStore
+
+    def channels(**options: Any) -> object:
+        meter = X402Meter(
+            nothing,
+            pay_to=PAY_TO,
+            price_per_token="1",
+            schemes=("upto", "batch-settlement"),
+            **options,
+        )
+        return meter.runtime.channels
+
+    beside = channels(store=f"sqlite:///{tmp_path}/ledger.db")
+    assert isinstance(beside, SQLiteChannelStore)
+    assert beside.path == tmp_path / "ledger.db"
+    assert isinstance(channels(store="memory://"), MemoryChannelStore)
+    assert isinstance(channels(store="memory://", channel_store="memory://"), MemoryChannelStore)
+    assert (
+        X402Meter(nothing, pay_to=PAY_TO, price_per_token="1", store="memory://").runtime.channels
+        is None
+    )
+    with pytest.raises(ConfigurationError, match="channel_store="):
+        channels(store="redis://127.0.0.1:1/0")

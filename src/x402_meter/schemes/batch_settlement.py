@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+import anyio.to_thread
 from web3 import Web3
 from x402.mechanisms.evm.batch_settlement.constants import (
     MAX_WITHDRAW_DELAY,
@@ -143,7 +144,11 @@ class BatchSettlementScheme(PaymentScheme):
             return Refusal("unsupported_scheme", f"{self.name} is paid with x402 version 2")
         payment = read_channel_payment(payload.payload)
         try:
-            check_voucher_signature(payment, str(requirements.network))
+            # An ECDSA recovery: 0.3 ms with coincurve installed, 5 ms in eth-keys' pure
+            # Python; either way not on the event loop, which other answers stream through.
+            await anyio.to_thread.run_sync(
+                check_voucher_signature, payment, str(requirements.network)
+            )
         except PaymentError as exc:
             return Refusal(exc.reason, exc.message, exc.status_code)
         admission = ChannelAdmission(
