@@ -177,6 +177,8 @@ class ChannelClaims:
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = False
+        self._waiting: list[asyncio.Future[ClaimsPass]] = []
+        """Callers of ``next_pass``, told by the first pass that starts after their call."""
 
     # -- running -------------------------------------------------------------------------
 
@@ -201,6 +203,22 @@ class ChannelClaims:
         if self._wake is not None:
             self._wake.set()
 
+    def next_pass(self) -> asyncio.Future[ClaimsPass]:
+        """What the worker's next pass does: one that starts after this call (await it;
+        cancelled if the worker stops first)."""
+        waiter: asyncio.Future[ClaimsPass] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        return waiter
+
+    async def claim_now(self) -> ClaimsPass:
+        """Run a pass now and say what it did: in the worker's loop if it runs (never two
+        passes at once in one worker), else here."""
+        if not self.running():
+            return await self.claim_once()
+        waiter = self.next_pass()
+        self.wake()
+        return await waiter
+
     async def aclose(self) -> None:
         """Stop: a pass in flight may finish (up to ``CLOSE_SECONDS``), then is cancelled."""
         task, self._task = self._task, None
@@ -215,6 +233,8 @@ class ChannelClaims:
             task.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(task, return_exceptions=True)
+            _cancel(self._waiting)
+            self._waiting = []
 
     async def _run_forever(self) -> None:
         failures = 0
@@ -222,16 +242,25 @@ class ChannelClaims:
         assert wake is not None
         while not self._stopping:
             wake.clear()
+            waiting, self._waiting = self._waiting, []
             try:
-                stopped = (await self.claim_once()).interrupted
+                report = await self.claim_once()
             except Exception as exc:  # the store may be briefly unavailable: try again later
                 logger.exception("channel claims pass failed")
-                stopped = f"{type(exc).__name__}: {exc}"
+                report = ClaimsPass(interrupted=f"{type(exc).__name__}: {exc}")
+            except BaseException:  # stopped mid-pass: its waiters learn nothing
+                _cancel(waiting)
+                raise
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_result(report)
             wait = self.policy.interval
-            failures = failures + 1 if stopped else 0
+            failures = failures + 1 if report.interrupted else 0
             if failures:
                 wait = min(self.policy.backoff(failures), wait)
-                logger.warning("channel claims stopped (%s): next pass in %.0f s", stopped, wait)
+                logger.warning(
+                    "channel claims stopped (%s): next pass in %.0f s", report.interrupted, wait
+                )
             with anyio.move_on_after(wait):
                 await wake.wait()
 
@@ -405,6 +434,11 @@ class ChannelClaims:
         logger.warning(
             "channel %s kept changing: its claim record waits for a later pass", channel_id
         )
+
+
+def _cancel(waiters: Iterable[asyncio.Future[ClaimsPass]]) -> None:
+    for waiter in waiters:
+        waiter.cancel()
 
 
 def _claimed_changes(

@@ -10,6 +10,7 @@ so the bodies are the JSON a facilitator gets. The chain-backed tests are in
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Callable
@@ -444,6 +445,26 @@ async def test_wake_runs_a_pass_at_once_and_aclose_stops_the_worker() -> None:
 
     assert chain.rows_per_channel() == {record.channel_id: 1}
     assert (await record_of(channels, record)).claimed == 100
+
+
+async def test_claim_now_runs_a_pass_in_the_workers_loop_and_reports_it() -> None:
+    channels, chain = MemoryChannelStore(), FakeChain()
+    claims = worker(channels, chain, interval=3600.0)
+    (record,) = await stored(channels, charged_channel(1, 100))
+    assert (await claims.claim_now()).claims[0].totals == {record.channel_id: 100}  # not running
+
+    claims.ensure_running()
+    after = await record_of(channels, record)
+    await stored(channels, dataclasses.replace(after, charged=150, voucher_max=150))
+    with anyio.fail_after(10):
+        report = await claims.claim_now()
+    waiting = claims.next_pass()
+    await claims.aclose()
+
+    assert [c.totals for c in report.claims] == [{record.channel_id: 150}]
+    with pytest.raises(asyncio.CancelledError):  # a pass that never came
+        await waiting
+    assert chain.claimed == {record.channel_id: 150}
 
 
 # -- options and wiring ------------------------------------------------------------------------
