@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from x402_meter.facilitator import FacilitatorClient
 from x402_meter.runtime import MeterRuntime
 from x402_meter.schemes.batch_settlement import BatchSettlementScheme
 from x402_meter.store import ChannelRecord, ChannelStore, MemoryChannelStore, SQLiteChannelStore
+from x402_meter.store.channel_redis import RedisChannelStore
 
 pytestmark = pytest.mark.anyio
 
@@ -269,10 +271,28 @@ async def test_a_channel_whose_charge_the_chain_has_already_is_marked_claimed_si
 # -- leases: several workers, one store ------------------------------------------------------
 
 
-async def test_two_workers_on_one_store_never_claim_a_channel_twice_at_once() -> None:
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChannelStore]:
+    """A channel store that two workers share (each store kind)."""
+    channels: ChannelStore
+    if request.param == "memory":
+        channels = MemoryChannelStore()
+    elif request.param == "sqlite":
+        channels = SQLiteChannelStore(tmp_path / "ledger.db")
+    else:
+        channels = RedisChannelStore(
+            request.getfixturevalue("redis_url"), prefix=f"t{time.time_ns()}:"
+        )
+    yield channels
+    await channels.aclose()
+
+
+async def test_two_workers_on_one_store_never_claim_a_channel_twice_at_once(
+    shared: ChannelStore,
+) -> None:
     """Both workers pass at the same moment while the first claims wait: every channel is
     claimed by exactly one of them, once."""
-    channels, chain = MemoryChannelStore(), FakeChain()
+    channels, chain = shared, FakeChain()
     records = await stored(channels, *(charged_channel(n, 10 * n) for n in range(1, 9)))
     chain.hold_claims = anyio.Event()
     one, other = worker(channels, chain, max_per_batch=3), worker(channels, chain, max_per_batch=3)
