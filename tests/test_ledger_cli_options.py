@@ -82,3 +82,23 @@ def test_the_store_after_the_action_wins_over_the_one_before(
     before_only = x402_meter("ledger", "--store", empty, "list")
     assert "r1 " in after.stdout
     assert "r1 " not in before_only.stdout
+
+
+def test_a_session_charge_is_not_retried_through_the_facilitator(tmp_path: Path) -> None:
+    """A ``batch-settlement`` row's charge goes into its channel store: ``ledger retry``
+    (which only knows the facilitator) leaves it to the meter's own worker."""
+    path = tmp_path / "ledger.sqlite3"
+
+    async def seed() -> None:
+        store = SQLiteStore(path)
+        try:
+            await store.save(payment_row("s1", scheme="batch-settlement"))
+        finally:
+            await store.aclose()
+
+    anyio.run(seed)
+    done = x402_meter(
+        "ledger", "retry", "s1", "--store", f"sqlite:///{path}", "--facilitator-url", "http://x"
+    )
+    assert done.returncode == 1
+    assert "batch-settlement charge" in done.stderr

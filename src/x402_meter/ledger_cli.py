@@ -20,6 +20,7 @@ import anyio
 
 from x402_meter.facilitator import API_KEY_ENV, FacilitatorClient
 from x402_meter.runtime import DEFAULT_STORE_URL, STORE_ENV
+from x402_meter.schemes import BUILT_IN
 from x402_meter.settlement import Settler
 from x402_meter.store import (
     OPEN_STATES,
@@ -171,6 +172,14 @@ async def _retry(store: PaymentStore, receipt_id: str, facilitator_url: str) -> 
         return 1
     if row.state not in (LedgerState.FAILED, *OPEN_STATES):
         print(f"payment {receipt_id} is {row.state.value}: nothing to retry", file=sys.stderr)
+        return 1
+    if row.scheme not in BUILT_IN:
+        # A session's charge goes into its channel store, which only the meter knows.
+        print(
+            f"payment {receipt_id} is a {row.scheme} charge: the meter's own settlement"
+            " worker retries it (start the server)",
+            file=sys.stderr,
+        )
         return 1
     if row.state is LedgerState.FAILED:  # reopen it, keeping the history of attempts
         row = dataclasses.replace(row, state=LedgerState.TO_SETTLE, next_attempt_at=0.0)
