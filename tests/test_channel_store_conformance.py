@@ -33,16 +33,19 @@ BACKENDS = ["memory", "sqlite", "redis"]
 CHANNEL = "0x" + "ab" * 32
 
 
+def channel_store_of(request: pytest.FixtureRequest, tmp_path: Path) -> ChannelStore:
+    """A new channel store of the kind ``request.param`` names (one of ``BACKENDS``)."""
+    if request.param == "memory":
+        return MemoryChannelStore()
+    if request.param == "sqlite":
+        return SQLiteChannelStore(tmp_path / "ledger.db")
+    url = request.getfixturevalue("redis_url")
+    return RedisChannelStore(url, prefix=f"t{time.time_ns()}:")
+
+
 @pytest.fixture(params=BACKENDS)
 async def channels(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChannelStore]:
-    backend: ChannelStore
-    if request.param == "memory":
-        backend = MemoryChannelStore()
-    elif request.param == "sqlite":
-        backend = SQLiteChannelStore(tmp_path / "ledger.db")
-    else:
-        url = request.getfixturevalue("redis_url")
-        backend = RedisChannelStore(url, prefix=f"t{time.time_ns()}:")
+    backend = channel_store_of(request, tmp_path)
     yield backend
     await backend.aclose()
 
@@ -211,14 +214,18 @@ def test_a_record_is_busy_while_its_lease_runs() -> None:
 # -- SQLite: shared by processes, durable -------------------------------------------------
 
 
-async def test_two_redis_stores_on_one_server_share_channels_and_their_versions(
-    redis_url: str,
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_two_stores_on_one_file_or_server_share_channels_and_their_versions(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    prefix = f"t{time.time_ns()}:"
-    one, other = (
-        RedisChannelStore(redis_url, prefix=prefix),
-        RedisChannelStore(redis_url, prefix=prefix),
-    )
+    """Two processes' stores: one SQLite file, or one Redis server under one prefix."""
+    one: ChannelStore
+    other: ChannelStore
+    if backend == "sqlite":
+        one, other = SQLiteChannelStore(tmp_path / "l.db"), SQLiteChannelStore(tmp_path / "l.db")
+    else:
+        url, prefix = request.getfixturevalue("redis_url"), f"t{time.time_ns()}:"
+        one, other = RedisChannelStore(url, prefix=prefix), RedisChannelStore(url, prefix=prefix)
     try:
         written = await one.put(channel(charged=7))
         assert written is not None
@@ -226,22 +233,6 @@ async def test_two_redis_stores_on_one_server_share_channels_and_their_versions(
         assert await other.put(dataclasses.replace(written, charged=8)) is not None
         assert await one.put(dataclasses.replace(written, charged=9)) is None
         assert [r.charged for r in await one.claimable(1.0)] == [8]
-    finally:
-        await one.aclose()
-        await other.aclose()
-
-
-async def test_two_sqlite_stores_on_one_file_share_channels_and_their_versions(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "ledger.db"
-    one, other = SQLiteChannelStore(path), SQLiteChannelStore(path)
-    try:
-        written = await one.put(channel(charged=7))
-        assert written is not None
-        assert await other.get(CHANNEL) == written
-        assert await other.put(dataclasses.replace(written, charged=8)) is not None
-        assert await one.put(dataclasses.replace(written, charged=9)) is None
     finally:
         await one.aclose()
         await other.aclose()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from x402.mechanisms.evm.batch_settlement.errors import (
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig, VoucherClaim
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 
+from tests.test_channel_store_conformance import BACKENDS, channel_store_of
 from x402_meter.channel_claims import ChannelClaims, ClaimPolicy
 from x402_meter.config import MeterConfig
 from x402_meter.devstack.accounts import PAYERS
@@ -41,7 +41,6 @@ from x402_meter.facilitator import FacilitatorClient
 from x402_meter.runtime import MeterRuntime
 from x402_meter.schemes.batch_settlement import BatchSettlementScheme
 from x402_meter.store import ChannelRecord, ChannelStore, MemoryChannelStore, SQLiteChannelStore
-from x402_meter.store.channel_redis import RedisChannelStore
 
 pytestmark = pytest.mark.anyio
 
@@ -271,18 +270,10 @@ async def test_a_channel_whose_charge_the_chain_has_already_is_marked_claimed_si
 # -- leases: several workers, one store ------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=BACKENDS)
 async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChannelStore]:
-    """A channel store that two workers share (each store kind)."""
-    channels: ChannelStore
-    if request.param == "memory":
-        channels = MemoryChannelStore()
-    elif request.param == "sqlite":
-        channels = SQLiteChannelStore(tmp_path / "ledger.db")
-    else:
-        channels = RedisChannelStore(
-            request.getfixturevalue("redis_url"), prefix=f"t{time.time_ns()}:"
-        )
+    """A channel store of each kind, for workers to share."""
+    channels = channel_store_of(request, tmp_path)
     yield channels
     await channels.aclose()
 
@@ -291,7 +282,7 @@ async def test_two_workers_on_one_store_never_claim_a_channel_twice_at_once(
     shared: ChannelStore,
 ) -> None:
     """Both workers pass at the same moment while the first claims wait: every channel is
-    claimed by exactly one of them, once."""
+    claimed by exactly one of them, once (in each kind of store)."""
     channels, chain = shared, FakeChain()
     records = await stored(channels, *(charged_channel(n, 10 * n) for n in range(1, 9)))
     chain.hold_claims = anyio.Event()

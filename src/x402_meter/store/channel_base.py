@@ -10,6 +10,7 @@ integers in the token's atomic units.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,6 +71,17 @@ class ChannelRecord:
     """Bumped by every write (0: never written)."""
     created_at: float = 0.0
     updated_at: float = 0.0
+
+    def as_stored(self, now: float) -> ChannelRecord:
+        """This record as a compare-and-set writes it at ``now``: the id in lower case, the
+        version one more, created now if it is new, updated now."""
+        return dataclasses.replace(
+            self,
+            channel_id=self.channel_id.lower(),
+            version=self.version + 1,
+            created_at=self.created_at or now,
+            updated_at=now,
+        )
 
     def busy(self, now: float) -> bool:
         """Whether a request holds the channel at ``now``."""

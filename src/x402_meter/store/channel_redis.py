@@ -88,13 +88,7 @@ class RedisChannelStore:
 
     async def put(self, record: ChannelRecord) -> ChannelRecord | None:
         now = time.time()
-        stored = dataclasses.replace(
-            record,
-            channel_id=record.channel_id.lower(),
-            version=record.version + 1,
-            created_at=record.created_at or now,
-            updated_at=now,
-        )
+        stored = record.as_stored(now)
         written = await self._put(
             keys=[self._key(stored.channel_id), self._updated, self._claimable],
             args=[

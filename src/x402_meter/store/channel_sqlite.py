@@ -101,13 +101,7 @@ class SQLiteChannelStore:
 
     async def put(self, record: ChannelRecord) -> ChannelRecord | None:
         now = time.time()
-        stored = dataclasses.replace(
-            record,
-            channel_id=record.channel_id.lower(),
-            version=record.version + 1,
-            created_at=record.created_at or now,
-            updated_at=now,
-        )
+        stored = record.as_stored(now)
         values = _row(stored)
 
         def put(db: sqlite3.Connection) -> bool:
