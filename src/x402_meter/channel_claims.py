@@ -295,21 +295,32 @@ class ChannelClaims:
 
     async def _hold(self, record: ChannelRecord, now: float) -> ChannelRecord | None:
         """Take the channel's claim for this worker (None: nothing to send, or another
-        worker came first)."""
-        if record.charged <= record.total_claimed:  # the chain has it already
-            await self._update(record.channel_id, lambda r: _claimed_changes(r, record.charged))
-            return None
-        if not record.voucher_signature or record.voucher_max < record.charged:
-            logger.error(
-                "channel %s: no voucher covers its charge %s", record.channel_id, record.charged
+        worker holds it)."""
+        for _ in range(WRITE_ATTEMPTS):
+            if record.charged <= record.total_claimed:  # the chain has it already
+                on_chain = functools.partial(_claimed_changes, total=record.charged)
+                await self._update(record.channel_id, on_chain)
+                return None
+            if not record.voucher_signature or record.voucher_max < record.charged:
+                logger.error(
+                    "channel %s: no voucher covers its charge %s",
+                    record.channel_id,
+                    record.charged,
+                )
+                await self._refuse(record, now, NO_VOUCHER)
+                return None
+            held = await self.channels.put(
+                dataclasses.replace(
+                    record, claiming=self.owner, claiming_until=now + self.policy.lease_seconds
+                )
             )
-            await self._refuse(record, now, NO_VOUCHER)
-            return None
-        return await self.channels.put(
-            dataclasses.replace(
-                record, claiming=self.owner, claiming_until=now + self.policy.lease_seconds
-            )
-        )
+            if held is not None:
+                return held
+            current = await self.channels.get(record.channel_id)  # charged meanwhile?
+            if current is None or not current.claimable(now):
+                return None
+            record = current
+        return None
 
     async def _claim(self, batch: list[ChannelRecord], now: float, report: ClaimsPass) -> None:
         """Have the facilitator claim ``batch`` (held, one payee, one receiver authorizer)."""

@@ -229,6 +229,26 @@ async def test_each_row_claims_the_charged_cumulative_under_the_latest_voucher()
     assert "claimAuthorizerSignature" not in chain.claims[0]  # the facilitator signs
 
 
+class ChargedWhileListed(MemoryChannelStore):
+    """A store in which a request charges a channel right after the worker lists it."""
+
+    async def claimable(self, now: float, limit: int = 100) -> list[ChannelRecord]:
+        listed = await super().claimable(now, limit)
+        for record in listed:
+            await self.put(dataclasses.replace(record, charged=record.charged + 5))
+        return listed
+
+
+async def test_a_channel_charged_while_the_worker_takes_it_is_claimed_at_its_new_charge() -> None:
+    channels, chain = ChargedWhileListed(), FakeChain()
+    (record,) = await stored(channels, charged_channel(1, 100))
+
+    report = await worker(channels, chain).claim_once(NOW)
+
+    assert [c.totals for c in report.claims] == [{record.channel_id: 105}]
+    assert (await record_of(channels, record)).claimed == 105
+
+
 async def test_a_pass_with_nothing_to_claim_asks_the_facilitator_nothing() -> None:
     channels, chain = MemoryChannelStore(), FakeChain()
     await stored(

@@ -122,7 +122,8 @@ class ChannelAdmission:
     async def _withdrawal_seen(
         self, record: ChannelRecord, chain: ChainSnapshot, now: float
     ) -> None:
-        """Mirror a withdrawal the chain shows, and have its charges claimed at once."""
+        """Mirror a withdrawal the chain shows (if the record is still as read), and have
+        the channel's charges claimed at once."""
         if not record.withdraw_requested_at:
             await self.channels.put(dataclasses.replace(record, **chain.mirrored(now)))
             self.scheme.on_withdrawal(record.channel_id)
