@@ -234,14 +234,18 @@ class Settler:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def aclose(self) -> None:
-        for worker in self._beside:
-            await worker.aclose()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
-        await self.drain()
+        """Stop the sweeper, let settlements in flight finish, then stop the workers beside
+        it (cancelled at once if the caller's time runs out first)."""
+        try:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(self._sweeper, return_exceptions=True)
+                self._sweeper = None
+            await self.drain()
+        finally:
+            for worker in self._beside:
+                await worker.aclose()
 
     # -- one payment -------------------------------------------------------------------
 
