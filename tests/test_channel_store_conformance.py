@@ -1,11 +1,13 @@
-"""One conformance suite for every channel store backend: memory and SQLite (Redis to come:
-add it to ``BACKENDS`` and the fixture)."""
+"""One conformance suite for every channel store backend: memory, SQLite and Redis (a private
+redis-server for the session, each test under its own key prefix)."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import anyio
 import pytest
@@ -16,26 +18,34 @@ from x402_meter.store import (
     ChannelStore,
     MemoryChannelStore,
     MemoryStore,
+    PaymentStore,
     SQLiteChannelStore,
     SQLiteStore,
     channel_store_beside,
     open_channel_store,
 )
+from x402_meter.store.channel_redis import RedisChannelStore
 from x402_meter.store.redis import RedisStore
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis"]
 CHANNEL = "0x" + "ab" * 32
+
+
+def channel_store_of(request: pytest.FixtureRequest, tmp_path: Path) -> ChannelStore:
+    """A new channel store of the kind ``request.param`` names (one of ``BACKENDS``)."""
+    if request.param == "memory":
+        return MemoryChannelStore()
+    if request.param == "sqlite":
+        return SQLiteChannelStore(tmp_path / "ledger.db")
+    url = request.getfixturevalue("redis_url")
+    return RedisChannelStore(url, prefix=f"t{time.time_ns()}:")
 
 
 @pytest.fixture(params=BACKENDS)
 async def channels(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChannelStore]:
-    backend: ChannelStore
-    if request.param == "memory":
-        backend = MemoryChannelStore()
-    else:
-        backend = SQLiteChannelStore(tmp_path / "ledger.db")
+    backend = channel_store_of(request, tmp_path)
     yield backend
     await backend.aclose()
 
@@ -81,6 +91,10 @@ async def test_every_field_round_trips_with_uint256_amounts(channels: ChannelSto
         last_charged="batch-settlement:j",
         claimed=huge - 5,
         claim_transaction="0x" + "ff" * 32,
+        claiming="host:1:ab",
+        claiming_until=1_700_000_400.75,
+        claim_failures=3,
+        claim_error="invalid_batch_settlement_evm_claim_simulation_failed",
     )
     stored = await channels.put(written)
     assert stored is not None
@@ -157,6 +171,39 @@ async def test_channels_are_listed_most_recently_written_first(channels: Channel
     assert [r.channel_id for r in await channels.list(limit=1, offset=1)] == [ids[2]]
 
 
+async def test_claimable_channels_are_charged_beyond_their_claims_with_a_free_claim(
+    channels: ChannelStore,
+) -> None:
+    ids = ["0x" + f"{n:02x}" * 32 for n in range(1, 7)]
+    written = [
+        channel(ids[0], charged=10, claimed=4, claiming_until=30.0),  # free since 30
+        channel(ids[1], charged=10, claimed=0),  # free since ever
+        channel(ids[2], charged=10, claimed=10),  # all claimed
+        channel(ids[3], charged=0),  # nothing charged
+        channel(ids[4], charged=10, claiming="w", claiming_until=200.0),  # held until 200
+        channel(ids[5], charged=2**255, claimed=2**255 - 1, claiming_until=50.0),
+    ]
+    for record in written:
+        assert await channels.put(record) is not None
+    assert [r.channel_id for r in await channels.claimable(100.0)] == [ids[1], ids[0], ids[5]]
+    assert [r.channel_id for r in await channels.claimable(100.0, limit=2)] == ids[1::-1]
+    assert [r.channel_id for r in await channels.claimable(40.0)] == [ids[1], ids[0]]
+    assert ids[4] in [r.channel_id for r in await channels.claimable(200.0)]
+
+
+async def test_a_channel_leaves_the_claimable_ones_when_claimed_and_returns_when_charged(
+    channels: ChannelStore,
+) -> None:
+    stored = await channels.put(channel(charged=10))
+    assert stored is not None
+    assert [r.channel_id for r in await channels.claimable(1.0)] == [CHANNEL]
+    stored = await channels.put(dataclasses.replace(stored, claimed=10))
+    assert stored is not None
+    assert await channels.claimable(1.0) == []
+    assert await channels.put(dataclasses.replace(stored, charged=11)) is not None
+    assert [r.charged for r in await channels.claimable(1.0)] == [11]
+
+
 def test_a_record_is_busy_while_its_lease_runs() -> None:
     held = channel(serving="k", serving_until=100.0)
     assert held.busy(99.0)
@@ -167,17 +214,25 @@ def test_a_record_is_busy_while_its_lease_runs() -> None:
 # -- SQLite: shared by processes, durable -------------------------------------------------
 
 
-async def test_two_sqlite_stores_on_one_file_share_channels_and_their_versions(
-    tmp_path: Path,
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_two_stores_on_one_file_or_server_share_channels_and_their_versions(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    path = tmp_path / "ledger.db"
-    one, other = SQLiteChannelStore(path), SQLiteChannelStore(path)
+    """Two processes' stores: one SQLite file, or one Redis server under one prefix."""
+    one: ChannelStore
+    other: ChannelStore
+    if backend == "sqlite":
+        one, other = SQLiteChannelStore(tmp_path / "l.db"), SQLiteChannelStore(tmp_path / "l.db")
+    else:
+        url, prefix = request.getfixturevalue("redis_url"), f"t{time.time_ns()}:"
+        one, other = RedisChannelStore(url, prefix=prefix), RedisChannelStore(url, prefix=prefix)
     try:
         written = await one.put(channel(charged=7))
         assert written is not None
         assert await other.get(CHANNEL) == written
         assert await other.put(dataclasses.replace(written, charged=8)) is not None
         assert await one.put(dataclasses.replace(written, charged=9)) is None
+        assert [r.charged for r in await one.claimable(1.0)] == [8]
     finally:
         await one.aclose()
         await other.aclose()
@@ -212,19 +267,41 @@ def test_a_memory_ledger_gets_memory_channels() -> None:
     assert isinstance(channel_store_beside(MemoryStore()), MemoryChannelStore)
 
 
-def test_a_redis_ledger_needs_a_channel_store_of_its_own() -> None:
+async def test_a_redis_ledger_gets_channels_on_its_server_under_its_prefix(
+    redis_url: str,
+) -> None:
+    prefix = f"t{time.time_ns()}:"
+    ledger = RedisStore(redis_url, prefix=prefix)
+    beside = channel_store_beside(ledger)
+    again = RedisChannelStore(redis_url, prefix=prefix)
+    try:
+        assert isinstance(beside, RedisChannelStore)
+        assert (beside.url, beside.prefix) == (redis_url, prefix)
+        written = await beside.put(channel(charged=3))
+        assert await again.get(CHANNEL) == written
+    finally:
+        for store in (beside, again, ledger):
+            await store.aclose()
+
+
+def test_another_ledger_needs_a_channel_store_of_its_own() -> None:
+    unknown = cast(PaymentStore, object())  # a payment store no channel store goes with
     with pytest.raises(ConfigurationError, match="channel_store="):
-        channel_store_beside(RedisStore("redis://127.0.0.1:1/0"))
+        channel_store_beside(unknown)
 
 
-@pytest.mark.parametrize("url", ["redis://localhost/0", "sqlite:///", "ftp://x", "nothing"])
-def test_a_channel_store_url_names_memory_or_sqlite(url: str) -> None:
+@pytest.mark.parametrize("url", ["redis://", "sqlite:///", "ftp://x", "nothing"])
+def test_a_channel_store_url_names_memory_sqlite_or_redis(url: str) -> None:
     with pytest.raises(ConfigurationError):
         open_channel_store(url)
 
 
-def test_channel_store_urls(tmp_path: Path) -> None:
+async def test_channel_store_urls(tmp_path: Path) -> None:
     assert isinstance(open_channel_store("memory://"), MemoryChannelStore)
     sqlite = open_channel_store(f"sqlite:///{tmp_path}/c.db")
     assert isinstance(sqlite, SQLiteChannelStore)
     assert sqlite.path == tmp_path / "c.db"
+    redis = open_channel_store("redis://127.0.0.1:6390/2")
+    assert isinstance(redis, RedisChannelStore)
+    assert (redis.url, redis.prefix) == ("redis://127.0.0.1:6390/2", "x402:")
+    await redis.aclose()

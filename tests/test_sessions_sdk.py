@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -113,9 +113,15 @@ def counted(app: Any, answers: Answers) -> Any:
     return wrapper
 
 
+QUIET_CLAIMS: Final = {"session_withdraw_delay": 86_400, "session_claim_interval": 40_000.0}
+"""A day's withdraw delay lets the claims worker wait hours between its passes: they stay
+out of these tests, which claim when they choose (or when a withdrawal shows)."""
+
+
 @asynccontextmanager
-async def seller(stack: LocalStack, tmp_path: Path) -> AsyncIterator[Seller]:
-    """The stub model behind X402Meter offering sessions, with a fresh ``payTo``."""
+async def seller(stack: LocalStack, tmp_path: Path, **options: Any) -> AsyncIterator[Seller]:
+    """The stub model behind X402Meter offering sessions, with a fresh ``payTo``, its
+    channels beside a SQLite ledger in ``tmp_path``, with ``options``."""
     pay_to = Account.create().address
     transport = CountingTransport()
     facilitator = FacilitatorClient(
@@ -138,6 +144,7 @@ async def seller(stack: LocalStack, tmp_path: Path) -> AsyncIterator[Seller]:
             schemes=("upto", "batch-settlement"),
             store=SQLiteStore(tmp_path / "ledger.db"),
             facilitator=facilitator,
+            **(QUIET_CLAIMS | options),
         ),
     )
     answers = Answers()

@@ -22,6 +22,7 @@ from x402_meter.pricing import PriceInput, PriceModel, Tariff, TokenPrice, as_pr
 from x402_meter.protocol.headers import DEFAULT_MAX_HEADER_BYTES
 from x402_meter.protocol.offer import SCHEMES, PaymentTerms, Scheme
 from x402_meter.routing import RouteSpec
+from x402_meter.schemes.batch_settlement import default_state_ttl
 from x402_meter.settlement import RetryPolicy, SettlementHook
 from x402_meter.store import ChannelStore, PaymentStore
 
@@ -79,6 +80,8 @@ class MeterOptions(TypedDict, total=False):
     session_withdraw_delay: int
     session_state_ttl: float | None
     session_receiver_authorizer: AuthorizerSigner | None
+    session_claim_interval: float
+    session_claims_per_batch: int
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -161,6 +164,12 @@ class MeterConfig:
     session_receiver_authorizer: AuthorizerSigner | None = field(default=None, repr=False)
     """The seller's own receiver-authorizer key (e.g. the SDK's ``LocalAuthorizerSigner``),
     named in its channels (None: the facilitator's advertised ``receiverAuthorizer``)."""
+    session_claim_interval: float = 60.0
+    """Seconds between the claims worker's passes, each claiming every channel charged
+    beyond its claims (at most half of what the withdraw delay leaves after
+    ``session_state_ttl`` and ``max_timeout_seconds``: claims land before withdrawals)."""
+    session_claims_per_batch: int = 100
+    """Channels claimed per transaction (1..128; the SDK's channel manager sends 100)."""
 
     price: PriceModel = field(init=False, repr=False)
     """``price_per_token`` compiled."""
@@ -238,6 +247,8 @@ class MeterConfig:
                 f"voided_payer_seconds must be >= 0 seconds, got {self.voided_payer_seconds!r}"
             )
         self._check_sessions()
+        if "batch-settlement" in scheme_tuple:
+            self._check_claims()
         routes = self.routes
         if isinstance(routes, str):
             raise ConfigurationError("routes must be a list of patterns, not a single string")
@@ -321,6 +332,40 @@ class MeterConfig:
             raise ConfigurationError(
                 "session_receiver_authorizer must be a signer with an address (e.g. the"
                 " x402 SDK's LocalAuthorizerSigner)"
+            )
+
+    def _check_claims(self) -> None:
+        """The claims worker must claim every charge before a withdrawal can take it (see
+        ``x402_meter.channel_claims``)."""
+        interval, per_batch = self.session_claim_interval, self.session_claims_per_batch
+        if (
+            isinstance(per_batch, bool)
+            or not isinstance(per_batch, int)
+            or not 1 <= per_batch <= 128
+        ):
+            raise ConfigurationError(
+                f"session_claims_per_batch must be an int 1..128, got {per_batch!r}"
+            )
+        delay = self.session_withdraw_delay
+        ttl = self.session_state_ttl
+        if ttl is None:
+            ttl = default_state_ttl(delay)
+        longest = (delay - ttl - self.max_timeout_seconds) / 2
+        if longest <= 0:
+            raise ConfigurationError(
+                f"session_withdraw_delay ({delay} s) leaves no time to claim a charge before a"
+                f" withdrawal can take it: it must exceed session_state_ttl ({ttl:g} s) plus"
+                f" max_timeout_seconds ({self.max_timeout_seconds} s)"
+            )
+        if (
+            not isinstance(interval, int | float)
+            or isinstance(interval, bool)
+            or not 0 < interval <= longest
+        ):
+            raise ConfigurationError(
+                f"session_claim_interval must be > 0 and at most {longest:g} seconds (half of"
+                " session_withdraw_delay less session_state_ttl and max_timeout_seconds:"
+                f" claims must land before a withdrawal), got {interval!r}"
             )
 
     def price_model_for(self, spec: RouteSpec) -> PriceModel:

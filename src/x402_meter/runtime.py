@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
+from x402_meter.channel_claims import ChannelClaims, ClaimPolicy
 from x402_meter.config import MeterConfig
 from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
@@ -89,6 +90,9 @@ class MeterRuntime:
             voided_payer_seconds=config.voided_payer_seconds,
             schemes=self.schemes,
         )
+        self.claims = self._claims()
+        """The claims worker of sessions (None: sessions are not offered); it runs beside
+        the settlement sweeper."""
         self._offers: dict[tuple[RouteSpec, TokenPrice, int], Offer] = {}
         self._offers_fetched_at: float | None = None
         """When ``/supported`` was last read (``time.monotonic``); None: never, so the first
@@ -115,6 +119,24 @@ class MeterRuntime:
                 receiver_authorizer=None if authorizer is None else authorizer.address,
             )
         return schemes
+
+    def _claims(self) -> ChannelClaims | None:
+        sessions = self.schemes.get(BatchSettlementScheme.name)
+        if not isinstance(sessions, BatchSettlementScheme):
+            return None
+        config = self.config
+        claims = ChannelClaims(
+            sessions.channels,
+            self.facilitator,
+            policy=ClaimPolicy(
+                interval=config.session_claim_interval,
+                max_per_batch=config.session_claims_per_batch,
+            ),
+            authorizer=config.session_receiver_authorizer,
+        )
+        sessions.on_withdrawal = claims.wake  # claimed at once, before it can be finalized
+        self.settler.run_beside(claims)
+        return claims
 
     def _offers_fresh(self) -> bool:
         fetched_at = self._offers_fetched_at

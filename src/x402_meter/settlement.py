@@ -19,6 +19,7 @@ settlement can land.
 A sweeper, started on first use and stopped at shutdown, picks up rows that are due: ones
 left by retries, ones left ``to_settle`` by a process that stopped, and ``verified`` rows whose
 server died mid-stream (their lease ran out), which are charged for their last checkpoint.
+Other background workers of a meter (the claims of sessions) start and stop with it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 from x402.mechanisms.evm.constants import PERMIT2_DEADLINE_BUFFER
@@ -58,6 +59,16 @@ SETTLEMENT_PENDING: Final = "settlement_pending"
 SettlementHook = Callable[[PaymentRecord], Awaitable[None] | None]
 ATTEMPT_GRACE: Final = 60.0
 """Added to the lease for one attempt: covers the facilitator client's timeout."""
+
+
+class BackgroundWorker(Protocol):
+    """A worker that runs beside the sweeper: started with it, stopped with it."""
+
+    def ensure_running(self) -> None:
+        """Start in the running loop unless already running there (called often)."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +171,7 @@ class Settler:
         """Set when the last answer served here is over, while ``aclose`` waits for it."""
         self._sweeper: asyncio.Task[None] | None = None
         self._sweeper_loop: asyncio.AbstractEventLoop | None = None
+        self._beside: list[BackgroundWorker] = []
 
     # -- scheduling --------------------------------------------------------------------
 
@@ -170,11 +182,18 @@ class Settler:
         task.add_done_callback(self._tasks.discard)
 
     def ensure_sweeper(self) -> None:
-        """Start the sweeper in the running loop, once (it also recovers rows at startup)."""
+        """Start the sweeper in the running loop, once (it also recovers rows at startup),
+        and the workers that run beside it."""
         loop = asyncio.get_running_loop()
         if self._sweeper is None or self._sweeper.done() or self._sweeper_loop is not loop:
             self._sweeper = loop.create_task(self._sweep_forever(), name="x402-settlement-sweeper")
             self._sweeper_loop = loop
+        for worker in self._beside:
+            worker.ensure_running()
+
+    def run_beside(self, worker: BackgroundWorker) -> None:
+        """Start ``worker`` with the sweeper and stop it with the sweeper."""
+        self._beside.append(worker)
 
     def expect(self, receipt_id: str) -> None:
         """A payment is being settled: ``wait`` callers may wait for it from now on."""
@@ -220,20 +239,26 @@ class Settler:
 
     async def aclose(self) -> None:
         """Shut down: wait for the answers still being served here, then for their
-        settlements. A server that shuts down cancels the answers it is still sending; each
-        unwinds through its charge (written, its settlement started), so waiting for them
-        first is what lets those charges settle before the process exits rather than at the
-        next start (the caller bounds the wait, e.g. the lifespan's 30 s)."""
-        while self._serving:
-            self._none_serving = asyncio.Event()
-            await self._none_serving.wait()
-        self._none_serving = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
-        await self.drain()
+        settlements, then stop the workers beside the sweeper (cancelled at once if the
+        caller's time runs out first). A server that shuts down cancels the answers it is
+        still sending; each unwinds through its charge (written, its settlement started),
+        so waiting for them first is what lets those charges settle before the process
+        exits rather than at the next start (the caller bounds the wait, e.g. the
+        lifespan's 30 s)."""
+        try:
+            while self._serving:
+                self._none_serving = asyncio.Event()
+                await self._none_serving.wait()
+            self._none_serving = None
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(self._sweeper, return_exceptions=True)
+                self._sweeper = None
+            await self.drain()
+        finally:
+            for worker in self._beside:
+                await worker.aclose()
 
     # -- one payment -------------------------------------------------------------------
 

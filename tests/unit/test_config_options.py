@@ -102,6 +102,7 @@ def test_sessions_keep_their_channels_beside_the_store_unless_told_otherwise(
     tmp_path: Path,
 ) -> None:
     from x402_meter.store import MemoryChannelStore, SQLiteChannelStore
+    from x402_meter.store.channel_redis import RedisChannelStore
 
     def channels(**options: Any) -> object:
         meter = X402Meter(
@@ -122,5 +123,6 @@ def test_sessions_keep_their_channels_beside_the_store_unless_told_otherwise(
         X402Meter(nothing, pay_to=PAY_TO, price_per_token="1", store="memory://").runtime.channels
         is None
     )
-    with pytest.raises(ConfigurationError, match="channel_store="):
-        channels(store="redis://127.0.0.1:1/0")
+    beside_redis = channels(store="redis://127.0.0.1:1/0")  # not connected until used
+    assert isinstance(beside_redis, RedisChannelStore)
+    assert beside_redis.url == "redis://127.0.0.1:1/0"

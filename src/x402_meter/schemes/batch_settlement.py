@@ -11,7 +11,7 @@ import dataclasses
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio.to_thread
@@ -94,6 +94,9 @@ class BatchSettlementScheme(PaymentScheme):
         """Seconds a channel's mirror of the chain is trusted for local admission."""
         self.receiver_authorizer = receiver_authorizer
         self.charging = ChargingChannels()
+        self.on_withdrawal: Callable[[str], None] = _ignore
+        """Told the id of a channel whose mirror now shows a withdrawal requested (the
+        claims worker claims it at once)."""
 
     # -- what is offered ---------------------------------------------------------------------
 
@@ -263,6 +266,10 @@ class BatchSettlementScheme(PaymentScheme):
         if record.state in (LedgerState.SETTLED, LedgerState.NOT_CHARGED):
             channel["charged_cumulative"] = str(charged_after(record, payment))
         return {"channel": channel}
+
+
+def _ignore(channel_id: str) -> None:
+    return None
 
 
 def charged_after(record: PaymentRecord, payment: ChannelPayment) -> int:

@@ -92,6 +92,8 @@ class ChannelAdmission:
         mirror = chain if chain is not None else ChainSnapshot.of(record)  # type: ignore[arg-type]
         refusal = self._refusal(record, mirror)
         if refusal is not None:
+            if chain is not None and chain.withdraw_requested_at and record is not None:
+                await self._withdrawal_seen(record, chain, now)
             return refusal
         charged = self._baseline(record, mirror)
         changes: dict[str, Any] = {"charged": charged}
@@ -116,6 +118,15 @@ class ChannelAdmission:
             if record is None or not record.busy(time.time()):
                 return record
         return busy()
+
+    async def _withdrawal_seen(
+        self, record: ChannelRecord, chain: ChainSnapshot, now: float
+    ) -> None:
+        """Mirror a withdrawal the chain shows (if the record is still as read), and have
+        the channel's charges claimed at once."""
+        if not record.withdraw_requested_at:
+            await self.channels.put(dataclasses.replace(record, **chain.mirrored(now)))
+            self.scheme.on_withdrawal(record.channel_id)
 
     def _baseline(self, record: ChannelRecord | None, mirror: ChainSnapshot) -> int:
         """The charged cumulative this request starts from: ours, or (with no record of the

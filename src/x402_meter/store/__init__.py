@@ -2,8 +2,9 @@
 
 ``MemoryStore`` (tests), ``SQLiteStore`` (the embedded default; several workers on one
 host), ``RedisStore`` (many hosts; needs the ``redis`` extra). ``open_store(url)`` picks one.
-Sessions keep their channels in a ``ChannelStore``: ``MemoryChannelStore`` or
-``SQLiteChannelStore`` (``channel_store_beside(store)`` picks the one that goes with a store).
+Sessions keep their channels in a ``ChannelStore``: ``MemoryChannelStore``,
+``SQLiteChannelStore`` or ``RedisChannelStore`` (``x402_meter.store.channel_redis``, the
+``redis`` extra); ``channel_store_beside(store)`` picks the one that goes with a store.
 """
 
 from x402_meter.store.base import (

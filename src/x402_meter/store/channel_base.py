@@ -10,6 +10,7 @@ integers in the token's atomic units.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,17 +53,44 @@ class ChannelRecord:
     """The key of the request charged last (charging it again changes nothing)."""
     # -- claims ----------------------------------------------------------------------------
     claimed: int = 0
-    """The cumulative amount this server's claims have recorded on chain."""
+    """The cumulative amount this server's claims have recorded on chain (at most
+    ``charged``: a channel with ``charged`` above it has something to claim)."""
     claim_transaction: str | None = None
+    """The transaction of the last claim that recorded ``claimed``."""
+    claiming: str | None = None
+    """The claims worker holding the channel's claim (None: no claim in flight)."""
+    claiming_until: float = 0.0
+    """Unix time until which ``claiming`` holds the claim; after a refused claim, the time
+    before which no worker tries again (a backoff)."""
+    claim_failures: int = 0
+    """Claims of this channel refused in a row (0 after a claim lands)."""
+    claim_error: str | None = None
+    """Why the last claim of this channel was refused (None after a claim lands)."""
     # -- bookkeeping -----------------------------------------------------------------------
     version: int = 0
     """Bumped by every write (0: never written)."""
     created_at: float = 0.0
     updated_at: float = 0.0
 
+    def as_stored(self, now: float) -> ChannelRecord:
+        """This record as a compare-and-set writes it at ``now``: the id in lower case, the
+        version one more, created now if it is new, updated now."""
+        return dataclasses.replace(
+            self,
+            channel_id=self.channel_id.lower(),
+            version=self.version + 1,
+            created_at=self.created_at or now,
+            updated_at=now,
+        )
+
     def busy(self, now: float) -> bool:
         """Whether a request holds the channel at ``now``."""
         return self.serving is not None and self.serving_until > now
+
+    def claimable(self, now: float) -> bool:
+        """Whether the channel has charges not yet claimed and no claim of it is held (or
+        backed off) at ``now``: what ``ChannelStore.claimable`` lists."""
+        return self.charged > self.claimed and self.claiming_until <= now
 
 
 class ChannelStore(Protocol):
@@ -78,6 +106,11 @@ class ChannelStore(Protocol):
         Returns the record as stored (its version one more), or None when another write came
         first (read again and decide again).
         """
+        ...
+
+    async def claimable(self, now: float, limit: int = 100) -> list[ChannelRecord]:
+        """At most ``limit`` records that are ``claimable(now)``: charged beyond what was
+        claimed, their claim free; the one free the longest first (``claiming_until``)."""
         ...
 
     async def list(self, limit: int = 100, offset: int = 0) -> list[ChannelRecord]:

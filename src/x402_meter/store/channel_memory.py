@@ -33,6 +33,11 @@ class MemoryChannelStore:
         self._records[key] = stored
         return stored
 
+    async def claimable(self, now: float, limit: int = 100) -> list[ChannelRecord]:
+        records = [r for r in self._records.values() if r.claimable(now)]
+        records.sort(key=lambda r: (r.claiming_until, r.synced_at))
+        return records[:limit]
+
     async def list(self, limit: int = 100, offset: int = 0) -> list[ChannelRecord]:
         records = sorted(self._records.values(), key=lambda r: r.updated_at, reverse=True)
         return records[offset : offset + limit]

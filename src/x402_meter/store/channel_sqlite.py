@@ -40,11 +40,17 @@ CREATE TABLE IF NOT EXISTS x402_channels (
     last_charged TEXT,
     claimed TEXT NOT NULL,
     claim_transaction TEXT,
+    claiming TEXT,
+    claiming_until REAL NOT NULL,
+    claim_failures INTEGER NOT NULL,
+    claim_error TEXT,
     version INTEGER NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS x402_channels_updated ON x402_channels (updated_at);
+CREATE INDEX IF NOT EXISTS x402_channels_unclaimed ON x402_channels (claiming_until)
+    WHERE charged <> claimed;
 """
 
 _FIELDS: Final = tuple(field.name for field in dataclasses.fields(ChannelRecord))
@@ -95,13 +101,7 @@ class SQLiteChannelStore:
 
     async def put(self, record: ChannelRecord) -> ChannelRecord | None:
         now = time.time()
-        stored = dataclasses.replace(
-            record,
-            channel_id=record.channel_id.lower(),
-            version=record.version + 1,
-            created_at=record.created_at or now,
-            updated_at=now,
-        )
+        stored = record.as_stored(now)
         values = _row(stored)
 
         def put(db: sqlite3.Connection) -> bool:
@@ -124,6 +124,20 @@ class SQLiteChannelStore:
             return cursor.rowcount == 1
 
         return stored if await self._file.run(put) else None
+
+    async def claimable(self, now: float, limit: int = 100) -> list[ChannelRecord]:
+        # ``claimed`` never exceeds ``charged`` and both are canonical decimals: as text,
+        # "not equal" is "charged above claimed", which the partial index covers.
+        def select(db: sqlite3.Connection) -> list[ChannelRecord]:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM x402_channels"
+                " WHERE charged <> claimed AND claiming_until <= ?"
+                " ORDER BY claiming_until, synced_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [r for r in map(_record, rows) if r.claimable(now)]
+
+        return await self._file.run(select)
 
     async def list(self, limit: int = 100, offset: int = 0) -> list[ChannelRecord]:
         def select(db: sqlite3.Connection) -> list[ChannelRecord]:

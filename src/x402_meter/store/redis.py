@@ -109,6 +109,9 @@ class RedisStore:
     """Reservations and ledger in Redis (``redis://host:port/db`` in store URLs)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "x402:") -> None:
+        self.url = url
+        self.prefix = prefix
+        """Where its keys start (a channel store beside it uses the same)."""
         self._redis: Redis = Redis.from_url(url, decode_responses=True)
         self._prefix = prefix
         self._open = f"{prefix}open"

@@ -32,7 +32,8 @@ def open_store(url: str) -> PaymentStore:
 
 
 def open_channel_store(url: str) -> ChannelStore:
-    """The channel store a URL names: ``memory://`` or ``sqlite:///path`` (Redis comes later)."""
+    """The channel store a URL names: ``memory://``, ``sqlite:///path`` or
+    ``redis://host:port/db`` (the ``redis`` extra)."""
     scheme, sep, rest = url.partition("://")
     if scheme == "memory" and sep:
         return MemoryChannelStore()
@@ -40,15 +41,19 @@ def open_channel_store(url: str) -> ChannelStore:
         from x402_meter.store.channel_sqlite import SQLiteChannelStore
 
         return SQLiteChannelStore(rest.removeprefix("/"))
+    if scheme in ("redis", "rediss", "unix") and sep and rest:
+        from x402_meter.store.channel_redis import RedisChannelStore
+
+        return RedisChannelStore(url)
     raise ConfigurationError(
-        "a channel store URL is memory:// or sqlite:///path (Redis is not supported yet),"
-        f" got {url!r}"
+        f"a channel store URL is memory://, sqlite:///path or redis://host:port/db, got {url!r}"
     )
 
 
 def channel_store_beside(store: PaymentStore) -> ChannelStore:
     """The channel store that goes with a payment store: in memory beside memory, the same
-    file beside SQLite. Another store needs a channel store of its own (none yet for Redis)."""
+    file beside SQLite, the same server and key prefix beside Redis. Another store needs a
+    channel store of its own."""
     from x402_meter.store.sqlite import SQLiteStore
 
     if isinstance(store, MemoryStore):
@@ -57,7 +62,24 @@ def channel_store_beside(store: PaymentStore) -> ChannelStore:
         from x402_meter.store.channel_sqlite import SQLiteChannelStore
 
         return SQLiteChannelStore(store.path)
+    beside_redis = _redis_channels_beside(store)
+    if beside_redis is not None:
+        return beside_redis
     raise ConfigurationError(
-        "sessions keep their channels beside a memory or SQLite store, not a"
-        f" {type(store).__name__}: give channel_store= (memory:// or sqlite:///path)"
+        "sessions keep their channels beside a memory, SQLite or Redis store, not a"
+        f" {type(store).__name__}: give channel_store= (memory://, sqlite:///path or"
+        " redis://host:port/db)"
     )
+
+
+def _redis_channels_beside(store: PaymentStore) -> ChannelStore | None:
+    """Channels on ``store``'s Redis server under its prefix, if it is a ``RedisStore``."""
+    try:
+        from x402_meter.store.redis import RedisStore
+    except ImportError:  # no redis extra: the store cannot be a RedisStore
+        return None
+    if not isinstance(store, RedisStore):
+        return None
+    from x402_meter.store.channel_redis import RedisChannelStore
+
+    return RedisChannelStore(store.url, prefix=store.prefix)
