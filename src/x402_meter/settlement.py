@@ -25,7 +25,6 @@ Other background workers of a meter (the claims of sessions) start and stop with
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import json
 import logging
@@ -396,7 +395,7 @@ class Settler:
         )
 
     async def _save(self, record: PaymentRecord, **changes: object) -> PaymentRecord:
-        updated = dataclasses.replace(record, updated_at=time.time(), **changes)  # type: ignore[arg-type]
+        updated = record.replace(updated_at=time.time(), **changes)
         await self._store.save(updated)
         return updated
 

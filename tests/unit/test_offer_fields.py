@@ -93,3 +93,13 @@ def test_exact_names_its_eip3009_signature_in_primary_type_where_the_token_has_i
     assert "primaryType" not in upto.extra  # upto is a Permit2 witness transfer
     (exact_without,) = offer(eip3009=False, schemes=("exact",)).requirements
     assert "primaryType" not in exact_without.extra
+
+
+def test_the_ledger_gets_each_requirement_as_it_serializes_whichever_it_was_paid_with() -> None:
+    built = offer()
+    for offered in built.requirements:
+        assert built.json_of(offered) == offered.model_dump_json(by_alias=True, exclude_none=True)
+    # A v1 payment is checked against requirements made for it: serialized as they are.
+    for v1 in built.v1_requirements(RESOURCE):
+        assert "maxAmountRequired" in json.loads(built.json_of(v1))
+        assert built.json_of(v1) == v1.model_dump_json(by_alias=True, exclude_none=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import time
 from typing import Any
@@ -39,9 +38,7 @@ class LedgerRecords:
             max_amount=authorization.max_amount,
             x402_version=authorization.version,
             payload_json=authorization.payload.model_dump_json(by_alias=True, exclude_none=True),
-            requirements_json=authorization.requirements.model_dump_json(
-                by_alias=True, exclude_none=True
-            ),
+            requirements_json=admitted.offer.json_of(authorization.requirements),
             created_at=now,
             updated_at=now,
             lease_owner=settler.owner,
@@ -64,9 +61,7 @@ class LedgerRecords:
         if usage is not None:
             self.record = self._counted(usage, served, lease_until=until)
         else:
-            self.record = dataclasses.replace(
-                self.record, lease_until=until, updated_at=time.time()
-            )
+            self.record = self.record.replace(lease_until=until, updated_at=time.time())
         await self.store.save(self.record)
 
     async def charged(self, usage: Usage, served: bool) -> PaymentRecord:
@@ -76,8 +71,7 @@ class LedgerRecords:
         return self.record
 
     def _counted(self, usage: Usage, served: bool, **changes: Any) -> PaymentRecord:
-        return dataclasses.replace(
-            self.record,
+        return self.record.replace(
             amount=self._amount(usage, served),
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,

@@ -60,6 +60,9 @@ class Offer:
     """Lower-cased addresses allowed as the upto witness's ``facilitator``."""
     gas_sponsoring: bool = False
     """Advertise ``eip2612GasSponsoring``: the facilitator supports it and the asset has permit."""
+    requirements_json: tuple[str, ...] = ()
+    """Each of ``requirements`` as the ledger keeps it: serialized once per offer, not once
+    per payment (``json_of``)."""
 
     @classmethod
     def build(
@@ -97,7 +100,16 @@ class Offer:
         gas_sponsoring = any(
             schemes[name].gas_sponsoring(terms, facilitator_extensions) for name in terms.schemes
         )
-        return cls(terms, tuple(requirements), facilitator_signers, gas_sponsoring)
+        serialized = tuple(ledger_json(r) for r in requirements)
+        return cls(terms, tuple(requirements), facilitator_signers, gas_sponsoring, serialized)
+
+    def json_of(self, requirements: PaymentRequirements | PaymentRequirementsV1) -> str:
+        """``requirements`` as the ledger keeps them: one of this offer's, already serialized,
+        or (a v1 payment's) serialized now."""
+        for offered, serialized in zip(self.requirements, self.requirements_json, strict=False):
+            if requirements is offered:
+                return serialized
+        return ledger_json(requirements)
 
     def with_extra(self, scheme: str, extra: Mapping[str, Any]) -> Offer:
         """This offer with ``extra`` added to ``scheme``'s requirements (a corrective 402)."""
@@ -123,6 +135,11 @@ class Offer:
             v1_requirements(requirements, resource_url, self.terms)
             for requirements in self.requirements
         ]
+
+
+def ledger_json(requirements: PaymentRequirements | PaymentRequirementsV1) -> str:
+    """Requirements as the ledger keeps them (``PaymentRecord.requirements_json``)."""
+    return requirements.model_dump_json(by_alias=True, exclude_none=True)
 
 
 def v1_requirements(

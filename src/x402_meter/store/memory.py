@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Collection
 
@@ -56,7 +55,7 @@ class MemoryStore:
             return None
         if record.lease_owner not in (None, owner) and record.lease_until > now:
             return None
-        claimed = dataclasses.replace(record, lease_owner=owner, lease_until=until)
+        claimed = record.replace(lease_owner=owner, lease_until=until)
         self._records[receipt_id] = claimed
         return claimed
 
