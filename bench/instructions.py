@@ -1,26 +1,32 @@
 """Instructions per paid request, counted by callgrind: section 3 without the noise.
 
-    .venv/bin/python -m bench.instructions [--requests 100] [--events 20]
+    .venv/bin/python -m bench.instructions [--requests 100] [--events 20] [--case paid]
         [--baseline-src DIR] [--annotate DIR]
 
 On a shared machine the CPU time of one request swings by several percent from run to run;
 the number of instructions it executes does not. This runs the requests of section 3
 (``bench.middleware_overhead``: the same SSE app, in-process, a fresh SDK-signed ``upto``
 payment each, a MemoryStore, the in-process facilitator stand-in, the settlement drained)
-under ``valgrind --tool=callgrind`` with instrumentation off until the requests are signed
-and warmed up, then counts the instructions of ``--requests`` of them; a second run counts
-twice as many, and the difference (divided by ``--requests``) is the cost of one request, with
-whatever the first and last request cost once left out. It does that for the bare app and
-for X402Meter, with 20-event answers and with 200-event ones (cap out of reach; cap checked),
-and prints instructions per request and per event. ``--baseline-src DIR`` counts the
-``x402_meter`` found in ``DIR`` (a copy of ``src/`` from before a change) the same way, next
-to it. ``--annotate DIR`` keeps the callgrind files of the paid runs there, for
-``callgrind_annotate --inclusive=yes FILE``.
+under ``valgrind --tool=callgrind`` with instrumentation off until the payments are signed
+and 30 requests have warmed up, then counts the instructions of ``--requests`` of them; a
+second run counts twice as many, and the difference (divided by ``--requests``) is the cost
+of one request, with whatever the first and last request cost once left out. The settlement
+sweeper is kept out of the count: it wakes by the wall clock, which callgrind stretches, so
+how often it ran would vary from run to run. Two runs agree within a few hundred
+instructions of some 1.7 million.
 
-Needs valgrind (``apt-get install valgrind``); a run takes a few minutes (callgrind runs
-Python some 50 times slower). Instruction counts are not time (a cache miss costs more than
-an add), but a change that executes fewer instructions on the same path is nearly always
-faster, and the count is the same on every run.
+It counts the bare app and X402Meter with 20-event answers and with 200-event ones (cap out
+of reach; cap checked) and prints instructions per request and what X402Meter adds per
+request and per event; ``--case`` counts only some. ``--baseline-src DIR`` counts the
+``x402_meter`` found in ``DIR`` (a copy of ``src/`` from before a change) the same way,
+beside it. ``--annotate DIR`` keeps the callgrind files there, for ``callgrind_annotate``
+(they name the interpreter's C functions, not Python ones).
+
+Needs valgrind (``apt-get install valgrind``). Every case is two runs under callgrind, which
+runs Python some 50 times slower: about 12 minutes for all cases of one tree at
+``--requests 200``, 2 minutes for ``--case paid --requests 100``. Instructions are not time
+(a cache miss costs more than an add), but a change that executes fewer of them on the same
+path is nearly always faster.
 """
 
 from __future__ import annotations
