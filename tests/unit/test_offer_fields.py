@@ -103,3 +103,7 @@ def test_the_ledger_gets_each_requirement_as_it_serializes_whichever_it_was_paid
     for v1 in built.v1_requirements(RESOURCE):
         assert "maxAmountRequired" in json.loads(built.json_of(v1))
         assert built.json_of(v1) == v1.model_dump_json(by_alias=True, exclude_none=True)
+    # An offer made from another (a corrective 402) serializes its own requirements.
+    corrected = built.with_extra("upto", {"note": "corrected"})
+    upto = next(r for r in corrected.requirements if r.scheme == "upto")
+    assert json.loads(corrected.json_of(upto))["extra"]["note"] == "corrected"

@@ -60,9 +60,13 @@ class Offer:
     """Lower-cased addresses allowed as the upto witness's ``facilitator``."""
     gas_sponsoring: bool = False
     """Advertise ``eip2612GasSponsoring``: the facilitator supports it and the asset has permit."""
-    requirements_json: tuple[str, ...] = ()
-    """Each of ``requirements`` as the ledger keeps it: serialized once per offer, not once
-    per payment (``json_of``)."""
+    requirements_json: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """Each of ``requirements`` as the ledger keeps it: serialized once per offer (made
+    again with it by ``dataclasses.replace``), not once per payment (``json_of``)."""
+
+    def __post_init__(self) -> None:
+        serialized = tuple(ledger_json(r) for r in self.requirements)
+        object.__setattr__(self, "requirements_json", serialized)
 
     @classmethod
     def build(
@@ -100,13 +104,12 @@ class Offer:
         gas_sponsoring = any(
             schemes[name].gas_sponsoring(terms, facilitator_extensions) for name in terms.schemes
         )
-        serialized = tuple(ledger_json(r) for r in requirements)
-        return cls(terms, tuple(requirements), facilitator_signers, gas_sponsoring, serialized)
+        return cls(terms, tuple(requirements), facilitator_signers, gas_sponsoring)
 
     def json_of(self, requirements: PaymentRequirements | PaymentRequirementsV1) -> str:
         """``requirements`` as the ledger keeps them: one of this offer's, already serialized,
         or (a v1 payment's) serialized now."""
-        for offered, serialized in zip(self.requirements, self.requirements_json, strict=False):
+        for offered, serialized in zip(self.requirements, self.requirements_json, strict=True):
             if requirements is offered:
                 return serialized
         return ledger_json(requirements)
