@@ -90,8 +90,6 @@ class Heartbeat:
         self.stopped: str | None = None
         """Why the answer was ended early: ``payer_voided``, ``payment_invalid``,
         ``authorization_expiring`` or ``facilitator_unavailable``."""
-        self.voided: str | None = None
-        """The facilitator's reason, when a re-check found that the payer voided it."""
 
     def start(self) -> None:
         self.serving = True
@@ -155,9 +153,8 @@ class Heartbeat:
             return True
         self.recheck_misses = 0
         if refusal is not None:
-            if is_voiding(refusal.reason):
-                self.voided = refusal.reason
-            self.end_early(PAYER_VOIDED if self.voided else "payment_invalid", refusal.reason)
+            stop = PAYER_VOIDED if is_voiding(refusal.reason) else "payment_invalid"
+            self.end_early(stop, refusal.reason)
             return False
         return True
 
