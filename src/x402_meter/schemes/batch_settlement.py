@@ -28,6 +28,7 @@ from x402.mechanisms.evm.batch_settlement.errors import (
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from x402_meter.errors import ChargeUnavailableError, FacilitatorUnavailableError, PaymentError
+from x402_meter.metrics import SessionMetrics
 from x402_meter.protocol.headers import PAYMENT_RESPONSE, settle_response_header
 from x402_meter.schemes.base import Header, LocalCheck, PaymentScheme, Refusal
 from x402_meter.schemes.channel_admission import ChannelAdmission
@@ -82,9 +83,11 @@ class BatchSettlementScheme(PaymentScheme):
         deposit_multiple: int = DEFAULT_DEPOSIT_MULTIPLE,
         state_ttl: float | None = None,
         receiver_authorizer: str | None = None,
+        metrics: SessionMetrics | None = None,
     ) -> None:
         """``receiver_authorizer``: the address that authorizes claims and refunds of this
-        seller's channels (None: the one the facilitator advertises)."""
+        seller's channels (None: the one the facilitator advertises); ``metrics`` is told
+        each deposit, admitted voucher, refusal and charge."""
         if not MIN_WITHDRAW_DELAY <= withdraw_delay <= MAX_WITHDRAW_DELAY:
             raise ValueError(f"withdraw_delay must be {MIN_WITHDRAW_DELAY}..{MAX_WITHDRAW_DELAY} s")
         self.channels = channels
@@ -93,6 +96,7 @@ class BatchSettlementScheme(PaymentScheme):
         self.state_ttl = default_state_ttl(withdraw_delay) if state_ttl is None else state_ttl
         """Seconds a channel's mirror of the chain is trusted for local admission."""
         self.receiver_authorizer = receiver_authorizer
+        self.metrics = metrics
         self.charging = ChargingChannels()
         self.on_withdrawal: Callable[[str], None] = _ignore
         """Told the id of a channel whose mirror now shows a withdrawal requested (the
@@ -150,7 +154,7 @@ class BatchSettlementScheme(PaymentScheme):
                 check_voucher_signature, payment, str(requirements.network)
             )
         except PaymentError as exc:
-            return Refusal(exc.reason, exc.message, exc.status_code)
+            return self._refused(Refusal(exc.reason, exc.message, exc.status_code))
         admission = ChannelAdmission(
             self,
             payment,
@@ -160,7 +164,17 @@ class BatchSettlementScheme(PaymentScheme):
             maximum=authorization.max_amount,
             until=float(authorization.expires_at),
         )
-        return await admission.run(facilitator)
+        refusal = await admission.run(facilitator)
+        if refusal is not None:
+            return self._refused(refusal)
+        if self.metrics is not None and payment.kind == "voucher":
+            self.metrics.session_voucher("facilitator" if admission.verified else "local")
+        return None
+
+    def _refused(self, refusal: Refusal) -> Refusal:
+        if self.metrics is not None:
+            self.metrics.session_refused(refusal.reason)
+        return refusal
 
     async def recheck(
         self, authorization: Authorization, facilitator: FacilitatorClient
@@ -231,6 +245,8 @@ class BatchSettlementScheme(PaymentScheme):
                     changes["voucher_signature"] = payment.signature
                 stored = await self.channels.put(dataclasses.replace(current, **changes))
                 if stored is not None:
+                    if self.metrics is not None:
+                        self.metrics.session_charge(record.network, record.asset, amount)
                     return _charged(record, stored, amount)
         except Exception as exc:  # the store did not answer: the worker tries again later
             raise ChargeUnavailableError(f"channel store: {type(exc).__name__}: {exc}") from exc
