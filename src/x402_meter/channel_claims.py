@@ -315,7 +315,7 @@ class ChannelClaims:
             key = (record.network, record.token)
             unclaimed[key] = unclaimed.get(key, 0) + record.charged - record.claimed
         for (network, token), amount in unclaimed.items():
-            metrics.session_unclaimed(network, token, amount)
+            metrics.session_unclaimed(network, Web3.to_checksum_address(token), amount)
         self._unclaimed_seen = set(unclaimed)
 
     async def _hold(self, record: ChannelRecord, now: float) -> ChannelRecord | None:
@@ -410,7 +410,8 @@ class ChannelClaims:
         )
         await self.channels.add_claim(claim)
         if self.metrics is not None:
-            self.metrics.session_claim(first.network, first.token, len(batch), claim.amount)
+            token = Web3.to_checksum_address(first.token)  # as the ledger's rows name it
+            self.metrics.session_claim(first.network, token, len(batch), claim.amount)
 
     def _failed(self, reason: str, channels: int) -> None:
         if self.metrics is not None and channels:
@@ -451,7 +452,7 @@ class ChannelClaims:
                 report.sweeps.append(answer.transaction)
                 logger.info("swept claims to %s: %s", receiver, answer.transaction)
                 if self.metrics is not None:
-                    self.metrics.session_sweep(payee.network, payee.token)
+                    self.metrics.session_sweep(payee.network, token)
             elif answer.error_reason != ERR_NOTHING_TO_SETTLE:
                 report.interrupted = report.interrupted or f"sweep: {answer.error_reason}"
                 continue
