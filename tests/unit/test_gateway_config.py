@@ -251,7 +251,7 @@ def test_the_sessions_table_becomes_the_middlewares_session_options() -> None:
         },
         env={"SELLER_AUTHORIZER_KEY": AUTHORIZER_KEY},
     )
-    options = dict(config.meter_options())
+    options: dict[str, Any] = dict(config.meter_options())
     signer = options.pop("session_receiver_authorizer")
     assert signer.address == Account.from_key(AUTHORIZER_KEY).address
     assert {k: v for k, v in options.items() if "session" in k or "channel" in k} == {
