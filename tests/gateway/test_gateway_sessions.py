@@ -24,6 +24,7 @@ from eth_account.signers.local import LocalAccount
 from x402.http import decode_payment_required_header
 from x402.http.clients import x402HttpxClient
 from x402.http.utils import decode_payment_response_header
+from x402.schemas import PaymentRequirements
 
 from tests.channel_seller import Balances, payer_client, payer_scheme
 from tests.gateway.harness import (
@@ -98,6 +99,7 @@ async def test_a_gateway_serves_a_session_one_deposit_then_vouchers_paid_by_the_
         offers = decode_payment_required_header(challenge.headers["payment-required"]).accepts
         assert [o.scheme for o in offers] == ["upto", "batch-settlement"]
         (offer,) = [o for o in offers if o.scheme == "batch-settlement"]
+        assert isinstance(offer, PaymentRequirements)
         assert (offer.extra or {})["withdrawDelay"] == 86_400
         deposit = int((offer.extra or {})["minDeposit"])
         assert deposit == 20 * int(offer.amount)
