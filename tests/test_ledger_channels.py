@@ -22,6 +22,7 @@ from redis import Redis
 from tests.ledger_rows import payment_row
 from tests.test_channel_store_conformance import channel
 from x402_meter.cli import main
+from x402_meter.ledger_channels import charge_of
 from x402_meter.store import (
     ChannelRecord,
     ClaimedChannel,
@@ -337,3 +338,19 @@ def test_a_channel_store_of_its_own_is_read_with_channel_store(
     empty = f"sqlite:///{tmp_path / 'channels-elsewhere.sqlite3'}"
     code, out, _ = ledger(capsys, store_url, "channels", "--json", "--channel-store", empty)
     assert (code, out) == (0, "")
+
+
+def test_only_rows_whose_own_voucher_is_on_the_channel_are_its_charges() -> None:
+    """A row's key is not trusted alone: one naming the channel with another channel's
+    voucher, or an unreadable payload, is not shown as the channel's charge (and does not
+    stop the view)."""
+    mine = session_row("m1", OPEN, 1_000, 1_000, 300, NOW)
+    other = session_row("o1", DONE, 1_000, 1_000, 300, NOW)
+    claims_mine = dataclasses.replace(other, key=mine.key)
+    unreadable = dataclasses.replace(mine, payload_json='{"payload": {"type": "voucher"}}')
+    not_json = dataclasses.replace(mine, payload_json="{")
+    upto = dataclasses.replace(mine, scheme="upto")
+
+    assert charge_of(mine, OPEN) is not None
+    for row in (claims_mine, unreadable, not_json, upto):
+        assert charge_of(row, OPEN) is None

@@ -127,8 +127,13 @@ class BatchSettlementScheme(PaymentScheme):
     def check(
         self, body: dict[str, Any], requirements: PaymentRequirements, offer: Offer, now: int
     ) -> LocalCheck:
-        payment = read_channel_payment(body)
-        check_channel_terms(payment, requirements)
+        try:
+            payment = read_channel_payment(body)
+            check_channel_terms(payment, requirements)
+        except PaymentError as exc:  # a malformed payload, or a channel not this server's
+            if self.metrics is not None:
+                self.metrics.session_refused(exc.reason)
+            raise
         # The key names the request's hold on its channel: the channel, the cumulative it
         # pays up to, and a random part (two copies of one voucher are two requests; the
         # channel's lock admits one, its cumulative refuses the other afterwards).
