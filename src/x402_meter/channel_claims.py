@@ -332,6 +332,7 @@ class ChannelClaims:
                     record.channel_id,
                     record.charged,
                 )
+                self._failed(NO_VOUCHER, 1)
                 await self._refuse(record, now, NO_VOUCHER)
                 return None
             held = await self.channels.put(
