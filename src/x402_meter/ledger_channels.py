@@ -192,6 +192,15 @@ def _state(record: ChannelRecord, now: float) -> str:
     return "; ".join(notes) or "-"
 
 
+def _shown(name: str, value: object) -> str:
+    """A field as the text view shows it: times (``*_at``, ``*_until``) in UTC."""
+    if value is None or value == "":
+        return ""
+    if name.endswith(("_at", "_until")) and isinstance(value, int | float):
+        return f"{_time(value)} UTC" if value else "-"
+    return str(value)
+
+
 def _time(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
 
@@ -229,7 +238,7 @@ async def show_channel(
         out.write(json.dumps(document, indent=2) + "\n")
         return 0
     for name, value in channel_json(record, now).items():
-        out.write(f"{name:<22} {'' if value is None else value}\n")
+        out.write(f"{name:<22} {_shown(name, value)}\n")
     out.write(
         f"\ncharges, newest first:\n{'at':<20} {'receipt':<26} {'state':<11}"
         f" {'amount':>12} {'maximum':>12} {'cumulative':>12}\n"
