@@ -173,7 +173,7 @@ class BatchSettlementScheme(PaymentScheme):
         if refusal is not None:
             return self._refused(refusal)
         if self.metrics is not None and payment.kind == "voucher":
-            self.metrics.session_voucher("facilitator" if admission.verified else "local")
+            self.metrics.session_voucher("facilitator" if admission.asked_facilitator else "local")
         return None
 
     def _refused(self, refusal: Refusal) -> Refusal:

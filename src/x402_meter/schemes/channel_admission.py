@@ -69,7 +69,7 @@ class ChannelAdmission:
         """When this request's hold on the channel ends (its answer ends before)."""
         self.held: ChannelRecord | None = None
         """The channel as this request last wrote it, while it holds it."""
-        self.verified = False
+        self.asked_facilitator = False
         """Whether the facilitator's ``/verify`` was asked (else admitted locally)."""
 
     async def run(self, facilitator: FacilitatorClient) -> Refusal | None:
@@ -80,7 +80,7 @@ class ChannelAdmission:
         stale = record is None or now - record.synced_at > self.scheme.state_ttl
         chain: ChainSnapshot | None = None
         if payment.kind == "deposit" or stale or payment.contract_wallet:
-            self.verified = True
+            self.asked_facilitator = True
             verified = await facilitator.verify(self.payload, self.requirements)
             if not verified.is_valid:
                 reason = verified.invalid_reason or "payment_invalid"
