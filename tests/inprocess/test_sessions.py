@@ -527,3 +527,26 @@ async def test_every_refused_deposit_or_voucher_is_counted_by_its_reason() -> No
     assert count("vouchers_total", check="local") == 1
     assert count("deposits_total", asset=ASSET.address, network=NETWORK) == 1
     assert count("charges_total", asset=ASSET.address, network=NETWORK) == 2
+
+
+async def test_a_voucher_on_a_stale_mirror_counts_as_checked_by_the_facilitator() -> None:
+    registry = CollectorRegistry()
+    facilitator = InProcessFacilitator()
+    meter = session_meter(chat_app(), facilitator, metrics=PrometheusMetrics(registry))
+    payer = ChannelPayer()
+    async with calling(meter) as client:
+        requirements, charged = await opened(meter, client, payer)
+        channels = meter.runtime.channels
+        assert channels is not None
+        record = await channel_of(meter, payer.channel_id(requirements))
+        assert await channels.put(dataclasses.replace(record, synced_at=0.0)) is not None
+        maximum = int(requirements.amount)
+        for cumulative in (charged + maximum, charged + ANSWER_COST + maximum):
+            paid = await send(client, QUESTION, payer.voucher(requirements, cumulative))
+            assert paid.status_code == 200
+    assert facilitator.calls == ["/verify", "/settle", "/verify"]
+    checks = {
+        check: registry.get_sample_value("x402_meter_session_vouchers_total", {"check": check})
+        for check in ("facilitator", "local")
+    }
+    assert checks == {"facilitator": 1.0, "local": 1.0}
