@@ -7,7 +7,8 @@ first answer deposits (one token transfer, into escrow), later ones pay by vouch
 streamed one among them (its charge reaches the SDK client through the next request's
 corrective 402). The gateway's own SQLite file then holds the channel, charged exactly what
 the answers' receipts say, and its ``/metrics`` count the deposit and the vouchers it
-admitted without the facilitator.
+admitted without the facilitator. Restarted, the gateway's claims worker claims the
+charges and sweeps them to the seller, and the ledger CLI shows the claim.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,15 +30,18 @@ from x402.http.utils import decode_payment_response_header
 from x402.schemas import PaymentRequirements
 
 from tests.channel_seller import Balances, payer_client, payer_scheme
+from tests.fault_harness import free_port
 from tests.gateway.harness import (
     CHAT,
     QUESTION,
+    START_SECONDS,
     UPSTREAM_KEY_ENV,
     StubUpstream,
     gateway_env,
     gateway_process,
 )
 from x402_meter.devstack import LocalStack
+from x402_meter.devstack.processes import ChildProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -78,6 +84,10 @@ def ledger(*args: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def receipt_amount(receipt: dict[str, Any]) -> int:
@@ -140,6 +150,49 @@ async def test_a_gateway_serves_a_session_one_deposit_then_vouchers_paid_by_the_
     assert channel["receiver"] == gateway.seller.lower()
     assert (channel["balance"], channel["charged"]) == (str(deposit), str(sum(charges)))
     assert (channel["busy"], channel["claimed"]) == (False, "0")
+
+    # Restarted on its store, the gateway's claims worker claims what the last run charged
+    # (its first pass, at startup) and sweeps it to the seller.
+    with restarted_gateway(stack, tmp_path, gateway.seller) as log_line:
+        assert "swept claims to" in log_line
+    assert Balances.read(stack, payer.address, gateway.seller) == start.moved(
+        payer=-deposit, contract=deposit - sum(charges), pay_to=sum(charges)
+    )
+    (claim,) = json_lines(ledger("claims", "--json", "--store", store))
+    assert (claim["amount"], [c["channel_id"] for c in claim["channels"]]) == (
+        str(sum(charges)),
+        [channel["channel_id"]],
+    )
+    (after,) = json_lines(ledger("channels", "--json", "--store", store))
+    assert (after["claimed"], after["unclaimed"]) == (str(sum(charges)), "0")
+    assert after["claim_transaction"] == claim["transaction"]
+
+
+@contextmanager
+def restarted_gateway(stack: LocalStack, directory: Path, seller: str) -> Iterator[str]:
+    """``x402-meter gateway`` again on ``directory``'s config and store, for ``seller``,
+    until its claims worker has swept (the matching log line); every line it writes before
+    that is read, so the sweep cannot be missed however early it comes."""
+    store = f"sqlite:///{directory / 'ledger.sqlite3'}"
+    args = [
+        sys.executable,
+        "-m",
+        "x402_meter",
+        "gateway",
+        "--config",
+        str(directory / "gateway.toml"),
+    ]
+    process = ChildProcess(
+        [*args, "--port", str(free_port())],
+        name="gateway-restarted",
+        env=gateway_env(stack, seller, store),
+        log_path=directory / "gateway-restarted.log",
+        merge_stderr=True,
+    )
+    try:
+        yield process.wait_for_line(lambda line: "swept claims to" in line, timeout=START_SECONDS)
+    finally:
+        process.stop()
 
 
 def test_the_gateway_refuses_to_start_with_a_claim_interval_that_withdrawals_could_outrun(
