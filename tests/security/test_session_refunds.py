@@ -35,7 +35,7 @@ from x402.mechanisms.evm.batch_settlement.errors import (
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.mechanisms.evm.signers import EthAccountSigner
-from x402.schemas import PaymentPayload, PaymentRequirements
+from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 
 from tests.channel_seller import Balances, payer_scheme
 from tests.examples.conftest import new_funded_payer
@@ -72,9 +72,8 @@ class Refunder:
             async with httpx.AsyncClient(timeout=60) as plain:
                 probe = await plain.get(self.url)
             assert probe.status_code == 402, probe.text
-            accepts = decode_payment_required_header(probe.headers["payment-required"]).accepts
-            assert [r.scheme for r in accepts] == ["batch-settlement"]
-            self.requirements = accepts[0]
+            (offered,) = offered_sessions(probe)
+            self.requirements = offered
         return self.requirements
 
     async def config(self) -> ChannelConfig:
@@ -108,6 +107,14 @@ class Refunder:
         headers = {"PAYMENT-SIGNATURE": encode_payment_signature_header(payload)}
         async with httpx.AsyncClient(timeout=60) as plain:
             return await plain.request(method, self.url, headers=headers)
+
+
+def offered_sessions(challenge: httpx.Response) -> list[PaymentRequirements]:
+    """The ``batch-settlement`` requirements of a 402."""
+    assert challenge.status_code == 402, challenge.text
+    required = decode_payment_required_header(challenge.headers["payment-required"])
+    assert isinstance(required, PaymentRequired)
+    return [r for r in required.accepts if r.scheme == "batch-settlement"]
 
 
 async def record_of(shop: Seller) -> ChannelRecord:
@@ -201,13 +208,8 @@ async def test_a_refund_while_an_answer_streams_is_refused_and_the_answer_is_sti
     async with seller(stack, tmp_path, stream_gate=gate) as shop:
         refunder, before = await opened(stack, shop)
         async with httpx.AsyncClient(base_url=shop.base, timeout=60) as plain:
-            maximum = int(
-                decode_payment_required_header(
-                    (await plain.post(CHAT, json=STREAMED)).headers["payment-required"]
-                )
-                .accepts[1]
-                .amount
-            )
+            (streamed,) = offered_sessions(await plain.post(CHAT, json=STREAMED))
+            maximum = int(streamed.amount)
             config = await refunder.config()
             channel_id = compute_channel_id(config, stack.network)
             voucher = sign_voucher(
