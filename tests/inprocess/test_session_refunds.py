@@ -23,10 +23,14 @@ from x402.mechanisms.evm.batch_settlement.errors import (
 )
 from x402.schemas import PaymentPayload, PaymentRequired
 
+from tests.apps import MAX_TOKENS
 from tests.inprocess.facilitator import RECEIVER_AUTHORIZER, InProcessFacilitator, Refusal
 from tests.inprocess.harness import CHAT, QUESTION, calling, chat_app, header, metered
 from tests.inprocess.sessions import ChannelPayer, channel_of, send, session_meter, session_offer
+from tests.security.test_session_refunds import offered_sessions
 from tests.security.test_sessions import Counted, open_channel
+from x402_meter import PriceTable, TokenPrice
+from x402_meter.pricing import PricedRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -135,3 +139,27 @@ async def test_a_refund_while_the_facilitator_is_away_is_a_503_and_frees_the_cha
         )
     assert (away.status_code, away.json()["reason"]) == (503, "facilitator_unavailable")
     assert served.status_code == 200
+
+
+async def test_a_route_priced_by_model_is_probed_at_its_dearest_price() -> None:
+    """A refund pays nothing, and its probe names no model: a price table offers the
+    session at its dearest price instead of refusing the probe (``model_required``)."""
+    table = PriceTable({"small": "0.000001", "large": "0.000004"})
+    meter = session_meter(chat_app(), InProcessFacilitator(), price_per_token=table)
+    async with calling(meter) as client:
+        probe = await client.get(CHAT)
+    assert probe.status_code == 402, probe.text
+    (offer,) = offered_sessions(probe)
+    assert int(offer.amount) == 4 * MAX_TOKENS
+
+
+async def test_a_price_function_that_cannot_price_a_refund_is_a_400_not_a_500() -> None:
+    def priced_by_model(request: PricedRequest) -> TokenPrice:
+        if request.model is None:
+            raise ValueError("no model")
+        return TokenPrice.per_million("2", "2")
+
+    meter = session_meter(chat_app(), InProcessFacilitator(), price_per_token=priced_by_model)
+    async with calling(meter) as client:
+        probe = await client.get(CHAT)
+    assert (probe.status_code, probe.json()["reason"]) == (400, "refund_price_unavailable")
