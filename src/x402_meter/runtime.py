@@ -122,6 +122,7 @@ class MeterRuntime:
                 deposit_multiple=config.session_deposit_multiple,
                 state_ttl=config.session_state_ttl,
                 receiver_authorizer=None if authorizer is None else authorizer.address,
+                authorizer=authorizer,
                 metrics=self.session_metrics,
             )
         return schemes
@@ -142,6 +143,7 @@ class MeterRuntime:
             metrics=self.session_metrics,
         )
         sessions.on_withdrawal = claims.wake  # claimed at once, before it can be finalized
+        sessions.on_refunded = claims.claimed_by_refund  # swept to payTo
         self.settler.run_beside(claims)
         return claims
 
