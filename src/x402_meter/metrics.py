@@ -76,6 +76,11 @@ class SessionMetrics(Protocol):
         """What the channel store holds charged and not yet claimed (after a claims pass)."""
         ...
 
+    def session_refund(self, network: str, asset: str, amount: int) -> None:
+        """A cooperative refund landed: ``amount`` went back to the payer (the channel's
+        charges were claimed in the same transaction)."""
+        ...
+
 
 class PrometheusSessionMetrics:
     """``SessionMetrics`` on prometheus_client: the ``{prefix}_session_*`` series."""
@@ -147,6 +152,15 @@ class PrometheusSessionMetrics:
             registry=registry,
             multiprocess_mode="max",
         )
+        self._refunds = Counter(
+            f"{series}_refunds", "Cooperative refunds landed", money, registry=registry
+        )
+        self._refunded = Counter(
+            f"{series}_refunded_amount",
+            "Amount refunded to payers by cooperative refunds, in atomic units",
+            money,
+            registry=registry,
+        )
 
     def session_deposit(self, network: str, asset: str, amount: int) -> None:
         self._deposits.labels(asset, network).inc()
@@ -177,6 +191,11 @@ class PrometheusSessionMetrics:
 
     def session_unclaimed(self, network: str, asset: str, amount: int) -> None:
         self._unclaimed.labels(asset, network).set(amount)
+
+    def session_refund(self, network: str, asset: str, amount: int) -> None:
+        self._refunds.labels(asset, network).inc()
+        if amount:
+            self._refunded.labels(asset, network).inc(amount)
 
 
 class PrometheusMetrics(PrometheusSessionMetrics):

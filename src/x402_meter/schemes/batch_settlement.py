@@ -216,7 +216,8 @@ class BatchSettlementScheme(PaymentScheme):
         key = f"refund:{network}:{request.payment.channel_id}:{secrets.token_hex(8)}"
         until = time.time() + requirements.max_timeout_seconds
         refund = ChannelRefund(self, request, payload, requirements, key=key, until=until)
-        return await refund.run(facilitator)
+        outcome = await refund.run(facilitator)
+        return self._refused(outcome) if isinstance(outcome, Refusal) else outcome
 
     # -- the charge ----------------------------------------------------------------------------
 
