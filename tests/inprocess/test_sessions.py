@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 from x402 import x402Client
 from x402.http.clients.httpx import x402_httpx_transport
 from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme as PayerScheme
@@ -178,6 +179,42 @@ async def test_a_streamed_answer_is_charged_in_its_receipt() -> None:
         "charged_cumulative": str(charged + cost),
     }
     assert (await channel_of(meter, payer.channel_id(requirements))).charged == charged + cost
+
+
+async def test_a_streamed_answer_ends_only_once_its_channel_is_charged_and_free() -> None:
+    """The body's end reaches the server (so the client) after the charge: a client that has
+    read the answer to its end may pay the next one at once, on any server sharing the
+    channel store, without finding the channel busy. The content itself is not held back."""
+    meter = session_meter(chat_app(), InProcessFacilitator())
+    payer = ChannelPayer()
+    at_the_end: list[Any] = []
+    content_before_the_end: list[bytes] = []
+
+    async def server(scope: Scope, receive: Receive, send: Send) -> None:
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                channel = await channel_of(meter, payer.channel_id(requirements))
+                at_the_end.append((channel.charged, channel.serving))
+                content_before_the_end.append(b"".join(seen))
+            elif message["type"] == "http.response.body":
+                seen.append(message.get("body", b""))
+            await send(message)
+
+        seen: list[bytes] = []
+        paid = scope["type"] == "http" and scope["method"] == "POST"
+        await meter(scope, receive, watch if paid else send)
+
+    async with calling(meter) as client:
+        requirements, charged = await opened(meter, client, payer)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=server), base_url="http://testserver"
+    ) as client:
+        voucher = payer.voucher(requirements, charged + int(requirements.amount))
+        answer = await send(client, STREAMED, voucher)
+        receipt = await receipt_of(client, answer)
+    assert answer.status_code == 200
+    assert at_the_end == [(charged + int(receipt["amount"]), None)]
+    assert content_before_the_end == [answer.content]  # all of it went out before
 
 
 async def test_an_answer_that_failed_is_charged_nothing_and_frees_the_channel() -> None:

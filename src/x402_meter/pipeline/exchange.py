@@ -85,6 +85,7 @@ class PaidAnswer:
             max_amount=admitted.authorization.max_amount,
             watch_cap=config.on_cap == "end" and scheme.metered,
             hold=scheme.settles_before_response if chosen is None else chosen,
+            end_once_charged=scheme.ends_streams_once_charged,
             checkpoint_each_chunk=config.checkpoint_every == 0,
             usage_filter=self.body.shape(tariff) if config.shape_requests else None,
             ledger=self.ledger,

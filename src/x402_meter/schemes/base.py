@@ -76,6 +76,10 @@ class PaymentScheme(ABC):
     settles_zero_charges: ClassVar[bool] = False
     """Whether a charge of nothing still goes through ``settle_charge`` (a channel's lock is
     released there); otherwise it is ``not_charged`` without a call."""
+    ends_streams_once_charged: ClassVar[bool] = False
+    """Whether a streamed answer's end (the body's last, empty chunk) waits for its charge:
+    a client that has read the whole answer may then pay the next at once, on any server
+    sharing the store (a channel is free by then). The content is not held back."""
 
     # -- what is offered ---------------------------------------------------------------------
 

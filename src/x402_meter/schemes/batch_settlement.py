@@ -73,6 +73,10 @@ class BatchSettlementScheme(PaymentScheme):
     metered: ClassVar[bool] = True
     reserves_keys: ClassVar[bool] = False  # the channel's lock serialises its requests
     settles_zero_charges: ClassVar[bool] = True  # a charge of nothing still frees the channel
+    # A client that read a streamed answer to its end finds its channel free: on this server
+    # or another one sharing the channel store (which could not tell an answer being charged
+    # from one still running, and would refuse the next voucher as busy).
+    ends_streams_once_charged: ClassVar[bool] = True
 
     def __init__(
         self,
