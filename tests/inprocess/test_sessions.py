@@ -47,10 +47,11 @@ from tests.inprocess.sessions import (
     settlement,
 )
 from tests.openai_stream import COMPLETION_TOKENS, PROMPT_TOKENS
+from tests.security.test_sessions import Counted
 from x402_meter import X402Meter
 from x402_meter.devstack.accounts import PAYERS
 from x402_meter.schemes.channel_state import ChargingChannels
-from x402_meter.store import LedgerState
+from x402_meter.store import LedgerState, MemoryStore, PaymentRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -456,6 +457,45 @@ async def test_a_deposit_that_does_not_land_frees_the_channel_and_serves_nothing
     channel = await channel_of(meter, payer.channel_id(requirements))
     assert (channel.serving, channel.charged, channel.balance) == (None, 0, 0)
     assert facilitator.calls == ["/verify", "/settle"]
+
+
+class FailsToRecordOnce(MemoryStore):
+    """A ledger whose next write of a newly verified row fails (a disk full, a lost
+    connection), once the test arms it; the channels are kept elsewhere and still work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    async def save(self, record: PaymentRecord) -> None:
+        if self.armed and record.state is LedgerState.VERIFIED and record.amount is None:
+            self.armed = False
+            raise OSError("no space left on device")
+        await super().save(record)
+
+
+async def test_a_payment_the_ledger_cannot_record_is_not_served_and_frees_its_channel() -> None:
+    """The row of an admitted voucher cannot be written: nothing is served (nothing could be
+    charged), the answer is a 503 with a reason, and the channel is free at once, not when
+    the request's lease runs out minutes later: the same voucher is then served."""
+    ledger = FailsToRecordOnce()
+    app = Counted(chat_app())
+    meter = session_meter(app, InProcessFacilitator(), store=ledger)
+    payer = ChannelPayer()
+    async with calling(meter) as client:
+        requirements, charged = await opened(meter, client, payer)
+        runs = app.runs
+        voucher = payer.voucher(requirements, charged + int(requirements.amount))
+        ledger.armed = True
+        refused = await send(client, QUESTION, voucher)
+        channel = await channel_of(meter, payer.channel_id(requirements))
+        served = await send(client, QUESTION, voucher)
+    assert refused.status_code == 503
+    assert refused.json()["reason"] == "ledger_unavailable"
+    assert (channel.serving, channel.charged) == (None, charged)
+    assert served.status_code == 200
+    assert app.runs == runs + 1
+    assert (await channel_of(meter, payer.channel_id(requirements))).charged == 2 * ANSWER_COST
 
 
 # -- a server that died mid-stream --------------------------------------------------------------

@@ -131,6 +131,10 @@ class PaymentScheme(ABC):
 
     # -- the charge and its settlement -------------------------------------------------------
 
+    async def unserved(self, authorization: Authorization) -> None:  # noqa: B027 - optional hook
+        """The admitted payment will not be served (its ledger row could not be written):
+        give back what admission took that would otherwise wait for a lease to run out."""
+
     def answer_ended(self, authorization: Authorization) -> None:  # noqa: B027 - optional hook
         """The answer is over and its charge comes next (a channel lets a request that waits
         on it know that it will be free in a moment)."""

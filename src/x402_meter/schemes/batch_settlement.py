@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from x402_meter.protocol.checks import Authorization
     from x402_meter.protocol.offer import Offer, PaymentTerms
     from x402_meter.settlement import Settler
+
+logger = logging.getLogger("x402_meter")
 
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 CHANNEL_LOCK_LOST: Final = "channel_lock_lost"
@@ -172,6 +175,22 @@ class BatchSettlementScheme(PaymentScheme):
         """Nothing to re-check: the funds are in escrow, and a withdrawal takes longer than
         any answer (the withdraw delay)."""
         return None
+
+    async def unserved(self, authorization: Authorization) -> None:
+        """Free the channel this request took: with no ledger row, no sweeper would, and the
+        channel would stay busy until the request's lease ran out (``max_timeout_seconds``).
+        The store may be failing too: then the lease is what frees it."""
+        channel_id = read_channel_payment(authorization.payload.payload).channel_id
+        try:
+            for _ in range(CHARGE_ATTEMPTS):
+                current = await self.channels.get(channel_id)
+                if current is None or current.serving != authorization.key:
+                    return
+                free = dataclasses.replace(current, serving=None, serving_until=0.0)
+                if await self.channels.put(free) is not None:
+                    return
+        except Exception:
+            logger.exception("channel %s stays held until its lease runs out", channel_id)
 
     # -- the charge ----------------------------------------------------------------------------
 
