@@ -84,6 +84,11 @@ NO_VOUCHER: Final = "no_voucher_covers_the_charge"
 CLOSE_SECONDS: Final = 30.0
 """How long shutting down waits for a pass in flight before it cancels it."""
 WRITE_ATTEMPTS: Final = 5
+RESUMED_SWEEP_SCAN: Final = 1000
+"""A worker's first pass sweeps the payees of the claimed channels among this many most
+recently written: a sweep that failed before a restart is not left for the payee's next
+claim (a sweep with nothing to move costs a read, no transaction)."""
+PAGE: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +178,8 @@ class ChannelClaims:
         """Names this worker in the claim leases it holds."""
         self._unswept: set[Payee] = set()
         """Payees whose claimed funds wait for a sweep (one failed, or a pass stopped)."""
+        self._resumed = False
+        """Whether the payees that a previous run may have left unswept were taken up."""
         self._task: asyncio.Task[None] | None = None
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -270,6 +277,9 @@ class ChannelClaims:
         """Claim every claimable channel (as of ``now``), then sweep what was claimed."""
         now = time.time() if now is None else now
         report = ClaimsPass()
+        if not self._resumed:
+            self._unswept |= await self._claimed_payees()
+            self._resumed = True
         done: set[str] = set()
         while report.going():
             # Channels claimed in this pass come back when charged again meanwhile: they
@@ -292,6 +302,18 @@ class ChannelClaims:
                     await self._release(batch)
         await self._sweep(report)
         return report
+
+    async def _claimed_payees(self) -> set[Payee]:
+        """The payees of channels claimed before this worker ran (among the most recently
+        written, ``RESUMED_SWEEP_SCAN``): a sweep of theirs may have failed, and the set of
+        payees to sweep is kept in memory only."""
+        payees: set[Payee] = set()
+        for offset in range(0, RESUMED_SWEEP_SCAN, PAGE):
+            page = await self.channels.list(limit=PAGE, offset=offset)
+            payees.update(Payee.of(record) for record in page if record.claimed > 0)
+            if len(page) < PAGE:
+                break
+        return payees
 
     async def _hold(self, record: ChannelRecord, now: float) -> ChannelRecord | None:
         """Take the channel's claim for this worker (None: nothing to send, or another
