@@ -179,6 +179,8 @@ async def test_a_server_killed_mid_stream_charges_what_it_served_and_its_success
     assert [c["totals"] for c in report["claims"]] == [{channel.channel_id: str(sum(charges))}]
     assert claimed_on_chain(stack, channel) == sum(charges)
     assert channel.claimed == sum(charges)
+    assert len(report["sweeps"]) == 1
+    assert contracts(stack).token_balance(pay_to) == sum(charges)
 
 
 # -- 2. two requests at once on one channel --------------------------------------------------
@@ -309,6 +311,7 @@ async def test_two_servers_sharing_redis_serve_one_session_in_turns_and_claim_it
     assert facilitator_transactions(stack) == sent + 2  # the claim and its sweep
     assert claimed_on_chain(stack, channel) == sum(charges)
     assert claimed.claimed == sum(charges)
+    assert contracts(stack).token_balance(pay_to) == sum(charges)
 
 
 async def _append(reports: list[dict[str, Any]], report: Any) -> None:
