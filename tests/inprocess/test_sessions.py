@@ -10,6 +10,7 @@ for the chain.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any
 
@@ -34,6 +35,7 @@ from tests.inprocess.harness import (
     WaitingApp,
     calling,
     chat_app,
+    header,
     offered,
     receipt_of,
 )
@@ -457,6 +459,87 @@ async def test_a_deposit_that_does_not_land_frees_the_channel_and_serves_nothing
     channel = await channel_of(meter, payer.channel_id(requirements))
     assert (channel.serving, channel.charged, channel.balance) == (None, 0, 0)
     assert facilitator.calls == ["/verify", "/settle"]
+
+
+class SlowCharge(MemoryStore):
+    """A ledger whose write of a charge (``to_settle``) waits, once armed, until the test
+    lets it go (``proceed``): the client can leave while its answer is being charged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.charging = anyio.Event()
+        self.proceed = anyio.Event()
+
+    async def save(self, record: PaymentRecord) -> None:
+        if self.armed and record.state is LedgerState.TO_SETTLE:
+            self.armed = False
+            self.charging.set()
+            await self.proceed.wait()
+        await super().save(record)
+
+
+async def test_a_client_that_leaves_while_its_streamed_answer_is_charged_is_charged_it_all() -> (
+    None
+):
+    """The end of the body waits for the charge; the client leaves meanwhile (the app's
+    framework then cancels the send that waits). The charge still completes: the whole
+    answer is charged and the channel is free at once, not left to the sweeper."""
+    ledger = SlowCharge()
+    meter = session_meter(chat_app(), InProcessFacilitator(), store=ledger)
+    payer = ChannelPayer()
+    async with calling(meter) as client:
+        requirements, charged = await opened(meter, client, payer)
+    voucher = payer.voucher(requirements, charged + int(requirements.amount))
+    body = json.dumps(STREAMED).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            *[(k.encode(), v.encode()) for k, v in header(voucher).items()],
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    requested = False
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await ledger.charging.wait()
+        return {"type": "http.disconnect"}
+
+    async def send_to_client(message: Message) -> None:
+        sent.append(message)
+
+    ledger.armed = True
+    with anyio.fail_after(HANG):  # a guard against a hang, not a timing assertion
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(meter, scope, receive, send_to_client)
+            await ledger.charging.wait()
+            await anyio.wait_all_tasks_blocked()  # the disconnect has reached the app
+            ledger.proceed.set()
+    [left] = await ledger.list(limit=1)
+    channel = await channel_of(meter, payer.channel_id(requirements))
+    async with calling(meter) as client:  # the same answer, read to its end
+        again = payer.voucher(requirements, channel.charged + int(requirements.amount))
+        whole = await receipt_of(client, await send(client, STREAMED, again))
+    assert sent[0]["status"] == 200
+    assert left.state is LedgerState.SETTLED
+    assert left.amount == int(whole["amount"]) > 0
+    assert (channel.charged, channel.serving) == (charged + left.amount, None)
 
 
 class FailsToRecordOnce(MemoryStore):

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
+import anyio
 from starlette.types import Message, Send
 
 from x402_meter.errors import StreamCapped
@@ -199,7 +200,11 @@ class ResponseTap:
         if last.get("body"):
             await self.send({**last, "more_body": True})
         if self.answered is not None:
-            await self.answered()
+            # Not cancelled with the send: a framework cancels it when the client leaves
+            # (Starlette's StreamingResponse), and a charge cut short would be left to the
+            # sweeper, at the last checkpoint, with the channel held until then.
+            with anyio.CancelScope(shield=True):
+                await self.answered()
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.capped:  # the cap was reached at the last chunk: the answer is closed
             self.stop_app()
