@@ -117,6 +117,7 @@ class MeterRuntime:
                 deposit_multiple=config.session_deposit_multiple,
                 state_ttl=config.session_state_ttl,
                 receiver_authorizer=None if authorizer is None else authorizer.address,
+                ledger=self.store,
             )
         return schemes
 

@@ -628,6 +628,55 @@ async def test_a_row_left_mid_stream_is_charged_to_its_channel_by_another_worker
     assert (after.charged, after.serving) == (charged + served.amount - 1, None)
 
 
+async def test_a_channel_whose_dead_holder_is_not_yet_charged_stays_busy_past_its_lease() -> None:
+    """A server died mid-stream, and its channel's lease (the dead request's
+    ``max_timeout_seconds``) is over before its row was recovered (no worker ran meanwhile,
+    or the row's lease, renewed while it streamed, ends later). A new voucher arriving
+    before the sweeper has charged the dead answer is refused as busy: taking the channel
+    would have started it from a charged cumulative without the dead answer, whose charge
+    would then be lost (``channel_lock_lost``). Once the sweeper charged it, the channel
+    serves again, from the charged cumulative that includes it."""
+    facilitator = InProcessFacilitator()
+    payer = ChannelPayer()
+    dead = session_meter(chat_app(), facilitator)
+    async with calling(dead) as client:
+        requirements, charged = await opened(dead, client, payer)
+        maximum = int(requirements.amount)
+        answer = await send(client, STREAMED, payer.voucher(requirements, charged + maximum))
+    receipt_id = answer.headers["x-payment-receipt"].rsplit("/", 1)[-1]
+    store, channels = dead.runtime.store, dead.runtime.channels
+    assert channels is not None
+    served = await store.get(receipt_id)
+    channel = await channel_of(dead, payer.channel_id(requirements))
+    assert served is not None
+    assert served.amount
+    # The dead request streamed long: its row's lease (renewed while it streamed) runs out
+    # after its channel's (its authorization's expiry).
+    row_lease = time.time() + 3600
+    await store.save(dataclasses.replace(served, state=LedgerState.VERIFIED, lease_until=row_lease))
+    left = dataclasses.replace(
+        channel, charged=charged, serving=served.key, serving_until=1.0, last_charged=None
+    )
+    assert await channels.put(left) is not None
+
+    worker = session_meter(chat_app(), facilitator, store=store, channel_store=channels)
+    async with calling(worker) as client:
+        early = await send(client, QUESTION, payer.voucher(requirements, charged + maximum))
+        assert await worker.runtime.settler.sweep(row_lease + 1) == 1
+        await worker.runtime.settler.drain()
+        after = charged + served.amount
+        later = await send(client, QUESTION, payer.voucher(requirements, after + maximum))
+    assert early.status_code == 402
+    assert early.json()["reason"] == "invalid_batch_settlement_evm_channel_busy"
+    recovered = await store.get(receipt_id)
+    assert recovered is not None
+    assert (recovered.state, recovered.amount) == (LedgerState.SETTLED, served.amount)
+    assert later.status_code == 200
+    assert (await channel_of(worker, payer.channel_id(requirements))).charged == (
+        after + ANSWER_COST
+    )
+
+
 async def test_charging_channels_wake_a_waiting_request_when_the_charge_is_done() -> None:
     charging = ChargingChannels()
     assert not await charging.wait("0xaa", 10)  # nothing charging: no wait at all

@@ -131,6 +131,11 @@ class PaymentScheme(ABC):
 
     # -- the charge and its settlement -------------------------------------------------------
 
+    def receipt_id(self, authorization: Authorization) -> str | None:
+        """The receipt id the payment's ledger row must have (None: a random one): a scheme
+        whose state names a request by its key can then find that request's row."""
+        return None
+
     async def unserved(self, authorization: Authorization) -> None:  # noqa: B027 - optional hook
         """The admitted payment will not be served (its ledger row could not be written):
         give back what admission took that would otherwise wait for a lease to run out."""

@@ -39,7 +39,13 @@ from x402_meter.schemes.channel_payload import (
     read_channel_payment,
 )
 from x402_meter.schemes.channel_state import ChainSnapshot, ChargingChannels, channel_state
-from x402_meter.store import ChannelRecord, ChannelStore, LedgerState, PaymentRecord
+from x402_meter.store import (
+    ChannelRecord,
+    ChannelStore,
+    LedgerState,
+    PaymentRecord,
+    PaymentStore,
+)
 
 if TYPE_CHECKING:
     from x402_meter.facilitator import FacilitatorClient
@@ -89,9 +95,11 @@ class BatchSettlementScheme(PaymentScheme):
         deposit_multiple: int = DEFAULT_DEPOSIT_MULTIPLE,
         state_ttl: float | None = None,
         receiver_authorizer: str | None = None,
+        ledger: PaymentStore | None = None,
     ) -> None:
         """``receiver_authorizer``: the address that authorizes claims and refunds of this
-        seller's channels (None: the one the facilitator advertises)."""
+        seller's channels (None: the one the facilitator advertises). ``ledger``: the
+        meter's payment store, where the request holding a channel has its row."""
         if not MIN_WITHDRAW_DELAY <= withdraw_delay <= MAX_WITHDRAW_DELAY:
             raise ValueError(f"withdraw_delay must be {MIN_WITHDRAW_DELAY}..{MAX_WITHDRAW_DELAY} s")
         self.channels = channels
@@ -100,6 +108,7 @@ class BatchSettlementScheme(PaymentScheme):
         self.state_ttl = default_state_ttl(withdraw_delay) if state_ttl is None else state_ttl
         """Seconds a channel's mirror of the chain is trusted for local admission."""
         self.receiver_authorizer = receiver_authorizer
+        self.ledger = ledger
         self.charging = ChargingChannels()
         self.on_withdrawal: Callable[[str], None] = _ignore
         """Told the id of a channel whose mirror now shows a withdrawal requested (the
@@ -134,10 +143,11 @@ class BatchSettlementScheme(PaymentScheme):
         check_channel_terms(payment, requirements)
         # The key names the request's hold on its channel: the channel, the cumulative it
         # pays up to, and a random part (two copies of one voucher are two requests; the
-        # channel's lock admits one, its cumulative refuses the other afterwards).
+        # channel's lock admits one, its cumulative refuses the other afterwards), which is
+        # also the receipt id of its ledger row: the channel's holder can be looked up.
         key = (
             f"{self.name}:{requirements.network}:{payment.channel_id}:{payment.cumulative}:"
-            f"{secrets.token_hex(8)}"
+            f"{secrets.token_urlsafe(18)}"
         )
         return LocalCheck(payment.payer, now + requirements.max_timeout_seconds, key)
 
@@ -175,6 +185,19 @@ class BatchSettlementScheme(PaymentScheme):
         """Nothing to re-check: the funds are in escrow, and a withdrawal takes longer than
         any answer (the withdraw delay)."""
         return None
+
+    def receipt_id(self, authorization: Authorization) -> str | None:
+        return holder_receipt_id(authorization.key)
+
+    async def holder_unsettled(self, record: ChannelRecord) -> bool:
+        """Whether the request named as the channel's holder has a ledger row not yet final
+        (its server died, and no sweeper has charged it yet), whatever its lease says.
+        Until that charge is made the channel is not free: a request taking it would start
+        from a charged cumulative without it, and the charge would then be refused."""
+        if record.serving is None or self.ledger is None:
+            return False
+        row = await self.ledger.get(holder_receipt_id(record.serving))
+        return row is not None and row.key == record.serving and not row.state.is_final
 
     async def unserved(self, authorization: Authorization) -> None:
         """Free the channel this request took: with no ledger row, no sweeper would, and the
@@ -289,6 +312,11 @@ class BatchSettlementScheme(PaymentScheme):
         if record.state in (LedgerState.SETTLED, LedgerState.NOT_CHARGED):
             channel["charged_cumulative"] = str(charged_after(record, payment))
         return {"channel": channel}
+
+
+def holder_receipt_id(key: str) -> str:
+    """The receipt id of the ledger row of the request whose key is ``key``."""
+    return key.rsplit(":", 1)[-1]
 
 
 def _ignore(channel_id: str) -> None:
