@@ -79,7 +79,7 @@ async def paid(http: httpx.AsyncClient, server: Server) -> str:
 
 async def held_open(http: httpx.AsyncClient, server: Server, chunks: int) -> httpx.Response:
     """A paid streamed answer that ``server`` holds after ``chunks`` chunks (until
-    ``POST /release``); the first chunks are read (the answer is being served)."""
+    ``POST /release``), its body not yet read: the channel is held while it lasts."""
     request = http.build_request("POST", chat(server, hold_after=chunks), json=CHAT)
     response = await http.send(request, stream=True)
     assert response.status_code == 200, await response.aread()
