@@ -12,11 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 from x402 import x402Client
 from x402.http.clients.httpx import x402_httpx_transport
@@ -48,7 +53,7 @@ from tests.inprocess.sessions import (
     session_offer,
     settlement,
 )
-from tests.openai_stream import COMPLETION_TOKENS, PROMPT_TOKENS
+from tests.openai_stream import COMPLETION_TOKENS, PIECES, PROMPT_TOKENS, completion_json
 from tests.security.test_sessions import Counted
 from x402_meter import X402Meter
 from x402_meter.devstack.accounts import PAYERS
@@ -479,19 +484,45 @@ class SlowCharge(MemoryStore):
         await super().save(record)
 
 
-async def test_a_client_that_leaves_while_its_streamed_answer_is_charged_is_charged_it_all() -> (
-    None
-):
-    """The end of the body waits for the charge; the client leaves meanwhile (the app's
-    framework then cancels the send that waits). The charge still completes: the whole
-    answer is charged and the channel is free at once, not left to the sweeper."""
+def json_in_a_stream_app() -> Any:
+    """A chat endpoint that sends its JSON answer through a ``StreamingResponse`` (as a
+    proxy does): the meter holds it until charged, and Starlette listens for the client
+    leaving meanwhile."""
+
+    async def chat(request: Request) -> StreamingResponse:
+        await request.body()
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield json.dumps(completion_json("".join(PIECES))).encode()
+
+        return StreamingResponse(whole(), media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@pytest.mark.parametrize(
+    ("app", "question"),
+    [(chat_app, STREAMED), (json_in_a_stream_app, QUESTION)],
+    ids=["streamed", "held"],
+)
+async def test_a_client_that_leaves_while_its_answer_is_charged_is_charged_it_all(
+    app: Any, question: dict[str, Any]
+) -> None:
+    """The end of a streamed body waits for the charge (a held answer, all of it); the
+    client leaves meanwhile (Starlette then cancels the send that waits). The charge still
+    completes: the whole answer is charged and the channel is free at once, not left to
+    the sweeper at the last checkpoint."""
     ledger = SlowCharge()
-    meter = session_meter(chat_app(), InProcessFacilitator(), store=ledger)
+    meter = session_meter(app(), InProcessFacilitator(), store=ledger)
     payer = ChannelPayer()
     async with calling(meter) as client:
-        requirements, charged = await opened(meter, client, payer)
+        requirements = await session_offer(client, question)
+        maximum = int(requirements.amount)
+        deposit = payer.deposit(requirements, maximum, 10 * maximum)
+        assert (await send(client, question, deposit)).status_code == 200
+    charged = (await channel_of(meter, payer.channel_id(requirements))).charged
     voucher = payer.voucher(requirements, charged + int(requirements.amount))
-    body = json.dumps(STREAMED).encode()
+    body = json.dumps(question).encode()
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -535,7 +566,7 @@ async def test_a_client_that_leaves_while_its_streamed_answer_is_charged_is_char
     channel = await channel_of(meter, payer.channel_id(requirements))
     async with calling(meter) as client:  # the same answer, read to its end
         again = payer.voucher(requirements, channel.charged + int(requirements.amount))
-        whole = await receipt_of(client, await send(client, STREAMED, again))
+        whole = await receipt_of(client, await send(client, question, again))
     assert sent[0]["status"] == 200
     assert left.state is LedgerState.SETTLED
     assert left.amount == int(whole["amount"]) > 0

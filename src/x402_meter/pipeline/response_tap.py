@@ -11,7 +11,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-import anyio
 from starlette.types import Message, Send
 
 from x402_meter.errors import StreamCapped
@@ -156,8 +155,7 @@ class ResponseTap:
                 self.held.append(message)
                 if not message.get("more_body", False):
                     self.held_complete = True
-                    if self.answered is not None:
-                        await self.answered()
+                    await self._charge()
                 if self.capped:
                     self.stop_app()
                 return
@@ -199,15 +197,15 @@ class ResponseTap:
         client learns that the answer is complete only once its charge is made."""
         if last.get("body"):
             await self.send({**last, "more_body": True})
-        if self.answered is not None:
-            # Not cancelled with the send: a framework cancels it when the client leaves
-            # (Starlette's StreamingResponse), and a charge cut short would be left to the
-            # sweeper, at the last checkpoint, with the channel held until then.
-            with anyio.CancelScope(shield=True):
-                await self.answered()
+        await self._charge()
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.capped:  # the cap was reached at the last chunk: the answer is closed
             self.stop_app()
+
+    async def _charge(self) -> None:
+        """Have the answer charged (and a held one sent): ``answered``."""
+        if self.answered is not None:
+            await self.answered()
 
     async def checkpoint(self) -> None:
         """Record the count so far in the ledger (and extend the row's lease)."""
