@@ -151,36 +151,84 @@ async def test_a_server_killed_mid_stream_charges_what_it_served_and_its_success
     async with sdk_payer(stack, payer) as http:
         with uvicorn_server(stack, store, logs / "first.log", meter_options=options) as first:
             receipts = [await paid(http, first)]  # the deposit
-            response = await held_open(http, first, chunks=6)
-            dead = response.headers["x-payment-receipt"]
-            received = b""
-            async for chunk in response.aiter_raw():  # the role chunk and five pieces
-                received += chunk
-                if received.count(b"\n\n") == 6:
-                    break
-            os.kill(first.process.pid, signal.SIGKILL)
-            await response.aclose()
+            dead, received = await killed_after_six_chunks(http, first)
 
         with uvicorn_server(stack, store, logs / "second.log", meter_options=options) as second:
             recovered = (await receipts_of(second.url, [dead]))[0]  # its sweeper took the row
-            channel = await the_channel(store, payer)
-            assert channel.serving is None
+            assert (await the_channel(store, payer)).serving is None
             receipts.append(await paid(http, second))  # the channel serves again
             report = await claim(http, second)
             outcomes = await receipts_of(second.url, receipts)
             channel = await the_channel(store, payer)
 
+    check_recovered(recovered, received)
+    check_claimed(stack, channel, report, pay_to, [*outcomes, recovered])
+
+
+async def test_a_server_killed_mid_stream_is_charged_and_claimed_by_the_other_on_redis(
+    x402_local_stack: LocalStack, redis_url: str, logs: Path
+) -> None:
+    """Two servers on one Redis; the one serving the answer is killed after six chunks.
+    The other one, still running, recovers the dead answer's row once its lease runs out,
+    charges what the client received, serves the next voucher and claims the channel."""
+    stack = x402_local_stack
+    payer, pay_to = new_funded_payer(stack), Account.create().address
+    options = session_options(pay_to)
+    async with sdk_payer(stack, payer) as http:
+        with uvicorn_server(stack, redis_url, logs / "b.log", meter_options=options) as other:
+            with uvicorn_server(stack, redis_url, logs / "a.log", meter_options=options) as a:
+                receipts = [await paid(http, a)]  # the deposit
+                dead, received = await killed_after_six_chunks(http, a)
+            recovered = (await receipts_of(other.url, [dead]))[0]  # its sweeper took the row
+            assert (await the_channel(redis_url, payer)).serving is None
+            receipts.append(await paid(http, other))
+            report = await claim(http, other)
+            outcomes = await receipts_of(other.url, receipts)
+            channel = await the_channel(redis_url, payer)
+
+    check_recovered(recovered, received)
+    check_claimed(stack, channel, report, pay_to, [*outcomes, recovered])
+
+
+async def killed_after_six_chunks(http: httpx.AsyncClient, server: Server) -> tuple[str, bytes]:
+    """A paid answer on ``server``, which is killed (SIGKILL: no cleanup code runs) once
+    the client has its first six chunks; the answer's receipt path and what it received."""
+    response = await held_open(http, server, chunks=6)
+    received = b""
+    async for chunk in response.aiter_raw():  # the role chunk and five pieces
+        received += chunk
+        if received.count(b"\n\n") == 6:
+            break
+    os.kill(server.process.pid, signal.SIGKILL)
+    await response.aclose()
+    return response.headers["x-payment-receipt"], received
+
+
+def check_recovered(recovered: dict[str, Any], received: bytes) -> None:
+    """The dead answer was charged what the client received: never more (+1 unit of
+    rounding at most), and here exactly (a checkpoint before every chunk)."""
     served = (int(recovered["input_tokens"]) + output_tokens_in(received)) * PRICE_ATOMIC
     assert recovered["status"] == "settled"
-    assert 0 < int(recovered["amount"]) <= served + 1  # what was served, never more
+    assert 0 < int(recovered["amount"]) <= served + 1
     assert int(recovered["amount"]) == cost(recovered) == served
-    charges = [int(o["amount"]) for o in outcomes] + [int(recovered["amount"])]
-    assert channel.charged == sum(charges)
-    assert [c["totals"] for c in report["claims"]] == [{channel.channel_id: str(sum(charges))}]
-    assert claimed_on_chain(stack, channel) == sum(charges)
-    assert channel.claimed == sum(charges)
+
+
+def check_claimed(
+    stack: LocalStack,
+    channel: ChannelRecord,
+    report: dict[str, Any],
+    pay_to: str,
+    receipts: list[dict[str, Any]],
+) -> None:
+    """The channel charged the receipts' sum, claimed once for it by the pass ``report``
+    says, on chain too, and swept to ``pay_to``."""
+    total = sum(int(r["amount"]) for r in receipts)
+    assert channel.charged == total
+    assert [c["totals"] for c in report["claims"]] == [{channel.channel_id: str(total)}]
+    assert claimed_on_chain(stack, channel) == total
+    assert channel.claimed == total
     assert len(report["sweeps"]) == 1
-    assert contracts(stack).token_balance(pay_to) == sum(charges)
+    assert contracts(stack).token_balance(pay_to) == total
 
 
 # -- 2. two requests at once on one channel --------------------------------------------------
