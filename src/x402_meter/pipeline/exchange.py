@@ -157,38 +157,31 @@ class PaidAnswer:
         Reached when a held answer is complete (from the tap) or when the app is done
         (however it ended). A held answer is settled first, then sent with the outcome;
         any other is settled in the background.
-
-        The charge is not cancelled with the caller: the tap calls this from within the
-        app's send, which a framework cancels when the client leaves (Starlette's
-        ``StreamingResponse``); a charge cut short would be left to the sweeper, at the last
-        checkpoint (and a channel held until then). Sending the held answer may be.
         """
         if self.concluded:
             return
         self.concluded = True
         tap, scheme, settler = self.tap, self.admitted.scheme, self.runtime.settler
-        with anyio.CancelScope(shield=True):
-            scheme.answer_ended(self.admitted.authorization)
-            await self.heartbeat.stop()
-            usage = tap.usage()
-            self.replies.count("served")
-            metrics = self.runtime.config.metrics
-            if metrics is not None:
-                metrics.tokens(usage.input_tokens, usage.output_tokens)
-            record = await self.ledger.charged(usage, tap.served)
-            if tap.held is None or not (tap.held_complete or self.heartbeat.stopped):
-                await scheme.settle_later(record, settler)
-                return
-            if not tap.held_complete:
-                tap.end_held()  # ended early: what was held is the whole answer
-            settled = await scheme.settle_now(record, settler)
+        scheme.answer_ended(self.admitted.authorization)
+        await self.heartbeat.stop()
+        usage = tap.usage()
+        self.replies.count("served")
+        metrics = self.runtime.config.metrics
+        if metrics is not None:
+            metrics.tokens(usage.input_tokens, usage.output_tokens)
+        record = await self.ledger.charged(usage, tap.served)
+        if tap.held is None or not (tap.held_complete or self.heartbeat.stopped):
+            await scheme.settle_later(record, settler)
+            return
+        if not tap.held_complete:
+            tap.end_held()  # ended early: what was held is the whole answer
+        settled = await scheme.settle_now(record, settler)
         if settled.state is LedgerState.FAILED:
             message = settled.error or "settlement failed"
             await self.replies.refuse(self.admitted.offer, "settlement_failed", message, 402)
             return
         # Not settled and not failed: nothing was charged (the receipt says so), or the
         # facilitator is unreachable and the sweeper keeps trying; answer anyway.
-        assert tap.held is not None  # a held answer (the shield hides the narrowing above)
         start, *bodies = tap.held
         headers = await scheme.response_headers(settled)
         start = {**start, "headers": [*start["headers"], *headers]}

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
+import anyio
 from starlette.types import Message, Send
 
 from x402_meter.errors import StreamCapped
@@ -121,7 +122,7 @@ class ResponseTap:
             body = message.get("body", b"")
             unfed = self.unfed + len(body)
             if unfed < self.feed_at and (
-                message.get("more_body", False) or not self.end_once_charged
+                not self.end_once_charged or message.get("more_body", False)
             ):
                 self.unfed = unfed
                 self.pending.append(body)
@@ -203,9 +204,14 @@ class ResponseTap:
             self.stop_app()
 
     async def _charge(self) -> None:
-        """Have the answer charged (and a held one sent): ``answered``."""
+        """Have the answer charged (and a held one sent: ``answered``) from within the app's
+        send, not cancelled with that send: a framework cancels it when the client leaves
+        (Starlette's ``StreamingResponse``), and a charge cut short would be left to the
+        sweeper at the last checkpoint, a channel held until then. (When the app is done
+        first, the exchange charges under a shield of its own.)"""
         if self.answered is not None:
-            await self.answered()
+            with anyio.CancelScope(shield=True):
+                await self.answered()
 
     async def checkpoint(self) -> None:
         """Record the count so far in the ledger (and extend the row's lease)."""
