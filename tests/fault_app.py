@@ -7,7 +7,8 @@ server while streams are open, on an event instead of a timer. With ``?per_secon
 streams without end, N chunks a second, as a model that never stops would: only the meter
 can end it. ``GET /runs`` (free) says how many times it has run, so a test can tell that an
 unpaid request never reached the model; ``GET /facilitator-calls`` (free), how many times the
-meter called each facilitator endpoint. ``$X402_TEST_METER_OPTIONS`` (JSON) adds or
+meter called each facilitator endpoint; ``POST /claims`` (free), has the meter's claims worker
+run a pass now (sessions) and says what it did. ``$X402_TEST_METER_OPTIONS`` (JSON) adds or
 replaces middleware options; those the x402_meter being served does not know are left out,
 so that the tests can be run against older code to show that they fail there.
 """
@@ -111,6 +112,32 @@ async def facilitator_calls(verify_at_least: int = 0) -> dict[str, int]:
     while calls.by_path["/verify"] < verify_at_least:
         await calls.counted.wait()
     return dict(calls.by_path)
+
+
+def the_meter() -> X402Meter:
+    """The meter this app is served behind (Starlette built it into the middleware stack)."""
+    layer: Any = app.middleware_stack
+    while not isinstance(layer, X402Meter):
+        layer = layer.app
+    return layer
+
+
+@app.post("/claims")
+async def claim_now() -> dict[str, Any]:
+    """A pass of the claims worker, now: its claims (transaction, each channel's claimed
+    cumulative), its sweeps, what was refused and why it stopped early, if it did."""
+    claims = the_meter().runtime.claims
+    assert claims is not None, "sessions are not offered"
+    report = await claims.claim_now()
+    return {
+        "claims": [
+            {"transaction": c.transaction, "totals": {k: str(v) for k, v in c.totals.items()}}
+            for c in report.claims
+        ],
+        "sweeps": report.sweeps,
+        "refused": report.refused,
+        "interrupted": report.interrupted,
+    }
 
 
 stack = json.loads(os.environ["X402_TEST_STACK"])

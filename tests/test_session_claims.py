@@ -42,6 +42,7 @@ from tests.test_sessions_sdk import (
 )
 from x402_meter.channel_claims import ChannelClaims, ClaimPolicy
 from x402_meter.devstack import LocalStack, local_stack
+from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.store import ChannelRecord, SQLiteChannelStore
 
@@ -204,6 +205,57 @@ async def test_a_worker_restarted_on_the_sqlite_file_claims_what_is_left_and_not
         assert await check.claimable(time.time() + 10 * LEASE) == []
     finally:
         await check.aclose()
+
+
+class SweepsUnavailable(FacilitatorClient):
+    """The facilitator client of a worker whose sweeps do not get through (the facilitator
+    went away after the claim landed)."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        super().__init__(stack.facilitator_url, api_key=stack.facilitator_api_key)
+
+    async def settle(
+        self,
+        payload: PaymentPayload | PaymentPayloadV1,
+        requirements: PaymentRequirements | PaymentRequirementsV1,
+    ) -> SettleResponse:
+        if isinstance(payload, PaymentPayload) and payload.payload.get("type") == "settle":
+            raise FacilitatorUnavailableError("the facilitator went away")
+        return await super().settle(payload, requirements)
+
+
+async def test_a_sweep_that_failed_before_a_restart_is_made_by_the_next_worker_at_once(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """A worker claims two channels, then cannot sweep (the facilitator went away) and
+    stops. The next worker on the SQLite file has nothing to claim, and sweeps at its first
+    pass what the first one claimed: payTo gets it without waiting for a new claim."""
+    stack = x402_local_stack
+    chain = contracts(stack)
+    payers = [new_funded_payer(stack) for _ in range(2)]
+    async with seller(stack, tmp_path) as shop:
+        total = sum([await pay_answers(stack, shop, p, 1) for p in payers])
+        pay_to = shop.pay_to
+    path = tmp_path / "ledger.db"
+
+    store = SQLiteChannelStore(path)
+    unswept = SweepsUnavailable(stack)
+    facilitator = FacilitatorClient(stack.facilitator_url, api_key=stack.facilitator_api_key)
+    try:
+        first = await ChannelClaims(store, unswept).claim_once()
+        assert [len(c.totals) for c in first.claims] == [2]
+        assert (first.sweeps, first.interrupted) == ([], "the facilitator went away")
+        assert chain.receiver_totals(pay_to) == (total, 0)
+
+        restarted = await ChannelClaims(store, facilitator).claim_once()
+        assert restarted.claims == []
+        assert len(restarted.sweeps) == 1
+        assert chain.receiver_totals(pay_to) == (total, total)
+        assert chain.token_balance(pay_to) == total
+    finally:
+        await store.aclose()
+        await unswept.aclose()
+        await facilitator.aclose()
 
 
 def _unclaimed(charged: dict[str, int], on_chain: dict[str, int]) -> int:

@@ -89,6 +89,11 @@ WRITE_ATTEMPTS: Final = 5
 FACILITATOR_UNAVAILABLE: Final = "facilitator_unavailable"
 UNCLAIMED_COUNTED: Final = 10_000
 """Channels read to report the unclaimed amount after a pass (a bound on its cost)."""
+RESUMED_SWEEP_SCAN: Final = 1000
+"""A worker's first pass sweeps the payees of the claimed channels among this many most
+recently written: a sweep that failed before a restart is not left for the payee's next
+claim (a sweep with nothing to move costs a read, no transaction)."""
+PAGE: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,8 @@ class ChannelClaims:
         nothing is left of one)."""
         self._unswept: set[Payee] = set()
         """Payees whose claimed funds wait for a sweep (one failed, or a pass stopped)."""
+        self._resumed = False
+        """Whether the payees that a previous run may have left unswept were taken up."""
         self._task: asyncio.Task[None] | None = None
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -287,6 +294,9 @@ class ChannelClaims:
         """Claim every claimable channel (as of ``now``), then sweep what was claimed."""
         now = time.time() if now is None else now
         report = ClaimsPass()
+        if not self._resumed:
+            self._unswept |= await self._claimed_payees()
+            self._resumed = True
         done: set[str] = set()
         while report.going():
             # Channels claimed in this pass come back when charged again meanwhile: they
@@ -323,6 +333,18 @@ class ChannelClaims:
         for (network, token), amount in unclaimed.items():
             metrics.session_unclaimed(network, Web3.to_checksum_address(token), amount)
         self._unclaimed_seen = set(unclaimed)
+
+    async def _claimed_payees(self) -> set[Payee]:
+        """The payees of channels claimed before this worker ran (among the most recently
+        written, ``RESUMED_SWEEP_SCAN``): a sweep of theirs may have failed, and the set of
+        payees to sweep is kept in memory only."""
+        payees: set[Payee] = set()
+        for offset in range(0, RESUMED_SWEEP_SCAN, PAGE):
+            page = await self.channels.list(limit=PAGE, offset=offset)
+            payees.update(Payee.of(record) for record in page if record.claimed > 0)
+            if len(page) < PAGE:
+                break
+        return payees
 
     async def _hold(self, record: ChannelRecord, now: float) -> ChannelRecord | None:
         """Take the channel's claim for this worker (None: nothing to send, or another

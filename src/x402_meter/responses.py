@@ -61,11 +61,13 @@ async def send_payment_required(
     await send_json(send, status, body, [(PAYMENT_REQUIRED.encode(), header), *(headers or [])])
 
 
-async def send_unavailable(send: Send, retry_after: int, message: str) -> None:
+async def send_unavailable(
+    send: Send, retry_after: int, message: str, reason: str = "facilitator_unavailable"
+) -> None:
     await send_json(
         send,
         503,
-        {"reason": "facilitator_unavailable", "error": message},
+        {"reason": reason, "error": message},
         [(b"retry-after", str(retry_after).encode())],
     )
 

@@ -124,6 +124,7 @@ class MeterRuntime:
                 receiver_authorizer=None if authorizer is None else authorizer.address,
                 authorizer=authorizer,
                 metrics=self.session_metrics,
+                ledger=self.store,
             )
         return schemes
 

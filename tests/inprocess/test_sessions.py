@@ -10,13 +10,20 @@ for the chain.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 from x402 import x402Client
 from x402.http.clients.httpx import x402_httpx_transport
 from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme as PayerScheme
@@ -34,6 +41,7 @@ from tests.inprocess.harness import (
     WaitingApp,
     calling,
     chat_app,
+    header,
     offered,
     receipt_of,
 )
@@ -46,12 +54,13 @@ from tests.inprocess.sessions import (
     session_offer,
     settlement,
 )
-from tests.openai_stream import COMPLETION_TOKENS, PROMPT_TOKENS
+from tests.openai_stream import COMPLETION_TOKENS, PIECES, PROMPT_TOKENS, completion_json
+from tests.security.test_sessions import Counted
 from x402_meter import X402Meter
 from x402_meter.devstack.accounts import PAYERS
 from x402_meter.metrics import PrometheusMetrics
 from x402_meter.schemes.channel_state import ChargingChannels
-from x402_meter.store import LedgerState
+from x402_meter.store import LedgerState, MemoryStore, PaymentRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -180,6 +189,42 @@ async def test_a_streamed_answer_is_charged_in_its_receipt() -> None:
         "charged_cumulative": str(charged + cost),
     }
     assert (await channel_of(meter, payer.channel_id(requirements))).charged == charged + cost
+
+
+async def test_a_streamed_answer_ends_only_once_its_channel_is_charged_and_free() -> None:
+    """The body's end reaches the server (so the client) after the charge: a client that has
+    read the answer to its end may pay the next one at once, on any server sharing the
+    channel store, without finding the channel busy. The content itself is not held back."""
+    meter = session_meter(chat_app(), InProcessFacilitator())
+    payer = ChannelPayer()
+    at_the_end: list[Any] = []
+    content_before_the_end: list[bytes] = []
+
+    async def server(scope: Scope, receive: Receive, send: Send) -> None:
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                channel = await channel_of(meter, payer.channel_id(requirements))
+                at_the_end.append((channel.charged, channel.serving))
+                content_before_the_end.append(b"".join(seen))
+            elif message["type"] == "http.response.body":
+                seen.append(message.get("body", b""))
+            await send(message)
+
+        seen: list[bytes] = []
+        paid = scope["type"] == "http" and scope["method"] == "POST"
+        await meter(scope, receive, watch if paid else send)
+
+    async with calling(meter) as client:
+        requirements, charged = await opened(meter, client, payer)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=server), base_url="http://testserver"
+    ) as client:
+        voucher = payer.voucher(requirements, charged + int(requirements.amount))
+        answer = await send(client, STREAMED, voucher)
+        receipt = await receipt_of(client, answer)
+    assert answer.status_code == 200
+    assert at_the_end == [(charged + int(receipt["amount"]), None)]
+    assert content_before_the_end == [answer.content]  # all of it went out before
 
 
 async def test_an_answer_that_failed_is_charged_nothing_and_frees_the_channel() -> None:
@@ -423,6 +468,152 @@ async def test_a_deposit_that_does_not_land_frees_the_channel_and_serves_nothing
     assert facilitator.calls == ["/verify", "/settle"]
 
 
+class SlowCharge(MemoryStore):
+    """A ledger whose write of a charge (``to_settle``) waits, once armed, until the test
+    lets it go (``proceed``): the client can leave while its answer is being charged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.charging = anyio.Event()
+        self.proceed = anyio.Event()
+
+    async def save(self, record: PaymentRecord) -> None:
+        if self.armed and record.state is LedgerState.TO_SETTLE:
+            self.armed = False
+            self.charging.set()
+            await self.proceed.wait()
+        await super().save(record)
+
+
+def json_in_a_stream_app() -> Any:
+    """A chat endpoint that sends its JSON answer through a ``StreamingResponse`` (as a
+    proxy does): the meter holds it until charged, and Starlette listens for the client
+    leaving meanwhile."""
+
+    async def chat(request: Request) -> StreamingResponse:
+        await request.body()
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield json.dumps(completion_json("".join(PIECES))).encode()
+
+        return StreamingResponse(whole(), media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@pytest.mark.parametrize(
+    ("app", "question"),
+    [(chat_app, STREAMED), (json_in_a_stream_app, QUESTION)],
+    ids=["streamed", "held"],
+)
+async def test_a_client_that_leaves_while_its_answer_is_charged_is_charged_it_all(
+    app: Any, question: dict[str, Any]
+) -> None:
+    """The end of a streamed body waits for the charge (a held answer, all of it); the
+    client leaves meanwhile (Starlette then cancels the send that waits). The charge still
+    completes: the whole answer is charged and the channel is free at once, not left to
+    the sweeper at the last checkpoint."""
+    ledger = SlowCharge()
+    meter = session_meter(app(), InProcessFacilitator(), store=ledger)
+    payer = ChannelPayer()
+    async with calling(meter) as client:
+        requirements = await session_offer(client, question)
+        maximum = int(requirements.amount)
+        deposit = payer.deposit(requirements, maximum, 10 * maximum)
+        assert (await send(client, question, deposit)).status_code == 200
+    charged = (await channel_of(meter, payer.channel_id(requirements))).charged
+    voucher = payer.voucher(requirements, charged + int(requirements.amount))
+    body = json.dumps(question).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            *[(k.encode(), v.encode()) for k, v in header(voucher).items()],
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    requested = False
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await ledger.charging.wait()
+        return {"type": "http.disconnect"}
+
+    async def send_to_client(message: Message) -> None:
+        sent.append(message)
+
+    ledger.armed = True
+    with anyio.fail_after(HANG):  # a guard against a hang, not a timing assertion
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(meter, scope, receive, send_to_client)
+            await ledger.charging.wait()
+            await anyio.wait_all_tasks_blocked()  # the disconnect has reached the app
+            ledger.proceed.set()
+    [left] = await ledger.list(limit=1)
+    channel = await channel_of(meter, payer.channel_id(requirements))
+    async with calling(meter) as client:  # the same answer, read to its end
+        again = payer.voucher(requirements, channel.charged + int(requirements.amount))
+        whole = await receipt_of(client, await send(client, question, again))
+    assert sent[0]["status"] == 200
+    assert left.state is LedgerState.SETTLED
+    assert left.amount == int(whole["amount"]) > 0
+    assert (channel.charged, channel.serving) == (charged + left.amount, None)
+
+
+class FailsToRecordOnce(MemoryStore):
+    """A ledger whose next write of a newly verified row fails (a disk full, a lost
+    connection), once the test arms it; the channels are kept elsewhere and still work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    async def save(self, record: PaymentRecord) -> None:
+        if self.armed and record.state is LedgerState.VERIFIED and record.amount is None:
+            self.armed = False
+            raise OSError("no space left on device")
+        await super().save(record)
+
+
+async def test_a_payment_the_ledger_cannot_record_is_not_served_and_frees_its_channel() -> None:
+    """The row of an admitted voucher cannot be written: nothing is served (nothing could be
+    charged), the answer is a 503 with a reason, and the channel is free at once, not when
+    the request's lease runs out minutes later: the same voucher is then served."""
+    ledger = FailsToRecordOnce()
+    app = Counted(chat_app())
+    meter = session_meter(app, InProcessFacilitator(), store=ledger)
+    payer = ChannelPayer()
+    async with calling(meter) as client:
+        requirements, charged = await opened(meter, client, payer)
+        runs = app.runs
+        voucher = payer.voucher(requirements, charged + int(requirements.amount))
+        ledger.armed = True
+        refused = await send(client, QUESTION, voucher)
+        channel = await channel_of(meter, payer.channel_id(requirements))
+        served = await send(client, QUESTION, voucher)
+    assert refused.status_code == 503
+    assert refused.json()["reason"] == "ledger_unavailable"
+    assert (channel.serving, channel.charged) == (None, charged)
+    assert served.status_code == 200
+    assert app.runs == runs + 1
+    assert (await channel_of(meter, payer.channel_id(requirements))).charged == 2 * ANSWER_COST
+
+
 # -- a server that died mid-stream --------------------------------------------------------------
 
 
@@ -468,6 +659,55 @@ async def test_a_row_left_mid_stream_is_charged_to_its_channel_by_another_worker
     assert (recovered.state, recovered.amount) == (LedgerState.SETTLED, served.amount - 1)
     after = await channel_of(worker, payer.channel_id(requirements))
     assert (after.charged, after.serving) == (charged + served.amount - 1, None)
+
+
+async def test_a_channel_whose_dead_holder_is_not_yet_charged_stays_busy_past_its_lease() -> None:
+    """A server died mid-stream, and its channel's lease (the dead request's
+    ``max_timeout_seconds``) is over before its row was recovered (no worker ran meanwhile,
+    or the row's lease, renewed while it streamed, ends later). A new voucher arriving
+    before the sweeper has charged the dead answer is refused as busy: taking the channel
+    would have started it from a charged cumulative without the dead answer, whose charge
+    would then be lost (``channel_lock_lost``). Once the sweeper charged it, the channel
+    serves again, from the charged cumulative that includes it."""
+    facilitator = InProcessFacilitator()
+    payer = ChannelPayer()
+    dead = session_meter(chat_app(), facilitator)
+    async with calling(dead) as client:
+        requirements, charged = await opened(dead, client, payer)
+        maximum = int(requirements.amount)
+        answer = await send(client, STREAMED, payer.voucher(requirements, charged + maximum))
+    receipt_id = answer.headers["x-payment-receipt"].rsplit("/", 1)[-1]
+    store, channels = dead.runtime.store, dead.runtime.channels
+    assert channels is not None
+    served = await store.get(receipt_id)
+    channel = await channel_of(dead, payer.channel_id(requirements))
+    assert served is not None
+    assert served.amount
+    # The dead request streamed long: its row's lease (renewed while it streamed) runs out
+    # after its channel's (its authorization's expiry).
+    row_lease = time.time() + 3600
+    await store.save(dataclasses.replace(served, state=LedgerState.VERIFIED, lease_until=row_lease))
+    left = dataclasses.replace(
+        channel, charged=charged, serving=served.key, serving_until=1.0, last_charged=None
+    )
+    assert await channels.put(left) is not None
+
+    worker = session_meter(chat_app(), facilitator, store=store, channel_store=channels)
+    async with calling(worker) as client:
+        early = await send(client, QUESTION, payer.voucher(requirements, charged + maximum))
+        assert await worker.runtime.settler.sweep(row_lease + 1) == 1
+        await worker.runtime.settler.drain()
+        after = charged + served.amount
+        later = await send(client, QUESTION, payer.voucher(requirements, after + maximum))
+    assert early.status_code == 402
+    assert early.json()["reason"] == "invalid_batch_settlement_evm_channel_busy"
+    recovered = await store.get(receipt_id)
+    assert recovered is not None
+    assert (recovered.state, recovered.amount) == (LedgerState.SETTLED, served.amount)
+    assert later.status_code == 200
+    assert (await channel_of(worker, payer.channel_id(requirements))).charged == (
+        after + ANSWER_COST
+    )
 
 
 async def test_charging_channels_wake_a_waiting_request_when_the_charge_is_done() -> None:

@@ -27,6 +27,7 @@ from x402_meter.store import LedgerState
 logger = logging.getLogger("x402_meter")
 
 AnyASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+LEDGER_UNAVAILABLE: Final = "ledger_unavailable"
 END_SEND_SECONDS: Final = 5.0
 """How long the end of an answer ended early may wait on a client that does not read."""
 
@@ -97,6 +98,7 @@ class PaidAnswer:
             max_amount=admitted.authorization.max_amount,
             watch_cap=config.on_cap == "end" and scheme.metered,
             hold=scheme.settles_before_response if chosen is None else chosen,
+            end_once_charged=scheme.ends_streams_once_charged,
             checkpoint_each_chunk=config.checkpoint_every == 0,
             usage_filter=self.body.shape(tariff) if config.shape_requests else None,
             ledger=self.ledger,
@@ -129,7 +131,17 @@ class PaidAnswer:
         """The charge was made and its settlement started (``_conclude`` runs once)."""
 
     async def serve(self) -> None:
-        await self.ledger.verified()
+        try:
+            await self.ledger.verified()
+        except Exception:
+            # Nothing can be served without a row to charge it to: give back what admission
+            # took (a channel's lock), and say why; the client may try again.
+            logger.exception("%s: the ledger could not record it", self.ledger.receipt_id)
+            with anyio.CancelScope(shield=True):
+                await self.admitted.scheme.unserved(self.admitted.authorization)
+            message = "the payment ledger could not record this payment: nothing was served"
+            await self.replies.unavailable(message, reason=LEDGER_UNAVAILABLE)
+            return
         self.heartbeat.start()
         try:
             with self.app_cancel:

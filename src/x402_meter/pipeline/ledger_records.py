@@ -27,7 +27,7 @@ class LedgerRecords:
         authorization, terms = admitted.authorization, admitted.offer.terms
         now = time.time()
         self.record = PaymentRecord(
-            receipt_id=secrets.token_urlsafe(18),
+            receipt_id=admitted.scheme.receipt_id(authorization) or secrets.token_urlsafe(18),
             key=authorization.key,
             state=LedgerState.VERIFIED,
             scheme=authorization.scheme,

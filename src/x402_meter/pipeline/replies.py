@@ -66,7 +66,7 @@ class Replies:
         self.count("refunded")
         await send_json(self.send, 200, body, headers)
 
-    async def unavailable(self, message: str) -> None:
-        """503: the facilitator could not be reached; the client may retry."""
+    async def unavailable(self, message: str, reason: str = "facilitator_unavailable") -> None:
+        """503: the facilitator (or the ledger) could not be reached; the client may retry."""
         self.count("unavailable")
-        await send_unavailable(self.send, self.retry_after_seconds, message)
+        await send_unavailable(self.send, self.retry_after_seconds, message, reason)

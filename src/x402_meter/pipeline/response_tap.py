@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
+import anyio
 from starlette.types import Message, Send
 
 from x402_meter.errors import StreamCapped
@@ -49,6 +50,7 @@ class ResponseTap:
         max_amount: int,
         watch_cap: bool,
         hold: bool,
+        end_once_charged: bool,
         checkpoint_each_chunk: bool,
         usage_filter: UsageChunkFilter | None,
         ledger: LedgerRecords,
@@ -63,13 +65,16 @@ class ResponseTap:
         self.max_amount = max_amount
         self.hold = hold
         """Hold a non-streamed answer until it is settled."""
+        self.end_once_charged = end_once_charged
+        """Send a streamed answer's end (its last, empty chunk) once it is charged."""
         self.checkpoint_each_chunk = checkpoint_each_chunk
         """``checkpoint_every=0``: what a client has received is on record before it goes."""
         self.usage_filter = usage_filter
         self.ledger = ledger
         self.answered = answered
-        """Called once a held answer is complete: settles it and sends it (``None`` once
-        the exchange is over: no cycle keeps the request's objects alive)."""
+        """Called once a held answer is complete (settles it and sends it), or once a
+        streamed answer whose end waits for its charge has sent its last chunk (charges it)
+        (``None`` once the exchange is over: no cycle keeps the request's objects alive)."""
         self.stop_app = stop_app
         """Stops the app once its answer has ended at the cap: it may be waiting on its
         upstream, not sending, and the charge waits for it."""
@@ -116,7 +121,9 @@ class ResponseTap:
         if message["type"] == "http.response.body":  # feed_at is 0 unless the fast path may
             body = message.get("body", b"")
             unfed = self.unfed + len(body)
-            if unfed < self.feed_at:
+            if unfed < self.feed_at and (
+                not self.end_once_charged or message.get("more_body", False)
+            ):
                 self.unfed = unfed
                 self.pending.append(body)
                 return self.send(message)
@@ -149,10 +156,12 @@ class ResponseTap:
                 self.held.append(message)
                 if not message.get("more_body", False):
                     self.held_complete = True
-                    if self.answered is not None:
-                        await self.answered()
+                    await self._charge()
                 if self.capped:
                     self.stop_app()
+                return
+            if self.end_once_charged and not message.get("more_body", False):
+                await self._end_once_charged(message)
                 return
         elif message["type"] == "http.response.start":
             message = self._started(message)
@@ -183,6 +192,26 @@ class ResponseTap:
         self.fast = self.meter is not None and self.usage_filter is None
         self._set_feed_at()
         return message
+
+    async def _end_once_charged(self, last: Message) -> None:
+        """Send the streamed answer's last chunk, have it charged, then end the body: the
+        client learns that the answer is complete only once its charge is made."""
+        if last.get("body"):
+            await self.send({**last, "more_body": True})
+        await self._charge()
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.capped:  # the cap was reached at the last chunk: the answer is closed
+            self.stop_app()
+
+    async def _charge(self) -> None:
+        """Have the answer charged (and a held one sent: ``answered``) from within the app's
+        send, not cancelled with that send: a framework cancels it when the client leaves
+        (Starlette's ``StreamingResponse``), and a charge cut short would be left to the
+        sweeper at the last checkpoint, a channel held until then. (When the app is done
+        first, the exchange charges under a shield of its own.)"""
+        if self.answered is not None:
+            with anyio.CancelScope(shield=True):
+                await self.answered()
 
     async def checkpoint(self) -> None:
         """Record the count so far in the ledger (and extend the row's lease)."""

@@ -76,6 +76,10 @@ class PaymentScheme(ABC):
     settles_zero_charges: ClassVar[bool] = False
     """Whether a charge of nothing still goes through ``settle_charge`` (a channel's lock is
     released there); otherwise it is ``not_charged`` without a call."""
+    ends_streams_once_charged: ClassVar[bool] = False
+    """Whether a streamed answer's end (the body's last, empty chunk) waits for its charge:
+    a client that has read the whole answer may then pay the next at once, on any server
+    sharing the store (a channel is free by then). The content is not held back."""
 
     # -- what is offered ---------------------------------------------------------------------
 
@@ -126,6 +130,15 @@ class PaymentScheme(ABC):
         return await self.admit(authorization, facilitator)
 
     # -- the charge and its settlement -------------------------------------------------------
+
+    def receipt_id(self, authorization: Authorization) -> str | None:
+        """The receipt id the payment's ledger row must have (None: a random one): a scheme
+        whose state names a request by its key can then find that request's row."""
+        return None
+
+    async def unserved(self, authorization: Authorization) -> None:  # noqa: B027 - optional hook
+        """The admitted payment will not be served (its ledger row could not be written):
+        give back what admission took that would otherwise wait for a lease to run out."""
 
     def answer_ended(self, authorization: Authorization) -> None:  # noqa: B027 - optional hook
         """The answer is over and its charge comes next (a channel lets a request that waits

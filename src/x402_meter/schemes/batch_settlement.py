@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import secrets
 import time
@@ -43,7 +44,13 @@ from x402_meter.schemes.channel_payload import (
 )
 from x402_meter.schemes.channel_refund import ChannelRefund
 from x402_meter.schemes.channel_state import ChainSnapshot, ChargingChannels, channel_state
-from x402_meter.store import ChannelRecord, ChannelStore, LedgerState, PaymentRecord
+from x402_meter.store import (
+    ChannelRecord,
+    ChannelStore,
+    LedgerState,
+    PaymentRecord,
+    PaymentStore,
+)
 
 if TYPE_CHECKING:
     from x402_meter.facilitator import FacilitatorClient
@@ -52,6 +59,8 @@ if TYPE_CHECKING:
     from x402_meter.protocol.checks import Authorization
     from x402_meter.protocol.offer import Offer, PaymentTerms
     from x402_meter.settlement import Settler
+
+logger = logging.getLogger("x402_meter")
 
 _ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 CHANNEL_LOCK_LOST: Final = "channel_lock_lost"
@@ -78,6 +87,10 @@ class BatchSettlementScheme(PaymentScheme):
     metered: ClassVar[bool] = True
     reserves_keys: ClassVar[bool] = False  # the channel's lock serialises its requests
     settles_zero_charges: ClassVar[bool] = True  # a charge of nothing still frees the channel
+    # A client that read a streamed answer to its end finds its channel free: on this server
+    # or another one sharing the channel store (which could not tell an answer being charged
+    # from one still running, and would refuse the next voucher as busy).
+    ends_streams_once_charged: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -89,11 +102,14 @@ class BatchSettlementScheme(PaymentScheme):
         receiver_authorizer: str | None = None,
         authorizer: AuthorizerSigner | None = None,
         metrics: SessionMetrics | None = None,
+        ledger: PaymentStore | None = None,
     ) -> None:
         """``receiver_authorizer``: the address that authorizes claims and refunds of this
         seller's channels (None: the one the facilitator advertises); ``authorizer``: the
         seller's key for that address, which signs its refunds (None: the facilitator
-        signs); ``metrics`` is told each deposit, admitted voucher, refusal and charge."""
+        signs); ``metrics`` is told each deposit, admitted voucher, refusal and charge;
+        ``ledger``: the meter's payment store, where the request holding a channel has its
+        row."""
         if not MIN_WITHDRAW_DELAY <= withdraw_delay <= MAX_WITHDRAW_DELAY:
             raise ValueError(f"withdraw_delay must be {MIN_WITHDRAW_DELAY}..{MAX_WITHDRAW_DELAY} s")
         self.channels = channels
@@ -104,6 +120,7 @@ class BatchSettlementScheme(PaymentScheme):
         self.receiver_authorizer = receiver_authorizer
         self.authorizer = authorizer
         self.metrics = metrics
+        self.ledger = ledger
         self.charging = ChargingChannels()
         self.on_withdrawal: Callable[[str], None] = _ignore
         """Told the id of a channel whose mirror now shows a withdrawal requested (the
@@ -146,10 +163,11 @@ class BatchSettlementScheme(PaymentScheme):
             raise
         # The key names the request's hold on its channel: the channel, the cumulative it
         # pays up to, and a random part (two copies of one voucher are two requests; the
-        # channel's lock admits one, its cumulative refuses the other afterwards).
+        # channel's lock admits one, its cumulative refuses the other afterwards), which is
+        # also the receipt id of its ledger row: the channel's holder can be looked up.
         key = (
             f"{self.name}:{requirements.network}:{payment.channel_id}:{payment.cumulative}:"
-            f"{secrets.token_hex(8)}"
+            f"{secrets.token_urlsafe(18)}"
         )
         return LocalCheck(payment.payer, now + requirements.max_timeout_seconds, key)
 
@@ -218,6 +236,35 @@ class BatchSettlementScheme(PaymentScheme):
         refund = ChannelRefund(self, request, payload, requirements, key=key, until=until)
         outcome = await refund.run(facilitator)
         return self._refused(outcome) if isinstance(outcome, Refusal) else outcome
+
+    def receipt_id(self, authorization: Authorization) -> str | None:
+        return holder_receipt_id(authorization.key)
+
+    async def holder_unsettled(self, record: ChannelRecord) -> bool:
+        """Whether the request named as the channel's holder has a ledger row not yet final
+        (its server died, and no sweeper has charged it yet), whatever its lease says.
+        Until that charge is made the channel is not free: a request taking it would start
+        from a charged cumulative without it, and the charge would then be refused."""
+        if record.serving is None or self.ledger is None:
+            return False
+        row = await self.ledger.get(holder_receipt_id(record.serving))
+        return row is not None and row.key == record.serving and not row.state.is_final
+
+    async def unserved(self, authorization: Authorization) -> None:
+        """Free the channel this request took: with no ledger row, no sweeper would, and the
+        channel would stay busy until the request's lease ran out (``max_timeout_seconds``).
+        The store may be failing too: then the lease is what frees it."""
+        channel_id = read_channel_payment(authorization.payload.payload).channel_id
+        try:
+            for _ in range(CHARGE_ATTEMPTS):
+                current = await self.channels.get(channel_id)
+                if current is None or current.serving != authorization.key:
+                    return
+                free = dataclasses.replace(current, serving=None, serving_until=0.0)
+                if await self.channels.put(free) is not None:
+                    return
+        except Exception:
+            logger.exception("channel %s stays held until its lease runs out", channel_id)
 
     # -- the charge ----------------------------------------------------------------------------
 
@@ -318,6 +365,11 @@ class BatchSettlementScheme(PaymentScheme):
         if record.state in (LedgerState.SETTLED, LedgerState.NOT_CHARGED):
             channel["charged_cumulative"] = str(charged_after(record, payment))
         return {"channel": channel}
+
+
+def holder_receipt_id(key: str) -> str:
+    """The receipt id of the ledger row of the request whose key is ``key``."""
+    return key.rsplit(":", 1)[-1]
 
 
 def _ignore(_: object) -> None:

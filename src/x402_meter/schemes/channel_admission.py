@@ -111,16 +111,21 @@ class ChannelAdmission:
     # -- the steps -----------------------------------------------------------------------
 
     async def _free_record(self) -> ChannelRecord | Refusal | None:
-        """The channel's record if no other request holds it (None: no record yet)."""
+        """The channel's record if no other request holds it (None: no record yet). A
+        holder whose lease ran out still holds it while its row waits to be charged."""
         channel_id = self.payment.channel_id
         record = await self.channels.get(channel_id)
-        if record is None or not record.busy(time.time()):
-            return record
-        if await self.scheme.charging.wait(channel_id, CHARGE_WAIT_SECONDS):
+        if (
+            record is not None
+            and record.busy(time.time())
+            and await self.scheme.charging.wait(channel_id, CHARGE_WAIT_SECONDS)
+        ):
             record = await self.channels.get(channel_id)
-            if record is None or not record.busy(time.time()):
-                return record
-        return busy()
+        if record is None:
+            return None
+        if record.busy(time.time()) or await self.scheme.holder_unsettled(record):
+            return busy()
+        return record
 
     async def _withdrawal_seen(
         self, record: ChannelRecord, chain: ChainSnapshot, now: float
