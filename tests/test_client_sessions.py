@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,12 +24,14 @@ import openai
 import pytest
 from eth_account.signers.local import LocalAccount
 from openai.types.chat import ChatCompletionMessageParam
+from x402.http import decode_payment_required_header
+from x402.schemas import PaymentRequirements
 
 from tests.channel_seller import Balances
 from tests.examples.conftest import new_funded_payer
 from tests.test_sessions_sdk import Seller, seller, usage_cost
 from x402_meter import Asset
-from x402_meter.client import PayingAsyncClient, PayingClient, Payment
+from x402_meter.client import PayingAsyncClient, PayingClient, Payment, SpendCapExceededError
 from x402_meter.devstack import LocalStack
 
 pytestmark = pytest.mark.anyio
@@ -43,11 +46,17 @@ class PaidAnswers(httpx.BaseTransport, httpx.AsyncBaseTransport):
     ``PAYMENT-SIGNATURE``) and each 402 answered to one (a refused payment, such as the
     spec's corrective 402), with its reason."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, receipts: bool = True) -> None:
         self.sync = httpx.HTTPTransport()
         self.asynchronous = httpx.AsyncHTTPTransport()
+        self.receipts = receipts
+        """False: every receipt GET fails as if the server were unreachable."""
         self.paid = 0
         self.refusals: list[str] = []
+
+    def _refuse_receipt(self, request: httpx.Request) -> None:
+        if not self.receipts and "/receipts/" in request.url.path:
+            raise httpx.ConnectError("receipts unreachable", request=request)
 
     def _count(self, request: httpx.Request, response: httpx.Response, body: bytes) -> None:
         if "payment-signature" not in request.headers:
@@ -57,6 +66,7 @@ class PaidAnswers(httpx.BaseTransport, httpx.AsyncBaseTransport):
             self.refusals.append(str(json.loads(body or b"{}").get("reason")))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._refuse_receipt(request)
         response = self.sync.handle_request(request)
         if response.status_code == 402:
             self._count(request, response, response.read())
@@ -65,6 +75,7 @@ class PaidAnswers(httpx.BaseTransport, httpx.AsyncBaseTransport):
         return response
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._refuse_receipt(request)
         response = await self.asynchronous.handle_async_request(request)
         if response.status_code == 402:
             self._count(request, response, await response.aread())
@@ -128,6 +139,7 @@ async def test_fifty_streamed_answers_cost_one_deposit_and_no_corrective_402(
     stack = x402_local_stack
     async with shop_and_payer(stack, tmp_path) as (shop, payer, start):
         paid = PaidAnswers()
+        offer = await session_offer(shop)
 
         def chat() -> tuple[list[int], tuple[Payment, ...], Any]:
             with PayingClient(
@@ -144,6 +156,7 @@ async def test_fifty_streamed_answers_cost_one_deposit_and_no_corrective_402(
         costs, payments, balances = await anyio.to_thread.run_sync(chat)
 
         (deposit,) = deposits(payments)
+        assert deposit == int((offer.extra or {})["minDeposit"])  # the server's suggestion
         assert paid.refusals == []
         assert CORRECTIVE not in shop.answers.reasons
         assert paid.paid == 50 == len(payments)
@@ -206,3 +219,120 @@ async def test_concurrent_requests_open_more_channels_up_to_max_sessions_and_wai
         assert sorted((b.channel_id, b.charged) for b in balances) == sorted(
             (r.channel_id, r.charged) for r in records
         )
+
+
+async def session_offer(shop: Seller) -> PaymentRequirements:
+    """The session the 402 offers for one chat (its ``amount``: the most the chat costs)."""
+    async with httpx.AsyncClient(base_url=shop.base) as plain:
+        challenge = await plain.post(
+            "/v1/chat/completions", json={"model": "stub", "messages": MESSAGES}
+        )
+    offers = decode_payment_required_header(challenge.headers["payment-required"]).accepts
+    (offer,) = [o for o in offers if o.scheme == "batch-settlement"]
+    assert isinstance(offer, PaymentRequirements)
+    return offer
+
+
+def units(atomic: int) -> str:
+    return str(Decimal(atomic).scaleb(-6))
+
+
+def paying_client(stack: LocalStack, payer: LocalAccount, **options: Any) -> PayingAsyncClient:
+    return PayingAsyncClient(
+        payer.key.hex(),
+        network=stack.network,
+        asset=asset(stack),
+        schemes=SESSION_FIRST,
+        **options,
+    )
+
+
+async def test_a_streamed_answer_then_a_json_one_each_signed_from_what_was_charged(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """Streamed and non-streamed answers in turn on one channel: a JSON answer's charge
+    comes in its PAYMENT-RESPONSE, a streamed one's from its receipt; no voucher is refused.
+    Each payment records its channel, its voucher's cumulative and (the first) its deposit."""
+    stack = x402_local_stack
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, _):
+        paid = PaidAnswers()
+        async with paying_client(stack, payer, transport=paid) as http:
+            llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+            costs = []
+            for _ in range(3):
+                costs.append(await ask_streamed_async(llm))
+                answer = await llm.chat.completions.create(model="stub", messages=MESSAGES)
+                assert answer.usage is not None
+                costs.append(usage_cost(answer.usage.model_dump()))
+            (balance,) = await http.balance()
+
+        assert paid.refusals == []
+        payments = http.payments
+        assert len({p.channel_id for p in payments}) == 1
+        assert [p.deposit for p in payments][1:] == [None] * 5
+        cumulative = [p.cumulative for p in payments]
+        assert cumulative == [sum(costs[:i]) + p.max_amount for i, p in enumerate(payments)]
+        (record,) = await shop.channels.list()
+        assert record.charged == balance.charged == sum(costs)
+
+
+async def test_a_voucher_past_the_balance_brings_a_top_up_of_at_least_what_it_needs(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """``session_deposit`` of one atomic unit: the first deposit is what the first voucher
+    needs (the answer's maximum), and every later voucher passes the balance by the last
+    answer's cost, so each brings a top-up of exactly that (none refused). ``max_total``
+    counts the deposits (money that left the wallet), the vouchers nothing more."""
+    stack = x402_local_stack
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, start):
+        most = int((await session_offer(shop)).amount)
+        paid = PaidAnswers()
+        async with paying_client(stack, payer, transport=paid, session_deposit="0.000001") as http:
+            llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+            costs = [await ask_streamed_async(llm) for _ in range(4)]
+
+        assert paid.refusals == []
+        assert deposits(http.payments) == [most, *costs[:3]]
+        assert http.wallet.spent == most + sum(costs[:3])
+        assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
+            payer=-http.wallet.spent, contract=http.wallet.spent
+        )
+        (record,) = await shop.channels.list()
+        assert record.charged == sum(costs)
+
+
+async def test_max_total_counts_the_deposit_before_it_is_signed(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """The deposit (the server's ``minDeposit``) is above ``max_total``: nothing is signed,
+    nothing moves, and the refusal names the deposit."""
+    stack = x402_local_stack
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, start):
+        deposit = int(((await session_offer(shop)).extra or {})["minDeposit"])
+        async with paying_client(stack, payer, max_total=units(deposit - 1)) as http:
+            llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+            with pytest.raises(SpendCapExceededError) as refused:
+                await llm.chat.completions.create(model="stub", messages=MESSAGES)
+
+        assert (refused.value.cap, refused.value.requested) == ("max_total", deposit)
+        assert http.payments == ()
+        assert Balances.read(stack, payer.address, shop.pay_to) == start
+
+
+async def test_an_unreadable_receipt_costs_one_corrective_402_checked_against_our_voucher(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """Receipts unreachable: the client cannot learn a streamed answer's charge, so its next
+    voucher is refused with the spec's corrective 402, whose charged cumulative it adopts
+    because the 402 shows our own voucher covering it; the request is paid again at once.
+    Every answer is served and charged exactly."""
+    stack = x402_local_stack
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, _):
+        paid = PaidAnswers(receipts=False)
+        async with paying_client(stack, payer, transport=paid) as http:
+            llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+            costs = [await ask_streamed_async(llm) for _ in range(4)]
+
+        assert paid.refusals == [CORRECTIVE] * 3
+        (record,) = await shop.channels.list()
+        assert record.charged == sum(costs)

@@ -15,6 +15,7 @@ into the storage, after checking that it is within the voucher it signed. No cor
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from collections import deque
@@ -26,6 +27,7 @@ from typing import Any, Final, cast
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import httpx
 from x402.mechanisms.evm.batch_settlement.client import (
     BatchSettlementClientContext,
     BatchSettlementDepositStrategyContext,
@@ -50,6 +52,10 @@ DEFAULT_MAX_SESSIONS: Final = 4
 SDK_DEPOSIT_MULTIPLE: Final = 5
 """Without a ``minDeposit`` from the server, the first deposit covers this many requests'
 maxima (the SDK client's own default)."""
+
+UNREAD_RECEIPT: Final = (ReceiptUnavailableError, httpx.HTTPError)
+"""What fetching a receipt raises when it could not be read."""
+_LOG: Final = logging.getLogger("x402_meter.client")
 
 ServerKey = tuple[str, str, str, str, int]
 """What one server's channels share: network, asset, payTo, receiver authorizer, withdraw
@@ -243,10 +249,26 @@ class SessionChannel:
                     f" {pending.voucher_max} its voucher signed"
                 )
         else:
-            raise ReceiptUnavailableError(
-                f"the charge of {pending.payment.url} on channel {self.id} is not final yet"
-                f" (receipt {receipt.status})"
-            )
+            self.receipt_unread(f"the receipt is {receipt.status}, not final yet")
+            return
+        self._write(charged, pending)
+
+    def receipt_unread(self, why: str) -> None:
+        """The pending answer's receipt could not be read: its deposit landed (it was
+        answered), its charge is left out. The next voucher is then below the server's
+        cumulative, and its corrective 402 (checked against our own vouchers) says it."""
+        pending = self.pending
+        if pending is None:
+            return
+        _LOG.warning(
+            "the charge of %s on channel %s is unknown (%s): the server will say it",
+            pending.payment.url,
+            self.id,
+            why,
+        )
+        self._write(pending.charged_before, pending)
+
+    def _write(self, charged: int, pending: PendingCharge) -> None:
         state = self.state()
         state.charged_cumulative_amount = str(charged)
         state.balance = str(pending.balance_before + pending.deposit)

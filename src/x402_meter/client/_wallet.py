@@ -38,6 +38,7 @@ from x402_meter.client._session_scheme import SessionScheme
 from x402_meter.client._sessions import (
     DEFAULT_MAX_SESSIONS,
     SESSION_SCHEME,
+    UNREAD_RECEIPT,
     ChannelBalance,
     SessionChannel,
     SessionChannels,
@@ -327,17 +328,27 @@ class Wallet:
         self, channel: SessionChannel, fetch: FetchReceipt | None
     ) -> Awaitable[None] | None:
         """Read the receipt of ``channel``'s streamed answer whose charge is not known yet
-        (with ``fetch``, the transport's) and apply it; awaitable when ``fetch`` is async."""
+        (with ``fetch``, the transport's) and apply it; awaitable when ``fetch`` is async.
+        A receipt that cannot be read leaves the charge to the server's corrective 402."""
         pending = channel.pending
         if pending is None or fetch is None:
             return None
-        fetched = fetch(pending.payment, self.receipt_wait)
+        try:
+            fetched = fetch(pending.payment, self.receipt_wait)
+        except UNREAD_RECEIPT as error:
+            channel.receipt_unread(str(error))
+            return None
         if isinstance(fetched, Receipt):
             channel.apply_receipt(fetched)
             return None
 
         async def apply() -> None:
-            channel.apply_receipt(await fetched)
+            try:
+                receipt = await fetched
+            except UNREAD_RECEIPT as error:
+                channel.receipt_unread(str(error))
+                return
+            channel.apply_receipt(receipt)
 
         return apply()
 
