@@ -29,6 +29,7 @@ from x402.schemas import PaymentRequirements
 
 from tests.channel_seller import Balances
 from tests.examples.conftest import new_funded_payer
+from tests.test_session_refunds import swept
 from tests.test_sessions_sdk import Seller, seller, usage_cost
 from x402_meter import Asset
 from x402_meter.client import PayingAsyncClient, PayingClient, Payment, SpendCapExceededError
@@ -129,19 +130,21 @@ async def shop_and_payer(
         yield shop, payer, Balances.read(stack, payer.address, shop.pay_to)
 
 
-async def test_fifty_streamed_answers_cost_one_deposit_and_no_corrective_402(
+async def test_fifty_streamed_answers_cost_one_deposit_no_corrective_402_and_the_rest_back(
     x402_local_stack: LocalStack, tmp_path: Path
 ) -> None:
     """50 streamed answers through the ``openai`` package over ``PayingClient``: the first
     deposits (the server's ``minDeposit``), the other 49 pay by voucher, each signed from the
     previous answer's receipt, so no payment is refused and the meter calls its facilitator
-    only for the deposit. The channel's charged total is the sum of the answers' costs."""
+    only for the deposit. ``balance()`` shows the channel; ``close_sessions()`` takes the
+    rest back: on chain, the payer is out exactly what the receipts say it was charged, and
+    payTo (after the sweep) has exactly that."""
     stack = x402_local_stack
     async with shop_and_payer(stack, tmp_path) as (shop, payer, start):
         paid = PaidAnswers()
         offer = await session_offer(shop)
 
-        def chat() -> tuple[list[int], tuple[Payment, ...], Any]:
+        def chat() -> tuple[list[int], PayingClient, Any, Any]:
             with PayingClient(
                 payer.key.hex(),
                 network=stack.network,
@@ -151,25 +154,37 @@ async def test_fifty_streamed_answers_cost_one_deposit_and_no_corrective_402(
             ) as http:
                 llm = openai.OpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
                 costs = [ask_streamed(llm) for _ in range(50)]
-                return costs, http.payments, http.balance()
+                return costs, http, http.balance(), http.close_sessions()
 
-        costs, payments, balances = await anyio.to_thread.run_sync(chat)
+        costs, http, balances, refunds = await anyio.to_thread.run_sync(chat)
 
+        payments = http.payments
         (deposit,) = deposits(payments)
         assert deposit == int((offer.extra or {})["minDeposit"])  # the server's suggestion
         assert paid.refusals == []
         assert CORRECTIVE not in shop.answers.reasons
-        assert paid.paid == 50 == len(payments)
+        assert len(payments) == 50
+        assert paid.paid == 50 + 1  # and the refund's
         assert {p.scheme for p in payments} == {"batch-settlement"}
-        assert shop.facilitator.paths == ["/supported", "/verify", "/settle"]
-        assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
-            payer=-deposit, contract=deposit
-        )
+        assert shop.facilitator.paths[:3] == ["/supported", "/verify", "/settle"]
         (record,) = await shop.channels.list()
         assert record.charged == sum(costs)
         (balance,) = balances
         assert (balance.channel_id, balance.deposited) == (record.channel_id, deposit)
         assert (balance.charged, balance.remaining) == (sum(costs), deposit - sum(costs))
+
+        (refund,) = refunds
+        assert (refund.channel_id, refund.amount) == (record.channel_id, deposit - sum(costs))
+        assert (record.refund_transaction, record.refunded) == (refund.transaction, refund.amount)
+        assert http.balance() == ()
+        receipts = [p.receipt for p in payments]
+        assert all(r is not None and r.status == "settled" for r in receipts)
+        charged = sum(r.amount or 0 for r in receipts if r is not None)
+        assert charged == sum(costs)
+        await swept(shop)
+        assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
+            payer=-charged, pay_to=charged
+        )
 
 
 async def test_concurrent_requests_open_more_channels_up_to_max_sessions_and_wait_for_one(
@@ -178,7 +193,8 @@ async def test_concurrent_requests_open_more_channels_up_to_max_sessions_and_wai
     """Eight streamed requests at once through ``PayingAsyncClient`` with ``max_sessions=3``:
     three channels are opened (three deposits), the other requests wait for one of them to
     be free; all eight are served, none refused as busy or corrected. Then eight more reuse
-    the three channels without a deposit."""
+    the three channels without a deposit. ``close_sessions()`` takes back what is left in
+    each: the payer is out exactly the charges."""
     stack = x402_local_stack
     async with shop_and_payer(stack, tmp_path) as (shop, payer, start):
         paid = PaidAnswers()
@@ -201,23 +217,29 @@ async def test_concurrent_requests_open_more_channels_up_to_max_sessions_and_wai
                     for _ in range(8):
                         group.start_soon(ask)
             balances = await http.balance()
+            opened = list(shop.facilitator.paths)
+            refunds = await http.close_sessions()
 
         assert paid.refusals == []
         assert "invalid_batch_settlement_evm_channel_busy" not in shop.answers.reasons
-        assert paid.paid == 16 == len(costs)
+        assert paid.paid == 16 + 3 == len(costs) + 3  # and the three refunds
         assert len(http.payments) == 16
         three = deposits(http.payments)
         assert len(three) == 3
         assert len({p.channel_id for p in http.payments}) == 3
         # the three deposits, at once: their calls interleave
-        assert sorted(shop.facilitator.paths) == ["/settle"] * 3 + ["/supported"] + ["/verify"] * 3
-        assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
-            payer=-sum(three), contract=sum(three)
-        )
+        assert sorted(opened) == ["/settle"] * 3 + ["/supported"] + ["/verify"] * 3
         records = await shop.channels.list()
         assert sum(r.charged for r in records) == sum(costs)
         assert sorted((b.channel_id, b.charged) for b in balances) == sorted(
             (r.channel_id, r.charged) for r in records
+        )
+        assert sorted((r.channel_id, r.amount) for r in refunds) == sorted(
+            (b.channel_id, b.remaining) for b in balances
+        )
+        await swept(shop)
+        assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
+            payer=-sum(costs), pay_to=sum(costs)
         )
 
 
