@@ -224,7 +224,8 @@ def test_a_receipt_above_the_voucher_is_refused_and_the_channel_retired(claimed:
     channel.expect_receipt(streamed_payment(channel, cumulative=MAXIMUM, deposit=80_000))
     with pytest.raises(SessionReceiptError):
         channel.apply_receipt(receipt("settled", channel.id, claimed))
-    assert (channel.charged(), channel.retired is not None) == (0, True)
+    assert (channel.charged(), channel.deposited(), channel.pending) == (0, 80_000, None)
+    assert channel.retired is not None
     channels.release(channel)
     assert channels.lease_sync(offer()) is not channel  # a new channel in its place
 
