@@ -47,16 +47,20 @@ class PaidAnswers(httpx.BaseTransport, httpx.AsyncBaseTransport):
     ``PAYMENT-SIGNATURE``) and each 402 answered to one (a refused payment, such as the
     spec's corrective 402), with its reason."""
 
-    def __init__(self, *, receipts: bool = True) -> None:
+    def __init__(self, *, receipts_served: bool = True) -> None:
         self.sync = httpx.HTTPTransport()
         self.asynchronous = httpx.AsyncHTTPTransport()
-        self.receipts = receipts
+        self.receipts_served = receipts_served
         """False: every receipt GET fails as if the server were unreachable."""
         self.paid = 0
         self.refusals: list[str] = []
+        self.receipts = 0
+        """Receipt GETs sent."""
 
     def _refuse_receipt(self, request: httpx.Request) -> None:
-        if not self.receipts and "/receipts/" in request.url.path:
+        if "/receipts/" in request.url.path:
+            self.receipts += 1
+        if not self.receipts_served and "/receipts/" in request.url.path:
             raise httpx.ConnectError("receipts unreachable", request=request)
 
     def _count(self, request: httpx.Request, response: httpx.Response, body: bytes) -> None:
@@ -350,7 +354,7 @@ async def test_an_unreadable_receipt_costs_one_corrective_402_checked_against_ou
     Every answer is served and charged exactly."""
     stack = x402_local_stack
     async with shop_and_payer(stack, tmp_path) as (shop, payer, _):
-        paid = PaidAnswers(receipts=False)
+        paid = PaidAnswers(receipts_served=False)
         async with paying_client(stack, payer, transport=paid) as http:
             llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
             costs = [await ask_streamed_async(llm) for _ in range(4)]
@@ -390,3 +394,24 @@ async def test_the_sync_client_signs_each_json_answers_voucher_from_its_payment_
         assert paid.paid == 3
         assert balance.charged == sum(costs)
         assert not balance.pending
+
+
+async def test_a_receipt_the_caller_reads_updates_its_channel_which_does_not_read_it_again(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """``http.receipt()`` after each streamed answer (as the docs show): the channel takes
+    the charge from it, and the next request fetches no receipt of its own."""
+    stack = x402_local_stack
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, _):
+        paid = PaidAnswers()
+        async with paying_client(stack, payer, transport=paid) as http:
+            llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+            costs = []
+            for _ in range(3):
+                costs.append(await ask_streamed_async(llm))
+                assert (await http.receipt()).amount == costs[-1]
+            (balance,) = http.wallet.balance()  # no I/O: nothing pending
+
+        assert paid.refusals == []
+        assert paid.receipts == 3
+        assert (balance.charged, balance.pending) == (sum(costs), False)

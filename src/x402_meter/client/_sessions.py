@@ -474,6 +474,22 @@ class SessionChannels:
             channel.leased = True
             return True
 
+    def received(self, payment: Payment, receipt: Receipt) -> None:
+        """``payment``'s receipt was fetched: the charge of its channel's pending answer, if
+        it is that one and no request holds the channel (a request applies it itself). A
+        receipt not final yet leaves it pending: the channel's next request waits for it."""
+        if payment.channel_id is None or not receipt.is_final:
+            return
+        for channel in self.channels():
+            pending = channel.pending
+            if pending is not None and pending.payment is payment and self.try_lease(channel):
+                try:
+                    if channel.pending is not None and channel.pending.payment is payment:
+                        channel.apply_receipt(receipt)
+                finally:
+                    self.release(channel)
+                return
+
     def lease_channel_sync(self, channel: SessionChannel) -> SessionChannel:
         event = threading.Event()
         return self._wait_sync(self._take_channel(channel, event.set), event)

@@ -184,8 +184,11 @@ class Wallet:
             self.on_payment(stage, payment)
 
     def received(self, payment: Payment, receipt: Receipt) -> None:
-        """Record the receipt fetched for ``payment`` and tell ``on_payment``."""
+        """Record the receipt fetched for ``payment`` and tell ``on_payment``; a streamed
+        session answer's receipt, fetched by the caller, also updates its channel (if no
+        request holds it), which then need not fetch it again."""
         self.ledger.record_receipt(payment, receipt)
+        self.sessions.received(payment, receipt)
         self.notify("receipt", payment)
 
     # -- the x402 SDK clients the transports pay with ----------------------------------------
