@@ -10,6 +10,8 @@ import anyio
 import anyio.to_thread
 import pytest
 from eth_account import Account
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequirements
 
@@ -259,3 +261,36 @@ def test_a_receipt_without_a_final_charge_leaves_it_unknown_and_keeps_the_deposi
     channel.expect_receipt(streamed_payment(channel, cumulative=MAXIMUM, deposit=80_000))
     channel.apply_receipt(receipt(status, channel.id, None))
     assert (channel.deposited(), channel.charged(), channel.pending) == (80_000, 0, None)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.sampled_from(["settled", "not_charged", "failed", "pending", "", "SETTLED"])
+    | st.text(),
+    claimed=st.integers(min_value=0, max_value=2 * MAXIMUM).map(str)
+    | st.sampled_from(["²", "١٢", "0x10", " 1", "1_0", "-0"])  # digits to str, not to int
+    | _JSON,
+    same_channel=st.booleans(),
+    extra=st.dictionaries(st.text(max_size=8), _JSON, max_size=3),
+)
+def test_no_receipt_ever_sets_a_charge_above_the_voucher_or_raises_anything_else(
+    status: str, claimed: Any, same_channel: bool, extra: dict[str, Any]
+) -> None:
+    channel = bound(sessions())
+    channel.expect_receipt(streamed_payment(channel, cumulative=MAXIMUM, deposit=80_000))
+    own = channel.id if same_channel else "0x" + "77" * 32
+    body = {"status": status, "channel": {**extra, "id": own, "charged_cumulative": claimed}}
+    try:
+        channel.apply_receipt(Receipt.from_json(body))
+    except SessionReceiptError:
+        assert channel.retired is not None
+    assert channel.pending is None
+    assert 0 <= channel.charged() <= MAXIMUM
+    assert channel.deposited() == 80_000

@@ -204,4 +204,4 @@ class PaymentLedger:
 
 
 def _int_or_none(value: Any) -> int | None:
-    return int(value) if isinstance(value, str) and value.isdigit() else None
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None

@@ -125,7 +125,7 @@ class SessionScheme:
 
 
 def _digits(value: Any) -> int | None:
-    return int(value) if isinstance(value, str) and value.isdigit() else None
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
 
 
 __all__ = ["SessionScheme"]

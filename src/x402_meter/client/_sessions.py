@@ -239,7 +239,7 @@ class SessionChannel:
         elif receipt.status in ("settled", "not_charged") and isinstance(channel, dict):
             claimed = channel.get("charged_cumulative")
             if str(channel.get("id", "")).lower() != self.id or not (
-                isinstance(claimed, str) and claimed.isdigit()
+                isinstance(claimed, str) and claimed.isascii() and claimed.isdigit()
             ):
                 self._retire(f"the receipt of {pending.payment.url} is not for channel {self.id}")
             charged = int(claimed)  # type: ignore[arg-type]
