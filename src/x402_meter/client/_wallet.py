@@ -245,6 +245,7 @@ class Wallet:
             if offer.network == self.network
             and offer.asset.lower() == asset
             and offer.scheme in self.schemes
+            and offer.get_amount().isascii()
             and offer.get_amount().isdigit()
         ]
         if not payable:
