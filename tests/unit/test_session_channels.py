@@ -13,10 +13,20 @@ from eth_account import Account
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from x402.mechanisms.evm.signers import EthAccountSigner
-from x402.schemas import PaymentRequirements
+from x402.schemas import PaymentRequired, PaymentRequirements
 
-from x402_meter.client import Payment, Receipt, SessionReceiptError
+from x402_meter import Asset
+from x402_meter.client import (
+    PayerError,
+    PayingAsyncClient,
+    PayingClient,
+    Payment,
+    Receipt,
+    SessionReceiptError,
+    Wallet,
+)
 from x402_meter.client._sessions import SessionChannel, SessionChannels
+from x402_meter.errors import ConfigurationError
 
 pytestmark = pytest.mark.anyio
 
@@ -294,3 +304,49 @@ def test_no_receipt_ever_sets_a_charge_above_the_voucher_or_raises_anything_else
     assert channel.pending is None
     assert 0 <= channel.charged() <= MAXIMUM
     assert channel.deposited() == 80_000
+
+
+# -- the wallet's options -------------------------------------------------------------------------
+
+KEY = "0x" + "11" * 32
+ASSET = Asset("0x" + "44" * 20, "Token", "1", 6)
+
+
+def test_the_session_options_reach_the_wallet_and_its_clients() -> None:
+    for client_class in (PayingAsyncClient, PayingClient):
+        wallet = client_class(
+            KEY,
+            network="eip155:84532",
+            asset=ASSET,
+            schemes=("batch-settlement", "upto"),
+            session_deposit="0.5",
+            max_sessions=7,
+        ).wallet
+        assert wallet.schemes == ("batch-settlement", "upto")
+        assert (wallet.sessions.deposit, wallet.sessions.max_sessions) == (500_000, 7)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_sessions": 0}, "max_sessions"),
+        ({"max_sessions": True}, "max_sessions"),
+        ({"max_sessions": 2.0}, "max_sessions"),
+        ({"session_deposit": "0"}, "session_deposit"),
+        ({"session_deposit": -1}, "session_deposit"),
+        ({"schemes": ("batch_settlement",)}, "schemes"),
+    ],
+)
+def test_bad_session_options_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Wallet(KEY, network="eip155:84532", asset=ASSET, **options)
+
+
+async def test_the_wallets_sdk_client_alone_leases_no_channel() -> None:
+    """A session is leased for one request by a paying transport, which gives it back:
+    the SDK client on its own is refused before a channel is leased or anything signed."""
+    wallet = Wallet(KEY, network="eip155:84532", asset=ASSET, schemes=("batch-settlement",))
+    with pytest.raises(PayerError, match="through PayingClient"):
+        await wallet.x402_client().create_payment_payload(PaymentRequired(accepts=[offer()]))
+    assert list(wallet.sessions.channels()) == []
+    assert wallet.payments == ()

@@ -25,7 +25,11 @@ from x402.schemas import (
 
 from x402_meter.assets import Asset, default_asset
 from x402_meter.client._attempt import Attempt, FetchReceipt, current_attempt
-from x402_meter.client._exceptions import NoPayableOfferError, SpendCapExceededError
+from x402_meter.client._exceptions import (
+    NoPayableOfferError,
+    PayerError,
+    SpendCapExceededError,
+)
 from x402_meter.client._ledger import PaymentLedger, RequirementsView
 from x402_meter.client._receipts import (
     DEFAULT_RECEIPT_WAIT,
@@ -59,6 +63,16 @@ def _atomic_cap(value: AmountInput | None, name: str, decimals: int) -> int | No
         return None
     amount = parse_price(value, name=name)
     return int(amount.scaleb(decimals).to_integral_value(ROUND_FLOOR))
+
+
+def _through_a_transport(attempt: Attempt) -> None:
+    """A session's channel is leased for a request and given back when its answer is done:
+    only a paying transport knows when that is."""
+    if attempt.fetch_receipt is None:
+        raise PayerError(
+            "sessions are paid through PayingClient, PayingAsyncClient or their transports,"
+            " not the wallet's SDK client alone"
+        )
 
 
 def _chain_id(network: str) -> int:
@@ -299,6 +313,7 @@ class Wallet:
         offer = context.selected_requirements
         if offer.scheme == SESSION_SCHEME and isinstance(offer, PaymentRequirements):
             if attempt.channel is None:
+                _through_a_transport(attempt)
                 attempt.channel = await self.sessions.lease_async(offer)
             pending = self._bind(attempt.channel, offer, attempt)
             if pending is not None:
@@ -314,6 +329,7 @@ class Wallet:
         offer = context.selected_requirements
         if offer.scheme == SESSION_SCHEME and isinstance(offer, PaymentRequirements):
             if attempt.channel is None:
+                _through_a_transport(attempt)
                 attempt.channel = self.sessions.lease_sync(offer)
             self._bind(attempt.channel, offer, attempt)
         if not self._reserve_first(attempt, offer):
