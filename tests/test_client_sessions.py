@@ -44,8 +44,8 @@ CORRECTIVE: Final = "invalid_batch_settlement_evm_cumulative_amount_mismatch"
 
 class PaidAnswers(httpx.BaseTransport, httpx.AsyncBaseTransport):
     """The paying client's way to the server: counts each paid request (it carries
-    ``PAYMENT-SIGNATURE``) and each 402 answered to one (a refused payment, such as the
-    spec's corrective 402), with its reason."""
+    ``PAYMENT-SIGNATURE``), each 402 answered to one (a refused payment, such as the spec's
+    corrective 402) with its reason, and each receipt GET (which it can make fail)."""
 
     def __init__(self, *, receipts_served: bool = True) -> None:
         self.sync = httpx.HTTPTransport()
@@ -57,7 +57,7 @@ class PaidAnswers(httpx.BaseTransport, httpx.AsyncBaseTransport):
         self.receipts = 0
         """Receipt GETs sent."""
 
-    def _refuse_receipt(self, request: httpx.Request) -> None:
+    def _receipt_request(self, request: httpx.Request) -> None:
         if "/receipts/" in request.url.path:
             self.receipts += 1
         if not self.receipts_served and "/receipts/" in request.url.path:
@@ -71,7 +71,7 @@ class PaidAnswers(httpx.BaseTransport, httpx.AsyncBaseTransport):
             self.refusals.append(str(json.loads(body or b"{}").get("reason")))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self._refuse_receipt(request)
+        self._receipt_request(request)
         response = self.sync.handle_request(request)
         if response.status_code == 402:
             self._count(request, response, response.read())
@@ -80,7 +80,7 @@ class PaidAnswers(httpx.BaseTransport, httpx.AsyncBaseTransport):
         return response
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._refuse_receipt(request)
+        self._receipt_request(request)
         response = await self.asynchronous.handle_async_request(request)
         if response.status_code == 402:
             self._count(request, response, await response.aread())
