@@ -111,28 +111,26 @@ class _PayingCore:
         self, channel: SessionChannel, payment: Payment | None, response: httpx.Response
     ) -> None:
         """A non-streamed answer's ``PAYMENT-RESPONSE`` has updated the channel already (the
-        SDK's hook) and its charge is done: the channel is free. A streamed answer's charge
-        is in its receipt, read before the channel signs again; the channel is free when the
-        stream is closed (the server charges it then)."""
+        SDK's hook); a streamed answer's charge is in its receipt, read before the channel
+        signs again. Either way the channel is free when the body is closed (the server
+        charges a stream then, and holds the channel until it has)."""
         sessions = self.wallet.sessions
-        streamed = (
+        if (
             payment is not None
             and payment.signed
             and payment.receipt_url is not None
             and response.status_code != 402
             and "payment-response" not in response.headers
-        )
-        if not streamed:
-            sessions.release(channel)
-            return
-        assert payment is not None
-        channel.expect_receipt(payment)
+        ):
+            channel.expect_receipt(payment)
 
         def release() -> None:
             sessions.release(channel)
 
         stream = response.stream
-        if self._asynchronous and isinstance(stream, httpx.AsyncByteStream):
+        if response.is_closed:
+            release()
+        elif self._asynchronous and isinstance(stream, httpx.AsyncByteStream):
             response.stream = _AsyncReleasingStream(stream, release)
         elif isinstance(stream, httpx.SyncByteStream):
             response.stream = _ReleasingStream(stream, release)
