@@ -415,3 +415,32 @@ async def test_a_receipt_the_caller_reads_updates_its_channel_which_does_not_rea
         assert paid.refusals == []
         assert paid.receipts == 3
         assert (balance.charged, balance.pending) == (sum(costs), False)
+
+
+async def test_a_stream_closed_early_is_charged_what_was_served_and_the_next_voucher_follows(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """The caller stops reading a stream after its first chunk and closes it: the channel is
+    free at once, the next request reads that answer's receipt (waiting for the server to
+    charge what it served) and its voucher is exact: no refusal, busy or corrective."""
+    stack = x402_local_stack
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, _):
+        paid = PaidAnswers()
+        async with paying_client(stack, payer, transport=paid, max_sessions=1) as http:
+            llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+            for _ in range(3):
+                stream = await llm.chat.completions.create(
+                    model="stub", messages=MESSAGES, stream=True
+                )
+                async with stream:
+                    async for _chunk in stream:
+                        break
+            last = await ask_streamed_async(llm)
+            (balance,) = await http.balance()
+
+        assert paid.refusals == []
+        receipts = [p.receipt for p in http.payments]
+        early = [r.amount for r in receipts[:3] if r is not None and r.amount is not None]
+        assert len(early) == 3
+        (record,) = await shop.channels.list()
+        assert record.charged == balance.charged == sum(early) + last
