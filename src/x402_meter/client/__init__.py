@@ -59,7 +59,7 @@ from x402_meter.client._receipts import (
 from x402_meter.client._sessions import (
     DEFAULT_MAX_SESSIONS,
     ChannelBalance,
-    ChannelRefund,
+    SessionRefund,
 )
 from x402_meter.client._transports import PayingAsyncTransport, PayingTransport
 from x402_meter.client._wallet import DEFAULT_SCHEMES, AmountInput, Wallet
@@ -71,7 +71,6 @@ __all__ = [
     "RECEIPT_HEADER",
     "AmountInput",
     "ChannelBalance",
-    "ChannelRefund",
     "NoPayableOfferError",
     "PayerError",
     "PayingAsyncClient",
@@ -85,6 +84,7 @@ __all__ = [
     "Receipt",
     "ReceiptUnavailableError",
     "SessionReceiptError",
+    "SessionRefund",
     "SessionRefundError",
     "SpendCapExceededError",
     "Wallet",

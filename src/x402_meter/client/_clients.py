@@ -17,7 +17,7 @@ from x402_meter.client._receipts import (
     Receipt,
     required,
 )
-from x402_meter.client._sessions import DEFAULT_MAX_SESSIONS, ChannelBalance, ChannelRefund
+from x402_meter.client._sessions import DEFAULT_MAX_SESSIONS, ChannelBalance, SessionRefund
 from x402_meter.client._transports import PayingAsyncTransport, PayingTransport
 from x402_meter.client._wallet import DEFAULT_SCHEMES, AmountInput, Wallet
 from x402_meter.errors import ConfigurationError
@@ -148,7 +148,7 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
         units; ``units()`` converts), after reading the receipts of streamed answers."""
         return await self.paying_transport.balance()
 
-    async def close_sessions(self) -> tuple[ChannelRefund, ...]:
+    async def close_sessions(self) -> tuple[SessionRefund, ...]:
         """Take back what is left in every session channel, now (the server's cooperative
         refund; waits for the answers being served on them). The wallet deposits again if
         it pays by session later. Raises ``SessionRefundError`` if a server refuses."""
@@ -215,7 +215,7 @@ class PayingClient(_WalletPayments, httpx.Client):
         """See ``PayingAsyncClient.balance``."""
         return self.paying_transport.balance()
 
-    def close_sessions(self) -> tuple[ChannelRefund, ...]:
+    def close_sessions(self) -> tuple[SessionRefund, ...]:
         """See ``PayingAsyncClient.close_sessions``."""
         return self.paying_transport.close_sessions()
 

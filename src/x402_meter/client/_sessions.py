@@ -103,7 +103,7 @@ class ChannelBalance:
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelRefund:
+class SessionRefund:
     """What ``close_sessions`` took back from one channel (atomic units)."""
 
     channel_id: str
@@ -276,7 +276,7 @@ class SessionChannel:
         self.storage.set(self.id, state)
         self.pending = None
 
-    def refund(self, fetch: RefundFetch) -> ChannelRefund | None:
+    def refund(self, fetch: RefundFetch) -> SessionRefund | None:
         """Take the channel's remainder back (the SDK's cooperative refund: a voucher for the
         charged cumulative, which the server claims with the refund in one transaction).
         Blocking; ``fetch`` GETs the resource with the given headers. None: nothing left."""
@@ -287,7 +287,7 @@ class SessionChannel:
             settled = self.scheme.refund(self.url, RefundOptions(fetch=cast(Any, fetch)))
         except (RuntimeError, ValueError) as exc:
             raise SessionRefundError(f"channel {self.id}: {exc}") from exc
-        return ChannelRefund(self.id, remaining, settled.transaction)
+        return SessionRefund(self.id, remaining, settled.transaction)
 
     def _retire(self, why: str) -> None:
         """Set the channel aside, its state as before the lie (and its deposit, which
@@ -530,7 +530,7 @@ __all__ = [
     "DEFAULT_MAX_SESSIONS",
     "SESSION_SCHEME",
     "ChannelBalance",
-    "ChannelRefund",
     "SessionChannel",
     "SessionChannels",
+    "SessionRefund",
 ]

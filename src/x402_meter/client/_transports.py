@@ -32,9 +32,9 @@ from x402_meter.client._receipts import (
 )
 from x402_meter.client._sessions import (
     ChannelBalance,
-    ChannelRefund,
     RefundAnswer,
     SessionChannel,
+    SessionRefund,
 )
 from x402_meter.client._wallet import Wallet
 from x402_meter.errors import X402MeterError
@@ -238,7 +238,7 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
                     sessions.release(channel)
         return self.wallet.balance()
 
-    async def close_sessions(self) -> tuple[ChannelRefund, ...]:
+    async def close_sessions(self) -> tuple[SessionRefund, ...]:
         """Take back what is left in each session channel (waiting for the answers being
         served on them); see ``PayingAsyncClient.close_sessions``."""
         sessions, refunds = self.wallet.sessions, []
@@ -351,7 +351,7 @@ class PayingTransport(httpx.BaseTransport):
                     sessions.release(channel)
         return self.wallet.balance()
 
-    def close_sessions(self) -> tuple[ChannelRefund, ...]:
+    def close_sessions(self) -> tuple[SessionRefund, ...]:
         """See ``PayingAsyncTransport.close_sessions``."""
         sessions, refunds = self.wallet.sessions, []
         for channel in list(sessions.channels()):
