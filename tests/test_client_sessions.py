@@ -444,3 +444,41 @@ async def test_a_stream_closed_early_is_charged_what_was_served_and_the_next_vou
         assert len(early) == 3
         (record,) = await shop.channels.list()
         assert record.charged == balance.charged == sum(early) + last
+
+
+async def test_threads_sharing_a_sync_client_wait_for_its_channels_and_none_is_refused(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """Six threads stream at once through one ``PayingClient`` with ``max_sessions=2``: two
+    channels, the other threads blocked until one is closed; every answer served and charged
+    on its channel, none refused."""
+    stack = x402_local_stack
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, _):
+        paid = PaidAnswers()
+        with PayingClient(
+            payer.key.hex(),
+            network=stack.network,
+            asset=asset(stack),
+            schemes=SESSION_FIRST,
+            max_sessions=2,
+            transport=paid,
+        ) as http:
+            llm = openai.OpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+            costs: list[int] = []
+
+            async def ask() -> None:
+                costs.append(await anyio.to_thread.run_sync(ask_streamed, llm))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(6):
+                    group.start_soon(ask)
+            balances = await anyio.to_thread.run_sync(http.balance)
+
+        assert paid.refusals == []
+        assert len(costs) == 6
+        assert len(deposits(http.payments)) == 2
+        records = await shop.channels.list()
+        assert sorted((r.channel_id, r.charged) for r in records) == sorted(
+            (b.channel_id, b.charged) for b in balances
+        )
+        assert sum(r.charged for r in records) == sum(costs)
