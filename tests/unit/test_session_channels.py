@@ -25,7 +25,8 @@ from x402_meter.client import (
     SessionReceiptError,
     Wallet,
 )
-from x402_meter.client._sessions import SessionChannel, SessionChannels
+from x402_meter.client._channel_leases import SessionChannels
+from x402_meter.client._sessions import SessionChannel
 from x402_meter.errors import ConfigurationError
 
 pytestmark = pytest.mark.anyio

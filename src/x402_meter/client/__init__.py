@@ -30,9 +30,9 @@ maximum for good. Above a cap the client refuses to sign and raises
 chain (an ``upto`` charge is usually far below its maximum).
 
 The package, httpx-style: ``_receipts`` (``Payment``, ``Receipt``), ``_ledger`` (the wallet's
-record of its payments, the public interface the transports use), ``_sessions`` (the
-wallet's payment channels, leased one request at a time), ``_session_scheme`` (the SDK
-client scheme that signs on them), ``_wallet``, ``_attempt``
+record of its payments, the public interface the transports use), ``_sessions`` (one
+of the wallet's payment channels), ``_channel_leases`` (which request uses which channel),
+``_session_scheme`` (the SDK client scheme that signs on them), ``_wallet``, ``_attempt``
 (the one context variable that threads a request into the SDK's hooks), ``_transports`` (sync
 and async on one core), ``_clients``, and ``chain_proof`` (what the chain proves was paid).
 Its errors are in ``x402_meter.errors``, re-exported here.

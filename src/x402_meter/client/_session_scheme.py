@@ -34,8 +34,9 @@ from x402.schemas import (
 )
 
 from x402_meter.client._attempt import current_attempt
+from x402_meter.client._channel_leases import SessionChannels
 from x402_meter.client._exceptions import PayerError
-from x402_meter.client._sessions import SESSION_SCHEME, SessionChannel, SessionChannels
+from x402_meter.client._sessions import SESSION_SCHEME, SessionChannel
 
 
 class SessionScheme:

@@ -25,6 +25,7 @@ from x402.schemas import (
 
 from x402_meter.assets import Asset, default_asset
 from x402_meter.client._attempt import Attempt, FetchReceipt, current_attempt
+from x402_meter.client._channel_leases import SessionChannels
 from x402_meter.client._exceptions import (
     NoPayableOfferError,
     PayerError,
@@ -45,7 +46,6 @@ from x402_meter.client._sessions import (
     UNREAD_RECEIPT,
     ChannelBalance,
     SessionChannel,
-    SessionChannels,
 )
 from x402_meter.client.chain_proof import ChainProver
 from x402_meter.errors import ConfigurationError
