@@ -97,6 +97,19 @@ async def test_each_concurrent_request_gets_its_own_channel_up_to_max_sessions()
     assert await channels.lease_async(offer()) is first  # a free one is used again
 
 
+async def test_a_free_channel_with_no_charge_pending_is_leased_first() -> None:
+    """The other one would make the request wait for its streamed answer's charge."""
+    channels = sessions(max_sessions=2)
+    first = await channels.lease_async(offer())
+    second = await channels.lease_async(offer())
+    first.bind(offer(), "http://seller.test/v1/chat/completions")
+    first.expect_receipt(streamed_payment(first, cumulative=MAXIMUM))
+    channels.release(first)
+    channels.release(second)
+    assert await channels.lease_async(offer()) is second
+    assert await channels.lease_async(offer()) is first
+
+
 async def test_another_server_has_channels_of_its_own() -> None:
     channels = sessions(max_sessions=1)
     mine = await channels.lease_async(offer())

@@ -71,14 +71,21 @@ class SessionChannels:
     # -- leasing -------------------------------------------------------------------------------
 
     def _take(self, key: ServerKey, wake: Callable[[], None]) -> SessionChannel | _Waiter:
-        """A free channel of the server's pool (a new one while there are fewer than
-        ``max_sessions``), or the waiter queued for the next one given back."""
+        """A free channel of the server's pool (one with no charge pending first; a new one
+        while there are fewer than ``max_sessions``), or the waiter queued for the next one
+        given back."""
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
                 pool = self._pools[key] = ChannelPool(key)
             live = [c for c in pool.channels if c.retired is None]
-            free = next((c for c in live if not c.leased), None)
+            # A channel whose last charge is known first: one still waiting for a streamed
+            # answer's charge would make this request wait for it.
+            free = min(
+                (c for c in live if not c.leased),
+                key=lambda c: c.pending is not None,
+                default=None,
+            )
             if free is None and len(live) < self.max_sessions:
                 free = SessionChannel(pool, self.signer, self.storage)
                 pool.channels.append(free)
