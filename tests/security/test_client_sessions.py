@@ -32,6 +32,7 @@ from x402.mechanisms.evm.batch_settlement.client import sign_voucher
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload, PaymentRequired
 
+from tests.channel_seller import Balances
 from tests.examples.conftest import new_funded_payer
 from tests.test_client_sessions import (
     CORRECTIVE,
@@ -265,3 +266,24 @@ async def test_a_corrective_402_claiming_more_than_our_vouchers_cover_is_not_bel
     assert (forged.status_code, after.status_code) == (402, 200)
     assert forged.cumulative == after.cumulative  # the honest cumulative, twice
     assert all(p.cumulative is not None and p.cumulative < INFLATED for p in http.payments)
+
+
+async def test_a_servers_huge_suggested_deposit_is_followed_only_up_to_ten_max_per_request(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """A seller suggesting a deposit of 10,000 answers' maxima (most of the payer's funds,
+    locked for the withdraw delay the seller chose) gets ten ``max_per_request``: the
+    server does not choose how much of the wallet goes into escrow."""
+    stack = x402_local_stack
+    payer = new_funded_payer(stack)
+    async with seller(stack, tmp_path, session_deposit_multiple=10_000) as shop:
+        before = Balances.read(stack, payer.address, shop.pay_to)
+        async with paying_client(stack, payer, max_per_request="0.01") as http:
+            llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+            await llm.chat.completions.create(model="stub", messages=MESSAGES)
+
+        (payment,) = http.payments
+        assert payment.deposit == 10 * 10_000
+        assert Balances.read(stack, payer.address, shop.pay_to) == before.moved(
+            payer=-100_000, contract=100_000
+        )

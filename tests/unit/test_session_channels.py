@@ -32,6 +32,8 @@ from x402_meter.errors import ConfigurationError
 pytestmark = pytest.mark.anyio
 
 MAXIMUM = 8_000
+KEY = "0x" + "11" * 32
+ASSET = Asset("0x" + "44" * 20, "Token", "1", 6)
 
 
 def offer(pay_to: str = "0x" + "22" * 20, min_deposit: str | None = "80000") -> PaymentRequirements:
@@ -201,23 +203,42 @@ async def test_a_channel_taken_back_waits_for_its_request_then_is_leased_itself(
 # -- deposits -------------------------------------------------------------------------------------
 
 
+def plan(
+    channel: SessionChannel,
+    amount: int = MAXIMUM,
+    *,
+    suggested: Any = "80000",
+    chosen: int | None = None,
+    ceiling: int | None = None,
+) -> int | None:
+    return channel.plan_deposit(amount, suggested=suggested, chosen=chosen, ceiling=ceiling)
+
+
 def test_the_first_deposit_is_the_servers_min_deposit_by_default() -> None:
     channel = bound(sessions())
-    assert channel.plan_deposit(MAXIMUM, "80000", None) == 80_000
+    assert plan(channel) == 80_000
     assert channel.deposit_due == 80_000
 
 
-def test_the_first_deposit_is_the_configured_size_or_what_the_voucher_needs() -> None:
+def test_the_first_deposit_is_the_chosen_size_or_what_the_voucher_needs() -> None:
     channel = bound(sessions())
-    assert channel.plan_deposit(MAXIMUM, "80000", 20_000) == 20_000
-    assert channel.plan_deposit(MAXIMUM, "80000", 1) == MAXIMUM
+    assert plan(channel, chosen=20_000) == 20_000
+    assert plan(channel, chosen=1) == MAXIMUM
+
+
+def test_the_servers_suggestion_is_followed_up_to_the_ceiling_a_chosen_size_is_not() -> None:
+    channel = bound(sessions())
+    assert plan(channel, suggested="10000000", ceiling=90_000) == 90_000
+    assert plan(channel, suggested=None, ceiling=10_000) == 10_000
+    assert plan(channel, ceiling=1) == MAXIMUM  # what the voucher needs, still
+    assert plan(channel, chosen=200_000, ceiling=1) == 200_000
 
 
 def test_without_a_valid_min_deposit_the_first_deposit_covers_five_maxima() -> None:
     channel = bound(sessions())
-    assert channel.plan_deposit(MAXIMUM, None, None) == 5 * MAXIMUM
-    assert channel.plan_deposit(MAXIMUM, "-1", None) == 5 * MAXIMUM
-    assert channel.plan_deposit(MAXIMUM, "10", None) == 5 * MAXIMUM  # below one request
+    assert plan(channel, suggested=None) == 5 * MAXIMUM
+    assert plan(channel, suggested="-1") == 5 * MAXIMUM
+    assert plan(channel, suggested="10") == 5 * MAXIMUM  # below one request
 
 
 def test_a_voucher_within_the_balance_needs_no_deposit_and_one_past_it_a_top_up() -> None:
@@ -226,11 +247,19 @@ def test_a_voucher_within_the_balance_needs_no_deposit_and_one_past_it_a_top_up(
     state = channel.state()
     state.balance, state.charged_cumulative_amount = "20000", "12000"
     channel.storage.set(channel.id, state)
-    assert channel.plan_deposit(MAXIMUM, "80000", None) is None  # 20000 covers 12000 + 8000
+    assert plan(channel) is None  # 20000 covers 12000 + 8000
     assert channel.deposit_due is None
-    assert channel.plan_deposit(MAXIMUM + 1, "80000", 5) == 5  # the size chosen
-    assert channel.plan_deposit(MAXIMUM + 100, "80000", 5) == 100  # at least what it needs
-    assert channel.plan_deposit(MAXIMUM + 1, "80000", None) == 80_000
+    assert plan(channel, MAXIMUM + 1, chosen=5) == 5  # the size chosen
+    assert plan(channel, MAXIMUM + 100, chosen=5) == 100  # at least what it needs
+    assert plan(channel, MAXIMUM + 1) == 80_000
+
+
+def test_a_wallet_follows_a_servers_suggested_deposit_up_to_ten_max_per_request() -> None:
+    wallet = Wallet(KEY, network="eip155:84532", asset=ASSET, max_per_request="0.01")
+    assert (wallet.sessions.deposit, wallet.sessions.deposit_ceiling) == (None, 100_000)
+    assert (
+        Wallet(KEY, network="eip155:84532", max_per_request=None).sessions.deposit_ceiling is None
+    )
 
 
 # -- receipts -------------------------------------------------------------------------------------
@@ -321,9 +350,6 @@ def test_no_receipt_ever_sets_a_charge_above_the_voucher_or_raises_anything_else
 
 
 # -- the wallet's options -------------------------------------------------------------------------
-
-KEY = "0x" + "11" * 32
-ASSET = Asset("0x" + "44" * 20, "Token", "1", 6)
 
 
 def test_the_session_options_reach_the_wallet_and_its_clients() -> None:

@@ -57,13 +57,23 @@ class SessionChannels:
     Args:
         signer: signs the vouchers and deposits (the wallet's key).
         max_sessions: channels per server at most; more concurrent requests wait.
-        deposit: the deposit size in atomic units; None: the server's ``minDeposit``.
+        deposit: the deposit size in atomic units; None: the server's ``minDeposit``, at
+            most ``deposit_ceiling``.
     """
 
-    def __init__(self, signer: ClientEvmSigner, *, max_sessions: int, deposit: int | None) -> None:
+    def __init__(
+        self,
+        signer: ClientEvmSigner,
+        *,
+        max_sessions: int,
+        deposit: int | None,
+        deposit_ceiling: int | None = None,
+    ) -> None:
         self.signer = signer
         self.max_sessions = max_sessions
         self.deposit = deposit
+        self.deposit_ceiling = deposit_ceiling
+        """The most a server's suggested deposit is followed up to (None: no bound)."""
         self.storage = InMemoryClientChannelStorage()
         self._lock = threading.Lock()
         self._pools: dict[ServerKey, ChannelPool] = {}

@@ -192,22 +192,27 @@ class SessionChannel:
     def deposited(self) -> int:
         return int(self.state().balance or "0")
 
-    def plan_deposit(self, amount: int, minimum: Any, configured: int | None) -> int | None:
+    def plan_deposit(
+        self, amount: int, *, suggested: Any, chosen: int | None, ceiling: int | None
+    ) -> int | None:
         """The deposit the next voucher (charged + ``amount``) needs, or None.
 
-        The first deposit, and a top-up when the voucher would pass the balance, is
-        ``configured`` (else the server's ``minDeposit``, else 5 requests' maxima), and
-        always at least what the voucher needs.
+        The first deposit, and a top-up when the voucher would pass the balance, is the
+        size ``chosen`` by the payer, else the server's ``suggested`` ``minDeposit`` (else
+        5 requests' maxima) but at most ``ceiling``: the server does not choose how much of
+        the wallet goes into escrow. Always at least what the voucher needs.
         """
         balance, charged = self.deposited(), self.charged()
         if balance > 0 and charged + amount <= balance:
             self.deposit_due = None
             return None
         needed = charged + amount - balance
-        target = configured
-        if target is None:
-            target = parse_announced_min_deposit(minimum, amount) or SDK_DEPOSIT_MULTIPLE * amount
-        self.deposit_due = max(target, needed)
+        size = chosen
+        if size is None:
+            size = parse_announced_min_deposit(suggested, amount) or SDK_DEPOSIT_MULTIPLE * amount
+            if ceiling is not None:
+                size = min(size, ceiling)
+        self.deposit_due = max(size, needed)
         return self.deposit_due
 
     # -- a streamed answer's charge, from its receipt --------------------------------------

@@ -56,6 +56,10 @@ AmountInput: TypeAlias = PriceInput
 
 DEFAULT_SCHEMES: Final = ("upto", "exact")
 KNOWN_SCHEMES: Final = ("batch-settlement", "upto", "exact")
+DEPOSIT_CEILING_MULTIPLE: Final = 10
+"""Without ``session_deposit``, a deposit follows the server's ``minDeposit`` up to this
+many ``max_per_request`` (the SDK client's rule, with its multiplier of 5 doubled to cover
+X402Meter's default suggestion of ten answers' maxima)."""
 
 
 def _atomic_cap(value: AmountInput | None, name: str, decimals: int) -> int | None:
@@ -101,8 +105,8 @@ class Wallet:
             seller's). Settlements read from it lower what a payment counts against
             ``max_total`` to what actually moved; None: every payment counts at its maximum.
         session_deposit: a session's deposit (and each top-up), in units of the asset;
-            None: the server's suggested ``minDeposit``. Always at least what the next
-            voucher needs.
+            None: the server's suggested ``minDeposit``, at most 10 ``max_per_request``.
+            Always at least what the next voucher needs.
         max_sessions: session channels per server at most, one per concurrent request;
             further requests wait for one to be free.
 
@@ -162,7 +166,14 @@ class Wallet:
         if deposit == 0:
             raise ConfigurationError("session_deposit must be more than 0")
         self.sessions = SessionChannels(
-            EthAccountSigner(account), max_sessions=max_sessions, deposit=deposit
+            EthAccountSigner(account),
+            max_sessions=max_sessions,
+            deposit=deposit,
+            deposit_ceiling=(
+                None
+                if self.max_per_request is None
+                else DEPOSIT_CEILING_MULTIPLE * self.max_per_request
+            ),
         )
         """Its session channels (``batch-settlement``), by server."""
         self._async_client: x402Client | None = None
@@ -287,7 +298,12 @@ class Wallet:
         deposit = None
         if channel is not None and offer.scheme == SESSION_SCHEME:
             minimum = (offer.extra or {}).get("minDeposit")
-            deposit = channel.plan_deposit(int(offer.get_amount()), minimum, self.sessions.deposit)
+            deposit = channel.plan_deposit(
+                int(offer.get_amount()),
+                suggested=minimum,
+                chosen=self.sessions.deposit,
+                ceiling=self.sessions.deposit_ceiling,
+            )
         attempt.payment = self.ledger.reserve(
             offer,
             method=attempt.method,
