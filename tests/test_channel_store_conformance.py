@@ -16,6 +16,8 @@ from x402_meter.errors import ConfigurationError
 from x402_meter.store import (
     ChannelRecord,
     ChannelStore,
+    ClaimedChannel,
+    ClaimRecord,
     MemoryChannelStore,
     MemoryStore,
     PaymentStore,
@@ -305,3 +307,35 @@ async def test_channel_store_urls(tmp_path: Path) -> None:
     assert isinstance(redis, RedisChannelStore)
     assert (redis.url, redis.prefix) == ("redis://127.0.0.1:6390/2", "x402:")
     await redis.aclose()
+
+
+def claim(transaction: str, at: float, *amounts: tuple[str, int, int]) -> ClaimRecord:
+    return ClaimRecord(
+        transaction=transaction,
+        network="eip155:31337",
+        receiver="0x" + "33" * 20,
+        token="0x" + "55" * 20,
+        channels=tuple(ClaimedChannel(*row) for row in amounts),
+        claimed_at=at,
+    )
+
+
+async def test_the_claim_log_lists_claims_newest_first_with_uint256_amounts(
+    channels: ChannelStore,
+) -> None:
+    huge = 2**256 - 1
+    older = claim("0x" + "01" * 32, 100.5, (CHANNEL, 5, 5), ("0x" + "cd" * 32, huge, huge))
+    newer = claim("0x" + "02" * 32, 200.25, (CHANNEL, 7, 12))
+    for logged in (older, newer):
+        await channels.add_claim(logged)
+
+    assert await channels.claims() == [newer, older]
+    assert await channels.claims(limit=1, offset=1) == [older]
+    assert older.amount == 5 + huge
+
+
+async def test_a_claim_logged_twice_is_one_entry(channels: ChannelStore) -> None:
+    logged = claim("0x" + "01" * 32, 100.0, (CHANNEL, 5, 5))
+    await channels.add_claim(logged)
+    await channels.add_claim(logged)
+    assert await channels.claims() == [logged]

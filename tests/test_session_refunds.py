@@ -17,6 +17,7 @@ import anyio.to_thread
 import httpx
 import pytest
 from eth_account import Account
+from prometheus_client import CollectorRegistry
 from x402.http import decode_payment_required_header
 from x402.http.clients import x402HttpxClient
 from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
@@ -37,6 +38,7 @@ from tests.test_sessions_sdk import (
     usage_cost,
 )
 from x402_meter.devstack import LocalStack
+from x402_meter.metrics import PrometheusMetrics
 from x402_meter.store import ChannelRecord
 
 pytestmark = pytest.mark.anyio
@@ -104,7 +106,8 @@ async def test_the_sdk_clients_refund_returns_the_rest_and_the_seller_keeps_ever
     (after the sweep) has exactly them, the escrow holds nothing of the channel."""
     stack = x402_local_stack
     payer = new_funded_payer(stack)
-    async with seller(stack, tmp_path) as shop:
+    registry = CollectorRegistry()
+    async with seller(stack, tmp_path, metrics=PrometheusMetrics(registry)) as shop:
         deposit = await minimum_deposit(shop)
         start = Balances.read(stack, payer.address, shop.pay_to)
         scheme = payer_scheme(stack, payer)
@@ -137,6 +140,10 @@ async def test_the_sdk_clients_refund_returns_the_rest_and_the_seller_keeps_ever
         assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
             payer=-charged, pay_to=charged
         )
+        money = {"asset": stack.asset, "network": stack.network}
+        assert registry.get_sample_value("x402_meter_session_refunds_total", money) == 1
+        refunded = registry.get_sample_value("x402_meter_session_refunded_amount_total", money)
+        assert refunded == deposit - charged
 
 
 async def test_after_a_full_refund_the_channel_takes_a_new_deposit_and_serves_again(

@@ -34,6 +34,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ from x402.schemas import SettleResponse
 
 from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
+from x402_meter.metrics import SessionMetrics
 from x402_meter.settlement import SETTLEMENT_PENDING, worker_id
-from x402_meter.store import ChannelRecord, ChannelStore
+from x402_meter.store import ChannelRecord, ChannelStore, ClaimedChannel, ClaimRecord
 
 logger = logging.getLogger("x402_meter.claims")
 
@@ -84,6 +86,9 @@ NO_VOUCHER: Final = "no_voucher_covers_the_charge"
 CLOSE_SECONDS: Final = 30.0
 """How long shutting down waits for a pass in flight before it cancels it."""
 WRITE_ATTEMPTS: Final = 5
+FACILITATOR_UNAVAILABLE: Final = "facilitator_unavailable"
+UNCLAIMED_COUNTED: Final = 10_000
+"""Channels read to report the unclaimed amount after a pass (a bound on its cost)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,15 +167,21 @@ class ChannelClaims:
         policy: ClaimPolicy | None = None,
         authorizer: AuthorizerSigner | None = None,
         owner: str | None = None,
+        metrics: SessionMetrics | None = None,
     ) -> None:
         """``authorizer``: the seller's receiver-authorizer key, which signs the claims of
-        the channels that name its address (the facilitator signs the others)."""
+        the channels that name its address (the facilitator signs the others); ``metrics``
+        is told each claim, failure and sweep, and after each pass what is left to claim."""
         self.channels = channels
         self.facilitator = facilitator
         self.policy = policy or ClaimPolicy()
         self.authorizer = authorizer
         self.owner = owner or worker_id()
         """Names this worker in the claim leases it holds."""
+        self.metrics = metrics
+        self._unclaimed_seen: set[tuple[str, str]] = set()
+        """The (network, token) pairs whose unclaimed amount was reported (set to 0 when
+        nothing is left of one)."""
         self._unswept: set[Payee] = set()
         """Payees whose claimed funds wait for a sweep (one failed, or a pass stopped)."""
         self._task: asyncio.Task[None] | None = None
@@ -297,7 +308,21 @@ class ChannelClaims:
                 else:
                     await self._release(batch)
         await self._sweep(report)
+        if self.metrics is not None:
+            await self._report_unclaimed(self.metrics)
         return report
+
+    async def _report_unclaimed(self, metrics: SessionMetrics) -> None:
+        """Tell ``metrics`` what the store holds charged and not claimed, per token: every
+        channel charged beyond its claims, held or backed off or not (``claimable`` at the
+        end of time lists them all), up to ``UNCLAIMED_COUNTED`` channels."""
+        unclaimed: dict[tuple[str, str], int] = dict.fromkeys(self._unclaimed_seen, 0)
+        for record in await self.channels.claimable(math.inf, limit=UNCLAIMED_COUNTED):
+            key = (record.network, record.token)
+            unclaimed[key] = unclaimed.get(key, 0) + record.charged - record.claimed
+        for (network, token), amount in unclaimed.items():
+            metrics.session_unclaimed(network, Web3.to_checksum_address(token), amount)
+        self._unclaimed_seen = set(unclaimed)
 
     async def _hold(self, record: ChannelRecord, now: float) -> ChannelRecord | None:
         """Take the channel's claim for this worker (None: nothing to send, or another
@@ -313,6 +338,7 @@ class ChannelClaims:
                     record.channel_id,
                     record.charged,
                 )
+                self._failed(NO_VOUCHER, 1)
                 await self._refuse(record, now, NO_VOUCHER)
                 return None
             held = await self.channels.put(
@@ -334,6 +360,7 @@ class ChannelClaims:
             answer = await self._send_claim(batch)
         except FacilitatorUnavailableError as exc:
             report.interrupted = str(exc)
+            self._failed(FACILITATOR_UNAVAILABLE, len(batch))
             await self._release(batch)
             return
         if answer.success:
@@ -349,8 +376,11 @@ class ChannelClaims:
                     owner=self.owner,
                 )
                 await self._update(record.channel_id, landed)
+            await self._log_claim(answer.transaction, batch)
             return
         reason = answer.error_reason or "claim_failed"
+        # A refused batch of several is split below: only the channel found alone counts.
+        self._failed(reason, len(batch) if reason in TRANSIENT_REASONS or len(batch) == 1 else 0)
         if reason in TRANSIENT_REASONS:
             report.interrupted = f"{reason}: {answer.error_message or ''}"
             await self._release(batch)
@@ -370,6 +400,29 @@ class ChannelClaims:
                 answer.error_message or "",
             )
             await self._refuse(batch[0], now, reason)
+
+    async def _log_claim(self, transaction: str, batch: list[ChannelRecord]) -> None:
+        """Log the claim in the store (which transaction claimed what), and count it."""
+        first = batch[0]
+        claim = ClaimRecord(
+            transaction=transaction,
+            network=first.network,
+            receiver=first.receiver,
+            token=first.token,
+            channels=tuple(
+                ClaimedChannel(r.channel_id, r.charged - max(r.claimed, r.total_claimed), r.charged)
+                for r in batch
+            ),
+            claimed_at=time.time(),
+        )
+        await self.channels.add_claim(claim)
+        if self.metrics is not None:
+            token = Web3.to_checksum_address(first.token)  # as the ledger's rows name it
+            self.metrics.session_claim(first.network, token, len(batch), claim.amount)
+
+    def _failed(self, reason: str, channels: int) -> None:
+        if self.metrics is not None and channels:
+            self.metrics.session_claim_failed(reason, channels)
 
     async def _send_claim(self, batch: list[ChannelRecord]) -> SettleResponse:
         first = batch[0]
@@ -405,6 +458,8 @@ class ChannelClaims:
             if answer.success:
                 report.sweeps.append(answer.transaction)
                 logger.info("swept claims to %s: %s", receiver, answer.transaction)
+                if self.metrics is not None:
+                    self.metrics.session_sweep(payee.network, token)
             elif answer.error_reason != ERR_NOTHING_TO_SETTLE:
                 report.interrupted = report.interrupted or f"sweep: {answer.error_reason}"
                 continue

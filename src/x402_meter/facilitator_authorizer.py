@@ -62,9 +62,19 @@ def receiver_authorizer(
     key = _read_key_file(key_file) if key_file is not None else from_env
     if not key:
         return None
-    if not _PRIVATE_KEY.fullmatch(key) or not 0 < int(key, 16) < _SECP256K1_ORDER:
+    signer = authorizer_signer(key)
+    if signer is None:
         raise FacilitatorConfigError(
             "the receiver-authorizer key must be a secp256k1 private key: 64 hex digits,"
             " optionally 0x-prefixed"
         )
+    return signer
+
+
+def authorizer_signer(key: str) -> LocalAuthorizerSigner | None:
+    """The signer of a receiver-authorizer private key (64 hex digits, optionally
+    ``0x``-prefixed, in the curve's range); None if ``key`` is not one (the caller says so,
+    without the key)."""
+    if not _PRIVATE_KEY.fullmatch(key) or not 0 < int(key, 16) < _SECP256K1_ORDER:
+        return None
     return LocalAuthorizerSigner(key if key.startswith("0x") else f"0x{key}")

@@ -18,7 +18,15 @@ from typing import Any, Final, TextIO
 
 import anyio
 
+from x402_meter.errors import ConfigurationError
 from x402_meter.facilitator import API_KEY_ENV, FacilitatorClient
+from x402_meter.ledger_channels import (
+    is_channel_id,
+    list_channels,
+    list_claims,
+    retry_claim,
+    show_channel,
+)
 from x402_meter.runtime import DEFAULT_STORE_URL, STORE_ENV
 from x402_meter.schemes import BUILT_IN
 from x402_meter.settlement import Settler
@@ -28,6 +36,8 @@ from x402_meter.store import (
     PaymentRecord,
     PaymentStore,
     VoidedPayer,
+    channel_store_beside,
+    open_channel_store,
     open_store,
 )
 
@@ -40,7 +50,15 @@ after the action; without it, $X402_METER_STORE, else the default store.
   x402-meter ledger retry RECEIPT_ID --facilitator-url https://...
   x402-meter ledger export --format csv > payments.csv
   x402-meter ledger voided                  (payers refused for voiding a payment)
-  x402-meter ledger clear-voided PAYER      (serve such a payer again)"""
+  x402-meter ledger clear-voided PAYER      (serve such a payer again)
+
+Sessions (batch-settlement): the channels are read beside the ledger (its SQLite file, its
+Redis), or from --channel-store.
+
+  x402-meter ledger channels --unclaimed    (channels with charges to claim)
+  x402-meter ledger channel CHANNEL_ID      (one channel, its charges and claims)
+  x402-meter ledger claims                  (the claim transactions)
+  x402-meter ledger retry CHANNEL_ID        (end a refused claim's backoff)"""
 
 EXPORT_FIELDS = [
     field.name
@@ -50,7 +68,8 @@ EXPORT_FIELDS = [
 
 
 def _store_option(default: Any) -> argparse.ArgumentParser:
-    """``--store``, shared by ``ledger`` and each action so that either position works.
+    """``--store`` and ``--channel-store``, shared by ``ledger`` and each action so that
+    either position works.
 
     The actions' copy defaults to SUPPRESS: an action without ``--store`` must not
     overwrite a ``--store`` given before it.
@@ -61,6 +80,13 @@ def _store_option(default: Any) -> argparse.ArgumentParser:
         default=default,
         metavar="URL",
         help=f"store URL (default: ${STORE_ENV}, else {DEFAULT_STORE_URL})",
+    )
+    parent.add_argument(
+        "--channel-store",
+        default=default,
+        metavar="URL",
+        help="the sessions' channel store, if not beside the ledger (memory://,"
+        " sqlite:///path, redis://host:port/db)",
     )
     return parent
 
@@ -87,10 +113,15 @@ def add_parser(commands: Any) -> None:
     listing.add_argument("--limit", type=int, default=50)
     show = action("show", "one payment, every field, as JSON")
     show.add_argument("receipt_id")
-    retry = action("retry", "settle a failed or pending payment again, now")
-    retry.add_argument("receipt_id")
+    retry = action(
+        "retry",
+        "settle a failed or pending payment again, now; or, given a channel id, end its"
+        " refused claim's backoff (the server's claims worker claims it next)",
+    )
+    retry.add_argument("receipt_id", metavar="RECEIPT_ID|CHANNEL_ID")
     retry.add_argument(
-        "--facilitator-url", required=True, help=f"its API key, if any, from ${API_KEY_ENV}"
+        "--facilitator-url",
+        help=f"for a payment (required there); its API key, if any, from ${API_KEY_ENV}",
     )
     export = action("export", "every payment, as CSV or JSON lines")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
@@ -99,6 +130,19 @@ def add_parser(commands: Any) -> None:
     voided.add_argument("--limit", type=int, default=100)
     clear = action("clear-voided", "stop refusing a payer that voided")
     clear.add_argument("payer", help="the payer's address")
+    channels = action("channels", "sessions' channels, the most recently written first")
+    channels.add_argument("--limit", type=int, default=50)
+    channels.add_argument(
+        "--unclaimed", action="store_true", help="only those with charges to claim"
+    )
+    channels.add_argument("--json", action="store_true", help="JSON lines, every field")
+    channel = action("channel", "one channel: every field, its charges and its claims")
+    channel.add_argument("channel_id")
+    channel.add_argument("--charges", type=int, default=20, help="how many, newest first")
+    channel.add_argument("--json", action="store_true")
+    claims = action("claims", "the claim transactions of sessions, newest first")
+    claims.add_argument("--limit", type=int, default=50)
+    claims.add_argument("--json", action="store_true", help="JSON lines, with each channel")
     ledger.set_defaults(handler=run)
 
 
@@ -108,8 +152,15 @@ def run(args: argparse.Namespace) -> int:
     return result
 
 
+CHANNEL_ACTIONS: Final = frozenset({"channels", "channel", "claims"})
+
+
 async def _dispatch(store: PaymentStore, args: argparse.Namespace) -> int:
     try:
+        if args.action in CHANNEL_ACTIONS or (
+            args.action == "retry" and is_channel_id(args.receipt_id)
+        ):
+            return await _channel_action(store, args)
         states = [LedgerState(s) for s in args.state] if getattr(args, "state", None) else None
         if args.action == "list":
             return _print_table(await store.list(states, limit=args.limit), sys.stdout)
@@ -125,6 +176,35 @@ async def _dispatch(store: PaymentStore, args: argparse.Namespace) -> int:
         return await _export(store, states, args.format, sys.stdout)
     finally:
         await store.aclose()
+
+
+async def _channel_action(store: PaymentStore, args: argparse.Namespace) -> int:
+    url = getattr(args, "channel_store", None)
+    try:
+        channels = open_channel_store(url) if url else channel_store_beside(store)
+    except ConfigurationError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        if args.action == "channels":
+            return await list_channels(
+                channels, sys.stdout, limit=args.limit, unclaimed=args.unclaimed, as_json=args.json
+            )
+        if args.action == "channel":
+            return await show_channel(
+                channels,
+                store,
+                args.channel_id.lower(),
+                sys.stdout,
+                sys.stderr,
+                charges=args.charges,
+                as_json=args.json,
+            )
+        if args.action == "claims":
+            return await list_claims(channels, sys.stdout, limit=args.limit, as_json=args.json)
+        return await retry_claim(channels, args.receipt_id.lower(), sys.stdout, sys.stderr)
+    finally:
+        await channels.aclose()
 
 
 def _print_table(rows: list[PaymentRecord], out: TextIO) -> int:
@@ -165,7 +245,7 @@ async def _show(store: PaymentStore, receipt_id: str) -> int:
     return 0
 
 
-async def _retry(store: PaymentStore, receipt_id: str, facilitator_url: str) -> int:
+async def _retry(store: PaymentStore, receipt_id: str, facilitator_url: str | None) -> int:
     row = await store.get(receipt_id)
     if row is None:
         print(f"no payment {receipt_id}", file=sys.stderr)
@@ -174,13 +254,19 @@ async def _retry(store: PaymentStore, receipt_id: str, facilitator_url: str) -> 
         print(f"payment {receipt_id} is {row.state.value}: nothing to retry", file=sys.stderr)
         return 1
     if row.scheme not in BUILT_IN:
-        # A session's charge goes into its channel store, which only the meter knows.
+        # A session's charge goes into its channel, under the lock of the request that was
+        # served: only the meter's own worker can finish it. Its claim is another matter
+        # (``retry CHANNEL_ID``).
         print(
             f"payment {receipt_id} is a {row.scheme} charge: the meter's own settlement"
-            " worker retries it (start the server)",
+            " worker retries it (start the server); a channel's failed claim is retried"
+            " with `ledger retry CHANNEL_ID`",
             file=sys.stderr,
         )
         return 1
+    if facilitator_url is None:
+        print("retrying a payment needs --facilitator-url", file=sys.stderr)
+        return 2
     if row.state is LedgerState.FAILED:  # reopen it, keeping the history of attempts
         row = dataclasses.replace(row, state=LedgerState.TO_SETTLE, next_attempt_at=0.0)
         await store.save(row)

@@ -19,6 +19,7 @@ from x402_meter.channel_claims import ChannelClaims, ClaimPolicy
 from x402_meter.config import MeterConfig
 from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
+from x402_meter.metrics import SessionMetrics
 from x402_meter.pricing import TokenPrice
 from x402_meter.protocol.offer import Offer
 from x402_meter.request_body import BodyBudget
@@ -77,6 +78,10 @@ class MeterRuntime:
             else None
         )
         """Where sessions keep their channels (None: sessions are not offered)."""
+        self.session_metrics = (
+            config.metrics if isinstance(config.metrics, SessionMetrics) else None
+        )
+        """The metrics' session series (None: no metrics, or ones that predate sessions)."""
         self.schemes: Mapping[str, PaymentScheme] = MappingProxyType(self._schemes())
         """The implementation of every scheme this meter offers (and of the built-in ones,
         for rows a store keeps from an earlier configuration), by name."""
@@ -118,6 +123,7 @@ class MeterRuntime:
                 state_ttl=config.session_state_ttl,
                 receiver_authorizer=None if authorizer is None else authorizer.address,
                 authorizer=authorizer,
+                metrics=self.session_metrics,
             )
         return schemes
 
@@ -134,6 +140,7 @@ class MeterRuntime:
                 max_per_batch=config.session_claims_per_batch,
             ),
             authorizer=config.session_receiver_authorizer,
+            metrics=self.session_metrics,
         )
         sessions.on_withdrawal = claims.wake  # claimed at once, before it can be finalized
         sessions.on_refunded = claims.claimed_by_refund  # swept to payTo

@@ -19,7 +19,7 @@ ENV: Final = {
 }
 
 
-@pytest.mark.parametrize("name", ["openai.toml", "local.toml", "stub.toml"])
+@pytest.mark.parametrize("name", ["openai.toml", "local.toml", "stub.toml", "sessions.toml"])
 def test_each_example_config_loads(name: str) -> None:
     config = load_config(EXAMPLES / name, ENV)
     assert config.routes
@@ -29,6 +29,7 @@ def test_the_examples_are_all_tested() -> None:
     assert sorted(path.name for path in EXAMPLES.glob("*.toml")) == [
         "local.toml",
         "openai.toml",
+        "sessions.toml",
         "stub.toml",
     ]
 
@@ -38,3 +39,9 @@ def test_the_openai_example_prices_each_path_by_its_plans() -> None:
     embeddings = config.routes["/v1/embeddings"].plans
     assert embeddings.labels == ["text-embedding-3-small"]
     assert config.routes["/v1/chat/completions"].plans.match("gpt-4o-2024-08-06") is not None
+
+
+def test_the_sessions_example_offers_sessions_and_claims_hourly() -> None:
+    options = load_config(EXAMPLES / "sessions.toml", ENV).meter_options()
+    assert options["schemes"] == ("upto", "batch-settlement")
+    assert (options["session_withdraw_delay"], options["session_claim_interval"]) == (86400, 3600)

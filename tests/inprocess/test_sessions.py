@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from x402 import x402Client
 from x402.http.clients.httpx import x402_httpx_transport
 from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme as PayerScheme
@@ -48,6 +49,7 @@ from tests.inprocess.sessions import (
 from tests.openai_stream import COMPLETION_TOKENS, PROMPT_TOKENS
 from x402_meter import X402Meter
 from x402_meter.devstack.accounts import PAYERS
+from x402_meter.metrics import PrometheusMetrics
 from x402_meter.schemes.channel_state import ChargingChannels
 from x402_meter.store import LedgerState
 
@@ -482,3 +484,69 @@ async def test_charging_channels_wake_a_waiting_request_when_the_charge_is_done(
         await anyio.wait_all_tasks_blocked()
         charging.end("0xaa")
     assert woken == [True]
+
+
+# -- what the metrics count -------------------------------------------------------------------
+
+
+async def test_every_refused_deposit_or_voucher_is_counted_by_its_reason() -> None:
+    """Forged, malformed, another channel's, over the balance: each refusal counted once
+    under its reason, whether the payload's reading, the channel's terms or admission
+    refused it; the admitted ones counted as vouchers checked locally."""
+    registry = CollectorRegistry()
+    meter = session_meter(chat_app(), InProcessFacilitator(), metrics=PrometheusMetrics(registry))
+    payer, forger = ChannelPayer(), ChannelPayer(PAYERS[2].private_key)
+    async with calling(meter) as client:
+        requirements, charged = await opened(meter, client, payer, deposit_times=3)
+        maximum = int(requirements.amount)
+        paid = await send(client, QUESTION, payer.voucher(requirements, charged + maximum))
+        assert paid.status_code == 200
+        charged = (await channel_of(meter, payer.channel_id(requirements))).charged
+        config = payer.config(requirements)
+        malformed = payer.voucher(requirements, charged + maximum)
+        malformed.payload["voucher"] = {**malformed.payload["voucher"], "channelId": "0x12"}
+        refused = [
+            forger.voucher(requirements, charged + maximum, config=config),
+            malformed,
+            payer.voucher(requirements, charged + maximum, channel_id="0x" + "12" * 32),
+            payer.voucher(requirements, charged + 2 * maximum),  # not charged + maximum
+        ]
+        for voucher in refused:
+            assert (await send(client, QUESTION, voucher)).status_code in (400, 402)
+
+    def count(name: str, **labels: str) -> float:
+        return registry.get_sample_value(f"x402_meter_session_{name}", labels) or 0.0
+
+    for reason in (
+        "invalid_batch_settlement_evm_voucher_signature",
+        "invalid_payload",
+        "invalid_batch_settlement_evm_channel_id_mismatch",
+        "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+    ):
+        assert count("refusals_total", reason=reason) == 1, reason
+    assert count("vouchers_total", check="local") == 1
+    assert count("deposits_total", asset=ASSET.address, network=NETWORK) == 1
+    assert count("charges_total", asset=ASSET.address, network=NETWORK) == 2
+
+
+async def test_a_voucher_on_a_stale_mirror_counts_as_checked_by_the_facilitator() -> None:
+    registry = CollectorRegistry()
+    facilitator = InProcessFacilitator()
+    meter = session_meter(chat_app(), facilitator, metrics=PrometheusMetrics(registry))
+    payer = ChannelPayer()
+    async with calling(meter) as client:
+        requirements, charged = await opened(meter, client, payer)
+        channels = meter.runtime.channels
+        assert channels is not None
+        record = await channel_of(meter, payer.channel_id(requirements))
+        assert await channels.put(dataclasses.replace(record, synced_at=0.0)) is not None
+        maximum = int(requirements.amount)
+        for cumulative in (charged + maximum, charged + ANSWER_COST + maximum):
+            paid = await send(client, QUESTION, payer.voucher(requirements, cumulative))
+            assert paid.status_code == 200
+    assert facilitator.calls == ["/verify", "/settle", "/verify"]
+    checks = {
+        check: registry.get_sample_value("x402_meter_session_vouchers_total", {"check": check})
+        for check in ("facilitator", "local")
+    }
+    assert checks == {"facilitator": 1.0, "local": 1.0}

@@ -21,6 +21,7 @@ import anyio
 import httpx
 import pytest
 from eth_account import Account
+from prometheus_client import CollectorRegistry
 from x402.mechanisms.evm.batch_settlement.authorizer_signer import (
     LocalAuthorizerSigner,
     sign_claim_batch,
@@ -38,6 +39,7 @@ from x402_meter.config import MeterConfig
 from x402_meter.devstack.accounts import PAYERS
 from x402_meter.errors import ConfigurationError
 from x402_meter.facilitator import FacilitatorClient
+from x402_meter.metrics import PrometheusSessionMetrics
 from x402_meter.runtime import MeterRuntime
 from x402_meter.schemes.batch_settlement import BatchSettlementScheme
 from x402_meter.store import ChannelRecord, ChannelStore, MemoryChannelStore, SQLiteChannelStore
@@ -548,3 +550,60 @@ async def test_the_claims_worker_runs_beside_the_settlement_sweeper() -> None:
     assert claims.running()
     await runtime.settler.aclose()
     assert not claims.running()
+
+
+# -- what operators see: the claim log and the metrics ---------------------------------------
+
+
+def session_metrics() -> tuple[PrometheusSessionMetrics, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return PrometheusSessionMetrics(registry, "x402_meter"), registry
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_each_landed_claim_is_logged_with_what_it_added_to_each_channel() -> None:
+    channels, chain = MemoryChannelStore(), FakeChain()
+    first, second = await stored(
+        channels, charged_channel(1, 300, claimed=100, total_claimed=100), charged_channel(2, 50)
+    )
+
+    report = await worker(channels, chain).claim_once(NOW)
+
+    (claim,) = await channels.claims()
+    assert claim.transaction == report.claims[0].transaction
+    assert (claim.network, claim.receiver, claim.token) == (NETWORK, RECEIVER, TOKEN)
+    assert {(c.channel_id, c.amount, c.total_claimed) for c in claim.channels} == {
+        (first.channel_id, 200, 300),
+        (second.channel_id, 50, 50),
+    }
+    assert claim.amount == 250
+
+
+async def test_claims_failures_sweeps_and_the_unclaimed_amount_are_counted() -> None:
+    channels, chain = MemoryChannelStore(), FakeChain()
+    records = await stored(channels, *(charged_channel(n, 100) for n in range(1, 4)))
+    chain.balances[records[2].channel_id] = 50  # its claim is refused
+    metrics, registry = session_metrics()
+    claims = ChannelClaims(channels, chain.facilitator(), metrics=metrics)
+
+    await claims.claim_once(NOW)
+
+    money = {"asset": TOKEN, "network": NETWORK}
+    assert sample(registry, "x402_meter_session_claims_total", **money) == 2  # 2 halves land
+    assert sample(registry, "x402_meter_session_claimed_channels_total", **money) == 2
+    assert sample(registry, "x402_meter_session_claimed_amount_total", **money) == 200
+    failures = {"reason": ERR_CLAIM_SIMULATION_FAILED}
+    assert sample(registry, "x402_meter_session_claim_failures_total", **failures) == 1
+    assert sample(registry, "x402_meter_session_sweeps_total", **money) == 1
+    assert sample(registry, "x402_meter_session_unclaimed_amount", **money) == 100  # backed off
+
+    chain.down = True
+    await stored(channels, charged_channel(4, 30))
+    await claims.claim_once(NOW + 10_000)
+    down = {"reason": "facilitator_unavailable"}
+    assert sample(registry, "x402_meter_session_claim_failures_total", **down) == 2
+    assert sample(registry, "x402_meter_session_unclaimed_amount", **money) == 130

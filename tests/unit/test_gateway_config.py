@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from eth_account import Account
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -213,3 +215,96 @@ def test_the_check_flag_says_ok_or_names_the_mistake(tmp_path: Path) -> None:
     assert "upstreams.local.plans[0]" in refused.stderr
     assert "float" in refused.stderr
     assert load_config(good, {}).routes["/api/chat"].upstream_url.endswith("/api/chat")
+
+
+# -- sessions (batch-settlement) -------------------------------------------------------------
+
+SESSIONS: Final = "gateway/sessions"
+AUTHORIZER_KEY: Final = "0x" + "4f" * 32
+
+
+def sessions(settings: dict[str, Any], env: dict[str, str] | None = None) -> GatewayConfig:
+    """The base config offering sessions, with ``[gateway.sessions]`` = ``settings``."""
+    return parse(
+        {"gateway/schemes": ["upto", "batch-settlement"], SESSIONS: settings},
+        env={**ENV, **(env or {})},
+    )
+
+
+def test_sessions_are_offered_with_the_middlewares_defaults_without_a_sessions_table() -> None:
+    config = parse({"gateway/schemes": ["upto", "batch-settlement"]})
+    options = config.meter_options()
+    assert options["schemes"] == ("upto", "batch-settlement")
+    assert not {key for key in options if key.startswith("session_") or key == "channel_store"}
+
+
+def test_the_sessions_table_becomes_the_middlewares_session_options() -> None:
+    config = sessions(
+        {
+            "channel_store": "redis://127.0.0.1:6379/2",
+            "deposit_multiple": 20,
+            "withdraw_delay": 86_400,
+            "state_ttl": 120,
+            "claim_interval": 600,
+            "claims_per_batch": 50,
+            "receiver_authorizer_key_env": "SELLER_AUTHORIZER_KEY",
+        },
+        env={"SELLER_AUTHORIZER_KEY": AUTHORIZER_KEY},
+    )
+    options: dict[str, Any] = dict(config.meter_options())
+    signer = options.pop("session_receiver_authorizer")
+    assert signer.address == Account.from_key(AUTHORIZER_KEY).address
+    assert {k: v for k, v in options.items() if "session" in k or "channel" in k} == {
+        "channel_store": "redis://127.0.0.1:6379/2",
+        "session_deposit_multiple": 20,
+        "session_withdraw_delay": 86_400,
+        "session_state_ttl": 120,
+        "session_claim_interval": 600,
+        "session_claims_per_batch": 50,
+    }
+    assert AUTHORIZER_KEY not in repr(config)
+    assert AUTHORIZER_KEY[2:] not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"channel_store": "postgres://db"}, "gateway.sessions.channel_store"),
+        ({"deposit_multiple": 0}, "gateway.sessions.deposit_multiple"),
+        ({"withdraw_delay": 60}, "gateway.sessions.withdraw_delay must be 900"),
+        ({"withdraw_delay": 900.5}, "gateway.sessions.withdraw_delay"),
+        ({"state_ttl": 1000}, "gateway.sessions.state_ttl"),
+        ({"claim_interval": 3600}, "gateway.sessions.claim_interval must be > 0 and at most"),
+        ({"claims_per_batch": 129}, "gateway.sessions.claims_per_batch"),
+        ({"claim_every": 60}, "gateway.sessions.claim_every"),
+        ({"receiver_authorizer_key": AUTHORIZER_KEY}, "secrets are never read"),
+        ({"receiver_authorizer_key_env": "NOT_SET"}, "NOT_SET is not set"),
+    ],
+)
+def test_each_session_mistake_stops_the_start_naming_the_setting(
+    settings: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(GatewayConfigError, match=re.escape(named)):
+        sessions(settings)
+
+
+def test_a_malformed_authorizer_key_is_refused_without_showing_it() -> None:
+    with pytest.raises(GatewayConfigError, match="secp256k1 private key") as refused:
+        sessions(
+            {"receiver_authorizer_key_env": "SELLER_AUTHORIZER_KEY"},
+            env={"SELLER_AUTHORIZER_KEY": "0xnot-a-key-but-a-secret"},
+        )
+    assert "not-a-key" not in str(refused.value)
+
+
+def test_a_sessions_table_without_batch_settlement_is_a_mistake() -> None:
+    named = re.escape('"batch-settlement" in gateway.schemes')
+    with pytest.raises(GatewayConfigError, match=named):
+        parse({SESSIONS: {"deposit_multiple": 5}})
+
+
+def test_several_workers_need_shared_channels() -> None:
+    shared = {"gateway/store": "sqlite:///ledger.sqlite3", "gateway/schemes": ["batch-settlement"]}
+    with pytest.raises(GatewayConfigError, match=re.escape("gateway.sessions.channel_store")):
+        check_runnable(parse({**shared, SESSIONS: {"channel_store": "memory://"}}), 2)
+    check_runnable(parse({**shared, SESSIONS: {"channel_store": "sqlite:///channels.db"}}), 2)

@@ -21,6 +21,7 @@ import httpx
 from x402_meter.assets import Asset
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import ConfigurationError, GatewayConfigError
+from x402_meter.facilitator_authorizer import authorizer_signer
 from x402_meter.gateway.plans import FieldPath, ModelPlans, OverridePolicy, Plan
 from x402_meter.gateway.secrets import Secret, read_secret
 from x402_meter.gateway.upstreams import KINDS, UpstreamKind
@@ -91,6 +92,55 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class SessionSettings:
+    """``[gateway.sessions]``: how the gateway keeps and claims ``batch-settlement``
+    channels; each setting is the middleware's ``session_*`` option (None: its default)."""
+
+    channel_store: str | None
+    """A URL (None: beside ``store``)."""
+    deposit_multiple: int | None
+    withdraw_delay: int | None
+    state_ttl: float | None
+    claim_interval: float | None
+    claims_per_batch: int | None
+    receiver_authorizer_key: Secret | None
+    """The seller's own receiver-authorizer key (None: the facilitator's authorizer)."""
+
+    def meter_options(self) -> dict[str, Any]:
+        """The middleware's options for these settings (those given)."""
+        options: dict[str, Any] = {
+            option: value
+            for option, value in (
+                ("channel_store", self.channel_store),
+                ("session_deposit_multiple", self.deposit_multiple),
+                ("session_withdraw_delay", self.withdraw_delay),
+                ("session_state_ttl", self.state_ttl),
+                ("session_claim_interval", self.claim_interval),
+                ("session_claims_per_batch", self.claims_per_batch),
+            )
+            if value is not None
+        }
+        if self.receiver_authorizer_key is not None:
+            signer = authorizer_signer(self.receiver_authorizer_key.reveal())
+            assert signer is not None  # checked when the config was read
+            options["session_receiver_authorizer"] = signer
+        return options
+
+
+SESSION_SETTINGS: Final = {
+    "channel_store": "channel_store",
+    "deposit_multiple": "session_deposit_multiple",
+    "withdraw_delay": "session_withdraw_delay",
+    "state_ttl": "session_state_ttl",
+    "claim_interval": "session_claim_interval",
+    "claims_per_batch": "session_claims_per_batch",
+    "receiver_authorizer_key": "session_receiver_authorizer",
+}
+"""``[gateway.sessions]`` settings -> the middleware's options (its errors name the latter)."""
+_CHANNEL_STORE_URL: Final = re.compile(r"(memory://|sqlite:///.+|(redis|rediss|unix)://.+)")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Route:
     """One allowlisted ``POST`` path: the upstream URL it goes to, fixed here."""
 
@@ -124,6 +174,8 @@ class GatewayConfig:
     upstreams: tuple[Upstream, ...]
     routes: Mapping[str, Route] = field(repr=False)
     """By gateway path (every route is ``POST``)."""
+    sessions: SessionSettings | None = None
+    """``[gateway.sessions]`` (None: sessions are not offered, or with every default)."""
 
     def meter_options(self) -> MeterOptions:
         """``X402Meter``'s options (the price model and metrics are added by the app)."""
@@ -146,6 +198,8 @@ class GatewayConfig:
         }
         if self.facilitator_api_key is not None:
             options["facilitator_api_key"] = self.facilitator_api_key.reveal()
+        if self.sessions is not None:
+            options.update(self.sessions.meter_options())
         return cast(MeterOptions, options)
 
 
@@ -216,7 +270,7 @@ class _Table:
 
     def done(self) -> None:
         for key in self.data:
-            if key.endswith(("api_key", "secret", "password", "token")):
+            if key.endswith(("_key", "secret", "password", "token")):
                 raise GatewayConfigError(
                     f"{self.name(key)}: secrets are never read from the config file; name"
                     f" where it is with {key}_env (an environment variable) or {key}_file"
@@ -267,6 +321,7 @@ class _Parser:
                     f"gateway.cors_origins: each is scheme://host[:port] (or *), got {origin!r}"
                 )
         max_tokens = settings.number("max_tokens", 4096, integer=True)
+        sessions = self.sessions(settings.take("sessions"), schemes)
         config_fields: dict[str, Any] = {
             "pay_to": pay_to,
             "network": settings.string("network", "eip155:8453"),
@@ -284,6 +339,7 @@ class _Parser:
             "metrics": settings.boolean("metrics", True),
             "description": settings.string("description"),
             "shutdown_timeout": settings.number("shutdown_timeout", 30.0),
+            "sessions": sessions,
         }
         settings.done()
         upstreams = tuple(
@@ -294,8 +350,53 @@ class _Parser:
             raise GatewayConfigError("upstreams: configure at least one [upstreams.NAME]")
         routes = self.routes(upstreams)
         config = GatewayConfig(**config_fields, upstreams=upstreams, routes=routes)
-        MeterConfig(**config.meter_options())  # the middleware's own checks, now
+        try:
+            MeterConfig(**config.meter_options())  # the middleware's own checks, now
+        except ConfigurationError as exc:
+            raise GatewayConfigError(_gateway_names(str(exc))) from None
         return config
+
+    def sessions(self, data: object, schemes: Sequence[str]) -> SessionSettings | None:
+        """``[gateway.sessions]``, which only a gateway offering ``batch-settlement`` may
+        have (a table that would change nothing is a mistake worth stopping for)."""
+        if data is None:
+            return None
+        table = _Table(data, "gateway.sessions")
+        if "batch-settlement" not in schemes:
+            raise GatewayConfigError(
+                'gateway.sessions: sessions are offered with "batch-settlement" in'
+                f" gateway.schemes (it is {list(schemes)})"
+            )
+        channel_store = table.string("channel_store")
+        if channel_store is not None and not _CHANNEL_STORE_URL.fullmatch(channel_store):
+            raise GatewayConfigError(
+                "gateway.sessions.channel_store must be memory://, sqlite:///path or"
+                f" redis://host:port/db, got {channel_store!r}"
+            )
+        key = read_secret(
+            "gateway.sessions.receiver_authorizer_key",
+            env_name=table.take("receiver_authorizer_key_env"),
+            file_name=table.take("receiver_authorizer_key_file"),
+            environ=self.environ,
+            base_dir=self.base_dir,
+            required=False,
+        )
+        if key is not None and authorizer_signer(key.reveal()) is None:
+            raise GatewayConfigError(
+                f"gateway.sessions.receiver_authorizer_key ({key.source}) must be a secp256k1"
+                " private key: 64 hex digits, optionally 0x-prefixed"
+            )
+        sessions = SessionSettings(
+            channel_store=channel_store,
+            deposit_multiple=_optional(table, "deposit_multiple", integer=True),
+            withdraw_delay=_optional(table, "withdraw_delay", integer=True),
+            state_ttl=_optional(table, "state_ttl"),
+            claim_interval=_optional(table, "claim_interval"),
+            claims_per_batch=_optional(table, "claims_per_batch", integer=True),
+            receiver_authorizer_key=key,
+        )
+        table.done()
+        return sessions
 
     def asset(self, settings: _Table) -> Asset | None:
         table = settings.take("asset")
@@ -535,6 +636,18 @@ class _Parser:
                             f" prices {upstream.default_model!r}"
                         )
         return routes
+
+
+def _optional(table: _Table, key: str, *, integer: bool = False) -> Any:
+    """A positive number if the table has ``key``, else None (the middleware's default)."""
+    return table.number(key, 0, integer=integer) if key in table.data else None
+
+
+def _gateway_names(message: str) -> str:
+    """The middleware's error, with its options named as the gateway's settings."""
+    for setting, option in SESSION_SETTINGS.items():
+        message = re.sub(rf"\b{option}\b", f"gateway.sessions.{setting}", message)
+    return message
 
 
 def _plain_path(path: str) -> bool:

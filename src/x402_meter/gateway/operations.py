@@ -28,6 +28,7 @@ from x402_meter.gateway.config import (
     GatewayConfig,
 )
 from x402_meter.gateway.labels import RequestLabels, current_labels
+from x402_meter.metrics import PrometheusSessionMetrics
 from x402_meter.pipeline.response_tap import RECEIPT_HEADER
 from x402_meter.pricing import TokenPrice
 from x402_meter.responses import send_json
@@ -45,14 +46,16 @@ HEALTH_REUSED_FOR: Final = 2.0
 LOGGED_PATH_CHARS: Final = 200
 
 
-class GatewayMetrics:
+class GatewayMetrics(PrometheusSessionMetrics):
     """``MeterMetrics`` labelled by upstream and model (both from the config), plus the
-    upstream calls; on a registry of its own, served at ``/metrics``."""
+    upstream calls and the sessions' series (``x402_gateway_session_*``); on a registry of
+    its own, served at ``/metrics``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry if registry is not None else CollectorRegistry()
+        super().__init__(self.registry, "x402_gateway")
         labels = ["upstream", "model"]
         self._requests = Counter(
             "x402_gateway_requests",

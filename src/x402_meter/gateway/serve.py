@@ -51,6 +51,12 @@ def check_runnable(config: GatewayConfig, workers: int) -> None:
             "gateway.store: several workers need a shared store (sqlite:///path or"
             " redis://host), not memory://"
         )
+    channels = config.sessions.channel_store if config.sessions is not None else None
+    if workers > 1 and channels is not None and channels.startswith("memory:"):
+        raise GatewayConfigError(
+            "gateway.sessions.channel_store: several workers need shared channels (sqlite:///path"
+            " or redis://host), not memory://"
+        )
     if config.metrics and importlib.util.find_spec("prometheus_client") is None:
         raise GatewayConfigError(
             "gateway.metrics needs prometheus_client: pip install 'x402-meter[metrics]',"

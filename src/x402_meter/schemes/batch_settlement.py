@@ -30,6 +30,7 @@ from x402.mechanisms.evm.batch_settlement.types import AuthorizerSigner
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from x402_meter.errors import ChargeUnavailableError, FacilitatorUnavailableError, PaymentError
+from x402_meter.metrics import SessionMetrics
 from x402_meter.protocol.headers import PAYMENT_RESPONSE, settle_response_header
 from x402_meter.schemes.base import Header, LocalCheck, PaymentScheme, Refusal
 from x402_meter.schemes.channel_admission import ChannelAdmission
@@ -87,11 +88,12 @@ class BatchSettlementScheme(PaymentScheme):
         state_ttl: float | None = None,
         receiver_authorizer: str | None = None,
         authorizer: AuthorizerSigner | None = None,
+        metrics: SessionMetrics | None = None,
     ) -> None:
         """``receiver_authorizer``: the address that authorizes claims and refunds of this
         seller's channels (None: the one the facilitator advertises); ``authorizer``: the
         seller's key for that address, which signs its refunds (None: the facilitator
-        signs)."""
+        signs); ``metrics`` is told each deposit, admitted voucher, refusal and charge."""
         if not MIN_WITHDRAW_DELAY <= withdraw_delay <= MAX_WITHDRAW_DELAY:
             raise ValueError(f"withdraw_delay must be {MIN_WITHDRAW_DELAY}..{MAX_WITHDRAW_DELAY} s")
         self.channels = channels
@@ -101,6 +103,7 @@ class BatchSettlementScheme(PaymentScheme):
         """Seconds a channel's mirror of the chain is trusted for local admission."""
         self.receiver_authorizer = receiver_authorizer
         self.authorizer = authorizer
+        self.metrics = metrics
         self.charging = ChargingChannels()
         self.on_withdrawal: Callable[[str], None] = _ignore
         """Told the id of a channel whose mirror now shows a withdrawal requested (the
@@ -134,8 +137,13 @@ class BatchSettlementScheme(PaymentScheme):
     def check(
         self, body: dict[str, Any], requirements: PaymentRequirements, offer: Offer, now: int
     ) -> LocalCheck:
-        payment = read_channel_payment(body)
-        check_channel_terms(payment, requirements)
+        try:
+            payment = read_channel_payment(body)
+            check_channel_terms(payment, requirements)
+        except PaymentError as exc:  # a malformed payload, or a channel not this server's
+            if self.metrics is not None:
+                self.metrics.session_refused(exc.reason)
+            raise
         # The key names the request's hold on its channel: the channel, the cumulative it
         # pays up to, and a random part (two copies of one voucher are two requests; the
         # channel's lock admits one, its cumulative refuses the other afterwards).
@@ -161,7 +169,7 @@ class BatchSettlementScheme(PaymentScheme):
                 check_voucher_signature, payment, str(requirements.network)
             )
         except PaymentError as exc:
-            return Refusal(exc.reason, exc.message, exc.status_code)
+            return self._refused(Refusal(exc.reason, exc.message, exc.status_code))
         admission = ChannelAdmission(
             self,
             payment,
@@ -171,7 +179,17 @@ class BatchSettlementScheme(PaymentScheme):
             maximum=authorization.max_amount,
             until=float(authorization.expires_at),
         )
-        return await admission.run(facilitator)
+        refusal = await admission.run(facilitator)
+        if refusal is not None:
+            return self._refused(refusal)
+        if self.metrics is not None and payment.kind == "voucher":
+            self.metrics.session_voucher("facilitator" if admission.asked_facilitator else "local")
+        return None
+
+    def _refused(self, refusal: Refusal) -> Refusal:
+        if self.metrics is not None:
+            self.metrics.session_refused(refusal.reason)
+        return refusal
 
     async def recheck(
         self, authorization: Authorization, facilitator: FacilitatorClient
@@ -198,7 +216,8 @@ class BatchSettlementScheme(PaymentScheme):
         key = f"refund:{network}:{request.payment.channel_id}:{secrets.token_hex(8)}"
         until = time.time() + requirements.max_timeout_seconds
         refund = ChannelRefund(self, request, payload, requirements, key=key, until=until)
-        return await refund.run(facilitator)
+        outcome = await refund.run(facilitator)
+        return self._refused(outcome) if isinstance(outcome, Refusal) else outcome
 
     # -- the charge ----------------------------------------------------------------------------
 
@@ -262,6 +281,8 @@ class BatchSettlementScheme(PaymentScheme):
                     changes["voucher_signature"] = payment.signature
                 stored = await self.channels.put(dataclasses.replace(current, **changes))
                 if stored is not None:
+                    if self.metrics is not None:
+                        self.metrics.session_charge(record.network, record.asset, amount)
                     return _charged(record, stored, amount)
         except Exception as exc:  # the store did not answer: the worker tries again later
             raise ChargeUnavailableError(f"channel store: {type(exc).__name__}: {exc}") from exc

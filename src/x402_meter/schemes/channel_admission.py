@@ -69,6 +69,8 @@ class ChannelAdmission:
         """When this request's hold on the channel ends (its answer ends before)."""
         self.held: ChannelRecord | None = None
         """The channel as this request last wrote it, while it holds it."""
+        self.asked_facilitator = False
+        """Whether the facilitator's ``/verify`` was asked (else admitted locally)."""
 
     async def run(self, facilitator: FacilitatorClient) -> Refusal | None:
         free = await self._free_record()
@@ -78,6 +80,7 @@ class ChannelAdmission:
         stale = record is None or now - record.synced_at > self.scheme.state_ttl
         chain: ChainSnapshot | None = None
         if payment.kind == "deposit" or stale or payment.contract_wallet:
+            self.asked_facilitator = True
             verified = await facilitator.verify(self.payload, self.requirements)
             if not verified.is_valid:
                 reason = verified.invalid_reason or "payment_invalid"
@@ -226,6 +229,10 @@ class ChannelAdmission:
             self.payment.channel_id,
             settled.transaction,
         )
+        metrics = self.scheme.metrics
+        if metrics is not None:
+            network, asset = str(self.requirements.network), self.requirements.asset
+            metrics.session_deposit(network, asset, self.payment.deposit or 0)
         await self._update(after.mirrored(time.time()))
         return None
 

@@ -273,6 +273,10 @@ class ChannelRefund:
             charged,
             transaction,
         )
+        metrics = self.scheme.metrics
+        if metrics is not None:
+            asset = Web3.to_checksum_address(self.requirements.asset)
+            metrics.session_refund(str(self.requirements.network), asset, refunded)
         if claimed and stored is not None:
             self.scheme.on_refunded(stored)
         return SettleResponse(

@@ -14,7 +14,12 @@ from x402_meter.store.base import (
     PaymentStore,
     VoidedPayer,
 )
-from x402_meter.store.channel_base import ChannelRecord, ChannelStore
+from x402_meter.store.channel_base import (
+    ChannelRecord,
+    ChannelStore,
+    ClaimedChannel,
+    ClaimRecord,
+)
 from x402_meter.store.channel_memory import MemoryChannelStore
 from x402_meter.store.channel_sqlite import SQLiteChannelStore
 from x402_meter.store.memory import MemoryStore
@@ -25,6 +30,8 @@ __all__ = [
     "OPEN_STATES",
     "ChannelRecord",
     "ChannelStore",
+    "ClaimRecord",
+    "ClaimedChannel",
     "LedgerState",
     "MemoryChannelStore",
     "MemoryStore",

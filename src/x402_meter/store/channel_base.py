@@ -4,15 +4,17 @@ One record per channel id, written only by compare-and-set on its ``version``: a
 raced another one fails, and the writer reads again. The record holds the channel's config,
 the server's mirror of the channel on chain, what the server has charged on it and the
 latest voucher that covers that charge (what a claim submits), the one request in flight
-(the channel's single-flight lock, with a lease), and what has been claimed. Amounts are
-integers in the token's atomic units.
+(the channel's single-flight lock, with a lease), and what has been claimed. Beside the
+records, the store keeps a log of the claim transactions (``ClaimRecord``): a record keeps
+only its channel's last claim, and an operator asks which transaction claimed what. Amounts
+are integers in the token's atomic units.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,68 @@ class ChannelRecord:
         return self.charged > self.claimed and self.claiming_until <= now
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedChannel:
+    """One channel in a claim transaction."""
+
+    channel_id: str
+    amount: int
+    """What this claim added to the channel's claimed cumulative."""
+    total_claimed: int
+    """The channel's claimed cumulative the claim named (``totalClaimed``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRecord:
+    """One claim transaction that landed, as the claims worker saw it land."""
+
+    transaction: str
+    network: str
+    receiver: str
+    token: str
+    channels: tuple[ClaimedChannel, ...]
+    claimed_at: float
+    """Unix time the worker recorded the claim."""
+
+    @property
+    def amount(self) -> int:
+        """What the transaction claimed, over all its channels."""
+        return sum(channel.amount for channel in self.channels)
+
+    def as_json(self) -> dict[str, Any]:
+        """The claim as JSON values (amounts as decimal strings: uint256 is no JSON number)."""
+        return {
+            "transaction": self.transaction,
+            "network": self.network,
+            "receiver": self.receiver,
+            "token": self.token,
+            "amount": str(self.amount),
+            "claimed_at": self.claimed_at,
+            "channels": [
+                {
+                    "channel_id": c.channel_id,
+                    "amount": str(c.amount),
+                    "total_claimed": str(c.total_claimed),
+                }
+                for c in self.channels
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClaimRecord:
+        return cls(
+            transaction=str(data["transaction"]),
+            network=str(data["network"]),
+            receiver=str(data["receiver"]),
+            token=str(data["token"]),
+            claimed_at=float(data["claimed_at"]),
+            channels=tuple(
+                ClaimedChannel(str(c["channel_id"]), int(c["amount"]), int(c["total_claimed"]))
+                for c in data["channels"]
+            ),
+        )
+
+
 class ChannelStore(Protocol):
     """Where channel records live; shared by every worker that serves the same seller."""
 
@@ -116,6 +180,15 @@ class ChannelStore(Protocol):
     async def claimable(self, now: float, limit: int = 100) -> list[ChannelRecord]:
         """At most ``limit`` records that are ``claimable(now)``: charged beyond what was
         claimed, their claim free; the one free the longest first (``claiming_until``)."""
+        ...
+
+    async def add_claim(self, claim: ClaimRecord) -> None:
+        """Log a claim transaction that landed (once per transaction: a second entry for the
+        same transaction replaces the first)."""
+        ...
+
+    async def claims(self, limit: int = 100, offset: int = 0) -> list[ClaimRecord]:
+        """Logged claims, the most recent first."""
         ...
 
     async def list(self, limit: int = 100, offset: int = 0) -> list[ChannelRecord]:

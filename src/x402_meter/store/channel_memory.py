@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from x402_meter.store.channel_base import ChannelRecord
+from x402_meter.store.channel_base import ChannelRecord, ClaimRecord
 
 
 class MemoryChannelStore:
@@ -13,6 +13,8 @@ class MemoryChannelStore:
 
     def __init__(self) -> None:
         self._records: dict[str, ChannelRecord] = {}
+        self._claims: dict[str, ClaimRecord] = {}
+        """The claim log, by transaction, in the order logged."""
 
     async def get(self, channel_id: str) -> ChannelRecord | None:
         return self._records.get(channel_id.lower())
@@ -37,6 +39,14 @@ class MemoryChannelStore:
         records = [r for r in self._records.values() if r.claimable(now)]
         records.sort(key=lambda r: (r.claiming_until, r.synced_at))
         return records[:limit]
+
+    async def add_claim(self, claim: ClaimRecord) -> None:
+        self._claims.pop(claim.transaction, None)
+        self._claims[claim.transaction] = claim
+
+    async def claims(self, limit: int = 100, offset: int = 0) -> list[ClaimRecord]:
+        newest_first = sorted(self._claims.values(), key=lambda c: c.claimed_at, reverse=True)
+        return newest_first[offset : offset + limit]
 
     async def list(self, limit: int = 100, offset: int = 0) -> list[ChannelRecord]:
         records = sorted(self._records.values(), key=lambda r: r.updated_at, reverse=True)

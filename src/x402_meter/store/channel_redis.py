@@ -5,19 +5,21 @@ Each channel is a hash; a sorted set orders the channels by when they were last 
 claim is free (``claiming_until``). A write is one Lua script, one atomic step on the
 server: it compares the stored ``version`` with the one the writer read and only then
 writes the hash and both indexes, so two writers can never both win and the indexes never
-disagree with the hash. Amounts are decimal strings (uint256 does not fit Redis's numbers).
-As durable as the Redis server is configured to be: use AOF (``appendfsync everysec`` or
-``always``) for money.
+disagree with the hash. The claim log is a hash (transaction -> the claim as JSON) and a
+sorted set of the transactions by time. Amounts are decimal strings (uint256 does not fit
+Redis's numbers). As durable as the Redis server is configured to be: use AOF
+(``appendfsync everysec`` or ``always``) for money.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from x402_meter.store.channel_base import ChannelRecord
+from x402_meter.store.channel_base import ChannelRecord, ClaimRecord
 
 try:
     from redis.asyncio import Redis
@@ -78,6 +80,8 @@ class RedisChannelStore:
         self._updated = f"{prefix}channels:updated"
         self._claimable = f"{prefix}channels:claimable"
         self._put = self._redis.register_script(_PUT)
+        self._claim_log = f"{prefix}channels:claims"
+        self._claim_times = f"{prefix}channels:claims:at"
 
     def _key(self, channel_id: str) -> str:
         return f"{self.prefix}channel:{channel_id.lower()}"
@@ -116,6 +120,19 @@ class RedisChannelStore:
         records = [r for r in await self._records([str(i) for i in ids]) if r.claimable(now)]
         records.sort(key=lambda r: (r.claiming_until, r.synced_at))
         return records
+
+    async def add_claim(self, claim: ClaimRecord) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._claim_log, claim.transaction, json.dumps(claim.as_json()))
+            pipe.zadd(self._claim_times, {claim.transaction: claim.claimed_at})
+            await pipe.execute()
+
+    async def claims(self, limit: int = 100, offset: int = 0) -> list[ClaimRecord]:
+        transactions = await self._redis.zrevrange(self._claim_times, offset, offset + limit - 1)
+        if not transactions:
+            return []
+        texts = await self._redis.hmget(self._claim_log, [str(t) for t in transactions])
+        return [ClaimRecord.from_json(json.loads(text)) for text in texts if text]
 
     async def list(self, limit: int = 100, offset: int = 0) -> list[ChannelRecord]:
         ids = await self._redis.zrevrange(self._updated, offset, offset + limit - 1)

@@ -8,12 +8,13 @@ are text (uint256 does not fit SQLite's integers).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Final
 
-from x402_meter.store.channel_base import ChannelRecord
+from x402_meter.store.channel_base import ChannelRecord, ClaimRecord
 from x402_meter.store.sqlite_file import SQLiteFile, Synchronous
 
 _SCHEMA: Final = """
@@ -53,6 +54,12 @@ CREATE TABLE IF NOT EXISTS x402_channels (
 CREATE INDEX IF NOT EXISTS x402_channels_updated ON x402_channels (updated_at);
 CREATE INDEX IF NOT EXISTS x402_channels_unclaimed ON x402_channels (claiming_until)
     WHERE charged <> claimed;
+CREATE TABLE IF NOT EXISTS x402_channel_claims (
+    transaction_hash TEXT PRIMARY KEY,
+    claimed_at REAL NOT NULL,
+    claim TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS x402_channel_claims_at ON x402_channel_claims (claimed_at);
 """
 
 _FIELDS: Final = tuple(field.name for field in dataclasses.fields(ChannelRecord))
@@ -138,6 +145,28 @@ class SQLiteChannelStore:
                 (now, limit),
             ).fetchall()
             return [r for r in map(_record, rows) if r.claimable(now)]
+
+        return await self._file.run(select)
+
+    async def add_claim(self, claim: ClaimRecord) -> None:
+        text = json.dumps(claim.as_json())
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO x402_channel_claims (transaction_hash, claimed_at, claim)"
+                " VALUES (?, ?, ?)",
+                (claim.transaction, claim.claimed_at, text),
+            )
+
+        await self._file.run(insert)
+
+    async def claims(self, limit: int = 100, offset: int = 0) -> list[ClaimRecord]:
+        def select(db: sqlite3.Connection) -> list[ClaimRecord]:
+            rows = db.execute(
+                "SELECT claim FROM x402_channel_claims ORDER BY claimed_at DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+            return [ClaimRecord.from_json(json.loads(row["claim"])) for row in rows]
 
         return await self._file.run(select)
 
