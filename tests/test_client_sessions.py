@@ -110,9 +110,9 @@ def ask_streamed(llm: openai.OpenAI) -> int:
         return streamed_cost(list(stream))
 
 
-async def ask_streamed_async(llm: openai.AsyncOpenAI) -> int:
+async def ask_streamed_async(llm: openai.AsyncOpenAI, model: str = "stub") -> int:
     stream = await llm.chat.completions.create(
-        model="stub",
+        model=model,
         messages=MESSAGES,
         stream=True,
         stream_options={"include_usage": True},
