@@ -23,10 +23,11 @@ from x402_meter.client import (
     Payment,
     Receipt,
     SessionReceiptError,
+    SessionRefundError,
     Wallet,
 )
 from x402_meter.client._channel_leases import SessionChannels
-from x402_meter.client._sessions import SessionChannel
+from x402_meter.client._sessions import RefundsTaken, SessionChannel, SessionRefund
 from x402_meter.errors import ConfigurationError
 
 pytestmark = pytest.mark.anyio
@@ -390,3 +391,13 @@ async def test_the_wallets_sdk_client_alone_leases_no_channel() -> None:
         await wallet.x402_client().create_payment_payload(PaymentRequired(accepts=[offer()]))
     assert list(wallet.sessions.channels()) == []
     assert wallet.payments == ()
+
+
+def test_one_refused_refund_does_not_keep_the_others_and_is_raised_with_them() -> None:
+    taken = RefundsTaken()
+    taken.add(SessionRefund("0x" + "01" * 32, 70_000, "0x" + "aa" * 32))
+    taken.failed(SessionRefundError("channel 0x02...: Refund failed: refund_no_balance"))
+    taken.add(None)  # nothing left there
+    with pytest.raises(SessionRefundError, match="refund_no_balance") as refused:
+        taken.result()
+    assert [r.amount for r in refused.value.refunds] == [70_000]

@@ -5,7 +5,7 @@ the ``openai`` client then raises them as they are, without retrying)."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from x402_meter.errors import X402MeterError
 
@@ -97,6 +97,11 @@ class SessionReceiptError(PayerError):
 class SessionRefundError(PayerError):
     """The server did not give a session channel's remainder back (its reason in the
     message); the money stays in the channel, to take back later or to withdraw on chain
-    after the channel's withdraw delay."""
+    after the channel's withdraw delay. ``refunds``: what the other channels gave back."""
 
     reason = "session_refund_failed"
+
+    def __init__(self, message: str, refunds: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.refunds = refunds
+        """The ``SessionRefund`` of each channel that was refunded all the same."""

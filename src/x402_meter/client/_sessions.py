@@ -107,6 +107,28 @@ class SessionRefund:
     transaction: str
 
 
+class RefundsTaken:
+    """``close_sessions``' outcome over every channel: one refused refund does not keep
+    the others from being asked."""
+
+    def __init__(self) -> None:
+        self.refunds: list[SessionRefund] = []
+        self.refused: list[str] = []
+
+    def add(self, refund: SessionRefund | None) -> None:
+        if refund is not None:
+            self.refunds.append(refund)
+
+    def failed(self, error: SessionRefundError) -> None:
+        self.refused.append(str(error))
+
+    def result(self) -> tuple[SessionRefund, ...]:
+        """The refunds, or ``SessionRefundError`` naming every refusal (with the refunds)."""
+        if self.refused:
+            raise SessionRefundError("; ".join(self.refused), tuple(self.refunds))
+        return tuple(self.refunds)
+
+
 @dataclass(frozen=True, slots=True)
 class RefundAnswer:
     """An answer to one of the refund's requests, as the SDK's refund flow reads it."""

@@ -22,7 +22,12 @@ from x402.http.x402_http_client import PaymentRoundTripper
 from x402.schemas import NoMatchingRequirementsError
 
 from x402_meter.client._attempt import Attempt, FetchReceipt, Resolve, paying
-from x402_meter.client._exceptions import NoPayableOfferError, PayerError, ReceiptUnavailableError
+from x402_meter.client._exceptions import (
+    NoPayableOfferError,
+    PayerError,
+    ReceiptUnavailableError,
+    SessionRefundError,
+)
 from x402_meter.client._receipts import (
     DEFAULT_RECEIPT_WAIT,
     Payment,
@@ -33,6 +38,7 @@ from x402_meter.client._receipts import (
 from x402_meter.client._sessions import (
     ChannelBalance,
     RefundAnswer,
+    RefundsTaken,
     SessionChannel,
     SessionRefund,
 )
@@ -241,17 +247,17 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
     async def close_sessions(self) -> tuple[SessionRefund, ...]:
         """Take back what is left in each session channel (waiting for the answers being
         served on them); see ``PayingAsyncClient.close_sessions``."""
-        sessions, refunds = self.wallet.sessions, []
+        sessions, taken = self.wallet.sessions, RefundsTaken()
         for channel in list(sessions.channels()):
             await sessions.lease_channel_async(channel)
             try:
                 await _done(self.wallet.read_pending(channel, self.fetch_receipt))
-                refund = await anyio.to_thread.run_sync(channel.refund, self._refund_fetch)
+                taken.add(await anyio.to_thread.run_sync(channel.refund, self._refund_fetch))
+            except SessionRefundError as error:
+                taken.failed(error)
             finally:
                 sessions.release(channel)
-            if refund is not None:
-                refunds.append(refund)
-        return tuple(refunds)
+        return taken.result()
 
     def _refund_fetch(self, url: str, headers: dict[str, str]) -> RefundAnswer:
         """The SDK's refund flow (in a worker thread) sends its GETs through this transport."""
@@ -353,17 +359,17 @@ class PayingTransport(httpx.BaseTransport):
 
     def close_sessions(self) -> tuple[SessionRefund, ...]:
         """See ``PayingAsyncTransport.close_sessions``."""
-        sessions, refunds = self.wallet.sessions, []
+        sessions, taken = self.wallet.sessions, RefundsTaken()
         for channel in list(sessions.channels()):
             sessions.lease_channel_sync(channel)
             try:
                 self.wallet.read_pending(channel, self.fetch_receipt)
-                refund = channel.refund(self._get)
+                taken.add(channel.refund(self._get))
+            except SessionRefundError as error:
+                taken.failed(error)
             finally:
                 sessions.release(channel)
-            if refund is not None:
-                refunds.append(refund)
-        return tuple(refunds)
+        return taken.result()
 
     def _get(self, url: str, headers: dict[str, str]) -> RefundAnswer:
         response = self._base.handle_request(
