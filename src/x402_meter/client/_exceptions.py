@@ -5,11 +5,18 @@ the ``openai`` client then raises them as they are, without retrying)."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from x402_meter.errors import X402MeterError
 
-__all__ = ["NoPayableOfferError", "PayerError", "ReceiptUnavailableError", "SpendCapExceededError"]
+__all__ = [
+    "NoPayableOfferError",
+    "PayerError",
+    "ReceiptUnavailableError",
+    "SessionReceiptError",
+    "SessionRefundError",
+    "SpendCapExceededError",
+]
 
 
 if TYPE_CHECKING:
@@ -77,3 +84,24 @@ class ReceiptUnavailableError(PayerError):
     """The response carries no receipt, or the receipt could not be fetched."""
 
     reason = "receipt_unavailable"
+
+
+class SessionReceiptError(PayerError):
+    """A receipt claims a session charge the wallet never signed for (above the answer's
+    voucher): the channel is set aside and signs nothing more (its remainder can still be
+    taken back)."""
+
+    reason = "session_receipt_invalid"
+
+
+class SessionRefundError(PayerError):
+    """The server did not give a session channel's remainder back (its reason in the
+    message); the money stays in the channel, to take back later or to withdraw on chain
+    after the channel's withdraw delay. ``refunds``: what the other channels gave back."""
+
+    reason = "session_refund_failed"
+
+    def __init__(self, message: str, refunds: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.refunds = refunds
+        """The ``SessionRefund`` of each channel that was refunded all the same."""

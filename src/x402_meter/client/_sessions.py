@@ -1,0 +1,349 @@
+"""Sessions: one of the wallet's payment channels (x402 ``batch-settlement``) with one
+server, and what it tells (``ChannelBalance``, ``SessionRefund``).
+
+Each channel signs with its own instance of the SDK's client scheme (its own ``salt``, so
+its own channel id); they share one ``ClientChannelStorage``, in which the SDK keeps each
+channel's deposited balance and charged cumulative. Which request uses which channel is
+``_channel_leases``'.
+
+A streamed answer's charge is not in its headers but in its receipt: the channel keeps it
+as *pending* and, before it signs its next voucher, reads the receipt and writes the charge
+into the storage, after checking that it is within the voucher it signed. No corrective 402.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import httpx
+from x402.mechanisms.evm.batch_settlement.client import (
+    BatchSettlementClientContext,
+    BatchSettlementDepositStrategyContext,
+    BatchSettlementEvmScheme,
+    BatchSettlementEvmSchemeOptions,
+    InMemoryClientChannelStorage,
+    RefundOptions,
+    parse_announced_min_deposit,
+)
+from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
+from x402.mechanisms.evm.signer import ClientEvmSigner
+from x402.schemas import PaymentRequirements
+
+from x402_meter.client._exceptions import (
+    ReceiptUnavailableError,
+    SessionReceiptError,
+    SessionRefundError,
+)
+from x402_meter.client._receipts import SESSION_SCHEME, Payment, Receipt
+
+if TYPE_CHECKING:
+    from x402_meter.client._channel_leases import ChannelPool
+
+DEFAULT_MAX_SESSIONS: Final = 4
+SDK_DEPOSIT_MULTIPLE: Final = 5
+"""Without a ``minDeposit`` from the server, the first deposit covers this many requests'
+maxima (the SDK client's own default)."""
+
+UNREAD_RECEIPT: Final = (ReceiptUnavailableError, httpx.HTTPError)
+"""What fetching a receipt raises when it could not be read."""
+_LOG: Final = logging.getLogger("x402_meter.client")
+
+ServerKey = tuple[str, str, str, str, int]
+"""What one server's channels share: network, asset, payTo, receiver authorizer, withdraw
+delay (lowercased addresses). Only the salt differs between them."""
+
+
+def server_key(requirements: PaymentRequirements) -> ServerKey:
+    extra = requirements.extra or {}
+    delay = extra.get("withdrawDelay")
+    return (
+        str(requirements.network),
+        requirements.asset.lower(),
+        requirements.pay_to.lower(),
+        str(extra.get("receiverAuthorizer", "")).lower(),
+        delay if isinstance(delay, int) and not isinstance(delay, bool) else 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelBalance:
+    """One session channel's money as the wallet knows it, in atomic units of ``asset``.
+
+    ``charged`` lags behind while a streamed answer's receipt is unread (``pending``).
+    """
+
+    channel_id: str
+    network: str
+    asset: str
+    pay_to: str
+    decimals: int
+    deposited: int
+    """What the wallet deposited into the channel (less what it took back)."""
+    charged: int
+    """What the server has charged on it so far (its charged cumulative)."""
+    pending: bool = False
+
+    @property
+    def remaining(self) -> int:
+        """What is left to pay answers with, or to take back with ``close_sessions``."""
+        return max(self.deposited - self.charged, 0)
+
+    def units(self, atomic: int) -> Decimal:
+        """Atomic units as an amount of the asset."""
+        return Decimal(atomic).scaleb(-self.decimals)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRefund:
+    """What ``close_sessions`` took back from one channel (atomic units)."""
+
+    channel_id: str
+    amount: int
+    transaction: str
+
+
+class RefundsTaken:
+    """``close_sessions``' outcome over every channel: one refused refund does not keep
+    the others from being asked."""
+
+    def __init__(self) -> None:
+        self.refunds: list[SessionRefund] = []
+        self.refused: list[str] = []
+
+    def add(self, refund: SessionRefund | None) -> None:
+        if refund is not None:
+            self.refunds.append(refund)
+
+    def failed(self, error: SessionRefundError) -> None:
+        self.refused.append(str(error))
+
+    def result(self) -> tuple[SessionRefund, ...]:
+        """The refunds, or ``SessionRefundError`` naming every refusal (with the refunds)."""
+        if self.refused:
+            raise SessionRefundError("; ".join(self.refused), tuple(self.refunds))
+        return tuple(self.refunds)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundAnswer:
+    """An answer to one of the refund's requests, as the SDK's refund flow reads it."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+RefundFetch = Callable[[str, dict[str, str]], RefundAnswer]
+"""GETs the resource URL with the given headers (the SDK's refund probe, then the refund)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCharge:
+    """A streamed answer on a channel, charged in its receipt only."""
+
+    payment: Payment
+    voucher_max: int
+    """The cumulative the answer's voucher signed: the most the channel can be charged."""
+    charged_before: int
+    balance_before: int
+    deposit: int
+
+
+class SessionChannel:
+    """One of the wallet's channels with one server: its salt, the SDK scheme signing for
+    it, and the request that holds it. State changes under its pool's lock."""
+
+    def __init__(
+        self,
+        pool: ChannelPool,
+        signer: ClientEvmSigner,
+        storage: InMemoryClientChannelStorage,
+    ) -> None:
+        self.pool = pool
+        self.salt = "0x" + secrets.token_hex(32)
+        """Random: every wallet opens channels of its own (two processes with one key never
+        share one, which would make them busy for each other)."""
+        self.storage = storage
+        self.scheme = BatchSettlementEvmScheme(
+            signer,
+            BatchSettlementEvmSchemeOptions(
+                storage=storage, salt=self.salt, deposit_strategy=self._deposit
+            ),
+        )
+        self.id: str | None = None
+        """The channel id, once a request named the server's terms."""
+        self.url: str | None = None
+        """The last resource paid through this channel (where a refund is asked)."""
+        self.leased = False
+        self.pending: PendingCharge | None = None
+        self.deposit_due: int | None = None
+        """The deposit decided for the payment being signed (None: a voucher alone)."""
+        self.retired: str | None = None
+        """Why the channel signs no more vouchers (a receipt claimed too much)."""
+
+    def _deposit(self, context: BatchSettlementDepositStrategyContext) -> int | bool:
+        """The SDK's deposit strategy: the amount the wallet decided (and counted) before
+        signing; never a deposit it did not count."""
+        return self.deposit_due if self.deposit_due is not None else False
+
+    # -- the channel's state (the SDK's storage) -------------------------------------------
+
+    def bind(self, requirements: PaymentRequirements, url: str) -> str:
+        """Name the channel for the server's ``requirements`` (its id is the hash of the
+        config: payer, server, terms, salt)."""
+        config = self.scheme.build_channel_config(requirements)
+        self.id = compute_channel_id(config, str(requirements.network)).lower()
+        if url:
+            self.url = url
+        return self.id
+
+    def state(self) -> BatchSettlementClientContext:
+        found = self.storage.get(self.id) if self.id is not None else None
+        return found if found is not None else BatchSettlementClientContext()
+
+    def charged(self) -> int:
+        return int(self.state().charged_cumulative_amount or "0")
+
+    def deposited(self) -> int:
+        return int(self.state().balance or "0")
+
+    def plan_deposit(
+        self, amount: int, *, suggested: Any, chosen: int | None, ceiling: int | None
+    ) -> int | None:
+        """The deposit the next voucher (charged + ``amount``) needs, or None.
+
+        The first deposit, and a top-up when the voucher would pass the balance, is the
+        size ``chosen`` by the payer, else the server's ``suggested`` ``minDeposit`` (else
+        5 requests' maxima) but at most ``ceiling``: the server does not choose how much of
+        the wallet goes into escrow. Always at least what the voucher needs.
+        """
+        balance, charged = self.deposited(), self.charged()
+        if balance > 0 and charged + amount <= balance:
+            self.deposit_due = None
+            return None
+        needed = charged + amount - balance
+        size = chosen
+        if size is None:
+            size = parse_announced_min_deposit(suggested, amount) or SDK_DEPOSIT_MULTIPLE * amount
+            if ceiling is not None:
+                size = min(size, ceiling)
+        self.deposit_due = max(size, needed)
+        return self.deposit_due
+
+    # -- a streamed answer's charge, from its receipt --------------------------------------
+
+    def expect_receipt(self, payment: Payment) -> None:
+        """``payment``'s answer carried no ``PAYMENT-RESPONSE`` (it streams): its charge is
+        in its receipt, read before this channel signs again."""
+        self.pending = PendingCharge(
+            payment=payment,
+            voucher_max=payment.cumulative or 0,
+            charged_before=self.charged(),
+            balance_before=self.deposited(),
+            deposit=payment.deposit or 0,
+        )
+
+    def apply_receipt(self, receipt: Receipt) -> None:
+        """Write the pending answer's charge from its receipt into the channel's state: the
+        receipt's charged cumulative, never above what that answer's voucher signed."""
+        pending = self.pending
+        if pending is None:
+            return
+        channel = receipt.raw.get("channel")
+        if receipt.status == "failed":
+            charged = pending.charged_before  # not charged: the server's loss, not ours
+        elif receipt.status in ("settled", "not_charged") and isinstance(channel, dict):
+            claimed = channel.get("charged_cumulative")
+            if str(channel.get("id", "")).lower() != self.id or not (
+                isinstance(claimed, str) and claimed.isascii() and claimed.isdigit()
+            ):
+                self._retire(f"the receipt of {pending.payment.url} is not for channel {self.id}")
+            charged = int(claimed)  # type: ignore[arg-type]
+            if charged > pending.voucher_max:
+                self._retire(
+                    f"the receipt claims {charged} charged on channel {self.id}, more than the"
+                    f" {pending.voucher_max} its voucher signed"
+                )
+        else:
+            self.receipt_unread(f"the receipt is {receipt.status}, not final yet")
+            return
+        self._write(charged, pending)
+
+    def receipt_unread(self, why: str) -> None:
+        """The pending answer's receipt could not be read: its deposit landed (it was
+        answered), its charge is left out. The next voucher is then below the server's
+        cumulative, and its corrective 402 (checked against our own vouchers) says it."""
+        pending = self.pending
+        if pending is None:
+            return
+        _LOG.warning(
+            "the charge of %s on channel %s is unknown (%s): the server will say it",
+            pending.payment.url,
+            self.id,
+            why,
+        )
+        self._write(pending.charged_before, pending)
+
+    def _write(self, charged: int, pending: PendingCharge) -> None:
+        state = self.state()
+        state.charged_cumulative_amount = str(charged)
+        state.balance = str(pending.balance_before + pending.deposit)
+        assert self.id is not None
+        self.storage.set(self.id, state)
+        self.pending = None
+
+    def refund(self, fetch: RefundFetch) -> SessionRefund | None:
+        """Take the channel's remainder back (the SDK's cooperative refund: a voucher for the
+        charged cumulative, which the server claims with the refund in one transaction).
+        Blocking; ``fetch`` GETs the resource with the given headers. None: nothing left."""
+        remaining = self.deposited() - self.charged()
+        if self.id is None or self.url is None or remaining <= 0:
+            return None
+        try:
+            settled = self.scheme.refund(self.url, RefundOptions(fetch=cast(Any, fetch)))
+        except (RuntimeError, ValueError) as exc:
+            raise SessionRefundError(f"channel {self.id}: {exc}") from exc
+        return SessionRefund(self.id, remaining, settled.transaction)
+
+    def _retire(self, why: str) -> None:
+        """Set the channel aside, its state as before the lie (and its deposit, which
+        landed: ``close_sessions`` may still take it back)."""
+        self.retired = why
+        pending = self.pending
+        if pending is not None:
+            self._write(pending.charged_before, pending)
+        raise SessionReceiptError(why)
+
+    def balance(self, decimals: int) -> ChannelBalance | None:
+        if self.id is None:
+            return None
+        network, asset, pay_to, _, _ = self.pool.key
+        return ChannelBalance(
+            channel_id=self.id,
+            network=network,
+            asset=asset,
+            pay_to=pay_to,
+            decimals=decimals,
+            deposited=self.deposited(),
+            charged=self.charged(),
+            pending=self.pending is not None,
+        )
+
+
+__all__ = [
+    "DEFAULT_MAX_SESSIONS",
+    "SESSION_SCHEME",
+    "UNREAD_RECEIPT",
+    "ChannelBalance",
+    "RefundAnswer",
+    "SessionChannel",
+    "SessionRefund",
+    "server_key",
+]
