@@ -203,6 +203,12 @@ class ChannelClaims:
         if self._wake is not None:
             self._wake.set()
 
+    def claimed_by_refund(self, record: ChannelRecord) -> None:
+        """A cooperative refund claimed ``record``'s charges in its own transaction: a pass
+        now sweeps them to ``payTo`` (the next pass sweeps them if none runs now)."""
+        self._unswept.add(Payee.of(record))
+        self.wake()
+
     def next_pass(self) -> asyncio.Future[ClaimsPass]:
         """What the worker's next pass does: one that starts after this call (await it;
         cancelled if the worker stops first)."""

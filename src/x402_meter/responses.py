@@ -32,7 +32,14 @@ async def send_json(
 
 
 async def send_payment_required(
-    send: Send, offer: Offer, resource_url: str, *, reason: str, message: str, status: int = 402
+    send: Send,
+    offer: Offer,
+    resource_url: str,
+    *,
+    reason: str,
+    message: str,
+    status: int = 402,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """402 (or 400) with the v2 ``PAYMENT-REQUIRED`` header and a v1-compatible JSON body.
 
@@ -51,7 +58,7 @@ async def send_payment_required(
             for requirement in offer.v1_requirements(resource_url)
         ],
     }
-    await send_json(send, status, body, [(PAYMENT_REQUIRED.encode(), header)])
+    await send_json(send, status, body, [(PAYMENT_REQUIRED.encode(), header), *(headers or [])])
 
 
 async def send_unavailable(send: Send, retry_after: int, message: str) -> None:

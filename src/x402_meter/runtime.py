@@ -117,6 +117,7 @@ class MeterRuntime:
                 deposit_multiple=config.session_deposit_multiple,
                 state_ttl=config.session_state_ttl,
                 receiver_authorizer=None if authorizer is None else authorizer.address,
+                authorizer=authorizer,
             )
         return schemes
 
@@ -135,6 +136,7 @@ class MeterRuntime:
             authorizer=config.session_receiver_authorizer,
         )
         sessions.on_withdrawal = claims.wake  # claimed at once, before it can be finalized
+        sessions.on_refunded = claims.claimed_by_refund  # swept to payTo
         self.settler.run_beside(claims)
         return claims
 

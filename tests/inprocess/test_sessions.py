@@ -374,7 +374,7 @@ async def test_a_voucher_for_another_channel_id_than_its_config_is_refused() -> 
 @pytest.mark.parametrize(
     ("change", "reason", "status"),
     [
-        ({"type": "refund"}, "invalid_batch_settlement_evm_payload_type", 402),
+        ({"type": "claim"}, "invalid_batch_settlement_evm_payload_type", 402),
         ({"voucher": {"channelId": "0x12"}}, "invalid_payload", 400),
         ({"channelConfig": {"withdrawDelay": "900"}}, "invalid_payload", 400),
         ({"voucher": {"maxClaimableAmount": "0100"}}, "invalid_payload", 400),

@@ -13,6 +13,8 @@ from typing import Final, NamedTuple
 
 import anyio
 from starlette.types import Scope
+from x402.schemas import PaymentPayload
+from x402.schemas.v1 import PaymentPayloadV1
 
 from x402_meter.config import MeterConfig
 from x402_meter.errors import (
@@ -66,6 +68,8 @@ class Admission:
         self.scope: Scope = body.scope
         self.body = body
         self.replies = replies
+        self.decoded: PaymentPayload | PaymentPayloadV1 | None = None
+        """The payment header, decoded before admission (by the refund check), if it was."""
 
     async def admit(self) -> Admitted | None:
         """The admitted payment, or ``None`` once the request has been answered."""
@@ -102,7 +106,9 @@ class Admission:
 
     async def _checked_and_reserved(self, header: bytes, offer: Offer) -> Authorization:
         """Decode strictly, check against the server's own offer, reserve (single use)."""
-        payload = decode_payment(header, max_bytes=self.config.max_payment_header_bytes)
+        payload = self.decoded or decode_payment(
+            header, max_bytes=self.config.max_payment_header_bytes
+        )
         now = int(time.time())
         resource_url = self.replies.resource_url()
         schemes = self.runtime.schemes

@@ -9,12 +9,14 @@ from typing import Any, Final
 
 import anyio
 from starlette.types import Receive, Scope, Send
+from x402.schemas import PaymentPayload
 
 from x402_meter.errors import StreamCapped
 from x402_meter.pipeline.admission import Admission, Admitted
 from x402_meter.pipeline.heartbeat import Heartbeat
 from x402_meter.pipeline.ledger_records import LedgerRecords
 from x402_meter.pipeline.receipts import receipt_path
+from x402_meter.pipeline.refunds import RefundExchange, is_refund_payment, peek_payment
 from x402_meter.pipeline.replies import Replies
 from x402_meter.pipeline.request import PaidRequestBody
 from x402_meter.pipeline.response_tap import ResponseTap
@@ -49,8 +51,18 @@ class PaidExchange:
         self.body = PaidRequestBody(scope, receive, limit=config.max_request_body)
         self.replies = Replies(send, config.metrics, resource_url, config.retry_after_seconds)
         self.admission = Admission(runtime, spec, self.body, self.replies)
+        self.spec = spec
 
     async def run(self) -> None:
+        runtime = self.runtime
+        if runtime.channels is not None:  # sessions: a refund may come to any metered route
+            _, payload = peek_payment(self.body.scope, runtime.config.max_payment_header_bytes)
+            if is_refund_payment(payload):
+                assert isinstance(payload, PaymentPayload)
+                refund = RefundExchange(runtime, self.spec, self.body.scope, self.replies, payload)
+                await refund.run()
+                return
+            self.admission.decoded = payload  # decoded once
         admitted = await self.admission.admit()
         if admitted is not None:  # else answered: refused, challenged or unavailable
             await PaidAnswer(self, admitted).serve()

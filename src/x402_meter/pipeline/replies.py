@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import Send
 
@@ -40,12 +41,30 @@ class Replies:
         body = {"reason": exc.reason, "error": exc.message, **getattr(exc, "details", {})}
         await send_json(self.send, exc.status_code, body, headers)
 
-    async def refuse(self, offer: Offer, reason: str, message: str, status: int) -> None:
+    async def refuse(
+        self,
+        offer: Offer,
+        reason: str,
+        message: str,
+        status: int,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         """A 402 (or 412) with the offer's requirements and why."""
         self.count("challenged" if reason == "payment_required" else "refused", reason)
         await send_payment_required(
-            self.send, offer, self.resource_url(), reason=reason, message=message, status=status
+            self.send,
+            offer,
+            self.resource_url(),
+            reason=reason,
+            message=message,
+            status=status,
+            headers=headers,
         )
+
+    async def refunded(self, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+        """200: a channel's cooperative refund landed (``PAYMENT-RESPONSE`` says how)."""
+        self.count("refunded")
+        await send_json(self.send, 200, body, headers)
 
     async def unavailable(self, message: str) -> None:
         """503: the facilitator could not be reached; the client may retry."""

@@ -117,7 +117,7 @@ def _check_window(valid_after: int, valid_until: int, now: int) -> None:
         raise _refuse("payment_not_yet_valid", "the payment authorization is not valid yet")
 
 
-def _match(payload: PaymentPayload | PaymentPayloadV1, offer: Offer) -> PaymentRequirements:
+def match_offer(payload: PaymentPayload | PaymentPayloadV1, offer: Offer) -> PaymentRequirements:
     """The offered requirements the payload claims to fulfil, by scheme then network."""
     scheme = payload.get_scheme()
     candidates = [r for r in offer.requirements if r.scheme == scheme]
@@ -203,7 +203,7 @@ def check_payment(
     """Check ``payload`` against ``offer``; raise a PaymentError with a reason if it fails.
 
     ``schemes``: the implementations (default: the built-in stateless ones)."""
-    requirements = _match(payload, offer)
+    requirements = match_offer(payload, offer)
     if isinstance(payload, PaymentPayload):
         accepted = {"accepted": {"amount": payload.accepted.amount}}
         _check_amount(uint_at(accepted, "accepted.amount"), int(requirements.amount))

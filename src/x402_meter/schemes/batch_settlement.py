@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -25,6 +26,7 @@ from x402.mechanisms.evm.batch_settlement.errors import (
     ERR_CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
     ERR_MISSING_CHANNEL,
 )
+from x402.mechanisms.evm.batch_settlement.types import AuthorizerSigner
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from x402_meter.errors import ChargeUnavailableError, FacilitatorUnavailableError, PaymentError
@@ -36,7 +38,9 @@ from x402_meter.schemes.channel_payload import (
     check_channel_terms,
     check_voucher_signature,
     read_channel_payment,
+    read_channel_refund,
 )
+from x402_meter.schemes.channel_refund import ChannelRefund
 from x402_meter.schemes.channel_state import ChainSnapshot, ChargingChannels, channel_state
 from x402_meter.store import ChannelRecord, ChannelStore, LedgerState, PaymentRecord
 
@@ -82,9 +86,12 @@ class BatchSettlementScheme(PaymentScheme):
         deposit_multiple: int = DEFAULT_DEPOSIT_MULTIPLE,
         state_ttl: float | None = None,
         receiver_authorizer: str | None = None,
+        authorizer: AuthorizerSigner | None = None,
     ) -> None:
         """``receiver_authorizer``: the address that authorizes claims and refunds of this
-        seller's channels (None: the one the facilitator advertises)."""
+        seller's channels (None: the one the facilitator advertises); ``authorizer``: the
+        seller's key for that address, which signs its refunds (None: the facilitator
+        signs)."""
         if not MIN_WITHDRAW_DELAY <= withdraw_delay <= MAX_WITHDRAW_DELAY:
             raise ValueError(f"withdraw_delay must be {MIN_WITHDRAW_DELAY}..{MAX_WITHDRAW_DELAY} s")
         self.channels = channels
@@ -93,10 +100,14 @@ class BatchSettlementScheme(PaymentScheme):
         self.state_ttl = default_state_ttl(withdraw_delay) if state_ttl is None else state_ttl
         """Seconds a channel's mirror of the chain is trusted for local admission."""
         self.receiver_authorizer = receiver_authorizer
+        self.authorizer = authorizer
         self.charging = ChargingChannels()
         self.on_withdrawal: Callable[[str], None] = _ignore
         """Told the id of a channel whose mirror now shows a withdrawal requested (the
         claims worker claims it at once)."""
+        self.on_refunded: Callable[[ChannelRecord], None] = _ignore
+        """Told of a channel whose charges a refund has just claimed (the claims worker
+        sweeps them to ``payTo``)."""
 
     # -- what is offered ---------------------------------------------------------------------
 
@@ -168,6 +179,26 @@ class BatchSettlementScheme(PaymentScheme):
         """Nothing to re-check: the funds are in escrow, and a withdrawal takes longer than
         any answer (the withdraw delay)."""
         return None
+
+    async def refund(
+        self,
+        payload: PaymentPayload,
+        requirements: PaymentRequirements,
+        facilitator: FacilitatorClient,
+    ) -> Refusal | SettleResponse:
+        """A payer's cooperative refund (``type: "refund"``): checked here (the payload,
+        the channel's terms, the voucher's signature; ``PaymentError`` if not), then
+        ``ChannelRefund`` holds the channel, claims what was charged and refunds the rest.
+
+        Raises ``FacilitatorUnavailableError`` when the facilitator could not be asked."""
+        request = read_channel_refund(payload.payload)
+        check_channel_terms(request.payment, requirements)
+        network = str(requirements.network)
+        await anyio.to_thread.run_sync(check_voucher_signature, request.payment, network)
+        key = f"refund:{network}:{request.payment.channel_id}:{secrets.token_hex(8)}"
+        until = time.time() + requirements.max_timeout_seconds
+        refund = ChannelRefund(self, request, payload, requirements, key=key, until=until)
+        return await refund.run(facilitator)
 
     # -- the charge ----------------------------------------------------------------------------
 
@@ -268,7 +299,7 @@ class BatchSettlementScheme(PaymentScheme):
         return {"channel": channel}
 
 
-def _ignore(channel_id: str) -> None:
+def _ignore(_: object) -> None:
     return None
 
 

@@ -1,4 +1,5 @@
-"""A ``batch-settlement`` payload read strictly: a deposit or a voucher on one channel.
+"""A ``batch-settlement`` payload read strictly: a deposit, a voucher or a refund on one
+channel.
 
 Every field is read before anything else looks at it (addresses, canonical uints, bytes32,
 hex signatures): a malformed payload is a 400 naming the field, never a 500. The channel's
@@ -98,6 +99,49 @@ def read_channel_payment(body: dict[str, Any]) -> ChannelPayment:
             ERR_INVALID_PAYLOAD_TYPE,
             f"a {SCHEME_BATCH_SETTLEMENT} payment here is a deposit or a voucher, not {shown!r}",
         )
+    config, channel_id, cumulative, signature = _read_channel_voucher(body)
+    deposit = None
+    if kind == "deposit":
+        deposit = _bounded(
+            uint_at(body, "deposit.amount"), "deposit.amount", UINT128_MAX, "2^128-1"
+        )
+        authorization = field_at(body, "deposit.authorization")
+        if not isinstance(authorization, dict) or not authorization:
+            raise invalid("deposit.authorization", "an object")
+    return ChannelPayment(kind, config, channel_id, cumulative, signature, deposit)
+
+
+def is_refund(body: Any) -> bool:
+    """Whether a ``batch-settlement`` payload's body asks for a cooperative refund (what
+    the SDK's ``is_refund_payload`` looks at: its ``type``)."""
+    return isinstance(body, dict) and body.get("type") == "refund"
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """A payer's cooperative refund, read and checked: a voucher for what the channel has
+    been charged (a zero-charge voucher), and optionally how much to take back."""
+
+    payment: ChannelPayment
+    """The channel and the voucher (``kind`` is ``"voucher"``; no deposit)."""
+    amount: int | None
+    """The amount asked for (None: all that is not charged)."""
+
+
+def read_channel_refund(body: dict[str, Any]) -> RefundRequest:
+    """A ``type: "refund"`` body, read strictly; ``PaymentError`` (400 for malformed)."""
+    if not is_refund(body):
+        raise PaymentError(ERR_INVALID_PAYLOAD_TYPE, "this is not a refund")
+    config, channel_id, cumulative, signature = _read_channel_voucher(body)
+    amount = None
+    if "amount" in body:
+        amount = _bounded(uint_at(body, "amount"), "amount", UINT128_MAX, "2^128-1")
+    payment = ChannelPayment("voucher", config, channel_id, cumulative, signature, None)
+    return RefundRequest(payment, amount)
+
+
+def _read_channel_voucher(body: dict[str, Any]) -> tuple[ChannelConfig, str, int, str]:
+    """The channel config and the voucher of a deposit, voucher or refund body."""
     config_path = "channelConfig"
     delay_value = field_at(body, f"{config_path}.withdrawDelay")
     if isinstance(delay_value, bool) or not isinstance(delay_value, int) or delay_value < 0:
@@ -119,15 +163,7 @@ def read_channel_payment(body: dict[str, Any]) -> ChannelPayment:
         "2^128-1",
     )
     signature = hex_at(body, "voucher.signature")
-    deposit = None
-    if kind == "deposit":
-        deposit = _bounded(
-            uint_at(body, "deposit.amount"), "deposit.amount", UINT128_MAX, "2^128-1"
-        )
-        authorization = field_at(body, "deposit.authorization")
-        if not isinstance(authorization, dict) or not authorization:
-            raise invalid("deposit.authorization", "an object")
-    return ChannelPayment(kind, config, channel_id, cumulative, signature, deposit)
+    return config, channel_id, cumulative, signature
 
 
 def check_channel_terms(payment: ChannelPayment, requirements: PaymentRequirements) -> None:

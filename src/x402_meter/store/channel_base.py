@@ -66,6 +66,11 @@ class ChannelRecord:
     """Claims of this channel refused in a row (0 after a claim lands)."""
     claim_error: str | None = None
     """Why the last claim of this channel was refused (None after a claim lands)."""
+    # -- cooperative refunds ---------------------------------------------------------------
+    refunded: int = 0
+    """What cooperative refunds have returned to the payer from this channel, added up."""
+    refund_transaction: str | None = None
+    """The transaction of the last cooperative refund (it also claimed what was charged)."""
     # -- bookkeeping -----------------------------------------------------------------------
     version: int = 0
     """Bumped by every write (0: never written)."""

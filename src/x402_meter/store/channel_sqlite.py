@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS x402_channels (
     claiming_until REAL NOT NULL,
     claim_failures INTEGER NOT NULL,
     claim_error TEXT,
+    refunded TEXT NOT NULL,
+    refund_transaction TEXT,
     version INTEGER NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
@@ -56,7 +58,7 @@ CREATE INDEX IF NOT EXISTS x402_channels_unclaimed ON x402_channels (claiming_un
 _FIELDS: Final = tuple(field.name for field in dataclasses.fields(ChannelRecord))
 _COLUMNS: Final = ", ".join(_FIELDS)
 _AMOUNTS: Final = frozenset(
-    {"balance", "total_claimed", "refund_nonce", "charged", "voucher_max", "claimed"}
+    {"balance", "total_claimed", "refund_nonce", "charged", "voucher_max", "claimed", "refunded"}
 )
 
 
