@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import anyio
 import httpx
 import pytest
 from eth_account import Account
@@ -98,11 +99,13 @@ def counted(app: Any, answers: Answers) -> Any:
             await app(scope, receive, send)
             return
         body = bytearray()
+        status: list[int] = []  # this request's (others may answer meanwhile)
 
         async def keep(message: Message) -> None:
             if message["type"] == "http.response.start":
+                status.append(message["status"])
                 answers.statuses.append(message["status"])
-            elif message["type"] == "http.response.body" and answers.statuses[-1] == 402:
+            elif message["type"] == "http.response.body" and status == [402]:
                 body.extend(message.get("body", b""))
                 if not message.get("more_body", False):
                     answers.reasons.append(json.loads(body).get("reason"))
@@ -119,9 +122,12 @@ out of these tests, which claim when they choose (or when a withdrawal shows).""
 
 
 @asynccontextmanager
-async def seller(stack: LocalStack, tmp_path: Path, **options: Any) -> AsyncIterator[Seller]:
+async def seller(
+    stack: LocalStack, tmp_path: Path, *, stream_gate: anyio.Event | None = None, **options: Any
+) -> AsyncIterator[Seller]:
     """The stub model behind X402Meter offering sessions, with a fresh ``payTo``, its
-    channels beside a SQLite ledger in ``tmp_path``, with ``options``."""
+    channels beside a SQLite ledger in ``tmp_path``, with ``options``; a streamed answer
+    waits for ``stream_gate`` after its first chunk, if one is given."""
     pay_to = Account.create().address
     transport = CountingTransport()
     facilitator = FacilitatorClient(
@@ -133,7 +139,8 @@ async def seller(stack: LocalStack, tmp_path: Path, **options: Any) -> AsyncIter
     async def chat(request: Request) -> Response:
         body = await request.json()
         if body.get("stream"):
-            return StreamingResponse(stream_chat(body), media_type="text/event-stream")
+            chunks = gated(stream_chat(body), stream_gate)
+            return StreamingResponse(chunks, media_type="text/event-stream")
         return JSONResponse(complete_chat(body))
 
     meter = X402Meter(
@@ -150,6 +157,16 @@ async def seller(stack: LocalStack, tmp_path: Path, **options: Any) -> AsyncIter
     answers = Answers()
     async with serving(counted(meter, answers)) as base:
         yield Seller(base, pay_to, meter, transport, answers)
+
+
+async def gated(chunks: AsyncIterator[bytes], gate: anyio.Event | None) -> AsyncIterator[bytes]:
+    """``chunks``, held after the first one until ``gate`` is set (if given)."""
+    first = True
+    async for chunk in chunks:
+        yield chunk
+        if first and gate is not None:
+            await gate.wait()
+        first = False
 
 
 def usage_cost(usage: dict[str, Any]) -> int:
