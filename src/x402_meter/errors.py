@@ -22,7 +22,9 @@ exception used to be a standard one (``ValueError``, ``OSError``, ...), it still
     ├── PayerError *                     payer_error: the paying client did not pay
     │   ├── SpendCapExceededError *      spend_cap_exceeded: over max_per_request/max_total
     │   ├── NoPayableOfferError *        no_payable_offer: no network/asset/scheme it pays
-    │   └── ReceiptUnavailableError *    receipt_unavailable
+    │   ├── ReceiptUnavailableError *    receipt_unavailable
+    │   ├── SessionReceiptError *        session_receipt_invalid: a charge above the voucher
+    │   └── SessionRefundError *         session_refund_failed: a channel's remainder kept
     └── DevStackError                    devstack_error: the local stack (x402-meter dev)
         ├── AnvilNotFoundError (FileNotFoundError)
         ├── AnvilInstallError (RuntimeError)

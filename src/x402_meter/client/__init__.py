@@ -13,8 +13,9 @@
     receipt = await http.receipt()  # the last call's: tokens, amount, transaction
 
 A 402 with x402 requirements is answered by signing with the official x402 SDK (``upto``
-first, ``exact`` when that is all the server offers) and sending the request again; the
-answer streams through untouched. A ``Wallet`` holds the key, the allowed asset, the
+first, ``exact`` when that is all the server offers; sessions, ``batch-settlement``, first
+when the wallet's ``schemes`` name them) and sending the request again; the answer streams
+through untouched. A ``Wallet`` holds the key, the allowed asset, the
 caps and the record of every payment; ``PayingAsyncClient`` and ``PayingClient``
 are ``httpx.AsyncClient``/``httpx.Client`` with a wallet, and ``PayingAsyncTransport``
 and ``PayingTransport`` put one under any httpx client.
@@ -29,7 +30,9 @@ maximum for good. Above a cap the client refuses to sign and raises
 chain (an ``upto`` charge is usually far below its maximum).
 
 The package, httpx-style: ``_receipts`` (``Payment``, ``Receipt``), ``_ledger`` (the wallet's
-record of its payments, the public interface the transports use), ``_wallet``, ``_attempt``
+record of its payments, the public interface the transports use), ``_sessions`` (the
+wallet's payment channels, leased one request at a time), ``_session_scheme`` (the SDK
+client scheme that signs on them), ``_wallet``, ``_attempt``
 (the one context variable that threads a request into the SDK's hooks), ``_transports`` (sync
 and async on one core), ``_clients``, and ``chain_proof`` (what the chain proves was paid).
 Its errors are in ``x402_meter.errors``, re-exported here.
@@ -40,6 +43,8 @@ from x402_meter.client._exceptions import (
     NoPayableOfferError,
     PayerError,
     ReceiptUnavailableError,
+    SessionReceiptError,
+    SessionRefundError,
     SpendCapExceededError,
 )
 from x402_meter.client._ledger import PaymentLedger
@@ -51,14 +56,22 @@ from x402_meter.client._receipts import (
     PaymentStage,
     Receipt,
 )
+from x402_meter.client._sessions import (
+    DEFAULT_MAX_SESSIONS,
+    ChannelBalance,
+    ChannelRefund,
+)
 from x402_meter.client._transports import PayingAsyncTransport, PayingTransport
 from x402_meter.client._wallet import DEFAULT_SCHEMES, AmountInput, Wallet
 
 __all__ = [
+    "DEFAULT_MAX_SESSIONS",
     "DEFAULT_RECEIPT_WAIT",
     "DEFAULT_SCHEMES",
     "RECEIPT_HEADER",
     "AmountInput",
+    "ChannelBalance",
+    "ChannelRefund",
     "NoPayableOfferError",
     "PayerError",
     "PayingAsyncClient",
@@ -71,6 +84,8 @@ __all__ = [
     "PaymentStage",
     "Receipt",
     "ReceiptUnavailableError",
+    "SessionReceiptError",
+    "SessionRefundError",
     "SpendCapExceededError",
     "Wallet",
 ]

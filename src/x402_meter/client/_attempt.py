@@ -13,22 +13,40 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from x402_meter.client._ledger import PaymentLedger
-from x402_meter.client._receipts import Payment
+from x402_meter.client._receipts import Payment, Receipt
+
+if TYPE_CHECKING:
+    from x402_meter.client._sessions import SessionChannel
 
 Resolve = Callable[[], Awaitable[None] | None]
 """Reads what the chain proves of the wallet's unproven payments (async or sync transport)."""
+FetchReceipt = Callable[[Payment, float], Awaitable[Receipt] | Receipt]
+"""GETs a payment's receipt, waiting up to so many seconds (async or sync transport)."""
 
 
 class Attempt:
     """One request through a paying transport: what it is, and the payment made for it."""
 
-    def __init__(self, method: str, url: str, resolve: Resolve) -> None:
+    def __init__(
+        self, method: str, url: str, resolve: Resolve, fetch_receipt: FetchReceipt | None = None
+    ) -> None:
         self.method = method
         self.url = url
         self.resolve = resolve
+        self.fetch_receipt = fetch_receipt
+        """Reads a session channel's pending receipt before it signs again (None: the SDK
+        client is used directly, and a streamed answer's charge stays unknown)."""
         self.payment: Payment | None = None
+        self.channel: SessionChannel | None = None
+        """The session channel this request leased, until its answer is done."""
+
+    def take_channel(self) -> SessionChannel | None:
+        """The leased channel, which the caller now gives back (once)."""
+        channel, self.channel = self.channel, None
+        return channel
 
     def forget(self, ledger: PaymentLedger) -> None:
         """Nothing was signed for this attempt: give its reservation back to ``ledger``."""

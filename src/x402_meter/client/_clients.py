@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
@@ -16,8 +17,9 @@ from x402_meter.client._receipts import (
     Receipt,
     required,
 )
+from x402_meter.client._sessions import DEFAULT_MAX_SESSIONS, ChannelBalance, ChannelRefund
 from x402_meter.client._transports import PayingAsyncTransport, PayingTransport
-from x402_meter.client._wallet import AmountInput, Wallet
+from x402_meter.client._wallet import DEFAULT_SCHEMES, AmountInput, Wallet
 from x402_meter.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -37,6 +39,9 @@ def _client_wallet(
     max_total: AmountInput | None,
     on_payment: PaymentListener | None,
     rpc_url: str | None,
+    schemes: Sequence[str],
+    session_deposit: AmountInput | None,
+    max_sessions: int,
 ) -> Wallet:
     """The wallet a paying client pays from: ``wallet`` as given, else one built from the
     key and the ``Wallet`` options (the one place both clients check these arguments)."""
@@ -54,6 +59,9 @@ def _client_wallet(
         max_total=max_total,
         on_payment=on_payment,
         rpc_url=rpc_url,
+        schemes=schemes,
+        session_deposit=session_deposit,
+        max_sessions=max_sessions,
     )
 
 
@@ -88,7 +96,8 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
     ``PayingAsyncClient(key, network="eip155:8453")`` pays in the network's USDC; the keyword
     arguments after ``network`` are ``Wallet``'s; ``wallet=`` shares one wallet (and its
     caps) between clients; ``transport`` is the transport it sends through; anything else goes
-    to ``httpx.AsyncClient`` (the default timeout is 60 s).
+    to ``httpx.AsyncClient`` (the default timeout is 60 s). ``schemes=("batch-settlement",
+    "upto")`` pays by session where a server offers one (``docs/client.md``).
     """
 
     def __init__(
@@ -102,6 +111,9 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
         wallet: Wallet | None = None,
         on_payment: PaymentListener | None = None,
         rpc_url: str | None = None,
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
+        session_deposit: AmountInput | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
         transport: httpx.AsyncBaseTransport | None = None,
         **httpx_options: Any,
     ) -> None:
@@ -114,6 +126,9 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
             max_total=max_total,
             on_payment=on_payment,
             rpc_url=rpc_url,
+            schemes=schemes,
+            session_deposit=session_deposit,
+            max_sessions=max_sessions,
         )
         self.paying_transport = PayingAsyncTransport(self.wallet, transport)
         httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)
@@ -127,6 +142,17 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
         a stream is charged when it closes."""
         payment = payment or self.last_payment
         return await self.paying_transport.fetch_receipt(required(payment), wait)
+
+    async def balance(self) -> tuple[ChannelBalance, ...]:
+        """Each session channel's money: ``deposited``, ``charged``, ``remaining`` (atomic
+        units; ``units()`` converts), after reading the receipts of streamed answers."""
+        return await self.paying_transport.balance()
+
+    async def close_sessions(self) -> tuple[ChannelRefund, ...]:
+        """Take back what is left in every session channel, now (the server's cooperative
+        refund; waits for the answers being served on them). The wallet deposits again if
+        it pays by session later. Raises ``SessionRefundError`` if a server refuses."""
+        return await self.paying_transport.close_sessions()
 
     def httpx2_client(self) -> httpx2.AsyncClient:
         """This client as an ``httpx2.AsyncClient``, for packages built on httpx2 (the
@@ -154,6 +180,9 @@ class PayingClient(_WalletPayments, httpx.Client):
         wallet: Wallet | None = None,
         on_payment: PaymentListener | None = None,
         rpc_url: str | None = None,
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
+        session_deposit: AmountInput | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
         transport: httpx.BaseTransport | None = None,
         **httpx_options: Any,
     ) -> None:
@@ -166,6 +195,9 @@ class PayingClient(_WalletPayments, httpx.Client):
             max_total=max_total,
             on_payment=on_payment,
             rpc_url=rpc_url,
+            schemes=schemes,
+            session_deposit=session_deposit,
+            max_sessions=max_sessions,
         )
         self.paying_transport = PayingTransport(self.wallet, transport)
         httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)
@@ -178,6 +210,14 @@ class PayingClient(_WalletPayments, httpx.Client):
         ``PayingAsyncClient.receipt``."""
         payment = payment or self.last_payment
         return self.paying_transport.fetch_receipt(required(payment), wait)
+
+    def balance(self) -> tuple[ChannelBalance, ...]:
+        """See ``PayingAsyncClient.balance``."""
+        return self.paying_transport.balance()
+
+    def close_sessions(self) -> tuple[ChannelRefund, ...]:
+        """See ``PayingAsyncClient.close_sessions``."""
+        return self.paying_transport.close_sessions()
 
     def httpx2_client(self) -> httpx2.Client:
         """This client as an ``httpx2.Client``, for packages built on httpx2 (the

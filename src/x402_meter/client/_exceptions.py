@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Literal
 
 from x402_meter.errors import X402MeterError
 
-__all__ = ["NoPayableOfferError", "PayerError", "ReceiptUnavailableError", "SpendCapExceededError"]
+__all__ = [
+    "NoPayableOfferError",
+    "PayerError",
+    "ReceiptUnavailableError",
+    "SessionReceiptError",
+    "SessionRefundError",
+    "SpendCapExceededError",
+]
 
 
 if TYPE_CHECKING:
@@ -77,3 +84,19 @@ class ReceiptUnavailableError(PayerError):
     """The response carries no receipt, or the receipt could not be fetched."""
 
     reason = "receipt_unavailable"
+
+
+class SessionReceiptError(PayerError):
+    """A receipt claims a session charge the wallet never signed for (above the answer's
+    voucher): the channel is set aside and signs nothing more (its remainder can still be
+    taken back)."""
+
+    reason = "session_receipt_invalid"
+
+
+class SessionRefundError(PayerError):
+    """The server did not give a session channel's remainder back (its reason in the
+    message); the money stays in the channel, to take back later or to withdraw on chain
+    after the channel's withdraw delay."""
+
+    reason = "session_refund_failed"

@@ -20,7 +20,7 @@ from x402.schemas.v1 import PaymentRequirementsV1
 
 from x402_meter.assets import Asset
 from x402_meter.client._exceptions import SpendCapExceededError
-from x402_meter.client._receipts import RECEIPT_HEADER, Payment, Receipt
+from x402_meter.client._receipts import RECEIPT_HEADER, SESSION_SCHEME, Payment, Receipt
 from x402_meter.client.chain_proof import ChainProver, Permit2Authorization
 from x402_meter.errors import ConfigurationError
 
@@ -64,16 +64,27 @@ class PaymentLedger:
 
     # -- before signing ---------------------------------------------------------------------------
 
-    def reserve(self, offer: RequirementsView, *, method: str, url: str) -> Payment:
+    def reserve(
+        self,
+        offer: RequirementsView,
+        *,
+        method: str,
+        url: str,
+        channel_id: str | None = None,
+        deposit: int | None = None,
+    ) -> Payment:
         """Record a payment of ``offer``'s amount, or raise ``SpendCapExceededError`` if
-        ``max_total`` does not allow it (nothing recorded then)."""
+        ``max_total`` does not allow it (nothing recorded then). A session payment
+        (``channel_id``) counts only its ``deposit``: its voucher is paid from the channel."""
         amount = int(offer.get_amount())
+        session = offer.scheme == SESSION_SCHEME
+        counted = (deposit or 0) if session else amount
         with self._lock:
             spent = sum(payment.spend for payment in self._payments)
-            if self.max_total is not None and spent + amount > self.max_total:
+            if self.max_total is not None and spent + counted > self.max_total:
                 raise SpendCapExceededError(
                     "max_total",
-                    requested=amount,
+                    requested=counted,
                     limit=self.max_total,
                     left=max(self.max_total - spent, 0),
                     decimals=self.asset.decimals,
@@ -87,6 +98,8 @@ class PaymentLedger:
                 pay_to=offer.pay_to,
                 payer=self.payer,
                 max_amount=amount,
+                channel_id=channel_id if session else None,
+                deposit=deposit if session else None,
             )
             self._payments.append(payment)
         return payment
@@ -108,6 +121,14 @@ class PaymentLedger:
         can lower what it counts)."""
         if payment.scheme == "upto":
             payment.authorization = self._own_authorization(payload)
+        elif payment.scheme == SESSION_SCHEME:
+            voucher = payload.get("voucher")
+            if isinstance(voucher, Mapping):
+                payment.cumulative = _int_or_none(voucher.get("maxClaimableAmount"))
+            deposit = payload.get("deposit")
+            if isinstance(deposit, Mapping):  # what was signed counts, if ever more
+                signed = _int_or_none(deposit.get("amount")) or 0
+                payment.deposit = max(payment.deposit or 0, signed) or None
         payment.signed = True
 
     def record_answer(self, payment: Payment, url: httpx.URL, response: httpx.Response) -> None:
@@ -180,3 +201,7 @@ class PaymentLedger:
         if authorization.token.lower() != self.asset.address.lower():
             return None
         return authorization
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, str) and value.isdigit() else None

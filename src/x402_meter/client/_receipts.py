@@ -24,6 +24,7 @@ PaymentListener: TypeAlias = Callable[[PaymentStage, "Payment"], None]
 """Called as a payment moves through its stages, in the task or thread that pays."""
 
 DEFAULT_RECEIPT_WAIT: Final = 10.0
+SESSION_SCHEME: Final = "batch-settlement"
 RECEIPT_HEADER: Final = "x-payment-receipt"
 _FINAL_STATUSES: Final = frozenset({"settled", "failed", "not_charged"})
 
@@ -61,6 +62,10 @@ class Receipt:
     error: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     """The receipt's JSON as served."""
+    channel_id: str | None = None
+    """A session's answer: the channel it was charged on."""
+    charged_cumulative: int | None = None
+    """A session's answer, once charged: the channel's charged cumulative after it."""
 
     @property
     def is_final(self) -> bool:
@@ -69,6 +74,8 @@ class Receipt:
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Receipt:
+        channel = body.get("channel")
+        channel = channel if isinstance(channel, dict) else {}
         return cls(
             status=str(body.get("status", "unknown")),
             amount=_int_or_none(body.get("amount")),
@@ -84,6 +91,8 @@ class Receipt:
             scheme=_str_or_none(body.get("scheme")),
             error=_str_or_none(body.get("error")),
             raw=dict(body),
+            channel_id=_str_or_none(channel.get("id")),
+            charged_cumulative=_int_or_none(channel.get("charged_cumulative")),
         )
 
 
@@ -99,7 +108,8 @@ class Payment:
     pay_to: str
     payer: str
     max_amount: int
-    """The authorized maximum, in atomic units (an ``exact`` payment's price)."""
+    """The authorized maximum, in atomic units (an ``exact`` payment's price; a session
+    voucher's increment: what the answer may cost at most)."""
     signed: bool = False
     status_code: int | None = None
     """The server's answer to the paid request (None: not answered yet, or the request failed)."""
@@ -118,12 +128,23 @@ class Payment:
     settlement transaction, or 0 once its authorization expired unused. None: unproven."""
     proof: str | None = None
     """The settlement transaction read from the chain that proved ``proven_amount``."""
+    channel_id: str | None = None
+    """A session (``batch-settlement``) payment: the channel its voucher is for."""
+    deposit: int | None = None
+    """A session payment that deposits into its channel: how much (atomic units)."""
+    cumulative: int | None = None
+    """A session payment: the cumulative its voucher signed (the channel's charged amount
+    before it plus ``max_amount``)."""
 
     @property
     def spend(self) -> int:
         """What counts against ``max_total``: the authorized maximum (a signed authorization
         stays usable until its deadline, so a refused one still counts) until the chain
-        proves the actual charge. The receipt's ``amount`` never lowers it."""
+        proves the actual charge. The receipt's ``amount`` never lowers it. A session
+        payment counts its deposit (money that left the wallet), and a voucher nothing more:
+        it is paid from what was deposited."""
+        if self.scheme == SESSION_SCHEME:
+            return self.deposit or 0
         return self.max_amount if self.proven_amount is None else self.proven_amount
 
 

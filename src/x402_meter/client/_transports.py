@@ -9,10 +9,11 @@ SDK's sync ``PaymentRoundTripper`` for sync (the SDK has no sync httpx transport
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import NoReturn, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Final, NoReturn, cast
 
 import anyio
+import anyio.from_thread
 import httpx
 from x402.http import x402HTTPClientSync
 from x402.http.clients.httpx import PaymentError as SDKPaymentError
@@ -20,7 +21,7 @@ from x402.http.clients.httpx import x402AsyncTransport
 from x402.http.x402_http_client import PaymentRoundTripper
 from x402.schemas import NoMatchingRequirementsError
 
-from x402_meter.client._attempt import Attempt, Resolve, paying
+from x402_meter.client._attempt import Attempt, FetchReceipt, Resolve, paying
 from x402_meter.client._exceptions import NoPayableOfferError, PayerError, ReceiptUnavailableError
 from x402_meter.client._receipts import (
     DEFAULT_RECEIPT_WAIT,
@@ -29,9 +30,17 @@ from x402_meter.client._receipts import (
     parse_receipt,
     receipt_request,
 )
+from x402_meter.client._sessions import (
+    ChannelBalance,
+    ChannelRefund,
+    RefundAnswer,
+    SessionChannel,
+)
 from x402_meter.client._wallet import Wallet
 from x402_meter.errors import X402MeterError
 
+_REFUND_TIMEOUT: Final = {"connect": 10.0, "read": 120.0, "write": 10.0, "pool": 10.0}
+"""A refund waits for its transaction (claim and refund in one) before it is answered."""
 _NOT_FETCHED = (ReceiptUnavailableError, httpx.HTTPError)
 """A receipt that could not be fetched while resolving: the chain is read without it."""
 
@@ -52,36 +61,83 @@ def _raise_unwrapped(error: BaseException) -> NoReturn:
 class _PayingCore:
     """What both paying transports do around one request and one receipt, without I/O."""
 
-    def __init__(self, wallet: Wallet, unwrap: type[Exception]) -> None:
+    def __init__(self, wallet: Wallet, unwrap: type[Exception], *, asynchronous: bool) -> None:
         self.wallet = wallet
         self._unwrap = unwrap
         """What the SDK underneath raises wrapped: unwrapped into our errors."""
+        self._asynchronous = asynchronous
+        """Whether its responses' bodies are read async (httpx's own may be both)."""
 
     @contextlib.contextmanager
-    def attempt(self, request: httpx.Request, resolve: Resolve) -> Iterator[Attempt]:
+    def attempt(
+        self, request: httpx.Request, resolve: Resolve, fetch_receipt: FetchReceipt
+    ) -> Iterator[Attempt]:
         """The attempt the SDK hooks see while ``request`` is paid for; on any failure its
-        unsigned reservation is given back and the error raised as ours or httpx's."""
-        attempt = Attempt(request.method, str(request.url), resolve)
+        unsigned reservation and its session channel are given back and the error raised as
+        ours or httpx's."""
+        attempt = Attempt(request.method, str(request.url), resolve, fetch_receipt)
         with paying(attempt):
             try:
                 yield attempt
             except (PayerError, httpx.HTTPError):
-                attempt.forget(self.wallet.ledger)
+                self._failed(attempt)
                 raise
             except self._unwrap as error:
-                attempt.forget(self.wallet.ledger)
+                self._failed(attempt)
                 _raise_unwrapped(error)
             except BaseException:
-                attempt.forget(self.wallet.ledger)
+                self._failed(attempt)
                 raise
 
+    def _failed(self, attempt: Attempt) -> None:
+        attempt.forget(self.wallet.ledger)
+        channel = attempt.take_channel()
+        if channel is not None:
+            self.wallet.sessions.release(channel)
+
     def answered(self, attempt: Attempt, request: httpx.Request, response: httpx.Response) -> None:
-        """Record the answer to a signed payment's request and tell ``on_payment``."""
+        """Record the answer to a signed payment's request and tell ``on_payment``; a
+        session's channel is given back when the answer is done (see ``_session_answered``)."""
         payment = attempt.payment
-        if payment is None or not payment.signed:
+        channel = attempt.take_channel()
+        if payment is not None and payment.signed:
+            self.wallet.ledger.record_answer(payment, request.url, response)
+        if channel is not None:
+            self._session_answered(channel, payment, response)
+        if payment is not None and payment.signed:
+            self.wallet.notify("answered", payment)
+
+    def _session_answered(
+        self, channel: SessionChannel, payment: Payment | None, response: httpx.Response
+    ) -> None:
+        """A non-streamed answer's ``PAYMENT-RESPONSE`` has updated the channel already (the
+        SDK's hook) and its charge is done: the channel is free. A streamed answer's charge
+        is in its receipt, read before the channel signs again; the channel is free when the
+        stream is closed (the server charges it then)."""
+        sessions = self.wallet.sessions
+        streamed = (
+            payment is not None
+            and payment.signed
+            and payment.receipt_url is not None
+            and response.status_code != 402
+            and "payment-response" not in response.headers
+        )
+        if not streamed:
+            sessions.release(channel)
             return
-        self.wallet.ledger.record_answer(payment, request.url, response)
-        self.wallet.notify("answered", payment)
+        assert payment is not None
+        channel.expect_receipt(payment)
+
+        def release() -> None:
+            sessions.release(channel)
+
+        stream = response.stream
+        if self._asynchronous and isinstance(stream, httpx.AsyncByteStream):
+            response.stream = _AsyncReleasingStream(stream, release)
+        elif isinstance(stream, httpx.SyncByteStream):
+            response.stream = _ReleasingStream(stream, release)
+        else:  # not a body this transport's client reads: free the channel now
+            release()
 
     def received(
         self, payment: Payment, request: httpx.Request, response: httpx.Response, body: bytes
@@ -92,18 +148,58 @@ class _PayingCore:
         return receipt
 
 
+async def _done(pending: Awaitable[None] | None) -> None:
+    if pending is not None:
+        await pending
+
+
+class _ReleasingStream(httpx.SyncByteStream):
+    """A response body that gives its session channel back when it is closed."""
+
+    def __init__(self, inner: httpx.SyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._release()
+
+
+class _AsyncReleasingStream(httpx.AsyncByteStream):
+    """``_ReleasingStream`` for an async body."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._release()
+
+
 class PayingAsyncTransport(httpx.AsyncBaseTransport):
     """An httpx async transport that pays 402s from ``wallet`` (the SDK's
     ``x402AsyncTransport`` underneath) and records each payment's receipt."""
 
     def __init__(self, wallet: Wallet, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.wallet = wallet
-        self._core = _PayingCore(wallet, unwrap=SDKPaymentError)
+        self._core = _PayingCore(wallet, unwrap=SDKPaymentError, asynchronous=True)
         self._base = transport or httpx.AsyncHTTPTransport()
         self._paying = x402AsyncTransport(wallet.x402_client(), self._base)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        with self._core.attempt(request, self._resolve_pending) as attempt:
+        with self._core.attempt(request, self._resolve_pending, self.fetch_receipt) as attempt:
             response = await self._paying.handle_async_request(request)
         self._core.answered(attempt, request, response)
         return response
@@ -132,6 +228,47 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
                     continue
             await anyio.to_thread.run_sync(ledger.prove, payment)
 
+    async def balance(self) -> tuple[ChannelBalance, ...]:
+        """``Wallet.balance``, after reading the receipts of the streamed answers whose
+        charge is not known yet (on the channels no request holds)."""
+        sessions = self.wallet.sessions
+        for channel in sessions.channels():
+            if channel.pending is not None and sessions.try_lease(channel):
+                try:
+                    await _done(self.wallet.read_pending(channel, self.fetch_receipt))
+                finally:
+                    sessions.release(channel)
+        return self.wallet.balance()
+
+    async def close_sessions(self) -> tuple[ChannelRefund, ...]:
+        """Take back what is left in each session channel (waiting for the answers being
+        served on them); see ``PayingAsyncClient.close_sessions``."""
+        sessions, refunds = self.wallet.sessions, []
+        for channel in list(sessions.channels()):
+            await sessions.lease_channel_async(channel)
+            try:
+                await _done(self.wallet.read_pending(channel, self.fetch_receipt))
+                refund = await anyio.to_thread.run_sync(channel.refund, self._refund_fetch)
+            finally:
+                sessions.release(channel)
+            if refund is not None:
+                refunds.append(refund)
+        return tuple(refunds)
+
+    def _refund_fetch(self, url: str, headers: dict[str, str]) -> RefundAnswer:
+        """The SDK's refund flow (in a worker thread) sends its GETs through this transport."""
+        return anyio.from_thread.run(self._get, url, headers)
+
+    async def _get(self, url: str, headers: dict[str, str]) -> RefundAnswer:
+        response = await self._base.handle_async_request(
+            httpx.Request("GET", url, headers=headers, extensions={"timeout": _REFUND_TIMEOUT})
+        )
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return RefundAnswer(response.status_code, response.headers)
+
     async def aclose(self) -> None:
         await self._paying.aclose()
 
@@ -142,13 +279,13 @@ class PayingTransport(httpx.BaseTransport):
 
     def __init__(self, wallet: Wallet, transport: httpx.BaseTransport | None = None) -> None:
         self.wallet = wallet
-        self._core = _PayingCore(wallet, unwrap=Exception)
+        self._core = _PayingCore(wallet, unwrap=Exception, asynchronous=False)
         self._base = transport or httpx.HTTPTransport()
         self._round_trip = PaymentRoundTripper(x402HTTPClientSync(wallet.x402_client_sync()))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()  # a 402 means sending the body again
-        with self._core.attempt(request, self._resolve_pending) as attempt:
+        with self._core.attempt(request, self._resolve_pending, self.fetch_receipt) as attempt:
             response = self._pay(request, attempt)
         self._core.answered(attempt, request, response)
         return response
@@ -204,6 +341,41 @@ class PayingTransport(httpx.BaseTransport):
                     self.fetch_receipt(payment, self.wallet.receipt_wait)
                     continue
             ledger.prove(payment)
+
+    def balance(self) -> tuple[ChannelBalance, ...]:
+        """See ``PayingAsyncTransport.balance``."""
+        sessions = self.wallet.sessions
+        for channel in sessions.channels():
+            if channel.pending is not None and sessions.try_lease(channel):
+                try:
+                    self.wallet.read_pending(channel, self.fetch_receipt)
+                finally:
+                    sessions.release(channel)
+        return self.wallet.balance()
+
+    def close_sessions(self) -> tuple[ChannelRefund, ...]:
+        """See ``PayingAsyncTransport.close_sessions``."""
+        sessions, refunds = self.wallet.sessions, []
+        for channel in list(sessions.channels()):
+            sessions.lease_channel_sync(channel)
+            try:
+                self.wallet.read_pending(channel, self.fetch_receipt)
+                refund = channel.refund(self._get)
+            finally:
+                sessions.release(channel)
+            if refund is not None:
+                refunds.append(refund)
+        return tuple(refunds)
+
+    def _get(self, url: str, headers: dict[str, str]) -> RefundAnswer:
+        response = self._base.handle_request(
+            httpx.Request("GET", url, headers=headers, extensions={"timeout": _REFUND_TIMEOUT})
+        )
+        try:
+            response.read()
+        finally:
+            response.close()
+        return RefundAnswer(response.status_code, response.headers)
 
     def close(self) -> None:
         self._base.close()

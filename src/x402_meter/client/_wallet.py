@@ -6,7 +6,7 @@ hooks around each signature, which find their request through ``current_attempt`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Final, TypeAlias
 
@@ -20,10 +20,11 @@ from x402.schemas import (
     PaymentCreatedContext,
     PaymentCreationContext,
     PaymentCreationFailureContext,
+    PaymentRequirements,
 )
 
 from x402_meter.assets import Asset, default_asset
-from x402_meter.client._attempt import Attempt, current_attempt
+from x402_meter.client._attempt import Attempt, FetchReceipt, current_attempt
 from x402_meter.client._exceptions import NoPayableOfferError, SpendCapExceededError
 from x402_meter.client._ledger import PaymentLedger, RequirementsView
 from x402_meter.client._receipts import (
@@ -33,6 +34,15 @@ from x402_meter.client._receipts import (
     PaymentStage,
     Receipt,
 )
+from x402_meter.client._session_scheme import SessionScheme
+from x402_meter.client._sessions import (
+    DEFAULT_MAX_SESSIONS,
+    SESSION_SCHEME,
+    UNREAD_RECEIPT,
+    ChannelBalance,
+    SessionChannel,
+    SessionChannels,
+)
 from x402_meter.client.chain_proof import ChainProver
 from x402_meter.errors import ConfigurationError
 from x402_meter.pricing import PriceInput, parse_price
@@ -41,6 +51,7 @@ AmountInput: TypeAlias = PriceInput
 """An amount of the asset as the user gives it: ``"0.05"``, ``1`` or a ``Decimal``."""
 
 DEFAULT_SCHEMES: Final = ("upto", "exact")
+KNOWN_SCHEMES: Final = ("batch-settlement", "upto", "exact")
 
 
 def _atomic_cap(value: AmountInput | None, name: str, decimals: int) -> int | None:
@@ -67,13 +78,19 @@ class Wallet:
         max_per_request: the most one authorization may cover, in units of the asset
             (default ``"1"``, the x402 SDK's own default of one dollar); None: no cap.
         max_total: the most all its payments together may cost; None: no cap.
-        schemes: the x402 schemes it signs, preferred in this order.
+        schemes: the x402 schemes it signs, preferred in this order; add
+            ``"batch-settlement"`` (first) to pay by session where a server offers one.
         receipt_wait: seconds to wait for outstanding receipts before refusing for
             ``max_total``.
         on_payment: called at each ``PaymentStage`` of each payment.
         rpc_url: a JSON-RPC endpoint of ``network`` that the payer trusts (not the
             seller's). Settlements read from it lower what a payment counts against
             ``max_total`` to what actually moved; None: every payment counts at its maximum.
+        session_deposit: a session's deposit (and each top-up), in units of the asset;
+            None: the server's suggested ``minDeposit``. Always at least what the next
+            voucher needs.
+        max_sessions: session channels per server at most, one per concurrent request;
+            further requests wait for one to be free.
 
     Thread-safe; share one wallet between clients to share its caps.
     """
@@ -90,6 +107,8 @@ class Wallet:
         receipt_wait: float = DEFAULT_RECEIPT_WAIT,
         on_payment: PaymentListener | None = None,
         rpc_url: str | None = None,
+        session_deposit: AmountInput | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
         if isinstance(private_key, str):
             try:
@@ -100,9 +119,11 @@ class Wallet:
             account = private_key
         if not isinstance(network, str) or not network.startswith("eip155:"):
             raise ConfigurationError(f"network must be a CAIP-2 EVM id, got {network!r}")
-        unknown = set(schemes) - set(DEFAULT_SCHEMES)
+        unknown = set(schemes) - set(KNOWN_SCHEMES)
         if not schemes or unknown:
-            raise ConfigurationError(f"schemes must be among {DEFAULT_SCHEMES}, got {schemes!r}")
+            raise ConfigurationError(f"schemes must be among {KNOWN_SCHEMES}, got {schemes!r}")
+        if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
+            raise ConfigurationError(f"max_sessions must be an int >= 1, got {max_sessions!r}")
         self.account = account
         self.network = network
         self.asset = asset if asset is not None else default_asset(network)
@@ -123,6 +144,13 @@ class Wallet:
             payer=self.address, asset=self.asset, max_total=self.max_total, prover=self.prover
         )
         """The record of its payments, which the paying transports keep up to date."""
+        deposit = _atomic_cap(session_deposit, "session_deposit", self.asset.decimals)
+        if deposit == 0:
+            raise ConfigurationError("session_deposit must be more than 0")
+        self.sessions = SessionChannels(
+            EthAccountSigner(account), max_sessions=max_sessions, deposit=deposit
+        )
+        """Its session channels (``batch-settlement``), by server."""
         self._async_client: x402Client | None = None
         self._sync_client: x402ClientSync | None = None
 
@@ -139,6 +167,12 @@ class Wallet:
     def spent(self) -> int:
         """Atomic units counted against ``max_total`` (see ``Payment.spend``)."""
         return self.ledger.spent
+
+    def balance(self) -> tuple[ChannelBalance, ...]:
+        """Each session channel's money (deposited, charged, remaining), as last known: a
+        streamed answer's charge counts once its receipt is read (``pending`` until then;
+        the clients' ``balance()`` reads it first)."""
+        return self.sessions.balances(self.asset.decimals)
 
     def to_decimal(self, atomic: int) -> Decimal:
         """Atomic units as an amount of the asset: ``124`` -> ``Decimal("0.000124")``."""
@@ -181,6 +215,9 @@ class Wallet:
         client.on_payment_creation_failure(self._failed)
         signer = EthAccountSigner(self.account)
         for scheme in self.schemes:
+            if scheme == SESSION_SCHEME:
+                client.register(self.network, SessionScheme(self.sessions, self.address))
+                continue
             kind = UptoEvmClientScheme if scheme == "upto" else ExactEvmClientScheme
             client.register(self.network, kind(signer))
         # The SDK allows only listed (and well-known) assets; the caps are this wallet's,
@@ -228,7 +265,18 @@ class Wallet:
         return sorted(within, key=lambda o: (rank[o.scheme], int(o.get_amount())))
 
     def _reserve(self, attempt: Attempt, offer: RequirementsView) -> None:
-        attempt.payment = self.ledger.reserve(offer, method=attempt.method, url=attempt.url)
+        channel = attempt.channel
+        deposit = None
+        if channel is not None and offer.scheme == SESSION_SCHEME:
+            minimum = (offer.extra or {}).get("minDeposit")
+            deposit = channel.plan_deposit(int(offer.get_amount()), minimum, self.sessions.deposit)
+        attempt.payment = self.ledger.reserve(
+            offer,
+            method=attempt.method,
+            url=attempt.url,
+            channel_id=channel.id if channel is not None else None,
+            deposit=deposit,
+        )
         self.notify("required", attempt.payment)
 
     def _reserve_first(self, attempt: Attempt, offer: RequirementsView) -> bool:
@@ -244,17 +292,65 @@ class Wallet:
 
     async def _before_async(self, context: PaymentCreationContext) -> None:
         attempt = current_attempt()
-        if not self._reserve_first(attempt, context.selected_requirements):
+        offer = context.selected_requirements
+        if offer.scheme == SESSION_SCHEME and isinstance(offer, PaymentRequirements):
+            if attempt.channel is None:
+                attempt.channel = await self.sessions.lease_async(offer)
+            pending = self._bind(attempt.channel, offer, attempt)
+            if pending is not None:
+                await pending
+        if not self._reserve_first(attempt, offer):
             resolved = attempt.resolve()
             if resolved is not None:
                 await resolved
-            self._reserve(attempt, context.selected_requirements)
+            self._reserve(attempt, offer)
 
     def _before_sync(self, context: PaymentCreationContext) -> None:
         attempt = current_attempt()
-        if not self._reserve_first(attempt, context.selected_requirements):
+        offer = context.selected_requirements
+        if offer.scheme == SESSION_SCHEME and isinstance(offer, PaymentRequirements):
+            if attempt.channel is None:
+                attempt.channel = self.sessions.lease_sync(offer)
+            self._bind(attempt.channel, offer, attempt)
+        if not self._reserve_first(attempt, offer):
             attempt.resolve()
-            self._reserve(attempt, context.selected_requirements)
+            self._reserve(attempt, offer)
+
+    def _bind(
+        self, channel: SessionChannel, offer: PaymentRequirements, attempt: Attempt
+    ) -> Awaitable[None] | None:
+        """Name the leased channel for ``offer``'s server and bring its state up to date: the
+        charge of its last (streamed) answer, from that answer's receipt (async: awaitable)."""
+        channel.bind(offer, attempt.url)
+        return self.read_pending(channel, attempt.fetch_receipt)
+
+    def read_pending(
+        self, channel: SessionChannel, fetch: FetchReceipt | None
+    ) -> Awaitable[None] | None:
+        """Read the receipt of ``channel``'s streamed answer whose charge is not known yet
+        (with ``fetch``, the transport's) and apply it; awaitable when ``fetch`` is async.
+        A receipt that cannot be read leaves the charge to the server's corrective 402."""
+        pending = channel.pending
+        if pending is None or fetch is None:
+            return None
+        try:
+            fetched = fetch(pending.payment, self.receipt_wait)
+        except UNREAD_RECEIPT as error:
+            channel.receipt_unread(str(error))
+            return None
+        if isinstance(fetched, Receipt):
+            channel.apply_receipt(fetched)
+            return None
+
+        async def apply() -> None:
+            try:
+                receipt = await fetched
+            except UNREAD_RECEIPT as error:
+                channel.receipt_unread(str(error))
+                return
+            channel.apply_receipt(receipt)
+
+        return apply()
 
     def _after(self, context: PaymentCreatedContext) -> None:
         payment = current_attempt().payment
