@@ -355,7 +355,9 @@ def write_report(
             ["6. memory per in-flight paid stream", "–", f"{per_stream:.1f} KiB", ""]
         )
     if results.sessions:
-        session, upto = results.sessions["session"], results.sessions["upto"]
+        upto = results.sessions["upto"]
+        session = results.sessions["session"]
+        ours = results.sessions["session-meter"]
         added = sessions.median(session.added) * 1000
         summary_rows.append(
             [
@@ -364,7 +366,9 @@ def write_report(
                 f"<= {TARGET_SESSION_MS:.0f} ms, no facilitator call",
                 f"{added:.1f} ms, {session.facilitator_calls() / sizes.session_answers:.2f} "
                 f"calls; `upto`: {sessions.median(upto.added) * 1000:.1f} ms, "
-                f"{upto.facilitator_calls() / sizes.session_answers:.2f} calls",
+                f"{upto.facilitator_calls() / sizes.session_answers:.2f} calls; as the payer "
+                f"has it: {sessions.median(ours.payer_added) * 1000:.1f} ms with x402-meter's "
+                f"client, {sessions.median(session.payer_added) * 1000:.1f} ms with the SDK's",
                 _verdict(added <= TARGET_SESSION_MS),
             ]
         )
@@ -668,15 +672,17 @@ def _sessions(report: Report, columns: sessions.Columns, sizes: Sizes) -> None:
     report.heading("7. Sessions beside `upto`, per paid answer")
     report.text(
         f"bench/sessions.py: {sizes.session_answers} streamed answers of "
-        f"{sizes.session_events} events each way, rounds in a rotating order, from one "
-        "X402Meter (SQLite ledger and channel store) offering both, paid by the official "
-        "Python SDK's client; the bare app in the same rounds (its first event: "
-        f"{bare:.1f} ms, median). Facilitator calls are counted at a pass-through in front "
-        "of the facilitator (the request path, the settlement and claims workers); gas from "
-        "the transactions' receipts on anvil. The claims worker runs one pass at the end: "
-        "one claim and one sweep for the whole run. The SDK client learns a streamed "
-        "answer's charge from its next request's corrective 402 (counted, and in the "
-        "payer's figure)."
+        f"{sizes.session_events} events each way, rounds in a rotating order; each way its "
+        "own X402Meter (SQLite ledger and channel store) offering both schemes; the bare app "
+        f"in the same rounds (its first event: {bare:.1f} ms, median). Paid by the official "
+        "Python SDK's client as its httpx transport does (the unpaid 402, then the payment; "
+        "after a streamed answer, the corrective 402 before the next voucher) and by "
+        "x402-meter's `PayingAsyncClient` (it reads each streamed answer's receipt instead). "
+        "'Added over bare' is the paid request's own; 'as the payer has it' runs from its "
+        "first request for the answer. Facilitator calls are counted at a pass-through in "
+        "front of the facilitator, one per way (the request path, the settlement and claims "
+        "workers); gas from the transactions' receipts on anvil. Each claims worker runs one "
+        "pass at the end: one claim and one sweep for the whole run."
     )
     report.text(sessions.tables(columns, sizes.session_answers))
 

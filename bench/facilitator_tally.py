@@ -150,7 +150,9 @@ class TallyServer:
 
 
 @contextmanager
-def tally_server(facilitator_url: str, log_dir: Path) -> Iterator[TallyServer]:
+def tally_server(
+    facilitator_url: str, log_dir: Path, *, name: str = "tally"
+) -> Iterator[TallyServer]:
     """The proxy in front of ``facilitator_url``, in its own uvicorn process."""
     port = free_port()
     env = {**os.environ, "X402_BENCH_FACILITATOR": facilitator_url}
@@ -169,10 +171,14 @@ def tally_server(facilitator_url: str, log_dir: Path) -> Iterator[TallyServer]:
         "--no-access-log",
     ]
     process = ChildProcess(
-        args, name="facilitator-tally", env=env, log_path=log_dir / "tally.log", merge_stderr=True
+        args,
+        name=f"facilitator-{name}",
+        env=env,
+        log_path=log_dir / f"tally-{name}.log",
+        merge_stderr=True,
     )
     try:
         process.wait_for_line(uvicorn_ready(), timeout=60)
-        yield TallyServer(Server("tally", "127.0.0.1", port, process.pid))
+        yield TallyServer(Server(name, "127.0.0.1", port, process.pid))
     finally:
         process.stop()

@@ -3,28 +3,36 @@
     .venv/bin/python -m bench.sessions [--answers 100] [--events 20]
 
 On the local stack (anvil, the contracts, ``x402-meter facilitator``), ``bench/sse_server.py``
-(the stub model's OpenAI stream) is served by uvicorn twice, each in its own process: bare,
-and behind ``X402Meter`` offering both ``upto`` and sessions (a SQLite ledger and channel
-store). Between the meter and its facilitator stands ``bench/facilitator_tally.py``, a
-pass-through that notes every ``/verify`` and ``/settle`` the facilitator is asked (by the
-request path, the settlement worker and the claims worker alike) and what it answered.
+(the stub model's OpenAI stream) is served by uvicorn, each in its own process: bare, and
+once per way of paying behind ``X402Meter`` offering both ``upto`` and sessions (a SQLite
+ledger and channel store). Between each meter and the facilitator stands a
+``bench/facilitator_tally.py``, a pass-through that notes every ``/verify`` and ``/settle``
+that meter asks (from the request path, the settlement worker and the claims worker alike)
+and what it answered: each way's facilitator calls and transactions are its own.
 
-Each round streams one answer of ``--events`` events each way, in a rotating order: bare,
-``upto`` and session, paid by the official x402 Python SDK's client (``x402Client``; the
-session one with ``EthAccountSignerWithRPC``, as its channel recovery needs). Payloads are
-signed before the clock starts; the request goes out on a fresh connection (bench's minimal
-HTTP client). After a streamed answer the SDK client does not know the charge: its next
-voucher gets the spec's corrective 402, which the client checks and adopts
-(``process_payment_result``), then it signs again and retries: that round trip (and the
-signing) is in the payer's time to first event, and counted.
+Each round streams one answer of ``--events`` events each way, in a rotating order:
+
+- ``bare``: no payment (bench's minimal HTTP client, a fresh connection);
+- ``upto`` and ``session``, paid by the official x402 Python SDK's client (``x402Client``;
+  the session one with ``EthAccountSignerWithRPC``, as its channel recovery needs), driven
+  as its httpx transport drives it: the request without a payment, its 402, the payload
+  signed, the paid request; after a streamed answer the SDK client does not know the
+  charge, so its next voucher gets the spec's corrective 402, which the client checks and
+  adopts (``process_payment_result``) before it signs again and retries. Requests go out
+  with bench's minimal HTTP client;
+- ``session, x402-meter client``: ``PayingAsyncClient(schemes=("batch-settlement",
+  "upto"))``, streaming through httpx: it reads each streamed answer's receipt before its
+  channel signs again, so no corrective 402.
 
 Measured per paid answer: the time to the first event added over the bare app's in the same
-round (median, p90), of the paid request alone and as the payer sees it (corrective round
-trip included); facilitator calls (at the tally); on-chain transactions and their gas (the
-receipts, read from anvil) by kind: ``upto`` settlements; session deposits, claims and
-sweeps. Every receipt is followed to its end first, and the sessions' claims worker runs one
-pass at the end of the run (``POST /bench/claim``): one claim transaction and one sweep for
-every answer of the run, as its ``session_claim_interval`` would do once a minute.
+round (median, p90), of the paid request alone (from sending it) and as the payer has it
+(from its first request for the answer: the unpaid 402, signing, a receipt read, a
+corrective round trip included); requests sent; facilitator calls (at the tally); on-chain
+transactions and their gas (the receipts, read from anvil) by kind: ``upto`` settlements;
+session deposits, claims and sweeps. Every receipt is followed to its end first, and each
+sessions' claims worker runs one pass at the end of the run (``POST /bench/claim``): one
+claim and one sweep for every answer of the run, as its ``session_claim_interval`` would
+do once a minute.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -56,6 +65,8 @@ from bench.facilitator_tally import TallyServer, tally_server
 from bench.http_client import Exchange
 from bench.loopback import outcomes
 from bench.servers import Server, pin_client, sse_server
+from x402_meter import Asset
+from x402_meter.client import PayingAsyncClient
 from x402_meter.devstack import LocalStack, local_stack
 
 PATH: Final = "/v1/chat/completions"
@@ -79,9 +90,10 @@ class Answer:
     first_event: float
     """Seconds from sending the request that was served to its first event."""
     payer_first_event: float
-    """Seconds from sending the first request for this answer (payload signed) to the first
-    event: a corrective 402's round trip and the signing after it included."""
+    """Seconds from the payer's first request for this answer to the first event: the
+    unpaid request's 402, signing, a receipt read, a corrective round trip included."""
     requests: int
+    """Requests the payer sent the server for this answer (receipt reads included)."""
     correctives: int
     receipt: str | None
 
@@ -91,28 +103,33 @@ def _get(headers: dict[str, str]) -> Callable[[str], str | None]:
 
 
 class SdkPayer:
-    """The official SDK client paying ``server`` for one scheme, with the corrective
-    round trip the SDK's own httpx transport makes (once, on a recovered 402)."""
+    """The official SDK client paying ``server`` for one scheme, as the SDK's httpx transport
+    does: the request without a payment and its 402, the paid request, and once the
+    corrective round trip on a 402 the client recovers from."""
 
-    def __init__(self, client: x402Client, server: Server, required: PaymentRequired) -> None:
+    def __init__(self, client: x402Client, server: Server) -> None:
         self.client = client
         self.http = x402HTTPClient(client)
         self.server = server
-        self.required = required
+
+    def _exchange(self, target: str, body: bytes, payload: PaymentPayload | None) -> Exchange:
+        headers = (
+            []
+            if payload is None
+            else [("payment-signature", encode_payment_signature_header(payload))]
+        )
+        return Exchange(self.server.host, self.server.port, target, headers=headers, body=body)
 
     async def pay(self, target: str, body: bytes) -> Answer:
-        payload = await self.client.create_payment_payload(self.required)
         started = time.perf_counter()
-        requests = correctives = 0
+        challenge = await self._exchange(target, body, None).run()
+        required = decode_payment_required_header(challenge.headers["payment-required"])
+        assert isinstance(required, PaymentRequired)
+        requests, correctives = 1, 0
         while True:
+            payload = await self.client.create_payment_payload(required)
             assert isinstance(payload, PaymentPayload)
-            exchange = Exchange(
-                self.server.host,
-                self.server.port,
-                target,
-                headers=[("payment-signature", encode_payment_signature_header(payload))],
-                body=body,
-            )
+            exchange = self._exchange(target, body, payload)
             await exchange.start()
             requests += 1
             if exchange.status == 200:
@@ -124,12 +141,71 @@ class SdkPayer:
             if exchange.status != 402 or not recovered.recovered or correctives:
                 raise RuntimeError(f"payment refused: {exchange.status} {exchange.tail!r}")
             correctives += 1
-            payload = await self.client.create_payment_payload(self.required)
         payer = exchange.started + exchange.first_event - started
         await exchange.finish()
         if not exchange.complete_stream:
             raise RuntimeError(f"incomplete stream: {exchange.tail!r}")
         return Answer(exchange.first_event, payer, requests, correctives, exchange.headers[RECEIPT])
+
+
+class TimedTransport(httpx.AsyncBaseTransport):
+    """Under x402-meter's paying client: when each request went out, and what came back."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.sent: list[tuple[float, bool, int]] = []
+        """(when, carried a payment, status) of each request, in order."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        when = time.perf_counter()
+        response = await self.inner.handle_async_request(request)
+        self.sent.append((when, "payment-signature" in request.headers, response.status_code))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class MeterClientPayer:
+    """x402-meter's ``PayingAsyncClient`` paying by session, streaming with httpx."""
+
+    def __init__(self, stack: LocalStack, key: str, server: Server) -> None:
+        self.transport = TimedTransport()
+        asset = Asset(stack.asset, stack.asset_name, stack.asset_version, stack.asset_decimals)
+        self.client = PayingAsyncClient(
+            key,
+            network=stack.network,
+            asset=asset,
+            schemes=("batch-settlement", "upto"),
+            transport=self.transport,
+        )
+        self.server = server
+
+    async def pay(self, target: str, body: bytes) -> Answer:
+        self.transport.sent.clear()
+        started = time.perf_counter()
+        first = float("nan")
+        window = b""
+        headers = {"content-type": "application/json"}
+        url = f"{self.server.url}{target}"
+        async with self.client.stream("POST", url, content=body, headers=headers) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"payment refused: {response.status_code}")
+            async for chunk in response.aiter_raw():
+                if first != first and b"data:" in window + chunk:
+                    first = time.perf_counter()
+                window = chunk[-4:]
+            receipt = response.headers.get(RECEIPT)
+        paid = [when for when, payment, _ in self.transport.sent if payment]
+        correctives = sum(
+            1 for _, payment, status in self.transport.sent if payment and status == 402
+        )
+        return Answer(
+            first - paid[-1], first - started, len(self.transport.sent), correctives, receipt
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 async def bare_answer(server: Server, target: str, body: bytes) -> Answer:
@@ -182,7 +258,14 @@ class Column:
 
 
 Columns = dict[str, Column]
-"""``upto`` and ``session`` (and any later way of paying), by name."""
+"""The ways of paying, by name (``upto``, ``session``, ``session-meter``)."""
+
+WAYS: Final = {
+    "upto": "`upto`, SDK client",
+    "session": "session, SDK client",
+    "session-meter": "session, x402-meter client",
+}
+"""Each paid way's name and the label of its column."""
 
 
 async def run_rounds(
@@ -198,13 +281,10 @@ async def run_rounds(
     return answers
 
 
-def tally_transactions(
-    stack: LocalStack, calls: Sequence[dict[str, Any]], columns: Columns
-) -> None:
-    """Facilitator calls and on-chain transactions per column (``upto`` / ``session``)."""
+def tally_transactions(stack: LocalStack, calls: Sequence[dict[str, Any]], column: Column) -> None:
+    """One way's facilitator calls, and its on-chain transactions by kind."""
     w3 = stack.web3()
     for call in calls:
-        column = columns["upto" if call["scheme"] == "upto" else "session"]
         if call["path"] == "/verify":
             column.verify += 1
             continue
@@ -219,42 +299,48 @@ def tally_transactions(
         column.gas[kind] += int(receipt["gasUsed"])
 
 
+@dataclass(frozen=True)
+class Metered:
+    """One way's metered server and the tally in front of its facilitator."""
+
+    server: Server
+    tally: TallyServer
+
+
 async def measure(
-    stack: LocalStack, tally: TallyServer, bare: Server, meter: Server, rounds: int, events: int
+    stack: LocalStack, bare: Server, metered: dict[str, Metered], rounds: int, events: int
 ) -> Columns:
     target = f"{PATH}?events={events}"
     body = json.dumps(QUESTION).encode()
-    challenge = Exchange(meter.host, meter.port, target, body=body)
-    await challenge.run()
-    required = decode_payment_required_header(challenge.headers["payment-required"])
-    assert isinstance(required, PaymentRequired)
     keys = stack.payer_private_keys
-    upto = SdkPayer(upto_client(stack, keys[0]), meter, required)
-    session = SdkPayer(session_client(stack, keys[1]), meter, required)
-    # Hook: x402-meter's own PayingClient with sessions (it reads each streamed answer's
-    # receipt and signs the next voucher exactly, with no corrective 402) goes here as a
-    # third way when it lands.
+    upto = SdkPayer(upto_client(stack, keys[0]), metered["upto"].server)
+    session = SdkPayer(session_client(stack, keys[1]), metered["session"].server)
+    ours = MeterClientPayer(stack, keys[2], metered["session-meter"].server)
     ways: dict[str, Callable[[], Awaitable[Answer]]] = {
         "bare": lambda: bare_answer(bare, target, body),
         "upto": lambda: upto.pay(target, body),
         "session": lambda: session.pay(target, body),
+        "session-meter": lambda: ours.pay(target, body),
     }
     for _ in range(3):  # warm the bare server's imports and connections
         await ways["bare"]()
-    answers = await run_rounds(ways, rounds)
-    columns = {
-        name: Column(name, answers[name], bare=answers["bare"]) for name in ("upto", "session")
-    }
-    for column in columns.values():
-        for answer, base in zip(column.answers, answers["bare"], strict=True):
-            column.added.append(answer.first_event - base.first_event)
-            column.payer_added.append(answer.payer_first_event - base.first_event)
-        receipts = [(meter, a.receipt) for a in column.answers if a.receipt is not None]
-        column.receipts = await outcomes(receipts)
+    try:
+        answers = await run_rounds(ways, rounds)
+    finally:
+        await ours.aclose()
+    columns = {name: Column(WAYS[name], answers[name], bare=answers["bare"]) for name in metered}
     async with httpx.AsyncClient(timeout=300) as client:
-        claimed = await client.post(f"{meter.url}/bench/claim")
-        claimed.raise_for_status()
-    tally_transactions(stack, tally.calls(), columns)
+        for name, column in columns.items():
+            for answer, base in zip(column.answers, answers["bare"], strict=True):
+                column.added.append(answer.first_event - base.first_event)
+                column.payer_added.append(answer.payer_first_event - base.first_event)
+            server = metered[name].server
+            receipts = [(server, a.receipt) for a in column.answers if a.receipt is not None]
+            column.receipts = await outcomes(receipts)
+            claimed = await client.post(f"{server.url}/bench/claim")
+            claimed.raise_for_status()
+    for name, column in columns.items():
+        tally_transactions(stack, metered[name].tally.calls(), column)
     return columns
 
 
@@ -268,7 +354,7 @@ def tables(columns: Columns, rounds: int) -> str:
     rule = "|---|" + "---:|" * len(order)
 
     def head(what: str) -> str:
-        return f"| {what} | " + " | ".join(f"`{c.label}`" for c in order) + " |"
+        return f"| {what} | " + " | ".join(c.label for c in order) + " |"
 
     def row(what: str, cell: Callable[[Column], str]) -> str:
         return f"| {what} | " + " | ".join(cell(c) for c in order) + " |"
@@ -285,11 +371,11 @@ def tables(columns: Columns, rounds: int) -> str:
         row("first event, added over bare: median, ms", lambda c: ms(median(c.added))),
         row("… p90, ms", lambda c: ms(percentile(c.added, 0.9))),
         row(
-            "first event as the SDK payer has it, added over bare: median, ms",
+            "first event as the payer has it, added over bare: median, ms",
             lambda c: ms(median(c.payer_added)),
         ),
         row("… p90, ms", lambda c: ms(percentile(c.payer_added, 0.9))),
-        row("paid requests sent", lambda c: per(sum(a.requests for a in c.answers))),
+        row("requests sent", lambda c: per(sum(a.requests for a in c.answers))),
         row("… of which corrective 402s", lambda c: per(sum(a.correctives for a in c.answers))),
         row("facilitator `/verify` calls", lambda c: per(c.verify)),
         row("facilitator `/settle` calls", lambda c: per(c.settle)),
@@ -328,26 +414,28 @@ def median(samples: Sequence[float]) -> float:
 
 
 def measure_on(stack: LocalStack, rounds: int, events: int, store: str = "sqlite") -> Columns:
-    """The run on ``stack``: the tally, the bare and the metered servers, the rounds."""
+    """The run on ``stack``: a tally and a metered server per way, the bare one, the rounds."""
     pin_client()
-    with tempfile.TemporaryDirectory(prefix="x402-bench-sessions-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="x402-bench-sessions-") as tmp, ExitStack() as up:
         logs = Path(tmp)
-        store_url = f"sqlite:///{logs / 'ledger.db'}" if store == "sqlite" else store
-        with tally_server(stack.facilitator_url, logs) as tally:
-            counted = dataclasses.replace(stack, facilitator_url=tally.url)
-            options = {"schemes": ["upto", "batch-settlement"], **QUIET_CLAIMS}
-            with (
-                sse_server("bare", stack, logs) as bare,
+        options = {"schemes": ["upto", "batch-settlement"], **QUIET_CLAIMS}
+        bare = up.enter_context(sse_server("bare", stack, logs))
+        metered = {}
+        for name in WAYS:
+            tally = up.enter_context(tally_server(stack.facilitator_url, logs, name=name))
+            server = up.enter_context(
                 sse_server(
                     "meter",
-                    counted,
+                    dataclasses.replace(stack, facilitator_url=tally.url),
                     logs,
-                    store_url=store_url,
+                    name=f"meter-{name}",
+                    store_url=f"sqlite:///{logs / name}.db" if store == "sqlite" else store,
                     max_tokens=MAX_TOKENS,
                     meter_options=options,
-                ) as meter,
-            ):
-                return asyncio.run(measure(stack, tally, bare, meter, rounds, events))
+                )
+            )
+            metered[name] = Metered(server, tally)
+        return asyncio.run(measure(stack, bare, metered, rounds, events))
 
 
 def run(rounds: int, events: int, store: str = "sqlite") -> str:
