@@ -65,6 +65,7 @@ export class Session {
     this.storage = new BrowserChannelStorage(signer.address);
     this.scheme = new BatchSettlementEvmScheme(signer, { storage: this.storage });
     this.requirements = null; // the last batch-settlement terms paid: they name the channel
+    this.signedUpTo = 0n; // the cumulative of the last voucher signed: no charge goes past it
     this.topUpPending = false;
   }
 
@@ -74,9 +75,14 @@ export class Session {
     return computeChannelId(config, this.requirements.network).toLowerCase();
   }
 
-  /** The terms of a payment about to be signed on this channel. */
+  /**
+   * The terms of a payment about to be signed on this channel: its voucher is for what the
+   * record says was charged plus the answer's maximum (the scheme reads the same record).
+   */
   paying(requirements) {
     this.requirements = requirements;
+    const record = this.storage.read(this.channelId) || {};
+    this.signedUpTo = BigInt(record.chargedCumulativeAmount || "0") + BigInt(requirements.amount);
     if (this.topUpPending) {
       this.storage.fullOnce = true;
       this.topUpPending = false;
@@ -90,7 +96,7 @@ export class Session {
   /**
    * Adopt a streamed answer's charge from its receipt, within what the payer signed: the
    * charged cumulative may only grow, and never past the last voucher's cumulative (what was
-   * charged before it plus the answer's maximum).
+   * charged before it plus the answer's maximum), however many receipts come.
    */
   async charged(receipt) {
     const id = this.channelId;
@@ -99,8 +105,7 @@ export class Session {
     const record = this.storage.read(id) || {};
     const before = BigInt(record.chargedCumulativeAmount || "0");
     const after = BigInt(channel.charged_cumulative);
-    const signed = before + BigInt(this.requirements.amount);
-    if (after < before || after > signed) return false;
+    if (after < before || after > this.signedUpTo) return false;
     await this.storage.set(id, { ...record, chargedCumulativeAmount: after.toString() });
     return true;
   }
