@@ -299,3 +299,61 @@ async def test_the_page_pays_by_session_one_deposit_then_vouchers_a_top_up_and_a
     assert chat == [("POST", 402), ("POST", 200)] * 4 + [("GET", 402), ("GET", 200)]
     assert payer_before - payer_after == sum(costs)  # the rest came back, to the unit
     assert int(page["balanceAfter"]) == payer_after
+
+
+async def test_stop_on_a_session_charges_what_was_served_and_an_injected_wallet_signs_it(
+    x402_local_stack: LocalStack, chat_script: Path, tmp_path: Path
+) -> None:
+    """A browser wallet pays by session (it signs the deposit's authorization and the
+    vouchers, nothing else); Stop mid-stream: the session is charged what was served, the
+    next answer is paid by voucher from that charge (no corrective 402), and the refund
+    leaves the wallet out exactly the two cards' charges."""
+    stack = x402_local_stack
+    wallet = Account.create()
+    fund(stack, wallet.address)
+    upstream = StoppableUpstream(chunks=6)
+    question = "Tell me a story"
+    served = "".join(pieces(stub_answer({"messages": [{"role": "user", "content": question}]}))[:6])
+    async with serve_page() as page_origin:  # noqa: SIM117
+        async with serve_example(
+            "fastapi", stack, upstream=upstream, cors_origins=(page_origin,)
+        ) as api:
+            payer_before = api.balance(wallet.address)
+            page = await drive_the_page(
+                {
+                    "url": f"{page_origin}/chat?api={api.base}",
+                    "screenshot": str(tmp_path / "stopped-session.png"),
+                    "profile": str(tmp_path / "profile"),
+                    "wallet": "injected",
+                    "injected": {
+                        "privateKey": "0x" + bytes(wallet.key).hex(),
+                        "rpcUrl": stack.rpc_url,
+                    },
+                    "turns": [
+                        {"plan": "local-stub:token", "question": question, "stopAfter": served},
+                        {"plan": "local-stub-pro:token", "question": "Go on", "stopAfter": served},
+                        {"action": "refund"},
+                    ],
+                }
+            )
+            payer_after = api.balance(wallet.address)
+
+    assert page["errors"] == []
+    # the deposit's EIP-3009 authorization and its voucher, the second answer's voucher,
+    # the refund's (a voucher for what was charged)
+    assert page["signatures"] == ["ReceiveWithAuthorization", "Voucher", "Voucher", "Voucher"]
+    first, second = page["cards"]
+    assert (first["stopped"], first["scheme"], first["status"]) == (
+        "true",
+        "batch-settlement",
+        "settled",
+    )
+    assert int(first["amount"]) == int(first["tokens"]) * 2  # only what was served
+    assert int(second["amount"]) == int(second["tokens"]) * 8  # the pro model's price
+    after_first, after_second, refunded = page["steps"]
+    assert int(after_first["spent"]) == int(first["amount"])
+    assert int(after_second["spent"]) == int(first["amount"]) + int(second["amount"])
+    chat = [(e["method"], e["status"]) for e in page["exchanges"]]
+    assert chat == [("POST", 402), ("POST", 200)] * 2 + [("GET", 402), ("GET", 200)]
+    assert refunded["note"].startswith("Refunded")
+    assert payer_before - payer_after == int(first["amount"]) + int(second["amount"])
