@@ -16,8 +16,10 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import pytest
+from eth_account import Account
 from x402.http import decode_payment_required_header
 from x402.http.clients import x402HttpxClient
+from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
 from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme as PayerScheme
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.schemas import SettleResponse
@@ -246,4 +248,33 @@ async def test_fifty_streamed_answers_one_deposit_batched_claims_and_the_rest_re
             charged,
             charged,
             deposit - charged,
+        )
+
+
+async def test_a_seller_with_its_own_receiver_authorizer_signs_the_refund_and_its_claim(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """With ``session_receiver_authorizer``, the channel names the seller's key, which the
+    facilitator does not hold: the meter signs the refund and its claim itself, and the
+    contract takes them."""
+    stack = x402_local_stack
+    payer = new_funded_payer(stack)
+    own = LocalAuthorizerSigner(Account.create())
+    async with seller(stack, tmp_path, session_receiver_authorizer=own) as shop:
+        deposit = await minimum_deposit(shop)
+        start = Balances.read(stack, payer.address, shop.pay_to)
+        scheme = payer_scheme(stack, payer)
+        charged = sum(await chat(shop, scheme, stack, [QUESTION, STREAMED]))
+
+        settled = await refund(scheme, f"{shop.base}{CHAT}")
+        await swept(shop)
+
+        assert settled.success, settled
+        assert int(settled.amount or "") == deposit - charged
+        (record,) = await shop.channels.list()
+        assert record.receiver_authorizer == own.address.lower()
+        on_chain = contracts(stack).channel(channel_config(record))
+        assert (on_chain.balance, on_chain.total_claimed) == (charged, charged)
+        assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
+            payer=-charged, pay_to=charged
         )
