@@ -358,3 +358,35 @@ async def test_an_unreadable_receipt_costs_one_corrective_402_checked_against_ou
         assert paid.refusals == [CORRECTIVE] * 3
         (record,) = await shop.channels.list()
         assert record.charged == sum(costs)
+
+
+async def test_the_sync_client_signs_each_json_answers_voucher_from_its_payment_response(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """``PayingClient``'s round trip hands each JSON answer's ``PAYMENT-RESPONSE`` to the
+    SDK's client scheme of its channel: every next voucher is exact, none refused."""
+    stack = x402_local_stack
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, _):
+        paid = PaidAnswers()
+
+        def chat() -> tuple[list[int], Any]:
+            with PayingClient(
+                payer.key.hex(),
+                network=stack.network,
+                asset=asset(stack),
+                schemes=SESSION_FIRST,
+                transport=paid,
+            ) as http:
+                llm = openai.OpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+                answers = [
+                    llm.chat.completions.create(model="stub", messages=MESSAGES) for _ in range(3)
+                ]
+                costs = [usage_cost(a.usage.model_dump()) for a in answers if a.usage]
+                return costs, http.balance()
+
+        costs, (balance,) = await anyio.to_thread.run_sync(chat)
+
+        assert paid.refusals == []
+        assert paid.paid == 3
+        assert balance.charged == sum(costs)
+        assert not balance.pending

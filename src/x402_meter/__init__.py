@@ -78,6 +78,8 @@ __all__ = [
     "ResponseInfo",
     "RetryPolicy",
     "Scheme",
+    "SessionReceiptError",
+    "SessionRefundError",
     "SettlementHook",
     "SpendCapExceededError",
     "StreamCapped",
@@ -91,7 +93,14 @@ __all__ = [
 ]
 
 _CLIENT_ERRORS = frozenset(
-    {"NoPayableOfferError", "PayerError", "ReceiptUnavailableError", "SpendCapExceededError"}
+    {
+        "NoPayableOfferError",
+        "PayerError",
+        "ReceiptUnavailableError",
+        "SessionReceiptError",
+        "SessionRefundError",
+        "SpendCapExceededError",
+    }
 )
 """The paying client's errors: imported on first use, so that a server that never pays does
 not import ``openai`` (their base where it is installed) with ``x402_meter``."""
@@ -101,6 +110,8 @@ if TYPE_CHECKING:
         NoPayableOfferError,
         PayerError,
         ReceiptUnavailableError,
+        SessionReceiptError,
+        SessionRefundError,
         SpendCapExceededError,
     )
 

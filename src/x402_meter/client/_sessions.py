@@ -290,8 +290,12 @@ class SessionChannel:
         return ChannelRefund(self.id, remaining, settled.transaction)
 
     def _retire(self, why: str) -> None:
+        """Set the channel aside, its state as before the lie (and its deposit, which
+        landed: ``close_sessions`` may still take it back)."""
         self.retired = why
-        self.pending = None
+        pending = self.pending
+        if pending is not None:
+            self._write(pending.charged_before, pending)
         raise SessionReceiptError(why)
 
     def balance(self, decimals: int) -> ChannelBalance | None:
@@ -406,7 +410,10 @@ class SessionChannels:
             pool.waiters.remove(waiter)
             channel.leased = True
             waiter.channel = channel  # handed on, still leased
-        waiter.wake()  # outside the lock: it may wait for another event loop
+        try:
+            waiter.wake()  # outside the lock: it may wait for another event loop
+        except RuntimeError:  # that event loop is gone: the channel goes to the next one
+            self.release(channel)
 
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiting request was cancelled: leave the queue, or pass on what it was given."""
