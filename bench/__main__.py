@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import uvicorn
 
-from bench import loopback
+from bench import loopback, sessions
 from bench.common import Payer, Summary, machine, percentile
 from bench.middleware_overhead import DORMANT_CAP, Overhead, Series
 from bench.report import Report
@@ -43,6 +43,8 @@ CAP = 16384
 """max_tokens of the metered servers: an 8,000-token answer is well within it."""
 TARGET_RATIO = 0.95
 TARGET_CPU_US = 250.0
+TARGET_SESSION_MS = 5.0
+"""Issue 17's "a few milliseconds at most" for a voucher's first event."""
 
 
 _LOOPBACK_SIZES: Final = frozenset(f.name for f in fields(loopback.LoopbackSizes))
@@ -66,6 +68,8 @@ class Sizes:
     settle_payments: int = 80
     settle_concurrency: int = 8
     streams: int = 200
+    session_answers: int = 100
+    session_events: int = 20
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -81,6 +85,7 @@ class Sizes:
             settle_payments=10,
             settle_concurrency=4,
             streams=40,
+            session_answers=10,
         )
 
 
@@ -94,6 +99,7 @@ class Results:
     settlement: list[tuple[int, float, list[float]]] = field(default_factory=list)
     settled: dict[str, int] = field(default_factory=dict)
     sdk_payments: int = 0
+    sessions: sessions.Columns = field(default_factory=dict)
 
 
 # -- the in-process benchmarks, each in a fresh process -----------------------------------------
@@ -348,6 +354,24 @@ def write_report(
         summary_rows.append(
             ["6. memory per in-flight paid stream", "–", f"{per_stream:.1f} KiB", ""]
         )
+    if results.sessions:
+        upto = results.sessions["upto"]
+        session = results.sessions["session"]
+        ours = results.sessions["session-meter"]
+        added = sessions.median(session.added) * 1000
+        summary_rows.append(
+            [
+                "7. first event added by a session voucher (median), facilitator calls per "
+                "answer; `upto` beside it",
+                f"<= {TARGET_SESSION_MS:.0f} ms, no facilitator call",
+                f"{added:.1f} ms, {session.facilitator_calls() / sizes.session_answers:.2f} "
+                f"calls; `upto`: {sessions.median(upto.added) * 1000:.1f} ms, "
+                f"{upto.facilitator_calls() / sizes.session_answers:.2f} calls; as the payer "
+                f"has it: {sessions.median(ours.payer_added) * 1000:.1f} ms with x402-meter's "
+                f"client, {sessions.median(session.payer_added) * 1000:.1f} ms with the SDK's",
+                _verdict(added <= TARGET_SESSION_MS),
+            ]
+        )
     if summary_rows:
         report.heading("Summary")
         report.table(["figure", "target", "result", ""], summary_rows)
@@ -363,6 +387,8 @@ def write_report(
         _settlement(report, results.settlement, sizes)
     if results.memory:
         _memory(report, results.memory)
+    if results.sessions:
+        _sessions(report, results.sessions, sizes)
     if results.settled:
         outcomes = ", ".join(
             f"{count} {status}" for status, count in sorted(results.settled.items())
@@ -641,6 +667,26 @@ def _memory(report: Report, results: dict[str, loopback.Memory]) -> None:
     )
 
 
+def _sessions(report: Report, columns: sessions.Columns, sizes: Sizes) -> None:
+    bare = sessions.median([a.first_event for a in columns["session"].bare]) * 1000
+    report.heading("7. Sessions beside `upto`, per paid answer")
+    report.text(
+        f"bench/sessions.py: {sizes.session_answers} streamed answers of "
+        f"{sizes.session_events} events each way, rounds in a rotating order; each way its "
+        "own X402Meter (SQLite ledger and channel store) offering both schemes; the bare app "
+        f"in the same rounds (its first event: {bare:.1f} ms, median). Paid by the official "
+        "Python SDK's client as its httpx transport does (the unpaid 402, then the payment; "
+        "after a streamed answer, the corrective 402 before the next voucher) and by "
+        "x402-meter's `PayingAsyncClient` (it reads each streamed answer's receipt instead). "
+        "'Added over bare' is the paid request's own; 'as the payer has it' runs from its "
+        "first request for the answer. Facilitator calls are counted at a pass-through in "
+        "front of the facilitator, one per way (the request path, the settlement and claims "
+        "workers); gas from the transactions' receipts on anvil. Each claims worker runs one "
+        "pass at the end: one claim and one sweep for the whole run."
+    )
+    report.text(sessions.tables(columns, sizes.session_answers))
+
+
 # -- running it ------------------------------------------------------------------------------------
 
 
@@ -655,7 +701,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the page goes")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
-        "--sections", default="1,2,3,4,5,6", help="which sections to run (default: all)"
+        "--sections", default="1,2,3,4,5,6,7", help="which sections to run (default: all)"
     )
     parser.add_argument(
         "--baseline-src",
@@ -693,7 +739,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if 4 in sections:
         step("4. meters and tokenizer (in-process)")
         results.meter = run_meter(sizes, args.baseline_src)
-    if sections & {1, 2, 5, 6}:
+    if sections & {1, 2, 5, 6, 7}:
         step("starting the local stack and the servers")
         with (
             local_stack() as stack,
@@ -702,6 +748,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         ):
             pin_client()  # the servers have a core of their own (bench/servers.py)
             asyncio.run(run_loopback(stack, running, sizes, sections, results))
+            if 7 in sections:
+                step(f"7. sessions beside upto, {sizes.session_answers} answers each")
+                results.sessions = sessions.measure_on(
+                    stack, sizes.session_answers, sizes.session_events
+                )
     page = write_report(results, sizes, sections, command, started, machine_line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page, encoding="utf-8")

@@ -73,13 +73,15 @@ def sse_server(
     source: Path | None = None,
     name: str | None = None,
     null_meter: bool = False,
+    meter_options: dict[str, object] | None = None,
 ) -> Iterator[Server]:
     """bench/sse_server.py in front of ``mode`` (bare, meter or sdk), in its own uvicorn process.
 
     ``null_meter``: X402Meter with a meter that reads nothing (its cost around the meter).
     One worker, uvicorn's defaults otherwise, access log off. ``source``: a directory holding
     another ``x402_meter`` package to serve instead of the installed one (to compare a change
-    with what it changes, side by side).
+    with what it changes, side by side). ``meter_options``: more ``X402Meter`` options (JSON
+    values), as ``$X402_BENCH_METER_OPTIONS``.
     """
     port = free_port()
     name = name or mode
@@ -92,6 +94,8 @@ def sse_server(
     }
     if null_meter:
         env["X402_BENCH_NULL_METER"] = "1"
+    if meter_options is not None:
+        env["X402_BENCH_METER_OPTIONS"] = json.dumps(meter_options)
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(source), *filter(None, [os.environ.get("PYTHONPATH")])]

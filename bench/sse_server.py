@@ -10,6 +10,9 @@
   same ``pay_to``, asset, network and facilitator (it buffers the body and settles the whole
   maximum before the first byte goes out).
 
+``meter`` also answers ``POST /bench/claim``: a pass of its sessions' claims worker now
+(``claim_now``), with what it did; the session benchmark claims at the end of its run.
+
 ``POST /v1/chat/completions?events=N&interval=MS&hold=K`` streams N OpenAI chat-completion
 chunks, ``MS`` milliseconds apart (default: back to back), then a usage chunk and
 ``[DONE]``; with ``hold=K`` it sends K chunks and waits for ``POST /release`` (a free route)
@@ -277,6 +280,24 @@ def forwarding(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def claiming(meter: Any) -> ASGIApp:
+    """``meter`` with ``POST /bench/claim``: its claims worker's pass, on demand."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/bench/claim":
+            await meter(scope, receive, send)
+            return
+        claims = meter.runtime.claims
+        if claims is None:
+            await _text(send, 404, b"sessions are not offered")
+            return
+        done = await claims.claim_now()
+        summary = {"claims": len(done.claims), "sweeps": len(done.sweeps)}
+        await _text(send, 200, json.dumps(summary).encode())
+
+    return app
+
+
 def build() -> ASGIApp:
     mode = os.environ.get("X402_BENCH_MODE", "bare")
     if mode == "bare":
@@ -284,7 +305,7 @@ def build() -> ASGIApp:
     if mode == "forward":
         return forwarding(sse_app)
     if mode == "meter":
-        return _metered(sse_app)
+        return claiming(_metered(sse_app))
     if mode == "sdk":
         return _sdk(sse_app)
     raise SystemExit(f"X402_BENCH_MODE must be bare, forward, meter or sdk, not {mode!r}")

@@ -24,6 +24,10 @@
 - ``X402_RPC_URL``: a JSON-RPC URL of the chain (the local stack's ``rpc_url``, as printed by
   ``x402-meter dev``), given to the chat page to read its wallet's balance; on the local
   chain (``eip155:31337``) the page then also offers anvil's public dev accounts.
+- ``X402_SESSIONS``: ``1`` to offer sessions (x402 ``batch-settlement``: deposit once, pay
+  each answer by voucher) beside ``upto`` on the per-token routes, ``0`` not to; unset, on
+  on the local chain (``eip155:31337``, whose facilitator supports them) and off elsewhere
+  (the facilitator must support ``batch-settlement`` and advertise a receiver authorizer).
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ from typing import Any, Final
 
 from x402.http.constants import DEFAULT_FACILITATOR_URL
 
-from x402_meter import Asset, ConfigurationError, PaymentStore
+from x402_meter import Asset, ConfigurationError, PaymentStore, Scheme
 from x402_meter.pricing import PriceTable, TokenPrice, parse_price
 
 DEFAULT_PRICES: Final = "local-stub=0.000002,local-stub-pro=0.000008"
 DEFAULT_FLAT_PRICES: Final = "local-stub=0.001,local-stub-pro=0.004"
 DEFAULT_STORE: Final = "sqlite:///x402-meter.sqlite3"
+LOCAL_NETWORK: Final = "eip155:31337"
 
 
 def parse_prices(text: str, *, name: str) -> dict[str, str]:
@@ -85,6 +90,17 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _switch(environ: Mapping[str, str], name: str) -> bool | None:
+    text = environ.get(name, "").strip().lower()
+    if not text:
+        return None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be 1 or 0, got {text!r}")
+
+
 def _origins(environ: Mapping[str, str]) -> tuple[str, ...]:
     origins = tuple(
         filter(None, (o.strip() for o in environ.get("X402_CORS_ORIGINS", "").split(",")))
@@ -122,6 +138,8 @@ class Settings:
     """Origins whose pages may call the API from a browser (CORS); empty: none."""
     rpc_url: str | None = None
     """Given to the chat page, to read its wallet's balance; None: it asks the wallet."""
+    sessions: bool | None = None
+    """Offer sessions (``batch-settlement``) beside ``upto``; None: on the local chain only."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -160,7 +178,18 @@ class Settings:
             upstream_api_key=env.get("UPSTREAM_API_KEY") or None,
             cors_origins=_origins(env),
             rpc_url=env.get("X402_RPC_URL") or None,
+            sessions=_switch(env, "X402_SESSIONS"),
         )
+
+    @property
+    def offers_sessions(self) -> bool:
+        """Whether the per-token routes offer sessions beside ``upto``."""
+        return self.network == LOCAL_NETWORK if self.sessions is None else self.sessions
+
+    @property
+    def per_token_schemes(self) -> tuple[Scheme, ...]:
+        """The schemes the per-token routes offer, ``upto`` first."""
+        return ("upto", "batch-settlement") if self.offers_sessions else ("upto",)
 
     def payment_options(self, store: PaymentStore) -> dict[str, Any]:
         """The ``X402Meter`` options every metered route of the example shares."""

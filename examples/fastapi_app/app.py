@@ -3,7 +3,8 @@
 ``uvicorn examples.fastapi_app.app:app`` (configured by environment variables, see
 ``examples/common/settings.py`` and this example's README.md) serves:
 
-- ``POST /v1/chat/completions``: metered per token (``upto``), at the requested model's
+- ``POST /v1/chat/completions``: metered per token (``upto``, and sessions where
+  ``X402_SESSIONS`` allows them: on the local chain by default), at the requested model's
   price (``X402_PRICES``), streaming or not;
 - ``POST /premium/v1/chat/completions``: the same answer, marked with ``@metered`` for its
   own price and cap;
@@ -113,6 +114,7 @@ def create_app(
         price_per_token=price_table(settings.prices),
         max_tokens=settings.max_tokens,
         routes=[f"POST {CHAT_PATH}"],
+        schemes=settings.per_token_schemes,
         shape_requests=True,  # ask the model for its usage report; never let it run past the cap
         description="chat completion, per token",
     )

@@ -36,6 +36,8 @@ class Plan:
     model: str
     path: str
     label: str
+    sessions: bool = False
+    """Whether the plan's route offers sessions (the page then pays it by session)."""
 
 
 def plans(settings: Settings) -> list[Plan]:
@@ -43,7 +45,13 @@ def plans(settings: Settings) -> list[Plan]:
     for model in sorted(set(settings.prices) - {"*"}):
         price = settings.prices[model]
         options.append(
-            Plan(f"{model}:token", model, "/v1/chat/completions", f"{price} USDC / token")
+            Plan(
+                f"{model}:token",
+                model,
+                "/v1/chat/completions",
+                f"{price} USDC / token",
+                sessions=settings.offers_sessions,
+            )
         )
     for model in sorted(set(settings.flat_prices) - {"*"}):
         price = settings.flat_prices[model]
@@ -63,8 +71,9 @@ def page_config(settings: Settings) -> dict[str, Any]:
         "asset": {"address": asset.address, "name": asset.name, "decimals": asset.decimals},
         "rpc_url": settings.rpc_url,
         "max_per_request": MAX_PER_REQUEST,
+        "sessions": settings.offers_sessions,
         "plans": [
-            {"id": p.id, "model": p.model, "path": p.path, "label": p.label}
+            {"id": p.id, "model": p.model, "path": p.path, "label": p.label, "sessions": p.sessions}
             for p in plans(settings)
         ],
     }

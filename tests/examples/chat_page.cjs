@@ -2,12 +2,14 @@
 //
 //   node tests/examples/chat_page.cjs '<json plan>'
 //
-// The plan: {url, screenshot, profile, wallet, turns: [{plan, question, stopAfter?}], injected?}.
+// The plan: {url, screenshot, profile, wallet, turns, injected?}; each turn is a question
+// {plan, question, stopAfter?} or a click on the session bar {action: "topUp" | "refund"}.
 // `wallet` is the page's wallet choice ("dev:9", "injected"). With `injected` =
 // {privateKey, rpcUrl}, the page gets a `window.ethereum` (EIP-1193) like a wallet
 // extension's: the key stays here, outside the page, which asks for each signature
 // (eth_signTypedData_v4); everything else goes to the chain's RPC.
-// `stopAfter`: click Stop once the answer shows this text.
+// `stopAfter`: click Stop once the answer shows this text. After each turn the session bar
+// is read (`steps`); every answer to a chat-completions path is noted (`exchanges`).
 //
 // The browser is Debian's /usr/bin/chromium (or $CHROMIUM), driven by the npm package
 // playwright-core: nothing is downloaded. Prints one JSON object on stdout.
@@ -50,6 +52,21 @@ function walletExtension({ privateKey, rpcUrl }, signatures) {
   };
 }
 
+function sessionBar() {
+  const figure = (id) => document.getElementById(id).dataset.atomic ?? null;
+  const bar = document.getElementById("session");
+  return {
+    shown: !bar.hidden,
+    deposited: figure("session-deposited"),
+    spent: figure("session-spent"),
+    remaining: figure("session-remaining"),
+    note: document.getElementById("session-note").textContent,
+    channel: bar.dataset.channel ?? null,
+    refunded: bar.dataset.refunded ?? null,
+    cards: document.querySelectorAll(".cost-card").length,
+  };
+}
+
 async function main() {
   const plan = JSON.parse(process.argv[2]);
   const context = await chromium.launchPersistentContext(plan.profile, {
@@ -72,6 +89,13 @@ async function main() {
     const origins = new Set();
     page.on("pageerror", (error) => errors.push(String(error)));
     page.on("request", (request) => origins.add(new URL(request.url()).origin));
+    const exchanges = [];
+    page.on("response", (response) => {
+      const url = new URL(response.url());
+      if (url.pathname.endsWith("/chat/completions")) {
+        exchanges.push({ method: response.request().method(), path: url.pathname, status: response.status() });
+      }
+    });
     await page.goto(plan.url);
     await page.waitForSelector("#send:not([disabled])", { timeout: BOUND_MS });
     if ((await page.inputValue("#wallet")) !== plan.wallet) {
@@ -86,7 +110,26 @@ async function main() {
       balance: document.getElementById("balance").dataset.atomic,
       options: [...document.querySelectorAll("#plan option")].map((o) => o.textContent),
     }));
-    for (const [index, turn] of plan.turns.entries()) {
+    const steps = [];
+    let asked = 0;
+    for (const turn of plan.turns) {
+      if (turn.action === "topUp") {
+        await page.click("#top-up");
+        steps.push(await page.evaluate(sessionBar));
+        continue;
+      }
+      if (turn.action === "refund") {
+        await page.click("#refund");
+        await page.waitForFunction(
+          () => document.getElementById("session-note").textContent.startsWith("Refund"),
+          null,
+          { timeout: BOUND_MS },
+        );
+        await page.waitForSelector("#send:not([disabled])", { timeout: BOUND_MS });
+        steps.push(await page.evaluate(sessionBar));
+        continue;
+      }
+      asked += 1;
       await page.selectOption("#plan", turn.plan);
       await page.fill("#prompt", turn.question);
       await page.click("#send");
@@ -100,10 +143,11 @@ async function main() {
       }
       await page.waitForFunction(
         (count) => document.querySelectorAll(".cost-card").length === count,
-        index + 1,
+        asked,
         { timeout: BOUND_MS },
       );
       await page.waitForSelector("#send:not([disabled])", { timeout: BOUND_MS });
+      steps.push(await page.evaluate(sessionBar));
     }
     await page.waitForFunction(
       (before) => document.getElementById("balance").dataset.atomic !== before,
@@ -118,7 +162,9 @@ async function main() {
       cards: [...document.querySelectorAll(".cost-card")].map((card) => ({ ...card.dataset, text: card.textContent })),
     }));
     await page.screenshot({ path: plan.screenshot, fullPage: true });
-    const report = { ...start, ...result, errors, signatures, origins: [...origins] };
+    const report = {
+      ...start, ...result, errors, signatures, origins: [...origins], steps, exchanges,
+    };
     process.stdout.write(JSON.stringify(report) + "\n");
   } catch (error) {
     // What the page said, for whoever reads the failure.

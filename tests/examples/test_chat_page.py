@@ -4,7 +4,9 @@ The page and the API are served on two origins (two uvicorn servers): the page p
 API across origins with the official TypeScript client (``@x402/fetch`` + ``@x402/evm``,
 bundled from npm), so CORS must let it send the payment and read the 402 and the receipt.
 The server holds no key: the page signs with an anvil dev account it derives itself, or
-through an injected wallet (``window.ethereum``) whose key stays in the driver.
+through an injected wallet (``window.ethereum``) whose key stays in the driver. Where the
+API offers sessions (the example's default on the local chain), the page pays by session
+(``@x402/evm``'s batch-settlement client); the ``upto`` tests turn sessions off.
 
 Debian's ``chromium`` is driven by the npm package ``playwright-core`` (no browser
 download), through ``tests/examples/chat_page.cjs``. Outside CI the tests are skipped when
@@ -132,7 +134,7 @@ async def test_the_page_pays_across_origins_from_a_dev_account_it_signs_with_its
     fund(stack, payer.address)
     async with serve_page() as page_origin:  # noqa: SIM117 (the API needs the page's origin)
         async with serve_example(
-            "fastapi", stack, rpc_url=stack.rpc_url, cors_origins=(page_origin,)
+            "fastapi", stack, rpc_url=stack.rpc_url, cors_origins=(page_origin,), sessions=False
         ) as api:
             seller_before, payer_before = api.balance(api.seller), api.balance(payer.address)
             page = await drive_the_page(
@@ -192,7 +194,7 @@ async def test_stop_ends_the_stream_and_an_injected_wallet_pays_only_what_was_se
     served = "".join(pieces(stub_answer({"messages": [{"role": "user", "content": question}]}))[:6])
     async with serve_page() as page_origin:  # noqa: SIM117
         async with serve_example(
-            "fastapi", stack, upstream=upstream, cors_origins=(page_origin,)
+            "fastapi", stack, upstream=upstream, cors_origins=(page_origin,), sessions=False
         ) as api:
             seller_before, payer_before = api.balance(api.seller), api.balance(wallet.address)
             page = await drive_the_page(
@@ -229,3 +231,129 @@ async def test_stop_ends_the_stream_and_an_injected_wallet_pays_only_what_was_se
     assert int(card["amount"]) < int(card["maxAmount"])
     assert payer_before - payer_after == int(card["amount"]) == seller_after - seller_before
     assert int(page["balanceAfter"]) == payer_after
+
+
+async def test_the_page_pays_by_session_one_deposit_then_vouchers_a_top_up_and_a_refund(
+    x402_local_stack: LocalStack, chat_script: Path, tmp_path: Path
+) -> None:
+    """Three answers on one deposit, the balance going down by each answer's cost; a top-up
+    goes with the fourth answer's payment; the refund returns the rest: what left the payer
+    is exactly what the cost cards say, and no voucher needed a corrective 402 (the page
+    reads each streamed answer's charge from its receipt)."""
+    stack = x402_local_stack
+    payer = dev_account(CHAT_ACCOUNT)
+    fund(stack, payer.address)
+    ask = {"plan": "local-stub:token"}
+    async with serve_page() as page_origin:  # noqa: SIM117
+        async with serve_example(
+            "fastapi", stack, rpc_url=stack.rpc_url, cors_origins=(page_origin,)
+        ) as api:
+            payer_before = api.balance(payer.address)
+            page = await drive_the_page(
+                {
+                    "url": f"{page_origin}/chat?api={api.base}",
+                    "screenshot": str(tmp_path / "session.png"),
+                    "profile": str(tmp_path / "profile"),
+                    "wallet": f"dev:{CHAT_ACCOUNT}",
+                    "turns": [
+                        {**ask, "question": "What is x402?"},
+                        {**ask, "question": "What is a payment channel?"},
+                        {**ask, "question": "And a voucher?"},
+                        {"action": "topUp"},
+                        {**ask, "question": "What does a top-up do?"},
+                        {"action": "refund"},
+                    ],
+                }
+            )
+            payer_after = api.balance(payer.address)
+
+    assert page["errors"] == []
+    cards = page["cards"]
+    assert [c["scheme"] for c in cards] == ["batch-settlement"] * 4
+    assert [c["status"] for c in cards] == ["settled"] * 4
+    assert [c["transaction"] for c in cards] == [""] * 4  # paid by voucher: no transaction each
+    costs = [int(c["amount"]) for c in cards]
+    assert costs == [int(c["tokens"]) * 2 for c in cards]  # 0.000002 USDC a token
+    assert all(cost > 0 for cost in costs)
+
+    first, second, third, top_up, fourth, refunded = page["steps"]
+    deposit = int(first["deposited"])
+    assert deposit > 0
+    assert first["shown"]
+    assert first["channel"]
+    for step, answered in ((first, 1), (second, 2), (third, 3)):
+        spent = sum(costs[:answered])
+        assert (int(step["deposited"]), int(step["spent"])) == (deposit, spent)
+        assert int(step["remaining"]) == deposit - spent
+    assert "top-up" in top_up["note"]
+    assert int(fourth["deposited"]) > deposit  # the top-up landed with the fourth answer
+    assert int(fourth["spent"]) == sum(costs)
+    assert int(fourth["remaining"]) == int(fourth["deposited"]) - sum(costs)
+    assert refunded["note"].startswith("Refunded")
+    assert int(refunded["refunded"]) == int(fourth["remaining"])
+    assert (int(refunded["deposited"]), int(refunded["remaining"])) == (sum(costs), 0)
+
+    # Every answer: the unpaid request's 402, then the paid one; no corrective 402. Then the
+    # refund: the SDK's GET probe (402), then its refund voucher (200).
+    chat = [(e["method"], e["status"]) for e in page["exchanges"]]
+    assert chat == [("POST", 402), ("POST", 200)] * 4 + [("GET", 402), ("GET", 200)]
+    assert payer_before - payer_after == sum(costs)  # the rest came back, to the unit
+    assert int(page["balanceAfter"]) == payer_after
+
+
+async def test_stop_on_a_session_charges_what_was_served_and_an_injected_wallet_signs_it(
+    x402_local_stack: LocalStack, chat_script: Path, tmp_path: Path
+) -> None:
+    """A browser wallet pays by session (it signs the deposit's authorization and the
+    vouchers, nothing else); Stop mid-stream: the session is charged what was served, the
+    next answer is paid by voucher from that charge (no corrective 402), and the refund
+    leaves the wallet out exactly the two cards' charges."""
+    stack = x402_local_stack
+    wallet = Account.create()
+    fund(stack, wallet.address)
+    upstream = StoppableUpstream(chunks=6)
+    question = "Tell me a story"
+    served = "".join(pieces(stub_answer({"messages": [{"role": "user", "content": question}]}))[:6])
+    async with serve_page() as page_origin:  # noqa: SIM117
+        async with serve_example(
+            "fastapi", stack, upstream=upstream, cors_origins=(page_origin,)
+        ) as api:
+            payer_before = api.balance(wallet.address)
+            page = await drive_the_page(
+                {
+                    "url": f"{page_origin}/chat?api={api.base}",
+                    "screenshot": str(tmp_path / "stopped-session.png"),
+                    "profile": str(tmp_path / "profile"),
+                    "wallet": "injected",
+                    "injected": {
+                        "privateKey": "0x" + bytes(wallet.key).hex(),
+                        "rpcUrl": stack.rpc_url,
+                    },
+                    "turns": [
+                        {"plan": "local-stub:token", "question": question, "stopAfter": served},
+                        {"plan": "local-stub-pro:token", "question": "Go on", "stopAfter": served},
+                        {"action": "refund"},
+                    ],
+                }
+            )
+            payer_after = api.balance(wallet.address)
+
+    assert page["errors"] == []
+    # the deposit's EIP-3009 authorization and its voucher, the second answer's voucher,
+    # the refund's (a voucher for what was charged)
+    assert page["signatures"] == ["ReceiveWithAuthorization", "Voucher", "Voucher", "Voucher"]
+    first, second = page["cards"]
+    assert (first["stopped"], first["scheme"], first["status"]) == (
+        "true",
+        "batch-settlement",
+        "settled",
+    )
+    assert int(first["amount"]) == int(first["tokens"]) * 2  # only what was served
+    assert int(second["amount"]) == int(second["tokens"]) * 8  # the pro model's price
+    after_first, after_second, refunded = page["steps"]
+    assert int(after_first["spent"]) == int(first["amount"])
+    assert int(after_second["spent"]) == int(first["amount"]) + int(second["amount"])
+    chat = [(e["method"], e["status"]) for e in page["exchanges"]]
+    assert chat == [("POST", 402), ("POST", 200)] * 2 + [("GET", 402), ("GET", 200)]
+    assert refunded["note"].startswith("Refunded")
+    assert payer_before - payer_after == int(first["amount"]) + int(second["amount"])

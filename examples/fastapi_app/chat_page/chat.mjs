@@ -7,6 +7,11 @@
 //
 // `?api=https://api.example.com` names the API when the page is served from elsewhere
 // (the API must then allow this page's origin with CORS: see docs/deployment.md).
+//
+// Where the API offers sessions (x402 `batch-settlement`), the page pays by session: the
+// first answer deposits into a payment channel, later ones are paid by signed vouchers with
+// no transaction each; the session bar shows what was deposited, spent and remains, tops it
+// up and refunds the rest (session.mjs).
 import { wrapFetchWithPayment, x402Client } from "@x402/fetch";
 import { ExactEvmScheme } from "@x402/evm/exact/client";
 import { UptoEvmScheme } from "@x402/evm/upto/client";
@@ -21,6 +26,7 @@ import {
   parseUnits,
 } from "viem";
 import { mnemonicToAccount } from "viem/accounts";
+import { Session, SESSION_SCHEME } from "./session.mjs";
 
 // Anvil's development mnemonic: every dev account's key is derived from it and is public.
 const ANVIL_MNEMONIC = "test test test test test test test test test test test junk";
@@ -38,6 +44,7 @@ const state = {
   spent: 0n,
   answers: 0,
   busy: null, // the AbortController of the answer streaming now
+  session: null, // the wallet's Session, where the API offers sessions
 };
 
 function el(tag, cls, text) {
@@ -60,15 +67,19 @@ function showSpend() {
   $("spent").replaceChildren("Spent ", el("b", "", usdc(state.spent)), " · " + answers);
 }
 
+function chainReader(wallet, config) {
+  const transport = config.rpc_url ? http(config.rpc_url) : wallet.provider && custom(wallet.provider);
+  return transport ? createPublicClient({ transport }) : null;
+}
+
 async function showBalance() {
   const { wallet, config } = state;
-  const transport = config.rpc_url ? http(config.rpc_url) : wallet.provider && custom(wallet.provider);
-  if (!transport) {
+  const chain = chainReader(wallet, config);
+  if (!chain) {
     $("balance").textContent = "";
     return;
   }
   try {
-    const chain = createPublicClient({ transport });
     const balance = await chain.readContract({
       address: config.asset.address,
       abi: erc20Abi,
@@ -112,12 +123,22 @@ async function injectedWallet(provider, chainId) {
   };
 }
 
-function payingFetch(wallet, config, onSign) {
+function payingFetch(wallet, config, session, onSign) {
   const options = config.rpc_url ? { rpcUrl: config.rpc_url } : undefined;
   const cap = parseUnits(config.max_per_request, config.asset.decimals);
   const client = new x402Client()
     .register(config.network, new UptoEvmScheme(wallet.signer, options))
-    .register(config.network, new ExactEvmScheme(wallet.signer, options))
+    .register(config.network, new ExactEvmScheme(wallet.signer, options));
+  if (session) {
+    // A session where one is offered: one deposit, then a voucher per answer.
+    client
+      .register(config.network, session.scheme)
+      .registerPolicy((version, offers) => {
+        const sessions = offers.filter((offer) => offer.scheme === SESSION_SCHEME);
+        return sessions.length ? sessions : offers;
+      });
+  }
+  client
     // The client's own spend control: this token, and no more than the cap per answer.
     .setSpendControls({
       allowedAssets: [
@@ -125,6 +146,7 @@ function payingFetch(wallet, config, onSign) {
       ],
     })
     .onBeforePaymentCreation(async ({ selectedRequirements }) => {
+      if (selectedRequirements.scheme === SESSION_SCHEME) session.paying(selectedRequirements);
       onSign(selectedRequirements);
     });
   return wrapFetchWithPayment(fetch, client);
@@ -144,8 +166,83 @@ async function chooseWallet() {
   }
   $("address").textContent = state.wallet.address;
   $("wallet-label").textContent = state.wallet.label;
+  state.session = state.config.sessions ? newSession(state.wallet, state.config) : null;
+  $("session").hidden = !state.session;
   await showBalance();
+  await showSession();
   $("send").disabled = false;
+}
+
+// ---- the session ---------------------------------------------------------------------
+
+function newSession(wallet, config) {
+  const chain = chainReader(wallet, config);
+  if (!chain) return null; // a session reads its channel on chain
+  return new Session({
+    address: wallet.address,
+    signTypedData: (typed) => wallet.signer.signTypedData(typed),
+    readContract: (args) => chain.readContract(args),
+  });
+}
+
+function sessionCell(id, label, atomic) {
+  const cell = $(id);
+  cell.replaceChildren(label + " ", el("b", "", usdc(atomic)));
+  cell.dataset.atomic = String(atomic);
+}
+
+async function showSession(note) {
+  const session = state.session;
+  if (!session) return;
+  let balance = null;
+  try {
+    balance = await session.balance();
+  } catch (error) {
+    $("session-note").textContent = "Session unavailable: " + (error.shortMessage || error.message);
+    return;
+  }
+  const open = balance !== null;
+  $("session-figures").hidden = !open;
+  $("refund").disabled = !open || balance.remaining === 0n || Boolean(state.busy);
+  $("top-up").disabled = Boolean(state.busy);
+  if (open) {
+    sessionCell("session-deposited", "Deposited", balance.deposited);
+    sessionCell("session-spent", "Spent", balance.spent);
+    sessionCell("session-remaining", "Remaining", balance.remaining);
+    $("session").dataset.channel = balance.channelId;
+  }
+  $("session-note").textContent = note
+    || (session.topUpPending ? TOP_UP_NOTE
+      : open ? "Answers are paid by voucher from this deposit: no transaction each."
+        : "Your first answer deposits into a session; later ones are paid by voucher.");
+}
+
+const TOP_UP_NOTE = "Your next answer's payment carries a top-up deposit.";
+
+function topUp() {
+  state.session?.topUp();
+  $("session-note").textContent = TOP_UP_NOTE;
+}
+
+async function refund() {
+  const session = state.session;
+  const plan = state.config.plans.find((p) => p.id === $("plan").value && p.sessions)
+    || state.config.plans.find((p) => p.sessions);
+  $("refund").disabled = $("top-up").disabled = $("send").disabled = true;
+  $("session-note").textContent = "Asking for the rest back…";
+  try {
+    const before = await session.balance();
+    const settled = await session.refund(new URL(plan.path, api));
+    const after = await session.balance();
+    const refunded = before.deposited - (after ? after.deposited : 0n);
+    $("session").dataset.refunded = String(refunded);
+    $("session").dataset.refundTransaction = settled.transaction || "";
+    await showSession(`Refunded ${usdc(refunded)}: the rest of the deposit is back in your wallet.`);
+  } catch (error) {
+    await showSession("Refund refused: " + (error.shortMessage || error.message));
+  }
+  $("send").disabled = false;
+  await showBalance();
 }
 
 // ---- answers -------------------------------------------------------------------------
@@ -156,7 +253,9 @@ function costCard(receipt, stopped) {
     ["Tokens in / out", (receipt.input_tokens ?? "?") + " / " + (receipt.output_tokens ?? "?")],
     ["Charged", usdc(receipt.amount ?? 0)],
     ["Authorized", usdc(receipt.max_amount) + " (" + receipt.scheme + ")"],
-    ["Transaction", short(receipt.transaction)],
+    receipt.channel
+      ? ["Transaction", "none: by voucher"]
+      : ["Transaction", short(receipt.transaction)],
   ];
   for (const [label] of cells) card.append(el("div", "label", label));
   for (const [label, value] of cells) {
@@ -171,6 +270,7 @@ function costCard(receipt, stopped) {
     tokens: String((receipt.input_tokens ?? 0) + (receipt.output_tokens ?? 0)),
     outputTokens: String(receipt.output_tokens ?? 0),
     transaction: receipt.transaction || "",
+    scheme: receipt.scheme,
     stopped: String(stopped),
   });
   return card;
@@ -203,6 +303,7 @@ async function send() {
   state.busy = controller;
   $("send").disabled = true;
   $("stop").disabled = false;
+  $("top-up").disabled = $("refund").disabled = true;
   $("prompt").value = "";
   $("empty")?.remove();
 
@@ -223,9 +324,11 @@ async function send() {
   let stopped = false;
   let receiptPath = null;
   try {
-    const pay = payingFetch(state.wallet, state.config, (requirements) => {
-      status.textContent = `402 Payment Required: signing up to ${usdc(requirements.amount)}`
-        + ` (${requirements.scheme})…`;
+    const pay = payingFetch(state.wallet, state.config, state.session, (requirements) => {
+      status.textContent = requirements.scheme === SESSION_SCHEME
+        ? `402 Payment Required: signing a voucher for up to ${usdc(requirements.amount)}…`
+        : `402 Payment Required: signing up to ${usdc(requirements.amount)}`
+          + ` (${requirements.scheme})…`;
     });
     const response = await pay(new URL(plan.path, api), {
       method: "POST",
@@ -267,14 +370,17 @@ async function send() {
       const url = new URL(receiptPath, api);
       url.searchParams.set("wait", "30");
       const receipt = await (await fetch(url)).json();
+      const settled = receipt.channel ? "Charged to your session." : "Settled on chain.";
       status.textContent = (stopped ? "Stopped: charged for what was served. " : "")
-        + (receipt.status === "settled" ? "Settled on chain." : "Settlement: " + receipt.status);
+        + (receipt.status === "settled" ? settled : "Settlement: " + receipt.status);
+      if (receipt.channel) await state.session?.charged(receipt);
       if (stopped) status.classList.add("stopped");
       reply.append(costCard(receipt, stopped));
       state.spent += BigInt(receipt.amount ?? 0);
       state.answers += 1;
       showSpend();
       await showBalance();
+      await showSession();
     } catch (error) {
       status.textContent = "Receipt unavailable: " + (error.message || error);
       status.classList.add("error");
@@ -283,6 +389,7 @@ async function send() {
     status.textContent = "Stopped before the answer began: nothing paid.";
   }
   state.busy = null;
+  await showSession();
   $("send").disabled = false;
   window.scrollTo(0, document.body.scrollHeight);
 }
@@ -304,13 +411,18 @@ async function start() {
     return;
   }
   for (const plan of config.plans) $("plan").append(new Option(plan.model + " — " + plan.label, plan.id));
-  $("price-note").textContent = "Per-token plans authorize a maximum and settle only the tokens "
-    + "used; flat plans pay a fixed price per answer. This page signs at most "
+  $("price-note").textContent = (config.sessions
+    ? "Per-token plans are paid from a session: one deposit, then a voucher per answer for "
+      + "only the tokens used; the rest can be refunded. "
+    : "Per-token plans authorize a maximum and settle only the tokens used. ")
+    + "Flat plans pay a fixed price per answer. This page signs at most "
     + config.max_per_request + " USDC per answer. API: " + api.origin;
   showSpend();
   $("wallet").addEventListener("change", chooseWallet);
   $("send").addEventListener("click", send);
   $("stop").addEventListener("click", () => state.busy?.abort());
+  $("top-up").addEventListener("click", topUp);
+  $("refund").addEventListener("click", refund);
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) {
       event.preventDefault();
