@@ -39,6 +39,10 @@ DONE = "0x" + "b2" * 32
 """A channel claimed to the last unit, its payer withdrawing."""
 CLAIM_TX = "0x" + "c3" * 32
 NOW = time.time()
+"""Read once, at import: the whole suite may run between here and a test using it."""
+AHEAD = NOW + 86_400
+"""A hold's or a backoff's end that no run of the suite reaches (the CLI compares it with
+the clock when it lists)."""
 
 
 def session_row(
@@ -104,11 +108,11 @@ def seeded(url: str) -> None:
                     voucher_max=1_400,
                     voucher_signature="0x" + "ee" * 65,
                     claim_transaction=CLAIM_TX,
-                    claiming_until=NOW + 600,
+                    claiming_until=AHEAD,
                     claim_failures=2,
                     claim_error="invalid_batch_settlement_evm_claim_simulation_failed",
                     serving="batch-settlement:s3",
-                    serving_until=NOW + 60,
+                    serving_until=AHEAD,
                 ),
                 channel(
                     DONE,
@@ -192,7 +196,7 @@ def test_channels_json_has_every_field_and_amounts_as_strings(
         False,
         False,
     )
-    assert opened["claim_backoff_until"] == pytest.approx(NOW + 600)
+    assert opened["claim_backoff_until"] == pytest.approx(AHEAD)
     assert opened["claim_transaction"] == CLAIM_TX
     assert by_id[DONE]["withdrawal_pending"] is True
     assert set(dataclasses.asdict(channel()).keys()) <= set(opened)
@@ -301,7 +305,7 @@ def test_retry_of_a_claim_a_worker_holds_leaves_it_alone(
         store = open_store(url)
         channels = channel_store_beside(store)
         try:
-            record = channel(OPEN, charged=10, claiming="worker-1", claiming_until=NOW + 100)
+            record = channel(OPEN, charged=10, claiming="worker-1", claiming_until=AHEAD)
             assert await channels.put(record) is not None
         finally:
             await channels.aclose()
