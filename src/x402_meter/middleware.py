@@ -27,7 +27,6 @@ from typing import Any, ClassVar, Final, Self, TypeAlias, Unpack, cast
 import anyio
 from starlette.datastructures import URL
 from starlette.types import Message, Receive, Scope, Send
-from x402.schemas import PaymentPayload
 
 from x402_meter.config import MeterConfig, MeterOptions
 from x402_meter.errors import ConfigurationError, StreamCapped
@@ -37,18 +36,10 @@ from x402_meter.pipeline.exchange import END_SEND_SECONDS
 from x402_meter.pipeline.heartbeat import RECHECK_MISSES_TOLERATED
 from x402_meter.pipeline.ledger_records import usage_source
 from x402_meter.pipeline.receipts import ReceiptEndpoint
-from x402_meter.pipeline.refunds import (
-    OTHER_METHODS,
-    PROBED_METHODS,
-    RefundExchange,
-    RefundProbe,
-    is_refund_payment,
-    peek_payment,
-)
-from x402_meter.pipeline.replies import Replies
+from x402_meter.pipeline.refunds import RefundDoor
 from x402_meter.pipeline.request import NOT_JSON
 from x402_meter.pipeline.response_tap import CAP_LOOK_BYTES, METER_BATCH_BYTES, RECEIPT_HEADER
-from x402_meter.routing import RouteSpec, RouteTable
+from x402_meter.routing import RouteTable
 from x402_meter.runtime import MeterRuntime
 from x402_meter.schemes.upto import PERMIT2_ALLOWANCE_REQUIRED
 from x402_meter.startup import (
@@ -128,6 +119,7 @@ class X402Meter:
             raise ConfigurationError(LITESTAR_NEEDS_PLUGIN)
         self.route_table = RouteTable(self.config.routes, app)
         self.receipts = ReceiptEndpoint(self.runtime)
+        self.refunds = RefundDoor(app, self.runtime, self.route_table, self.resource_url)
 
     @classmethod
     def sharing(cls, app: AnyASGIApp, runtime: MeterRuntime) -> Self:
@@ -179,46 +171,14 @@ class X402Meter:
                 )
                 await exchange.run()
                 return
-            if self.runtime.channels is not None:
-                elsewhere = self._metered_elsewhere(scope)
-                if elsewhere is not None:
-                    await self._refund_door(elsewhere, scope, receive, send)
-                    return
+            elsewhere = self.refunds.metered_elsewhere(scope)
+            if elsewhere is not None:
+                await self.refunds.enter(elsewhere, scope, receive, send)
+                return
         elif scope["type"] == "lifespan":
             await self.app(scope, self._lifespan_receive(receive), send)
             return
         await self.app(scope, receive, send)
-
-    def _metered_elsewhere(self, scope: Scope) -> RouteSpec | None:
-        """The spec of a route metered at this request's path under another method (where
-        a session's refund, and the SDK clients' probe for it, come)."""
-        for method in OTHER_METHODS:
-            if method != scope["method"]:
-                spec = self.route_table.spec_for({**scope, "method": method})
-                if spec is not None:
-                    return spec
-        return None
-
-    async def _refund_door(
-        self, spec: RouteSpec, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """A request at a metered route's path under a method that is not metered: a
-        refund is the meter's, the refund probe gets a 402 where the app refuses it, and
-        anything else is the app's."""
-        replies = Replies(
-            send,
-            self.config.metrics,
-            lambda: self.resource_url(scope),
-            self.config.retry_after_seconds,
-        )
-        header, payload = peek_payment(scope, self.config.max_payment_header_bytes)
-        if is_refund_payment(payload):
-            assert isinstance(payload, PaymentPayload)
-            await RefundExchange(self.runtime, spec, scope, replies, payload).run()
-        elif header is None and scope["method"] in PROBED_METHODS:
-            await RefundProbe(self.app, self.runtime, spec, scope, receive, send, replies).run()
-        else:
-            await self.app(scope, receive, send)
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         """Start the settlement sweeper with the app; let settlements finish before shutdown."""

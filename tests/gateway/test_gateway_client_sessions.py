@@ -4,8 +4,8 @@ its config, before the stub upstream, on the local chain.
 
 The first answer deposits, every later one is paid by a voucher signed from what the
 gateway charged (a streamed answer's charge read from its receipt): no payment is refused,
-and the channel is charged exactly what the receipts say. Taking the rest back through the
-gateway does not work yet (its refund probe is answered 404): a strict xfail says so.
+and the channel is charged exactly what the receipts say. ``close_sessions()`` takes the
+rest back through the gateway (the meter answers the refund's probe and the refund).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.gateway.harness import StubUpstream, gateway_process
 from tests.gateway.test_gateway_sessions import sessions_config
 from tests.test_client_sessions import PaidAnswers, ask_streamed_async, deposits
 from x402_meter import Asset
-from x402_meter.client import PayingAsyncClient, SessionRefundError
+from x402_meter.client import PayingAsyncClient
 from x402_meter.devstack import LocalStack
 
 pytestmark = pytest.mark.anyio
@@ -59,30 +59,31 @@ async def test_the_paying_client_pays_a_gateway_session_exactly(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SessionRefundError,
-    reason="the gateway answers the refund's GET probe of its POST-only chat path with 404"
-    " (the middleware's refund door does not reach it), so no x402 client can take a"
-    " gateway session's rest back cooperatively yet",
-)
 async def test_the_paying_client_takes_the_rest_of_a_gateway_session_back(
     x402_local_stack: LocalStack,
     upstream: StubUpstream,
     payer: LocalAccount,
     tmp_path: Path,
 ) -> None:
+    """Two answers, then ``close_sessions()``: its refund (a GET probe of the POST-only chat
+    path, then the refund voucher) is the meter's; the payer gets back exactly the deposit
+    less the charges, on chain, and the upstream saw nothing but the two chats."""
     stack = x402_local_stack
+    upstream.clear()
     with gateway_process(stack, tmp_path, sessions_config(upstream.url)) as gateway:
         start = Balances.read(stack, payer.address, gateway.seller)
         async with session_client(stack, payer, PaidAnswers()) as http:
             llm = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="x402", http_client=http)
-            costs = [await ask_streamed_async(llm, model="local-stub") for _ in range(2)]
+            for _ in range(2):
+                await ask_streamed_async(llm, model="local-stub")
             (refund,) = await http.close_sessions()
 
         (deposit,) = deposits(http.payments)
-        assert refund.amount == deposit - sum(costs)
-        assert Balances.read(stack, payer.address, gateway.seller).payer == start.payer - sum(costs)
+        charged = sum(p.receipt.amount or 0 for p in http.payments if p.receipt is not None)
+        assert charged > 0
+        assert refund.amount == deposit - charged
+        assert Balances.read(stack, payer.address, gateway.seller).payer == start.payer - charged
+    assert [r["path"] for r in upstream.requests()] == ["/v1/chat/completions"] * 2
 
 
 def session_client(stack: LocalStack, payer: LocalAccount, paid: PaidAnswers) -> PayingAsyncClient:

@@ -23,11 +23,16 @@ from typing import Any, Final
 
 import httpx
 import pytest
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from x402.http import decode_payment_required_header
+from x402.http import decode_payment_required_header, encode_payment_signature_header
 from x402.http.clients import x402HttpxClient
 from x402.http.utils import decode_payment_response_header
-from x402.schemas import PaymentRequirements
+from x402.mechanisms.evm.batch_settlement.client import sign_voucher
+from x402.mechanisms.evm.batch_settlement.errors import ERR_INVALID_VOUCHER_SIGNATURE
+from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
+from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.schemas import PaymentPayload, PaymentRequirements
 
 from tests.channel_seller import Balances, payer_client, payer_scheme
 from tests.fault_harness import free_port
@@ -40,6 +45,7 @@ from tests.gateway.harness import (
     gateway_env,
     gateway_process,
 )
+from tests.test_session_refunds import refund
 from x402_meter.devstack import LocalStack
 from x402_meter.devstack.processes import ChildProcess
 
@@ -216,3 +222,73 @@ def test_the_gateway_refuses_to_start_with_a_claim_interval_that_withdrawals_cou
     assert done.returncode == 2, done.stderr
     assert "gateway.sessions.claim_interval must be > 0 and at most 150 seconds" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def offered_sessions(challenge: httpx.Response) -> list[PaymentRequirements]:
+    """The offers of a 402, each a ``batch-settlement`` one (or the test fails)."""
+    assert challenge.status_code == 402, challenge.text
+    offers = decode_payment_required_header(challenge.headers["payment-required"]).accepts
+    assert [o.scheme for o in offers] == ["batch-settlement"]
+    return [o for o in offers if isinstance(o, PaymentRequirements)]
+
+
+def forged_refund(
+    stack: LocalStack, payer: LocalAccount, offer: PaymentRequirements
+) -> dict[str, str]:
+    """The headers of a refund of ``payer``'s channel signed by someone else."""
+    config = payer_scheme(stack, payer).build_channel_config(offer)
+    channel_id = compute_channel_id(config, stack.network)
+    voucher = sign_voucher(EthAccountSigner(Account.create()), channel_id, "0", stack.network)
+    body = {"type": "refund", "channelConfig": config.to_dict(), "voucher": voucher.to_dict()}
+    payload = PaymentPayload(x402_version=2, accepted=offer, payload=body)
+    return {"PAYMENT-SIGNATURE": encode_payment_signature_header(payload)}
+
+
+async def test_the_sdk_clients_refund_through_the_gateway_returns_exactly_the_rest(
+    x402_local_stack: LocalStack,
+    upstream: StubUpstream,
+    payer: LocalAccount,
+    tmp_path: Path,
+) -> None:
+    """The official SDK client opens a session through the gateway (a JSON answer, then a
+    streamed one), and its ``refund(url)`` takes the rest back: the GET probe of the
+    POST-only chat path gets the meter's 402, the refund voucher (behind the streamed
+    charge: one corrective 402) is claimed and refunded in one transaction. On chain the
+    payer is out exactly what the gateway charged. Before it, what an attacker sends to the
+    chat path under the refund door (other methods, a malformed payment, a refund signed by
+    someone else, on POST with a chat body) is answered by the gateway, moves nothing and
+    reaches no upstream: the upstream sees the two paid chats and nothing else."""
+    stack = x402_local_stack
+    upstream.clear()
+    with gateway_process(stack, tmp_path, sessions_config(upstream.url)) as gateway:
+        url = f"{gateway.url}{CHAT}"
+        start = Balances.read(stack, payer.address, gateway.seller)
+        scheme = payer_scheme(stack, payer)
+        client = payer_client(stack, scheme)
+        async with x402HttpxClient(client, timeout=60, base_url=gateway.url) as http:
+            answers = [await http.post(CHAT, json=QUESTION), await http.post(CHAT, json=STREAMED)]
+            assert [a.status_code for a in answers] == [200, 200], answers[-1].text
+            receipts = [(await http.get(a.headers["x-payment-receipt"])).json() for a in answers]
+        charged = sum(receipt_amount(r) for r in receipts)
+        deposit = start.payer - Balances.read(stack, payer.address, gateway.seller).payer
+
+        async with httpx.AsyncClient(timeout=60) as plain:
+            (offer,) = offered_sessions(await plain.get(url))
+            assert offer.pay_to.lower() == gateway.seller.lower()
+            for method in ("PUT", "DELETE", "PATCH", "HEAD"):
+                other = await plain.request(method, url, json=QUESTION)
+                assert other.status_code == 404, (method, other.text)
+            malformed = await plain.get(url, headers={"PAYMENT-SIGNATURE": "bm90IGpzb24"})
+            assert malformed.status_code == 404, malformed.text
+            stranger = forged_refund(stack, payer, offer)
+            forged = await plain.post(url, json=QUESTION, headers=stranger)
+            assert forged.status_code == 402, forged.text
+            assert forged.json()["reason"] == ERR_INVALID_VOUCHER_SIGNATURE
+        assert Balances.read(stack, payer.address, gateway.seller).payer == start.payer - deposit
+
+        settled = await refund(scheme, url)
+
+        assert settled.success, settled
+        assert int(settled.amount or "") == deposit - charged
+        assert Balances.read(stack, payer.address, gateway.seller).payer == start.payer - charged
+    assert [r["path"] for r in upstream.requests()] == [CHAT, CHAT]

@@ -59,6 +59,7 @@ from tests.security.test_sessions import Counted
 from x402_meter import X402Meter
 from x402_meter.devstack.accounts import PAYERS
 from x402_meter.metrics import PrometheusMetrics
+from x402_meter.schemes.batch_settlement import BatchSettlementScheme
 from x402_meter.schemes.channel_state import ChargingChannels
 from x402_meter.store import LedgerState, MemoryStore, PaymentRecord
 
@@ -614,6 +615,46 @@ async def test_a_payment_the_ledger_cannot_record_is_not_served_and_frees_its_ch
     assert (await channel_of(meter, payer.channel_id(requirements))).charged == 2 * ANSWER_COST
 
 
+class FailsToChargeOnce(MemoryStore):
+    """A ledger whose next write of a charge (``to_settle``) fails, once the test arms it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    async def save(self, record: PaymentRecord) -> None:
+        if self.armed and record.state is LedgerState.TO_SETTLE:
+            self.armed = False
+            raise OSError("no space left on device")
+        await super().save(record)
+
+
+async def test_a_charge_the_ledger_cannot_record_leaves_no_request_waiting_on_it() -> None:
+    """The ledger write of an answer's charge fails: the answer's row stays ``verified``
+    and holds the channel (the sweeper charges it later), and this process no longer says
+    the channel's charge is in progress, so the next request on it is refused as busy at
+    once instead of waiting for a charge that will not come (up to 5 s, each request, until
+    another charge of the channel cleared the mark)."""
+    ledger = FailsToChargeOnce()
+    meter = session_meter(chat_app(), InProcessFacilitator(), store=ledger)
+    scheme = meter.runtime.schemes[SESSIONS]
+    assert isinstance(scheme, BatchSettlementScheme)
+    payer = ChannelPayer()
+    async with calling(meter) as client:
+        requirements, charged = await opened(meter, client, payer)
+        channel_id = payer.channel_id(requirements)
+        voucher = payer.voucher(requirements, charged + int(requirements.amount))
+        ledger.armed = True
+        with pytest.raises(OSError, match="no space left"):
+            await send(client, QUESTION, voucher)
+        assert not scheme.charging.charging(channel_id)
+        again = payer.voucher(requirements, charged + 2 * int(requirements.amount))
+        refused = await send(client, QUESTION, again)
+    assert refused.status_code == 402
+    assert refused.json()["reason"] == "invalid_batch_settlement_evm_channel_busy"
+    assert (await channel_of(meter, channel_id)).serving is not None
+
+
 # -- a server that died mid-stream --------------------------------------------------------------
 
 
@@ -722,8 +763,10 @@ async def test_charging_channels_wake_a_waiting_request_when_the_charge_is_done(
 
         tasks.start_soon(waiter)
         await anyio.wait_all_tasks_blocked()
+        assert charging.charging("0xaa")
         charging.end("0xaa")
     assert woken == [True]
+    assert not charging.charging("0xaa")
 
 
 # -- what the metrics count -------------------------------------------------------------------

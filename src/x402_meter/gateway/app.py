@@ -24,7 +24,9 @@ def plan_prices(config: GatewayConfig) -> PriceFunction:
     """The meter's price model: the price of the plan of the request's route and model.
 
     The policy has already refused a request without one; this refuses it again (400), so
-    that nothing reaches an upstream at a price it was not configured for.
+    that nothing reaches an upstream at a price it was not configured for. A session's
+    refund (and its probe) names no model and reaches no upstream: its offer is made at the
+    route's dearest plan (only the offer's channel terms matter to a refund).
     """
     routes = config.routes
 
@@ -32,6 +34,8 @@ def plan_prices(config: GatewayConfig) -> PriceFunction:
         route = routes.get(request.path)
         if route is None:
             raise RequestRefusedError("not_found", "no such endpoint here", status_code=404)
+        if request.model is None and request.body is None:
+            return route.plans.dearest  # a refund's offer: the policy passes no other
         match = route.plans.match(request.model) if request.model else None
         if match is None:
             raise route.plans.refusal(request.model)
@@ -67,9 +71,11 @@ class Gateway:
             options["facilitator"] = facilitator
         self.meter = X402Meter(self.forwarder, **options)
         self.readiness = Readiness(self.meter.runtime, config)
-        app: ASGIApp = Operations(
-            RequestPolicy(self.meter, config), config, self.readiness, self.metrics
-        )
+        refund_header_bytes = None
+        if self.meter.runtime.channels is not None:  # sessions on: refunds come here
+            refund_header_bytes = self.meter.config.max_payment_header_bytes
+        policy = RequestPolicy(self.meter, config, refund_header_bytes=refund_header_bytes)
+        app: ASGIApp = Operations(policy, config, self.readiness, self.metrics)
         if config.cors_origins:
             # Outermost: preflights are answered here; the meter's 402s get the headers too.
             app = CORSMiddleware(

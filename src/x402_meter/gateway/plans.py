@@ -65,6 +65,11 @@ class ModelPlans:
     def labels(self) -> list[str]:
         return [name for plan in self.plans for name in plan.models]
 
+    @property
+    def dearest(self) -> TokenPrice:
+        """The dearest plan's price, for an offer no model chooses (a session's refund)."""
+        return max((plan.price for plan in self.plans), key=lambda price: price.highest)
+
     def match(self, model: str) -> PlanMatch | None:
         found = self._exact.get(model)
         if found is not None:

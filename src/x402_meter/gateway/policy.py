@@ -6,6 +6,12 @@ cannot make another path of an allowed one). Its body is read within bounds, mus
 object naming a model that a plan of the route prices; the plan's defaults and pinned
 fields are applied, and the meter and the forwarder get the body as it now is. Everything
 else is answered here and never forwarded.
+
+With sessions on, one more kind of request reaches the meter: a session's refund, and the
+x402 clients' ``GET`` probe for it, at an allowlisted path (any method but ``POST``, or a
+``POST`` whose payment is a refund). It goes without the route the forwarder needs, so the
+meter answers it (a refund, the probe's 402) and anything else it passes on is refused
+404 by the forwarder: nothing of it is ever sent upstream.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from x402_meter.errors import RequestRefusedError
 from x402_meter.gateway.config import RECEIPTS_PATH, GatewayConfig, Route
 from x402_meter.gateway.labels import current_labels
 from x402_meter.gateway.plans import PlanMatch, apply_plan
+from x402_meter.pipeline.refunds import is_refund_payment, peek_payment
 from x402_meter.request_body import BodyBudget, read_request_body
 from x402_meter.responses import send_json
 
@@ -30,8 +37,13 @@ MAX_BUFFERED_BODIES: Final = 64 * 1024 * 1024
 class RequestPolicy:
     """Admits allowlisted, well-formed, priced requests to the meter; answers the rest."""
 
-    def __init__(self, app: ASGIApp, config: GatewayConfig) -> None:
+    def __init__(
+        self, app: ASGIApp, config: GatewayConfig, *, refund_header_bytes: int | None = None
+    ) -> None:
+        """``refund_header_bytes``: sessions are on, and a refund's payment header may be
+        this long (the meter's limit); None: no refunds, every request is priced here."""
         self.app = app
+        self.refund_header_bytes = refund_header_bytes
         self.routes = dict(config.routes)
         self.limit = config.max_request_body
         self.time_limit = config.request_body_timeout
@@ -44,6 +56,9 @@ class RequestPolicy:
         path: str = scope["path"]
         if scope["method"] in ("GET", "HEAD") and path.startswith(RECEIPTS_PATH):
             await self.app(scope, receive, send)  # the meter serves receipts
+            return
+        if self.is_refund_door(scope):
+            await self.app(scope, receive, send)  # no ROUTE_KEY: the forwarder sends nothing
             return
         route = self.route(scope)
         if route is None:
@@ -75,6 +90,20 @@ class RequestPolicy:
     def route(self, scope: Scope) -> Route | None:
         if scope["method"] != "POST":
             return None
+        return self.allowlisted(scope)
+
+    def is_refund_door(self, scope: Scope) -> bool:
+        """A session's refund, or the probe for one, at an allowlisted path: the meter's
+        alone (it reaches the meter without a route, so never the upstream)."""
+        if self.refund_header_bytes is None or self.allowlisted(scope) is None:
+            return False
+        if scope["method"] != "POST":
+            return True
+        _, payload = peek_payment(scope, self.refund_header_bytes)
+        return is_refund_payment(payload)
+
+    def allowlisted(self, scope: Scope) -> Route | None:
+        """The route at the request's exact path, whatever its method."""
         path: str = scope["path"]
         raw = scope.get("raw_path")
         if raw is not None and raw != path.encode("latin-1", "replace"):

@@ -175,13 +175,19 @@ class PaidAnswer:
         self.concluded = True
         tap, scheme, settler = self.tap, self.admitted.scheme, self.runtime.settler
         scheme.answer_ended(self.admitted.authorization)
-        await self.heartbeat.stop()
-        usage = tap.usage()
-        self.replies.count("served")
-        metrics = self.runtime.config.metrics
-        if metrics is not None:
-            metrics.tokens(usage.input_tokens, usage.output_tokens)
-        record = await self.ledger.charged(usage, tap.served)
+        try:
+            await self.heartbeat.stop()
+            usage = tap.usage()
+            self.replies.count("served")
+            metrics = self.runtime.config.metrics
+            if metrics is not None:
+                metrics.tokens(usage.input_tokens, usage.output_tokens)
+            record = await self.ledger.charged(usage, tap.served)
+        except BaseException:
+            # No charge follows (the row stays as last written, for the sweeper): whoever
+            # answer_ended told to wait for one must not wait for it.
+            scheme.charge_unrecorded(self.admitted.authorization)
+            raise
         if tap.held is None or not (tap.held_complete or self.heartbeat.stopped):
             await scheme.settle_later(record, settler)
             return

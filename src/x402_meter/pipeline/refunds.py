@@ -32,7 +32,7 @@ from x402_meter.pricing import PricedRequest, PriceModel, PriceTable, TokenPrice
 from x402_meter.protocol.checks import match_offer
 from x402_meter.protocol.headers import PAYMENT_RESPONSE, decode_payment, settle_response_header
 from x402_meter.protocol.offer import Offer
-from x402_meter.routing import RouteSpec
+from x402_meter.routing import RouteSpec, RouteTable
 from x402_meter.runtime import MeterRuntime
 from x402_meter.schemes.base import Refusal
 from x402_meter.schemes.batch_settlement import BatchSettlementScheme
@@ -215,7 +215,55 @@ class RefundProbe:
         )
 
 
+class RefundDoor:
+    """Where a session's refund, and the SDK clients' probe for one, come in: a request at
+    the path of a metered route under a method that is not metered there."""
+
+    def __init__(
+        self,
+        app: AnyASGIApp,
+        runtime: MeterRuntime,
+        route_table: RouteTable,
+        resource_url: Callable[[Scope], str],
+    ) -> None:
+        """``app``: what answers anything else (and the probe first); ``route_table``: what
+        says which paths are metered under which methods."""
+        self.app = app
+        self.runtime = runtime
+        self.route_table = route_table
+        self.resource_url = resource_url
+
+    def metered_elsewhere(self, scope: Scope) -> RouteSpec | None:
+        """The spec of a route metered at this request's path under another method (None:
+        none, or sessions are off: then there are no refunds to take)."""
+        if self.runtime.channels is None:
+            return None
+        for method in OTHER_METHODS:
+            if method != scope["method"]:
+                spec = self.route_table.spec_for({**scope, "method": method})
+                if spec is not None:
+                    return spec
+        return None
+
+    async def enter(self, spec: RouteSpec, scope: Scope, receive: Receive, send: Send) -> None:
+        """A refund is the meter's, the refund probe gets a 402 where the app refuses it,
+        and anything else is the app's."""
+        config = self.runtime.config
+        replies = Replies(
+            send, config.metrics, lambda: self.resource_url(scope), config.retry_after_seconds
+        )
+        header, payload = peek_payment(scope, config.max_payment_header_bytes)
+        if is_refund_payment(payload):
+            assert isinstance(payload, PaymentPayload)
+            await RefundExchange(self.runtime, spec, scope, replies, payload).run()
+        elif header is None and scope["method"] in PROBED_METHODS:
+            await RefundProbe(self.app, self.runtime, spec, scope, receive, send, replies).run()
+        else:
+            await self.app(scope, receive, send)
+
+
 __all__ = [
+    "RefundDoor",
     "RefundExchange",
     "RefundProbe",
     "is_refund_payment",

@@ -144,6 +144,10 @@ class PaymentScheme(ABC):
         """The answer is over and its charge comes next (a channel lets a request that waits
         on it know that it will be free in a moment)."""
 
+    def charge_unrecorded(self, authorization: Authorization) -> None:  # noqa: B027 - optional hook
+        """The charge ``answer_ended`` announced will not be settled now: its ledger write
+        failed (the row is left to the sweeper)."""
+
     @abstractmethod
     def charge(self, tariff: Tariff, usage: Usage, max_amount: int) -> int:
         """What a served answer costs, in atomic units, never more than ``max_amount``."""

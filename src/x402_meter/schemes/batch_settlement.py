@@ -275,6 +275,11 @@ class BatchSettlementScheme(PaymentScheme):
     def answer_ended(self, authorization: Authorization) -> None:
         self.charging.begin(read_channel_payment(authorization.payload.payload).channel_id)
 
+    def charge_unrecorded(self, authorization: Authorization) -> None:
+        # The channel stays held by the row (the sweeper charges it); requests that wait
+        # for this process's charge of it are refused as busy now, not after their wait.
+        self.charging.end(read_channel_payment(authorization.payload.payload).channel_id)
+
     async def settle_now(self, record: PaymentRecord, settler: Settler) -> PaymentRecord:
         return await self._charge_now(record, settler)
 

@@ -106,6 +106,10 @@ class ChargingChannels:
         if event is not None:
             event.set()
 
+    def charging(self, channel_id: str) -> bool:
+        """Whether this process is charging ``channel_id``'s last answer."""
+        return channel_id in self._charging
+
     async def wait(self, channel_id: str, seconds: float) -> bool:
         """Wait, at most ``seconds``, for the charge of ``channel_id`` in this process;
         False at once when none is going on."""
