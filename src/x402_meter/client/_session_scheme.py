@@ -63,6 +63,7 @@ class SessionScheme:
         payload: dict[str, Any] = channel.scheme.create_payment_payload(
             requirements, extensions, context
         )
+        channel.signed(payload)
         return payload
 
     def _on_payment_response(self, ctx: PaymentResponseContext) -> RecoveredResponseResult | None:

@@ -248,11 +248,14 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
         """Take back what is left in each session channel (waiting for the answers being
         served on them); see ``PayingAsyncClient.close_sessions``."""
         sessions, taken = self.wallet.sessions, RefundsTaken()
+        await anyio.to_thread.run_sync(sessions.resume_all)
         for channel in list(sessions.channels()):
             await sessions.lease_channel_async(channel)
             try:
+                await anyio.to_thread.run_sync(self.wallet.check_resumed, channel)
                 await _done(self.wallet.read_pending(channel, self.fetch_receipt))
-                taken.add(await anyio.to_thread.run_sync(channel.refund, self._refund_fetch))
+                refund = await anyio.to_thread.run_sync(channel.refund, self._refund_fetch)
+                taken.add(self.wallet.count_refund(refund))
             except SessionRefundError as error:
                 taken.failed(error)
             finally:
@@ -360,11 +363,13 @@ class PayingTransport(httpx.BaseTransport):
     def close_sessions(self) -> tuple[SessionRefund, ...]:
         """See ``PayingAsyncTransport.close_sessions``."""
         sessions, taken = self.wallet.sessions, RefundsTaken()
+        sessions.resume_all()
         for channel in list(sessions.channels()):
             sessions.lease_channel_sync(channel)
             try:
+                self.wallet.check_resumed(channel)
                 self.wallet.read_pending(channel, self.fetch_receipt)
-                taken.add(channel.refund(self._get))
+                taken.add(self.wallet.count_refund(channel.refund(self._get)))
             except SessionRefundError as error:
                 taken.failed(error)
             finally:
