@@ -23,6 +23,7 @@ from eth_account.signers.local import LocalAccount
 
 from tests.channel_seller import Balances
 from tests.test_client_sessions import (
+    CORRECTIVE,
     MESSAGES,
     ask_streamed_async,
     asset,
@@ -191,4 +192,36 @@ async def test_a_refund_is_counted_back_from_max_total(
         assert http.wallet.spent == cost + deposit
         assert Balances.read(stack, payer.address, shop.pay_to).payer == (
             start.payer - cost - deposit
+        )
+
+
+async def test_a_later_wallet_refunds_a_channel_whose_last_streamed_charge_it_never_read(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """The first wallet's only answer streams (its deposit with it) and it closes without
+    reading the receipt: the book has the deposit but not the charge. A later wallet, with
+    no ``rpc_url``, only closes: the refund's voucher is behind, the server's corrective 402
+    shows our own voucher, so it is believed and the one retry refunds exactly the deposit
+    less the charge."""
+    stack = x402_local_stack
+    store = tmp_path / "sessions"
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, start):
+        async with paying_client(stack, payer, session_store=store) as first:
+            llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=first)
+            cost = await ask_streamed_async(llm)
+        (deposit,) = deposits(first.payments)
+        (booked,) = list(store.glob("*.json"))
+        state = json.loads(booked.read_text())["state"]
+        assert (state["balance"], state.get("chargedCumulativeAmount", "0")) == (str(deposit), "0")
+
+        async with paying_client(stack, payer, session_store=store) as later:
+            (refund,) = await later.close_sessions()
+
+        assert refund.amount == deposit - cost
+        assert shop.answers.reasons.count(CORRECTIVE) == 1
+        (record,) = await shop.channels.list()
+        assert (record.charged, record.refunded) == (cost, deposit - cost)
+        await swept(shop)
+        assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
+            payer=-cost, pay_to=cost
         )

@@ -333,6 +333,13 @@ class SessionChannel:
             balance_before=self.deposited(),
             deposit=payment.deposit or 0,
         )
+        if self.pending.deposit and self.id is not None:
+            # It was answered, so its deposit landed (settled before the answer started):
+            # recorded now, so that a process ending before the receipt is read leaves the
+            # book (and a later process's refund) the deposit, the charge to the server.
+            state = self.state()
+            state.balance = str(self.pending.balance_before + self.pending.deposit)
+            self.storage.set(self.id, state)
 
     def apply_receipt(self, receipt: Receipt) -> None:
         """Write the pending answer's charge from its receipt into the channel's state: the

@@ -35,6 +35,7 @@ from x402_meter.client._receipts import (
     parse_receipt,
     receipt_request,
 )
+from x402_meter.client._session_scheme import refund_fetch
 from x402_meter.client._sessions import (
     ChannelBalance,
     RefundAnswer,
@@ -254,7 +255,8 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
             try:
                 await anyio.to_thread.run_sync(self.wallet.check_resumed, channel)
                 await _done(self.wallet.read_pending(channel, self.fetch_receipt))
-                refund = await anyio.to_thread.run_sync(channel.refund, self._refund_fetch)
+                fetch = refund_fetch(channel, self._refund_fetch, self.wallet.address)
+                refund = await anyio.to_thread.run_sync(channel.refund, fetch)
                 taken.add(self.wallet.count_refund(refund))
             except SessionRefundError as error:
                 taken.failed(error)
@@ -369,7 +371,8 @@ class PayingTransport(httpx.BaseTransport):
             try:
                 self.wallet.check_resumed(channel)
                 self.wallet.read_pending(channel, self.fetch_receipt)
-                taken.add(self.wallet.count_refund(channel.refund(self._get)))
+                fetch = refund_fetch(channel, self._get, self.wallet.address)
+                taken.add(self.wallet.count_refund(channel.refund(fetch)))
             except SessionRefundError as error:
                 taken.failed(error)
             finally:
