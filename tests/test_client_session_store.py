@@ -225,3 +225,34 @@ async def test_a_later_wallet_refunds_a_channel_whose_last_streamed_charge_it_ne
         assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
             payer=-cost, pay_to=cost
         )
+
+
+async def test_a_process_skips_the_channel_another_process_holds_and_a_third_refunds_both(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """While this (test) process's client holds its channel, a client process on the same
+    store pays on a channel of its own (its own deposit; nothing refused as busy). Once both
+    are done, a third process that only closes refunds both channels."""
+    stack = x402_local_stack
+    store = tmp_path / "sessions"
+    async with shop_and_payer(stack, tmp_path) as (shop, payer, start):
+        async with paying_client(stack, payer, session_store=store) as holder:
+            answer = await holder.post(
+                f"{shop.base}/v1/chat/completions", json={"model": "stub", "messages": MESSAGES}
+            )
+            held = {p.channel_id for p in holder.payments}
+            other = await run_payer(stack, shop, payer, store, asks=1)
+        assert len([p for p in other["payments"] if p["deposit"]]) == 1
+        assert {p["channel"] for p in other["payments"]}.isdisjoint(held)
+        assert "invalid_batch_settlement_evm_channel_busy" not in shop.answers.reasons
+
+        third = await run_payer(stack, shop, payer, store, asks=0, close=True)
+
+        charged = usage_cost(answer.json()["usage"]) + sum(costs(other))
+        refunded = {r["channel"] for r in third["refunds"]}
+        assert refunded == held | {p["channel"] for p in other["payments"]}
+        assert list(store.glob("*.json")) == []
+        await swept(shop)
+        assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
+            payer=-charged, pay_to=charged
+        )

@@ -117,3 +117,12 @@ def test_a_refund_counts_back_at_most_what_this_wallet_deposited_in_its_channel(
     assert ledger.record_refund("0xaa", 550) == 50  # only 600 went in
     assert ledger.record_refund("0xcc", 100) == 0  # an earlier process's channel
     assert (ledger.spent, ledger.refunded) == (300, 600)
+
+
+def test_a_record_with_a_malformed_salt_or_delay_is_left_alone(tmp_path: Path) -> None:
+    book = ChannelBook(tmp_path, PAYER.address)
+    for field, value in (("salt", "0xnot-hex"), ("withdrawDelay", "soon"), ("payer", 7)):
+        record = booked().to_json()
+        record["config"][field] = value
+        (tmp_path / f"{record['channelId']}.json").write_text(json.dumps(record))
+    assert book.records() == []
