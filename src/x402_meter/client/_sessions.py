@@ -250,21 +250,22 @@ class SessionChannel:
         if self.book is None or self.id is None:
             return
         state = self.storage.get(self.id)
-        if state is None:
-            self.book.remove(self.id)
-            return
-        if self.config is None or self.network is None:
-            return
-        self.book.write(
-            BookedChannel(
-                channel_id=self.id,
-                network=self.network,
-                config=self.config,
-                state=state,
-                url=self.url,
-                retired=self.retired,
-            )
-        )
+        try:
+            if state is None:
+                self.book.remove(self.id)
+            elif self.config is not None and self.network is not None:
+                self.book.write(
+                    BookedChannel(
+                        channel_id=self.id,
+                        network=self.network,
+                        config=self.config,
+                        state=state,
+                        url=self.url,
+                        retired=self.retired,
+                    )
+                )
+        except OSError as error:  # the book is a convenience: this process goes on
+            _LOG.warning("session_store: channel %s not written: %s", self.id, error)
 
     def checked_on_chain(self, balance: int, total_claimed: int) -> None:
         """What the chain holds of a resumed channel wins over the book: its balance (all
