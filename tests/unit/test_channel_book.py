@@ -10,8 +10,12 @@ the hash of its config; anything else is left alone.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Final
 
@@ -126,3 +130,36 @@ def test_a_record_with_a_malformed_salt_or_delay_is_left_alone(tmp_path: Path) -
         record["config"][field] = value
         (tmp_path / f"{record['channelId']}.json").write_text(json.dumps(record))
     assert book.records() == []
+
+
+HOLDER: Final = """
+import sys
+from x402_meter.client._channel_book import ChannelBook
+book = ChannelBook(sys.argv[1], sys.argv[2])
+assert book.claim(sys.argv[3])
+print("claimed", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_process_killed_while_it_holds_a_channel_lets_go_of_it(tmp_path: Path) -> None:
+    """``kill -9`` of the process holding a channel: no stale claim is left to clear."""
+    channel = booked()
+    writer = ChannelBook(tmp_path, PAYER.address)
+    writer.write(channel)
+    writer.close()
+    book = ChannelBook(tmp_path, PAYER.address)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path), PAYER.address, channel.channel_id],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"claimed\n"
+        assert book.adopt(channel.channel_id) is None
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert book.adopt(channel.channel_id) == channel
