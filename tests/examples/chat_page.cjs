@@ -59,6 +59,7 @@ function sessionBar() {
     shown: !bar.hidden,
     deposited: figure("session-deposited"),
     spent: figure("session-spent"),
+    refundedShown: figure("session-refunded"),
     remaining: figure("session-remaining"),
     note: document.getElementById("session-note").textContent,
     channel: bar.dataset.channel ?? null,

@@ -291,7 +291,12 @@ async def test_the_page_pays_by_session_one_deposit_then_vouchers_a_top_up_and_a
     assert int(fourth["remaining"]) == int(fourth["deposited"]) - sum(costs)
     assert refunded["note"].startswith("Refunded")
     assert int(refunded["refunded"]) == int(fourth["remaining"])
-    assert (int(refunded["deposited"]), int(refunded["remaining"])) == (sum(costs), 0)
+    # after the refund the bar still says what went in, what was spent, what came back
+    assert int(refunded["deposited"]) == int(fourth["deposited"])
+    assert int(refunded["spent"]) == sum(costs)
+    assert int(refunded["refundedShown"]) == int(fourth["deposited"]) - sum(costs)
+    assert int(refunded["remaining"]) == 0
+    assert [s["refundedShown"] for s in (first, second, third, fourth)] == ["0"] * 4
 
     # Every answer: the unpaid request's 402, then the paid one; no corrective 402. Then the
     # refund: the SDK's GET probe (402), then its refund voucher (200).

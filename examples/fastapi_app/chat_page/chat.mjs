@@ -10,8 +10,8 @@
 //
 // Where the API offers sessions (x402 `batch-settlement`), the page pays by session: the
 // first answer deposits into a payment channel, later ones are paid by signed vouchers with
-// no transaction each; the session bar shows what was deposited, spent and remains, tops it
-// up and refunds the rest (session.mjs).
+// no transaction each; the session bar shows what was deposited in all, spent, refunded and
+// what remains, tops it up and refunds the rest (session.mjs).
 import { wrapFetchWithPayment, x402Client } from "@x402/fetch";
 import { ExactEvmScheme } from "@x402/evm/exact/client";
 import { UptoEvmScheme } from "@x402/evm/upto/client";
@@ -206,8 +206,10 @@ async function showSession(note) {
   $("refund").disabled = !open || balance.remaining === 0n || Boolean(state.busy);
   $("top-up").disabled = Boolean(state.busy);
   if (open) {
-    sessionCell("session-deposited", "Deposited", balance.deposited);
+    sessionCell("session-deposited", "Deposited in all", balance.deposited);
     sessionCell("session-spent", "Spent", balance.spent);
+    sessionCell("session-refunded", "Refunded", balance.refunded);
+    $("session-refunded").hidden = balance.refunded === 0n;
     sessionCell("session-remaining", "Remaining", balance.remaining);
     $("session").dataset.channel = balance.channelId;
   }
@@ -231,10 +233,7 @@ async function refund() {
   $("refund").disabled = $("top-up").disabled = $("send").disabled = true;
   $("session-note").textContent = "Asking for the rest back…";
   try {
-    const before = await session.balance();
-    const settled = await session.refund(new URL(plan.path, api));
-    const after = await session.balance();
-    const refunded = before.deposited - (after ? after.deposited : 0n);
+    const { settled, refunded } = await session.refund(new URL(plan.path, api));
     $("session").dataset.refunded = String(refunded);
     $("session").dataset.refundTransaction = settled.transaction || "";
     await showSession(`Refunded ${usdc(refunded)}: the rest of the deposit is back in your wallet.`);

@@ -9,8 +9,8 @@
 //   answer's headers leave before its cost is known, so without it the next voucher would be
 //   corrected by a 402 round trip. The receipt is adopted only within what the payer signed
 //   (the last voucher's cumulative), so a server can never make the page sign for more;
-// - the balance: deposited (the channel's balance on chain), spent (the charged cumulative)
-//   and what remains;
+// - the balance: deposited in all (the channel's balance on chain, which a refund lowers,
+//   plus what was refunded), spent (the charged cumulative), refunded, and what remains;
 // - a top-up: the next answer's payment carries a deposit (the SDK deposits only when a
 //   voucher would exceed the balance, so the page tells its scheme the channel is full);
 // - the cooperative refund of what remains (the SDK's `refund(url)`).
@@ -22,6 +22,7 @@ import {
 
 export const SESSION_SCHEME = "batch-settlement";
 const STORAGE_PREFIX = "x402-chat:channel:";
+const REFUNDED_PREFIX = "x402-chat:refunded:";
 
 /** The SDK's ClientChannelStorage on localStorage, one key per payer and channel. */
 class BrowserChannelStorage {
@@ -110,9 +111,19 @@ export class Session {
     return true;
   }
 
+  /** What refunds gave back from this channel so far (the SDK forgets a refunded channel). */
+  refunded(id) {
+    return BigInt(localStorage.getItem(this.refundedKey(id)) || "0");
+  }
+
+  refundedKey(id) {
+    return REFUNDED_PREFIX + this.signer.address.toLowerCase() + ":" + id;
+  }
+
   /**
-   * The session's balance from the chain and the local record: deposited (the channel's
-   * balance on chain), spent (charged so far), remaining; null before the first deposit.
+   * The session's balance from the chain and the local record: deposited in all (the
+   * channel's balance on chain, which a refund lowers, plus what refunds gave back), spent
+   * (charged so far), refunded, remaining; null before the first deposit.
    */
   async balance() {
     const id = this.channelId;
@@ -126,11 +137,22 @@ export class Session {
     if (onChain === 0n && !record) return null;
     const spent = record ? BigInt(record.chargedCumulativeAmount || "0") : claimed;
     const remaining = onChain > spent ? onChain - spent : 0n;
-    return { channelId: id, deposited: onChain, spent, claimed, remaining };
+    const refunded = this.refunded(id);
+    return { channelId: id, deposited: onChain + refunded, spent, refunded, claimed, remaining };
   }
 
-  /** Ask the API for what remains (a cooperative refund, with the SDK's refund flow). */
+  /**
+   * Ask the API for what remains (a cooperative refund, with the SDK's refund flow). What
+   * came back is what its PAYMENT-RESPONSE says, never more than remained.
+   */
   async refund(url) {
-    return this.scheme.refund(String(url));
+    const before = await this.balance();
+    const settled = await this.scheme.refund(String(url));
+    const said = /^[0-9]+$/.test(String(settled.amount ?? "")) ? BigInt(settled.amount) : 0n;
+    const back = before && said > before.remaining ? before.remaining : said;
+    if (before) {
+      localStorage.setItem(this.refundedKey(before.channelId), String(this.refunded(before.channelId) + back));
+    }
+    return { settled, refunded: back };
   }
 }

@@ -7,6 +7,10 @@ up to ``max_sessions``; beyond that they wait (first come, first served) for one
 given back, which the release hands straight to the first waiter. Requests of several
 threads and event loops may share one wallet: the pool's state is under one lock, and a
 waiter is woken in its own event loop.
+
+With a channel book (``session_store``), a pool that needs another channel first resumes one
+of the book's channels with that server that no process holds (claiming it), and only then
+opens a new one.
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
-from x402.mechanisms.evm.batch_settlement.client import InMemoryClientChannelStorage
 from x402.mechanisms.evm.signer import ClientEvmSigner
 from x402.schemas import PaymentRequirements
 
+from x402_meter.client._channel_book import BookedChannel, ChannelBook
 from x402_meter.client._receipts import Payment, Receipt
 from x402_meter.client._sessions import (
     ChannelBalance,
     ServerKey,
     SessionChannel,
+    booked_server_key,
     server_key,
 )
 
@@ -68,15 +73,19 @@ class SessionChannels:
         max_sessions: int,
         deposit: int | None,
         deposit_ceiling: int | None = None,
+        book: ChannelBook | None = None,
     ) -> None:
         self.signer = signer
         self.max_sessions = max_sessions
         self.deposit = deposit
         self.deposit_ceiling = deposit_ceiling
         """The most a server's suggested deposit is followed up to (None: no bound)."""
-        self.storage = InMemoryClientChannelStorage()
+        self.book = book
+        """The payer's durable channel book; None: channels live in this process only."""
         self._lock = threading.Lock()
         self._pools: dict[ServerKey, ChannelPool] = {}
+        self._booked: dict[ServerKey, list[BookedChannel]] | None = None
+        """The book's channels not resumed yet, by server (read on first need)."""
 
     # -- leasing -------------------------------------------------------------------------------
 
@@ -97,14 +106,62 @@ class SessionChannels:
                 default=None,
             )
             if free is None and len(live) < self.max_sessions:
-                free = SessionChannel(pool, self.signer, self.storage)
-                pool.channels.append(free)
+                free = self._new_channel(pool)
             if free is not None:
                 free.leased = True
                 return free
             waiter = _Waiter(wake)
             pool.waiters.append(waiter)
             return waiter
+
+    def _new_channel(self, pool: ChannelPool) -> SessionChannel:
+        """Another channel for ``pool`` (under the lock): one of the book's with its server
+        that no process holds, else a new one."""
+        channel: SessionChannel | None = None
+        for booked in self._booked_with(pool.key):
+            adopted = self.book.adopt(booked.channel_id) if self.book is not None else None
+            if adopted is not None and adopted.retired is None:
+                channel = SessionChannel(pool, self.signer, book=self.book, booked=adopted)
+                break
+            if adopted is not None:  # retired: kept (and held) for close_sessions to refund
+                pool.channels.append(
+                    SessionChannel(pool, self.signer, book=self.book, booked=adopted)
+                )
+        if channel is None:
+            channel = SessionChannel(pool, self.signer, book=self.book)
+        pool.channels.append(channel)
+        return channel
+
+    def _booked_with(self, key: ServerKey) -> Iterator[BookedChannel]:
+        """The book's channels with ``key``'s server not resumed yet, each given once."""
+        if self.book is None:
+            return
+        if self._booked is None:
+            self._booked = {}
+            for booked in self.book.records():
+                self._booked.setdefault(booked_server_key(booked), []).append(booked)
+        waiting = self._booked.get(key, [])
+        while waiting:
+            yield waiting.pop(0)
+
+    def resume_all(self) -> None:
+        """Resume every channel of the book that no process holds (``close_sessions``
+        takes back what earlier processes left in them), whatever its server."""
+        if self.book is None:
+            return
+        with self._lock:
+            self._booked = None  # read again: processes may have let go since
+            keys = {booked_server_key(b) for b in self.book.records()}
+            for key in keys:
+                pool = self._pools.get(key)
+                if pool is None:
+                    pool = self._pools[key] = ChannelPool(key)
+                for booked in self._booked_with(key):
+                    adopted = self.book.adopt(booked.channel_id)
+                    if adopted is not None:
+                        pool.channels.append(
+                            SessionChannel(pool, self.signer, book=self.book, booked=adopted)
+                        )
 
     def _take_channel(
         self, channel: SessionChannel, wake: Callable[[], None]
@@ -137,8 +194,7 @@ class SessionChannels:
                 waiter = next((w for w in pool.waiters if w.wanted is None), None)
                 if waiter is not None:
                     channel.leased = False
-                    channel = SessionChannel(pool, self.signer, self.storage)
-                    pool.channels.append(channel)
+                    channel = self._new_channel(pool)
             if waiter is None:
                 channel.leased = False
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,12 +43,15 @@ def _client_wallet(
     schemes: Sequence[str],
     session_deposit: AmountInput | None,
     max_sessions: int,
+    session_store: str | os.PathLike[str] | None,
 ) -> Wallet:
     """The wallet a paying client pays from: ``wallet`` as given, else one built from the
     key and the ``Wallet`` options (the one place both clients check these arguments)."""
     if wallet is not None:
-        if private_key is not None or rpc_url is not None:
-            raise ConfigurationError("pass private_key (and network, rpc_url) or wallet, not both")
+        if private_key is not None or rpc_url is not None or session_store is not None:
+            raise ConfigurationError(
+                "pass private_key (and network, rpc_url, session_store) or wallet, not both"
+            )
         return wallet
     if private_key is None or network is None:
         raise ConfigurationError("pass private_key and network, or wallet=Wallet(...)")
@@ -62,6 +66,7 @@ def _client_wallet(
         schemes=schemes,
         session_deposit=session_deposit,
         max_sessions=max_sessions,
+        session_store=session_store,
     )
 
 
@@ -114,6 +119,7 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
         schemes: Sequence[str] = DEFAULT_SCHEMES,
         session_deposit: AmountInput | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        session_store: str | os.PathLike[str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         **httpx_options: Any,
     ) -> None:
@@ -129,7 +135,10 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
             schemes=schemes,
             session_deposit=session_deposit,
             max_sessions=max_sessions,
+            session_store=session_store,
         )
+        self._owns_wallet = wallet is None
+        """Built here: closing the client lets go of its channels in ``session_store``."""
         self.paying_transport = PayingAsyncTransport(self.wallet, transport)
         httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)
         super().__init__(transport=self.paying_transport, **httpx_options)
@@ -151,8 +160,20 @@ class PayingAsyncClient(_WalletPayments, httpx.AsyncClient):
     async def close_sessions(self) -> tuple[SessionRefund, ...]:
         """Take back what is left in every session channel, now (the server's cooperative
         refund; waits for the answers being served on them). The wallet deposits again if
-        it pays by session later. Raises ``SessionRefundError`` if a server refuses."""
+        it pays by session later. With a ``session_store``, also the channels earlier processes
+        left there (that no other process holds). What comes back is counted back from
+        ``max_total``. Raises ``SessionRefundError`` if a server refuses."""
         return await self.paying_transport.close_sessions()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._owns_wallet:
+            self.wallet.close()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await super().__aexit__(*exc_info)
+        if self._owns_wallet:
+            self.wallet.close()
 
     def httpx2_client(self) -> httpx2.AsyncClient:
         """This client as an ``httpx2.AsyncClient``, for packages built on httpx2 (the
@@ -183,6 +204,7 @@ class PayingClient(_WalletPayments, httpx.Client):
         schemes: Sequence[str] = DEFAULT_SCHEMES,
         session_deposit: AmountInput | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        session_store: str | os.PathLike[str] | None = None,
         transport: httpx.BaseTransport | None = None,
         **httpx_options: Any,
     ) -> None:
@@ -198,7 +220,10 @@ class PayingClient(_WalletPayments, httpx.Client):
             schemes=schemes,
             session_deposit=session_deposit,
             max_sessions=max_sessions,
+            session_store=session_store,
         )
+        self._owns_wallet = wallet is None
+        """Built here: closing the client lets go of its channels in ``session_store``."""
         self.paying_transport = PayingTransport(self.wallet, transport)
         httpx_options.setdefault("timeout", _DEFAULT_TIMEOUT)
         super().__init__(transport=self.paying_transport, **httpx_options)
@@ -218,6 +243,16 @@ class PayingClient(_WalletPayments, httpx.Client):
     def close_sessions(self) -> tuple[SessionRefund, ...]:
         """See ``PayingAsyncClient.close_sessions``."""
         return self.paying_transport.close_sessions()
+
+    def close(self) -> None:
+        super().close()
+        if self._owns_wallet:
+            self.wallet.close()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        super().__exit__(*exc_info)
+        if self._owns_wallet:
+            self.wallet.close()
 
     def httpx2_client(self) -> httpx2.Client:
         """This client as an ``httpx2.Client``, for packages built on httpx2 (the

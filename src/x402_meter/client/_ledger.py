@@ -49,6 +49,8 @@ class PaymentLedger:
         self.prover = prover
         self._lock = threading.Lock()
         self._payments: list[Payment] = []
+        self._refunded: dict[str, int] = {}
+        """What refunds gave back, by channel, as counted back from ``spent``."""
 
     @property
     def payments(self) -> tuple[Payment, ...]:
@@ -58,9 +60,37 @@ class PaymentLedger:
 
     @property
     def spent(self) -> int:
-        """Atomic units counted against ``max_total`` (see ``Payment.spend``)."""
+        """Atomic units counted against ``max_total`` (see ``Payment.spend``), less what
+        session refunds gave back."""
         with self._lock:
-            return sum(payment.spend for payment in self._payments)
+            return self._spent()
+
+    @property
+    def refunded(self) -> int:
+        """Atomic units session refunds gave back (and ``spent`` counts back)."""
+        with self._lock:
+            return sum(self._refunded.values())
+
+    def _spent(self) -> int:
+        return sum(payment.spend for payment in self._payments) - sum(self._refunded.values())
+
+    def record_refund(self, channel_id: str, amount: int) -> int:
+        """A refund gave ``amount`` back from ``channel_id``: count it back from ``spent``,
+        but never more than this ledger counted deposits into that channel (a channel
+        resumed from the book was paid for by an earlier process: its refund is money back,
+        not room under this wallet's ``max_total``). Returns what was counted back."""
+        channel_id = channel_id.lower()
+        with self._lock:
+            deposited = sum(
+                p.spend
+                for p in self._payments
+                if p.scheme == SESSION_SCHEME and (p.channel_id or "").lower() == channel_id
+            )
+            earlier = self._refunded.get(channel_id, 0)
+            counted = max(min(amount, deposited - earlier), 0)
+            if counted:
+                self._refunded[channel_id] = earlier + counted
+        return counted
 
     # -- before signing ---------------------------------------------------------------------------
 
@@ -80,7 +110,7 @@ class PaymentLedger:
         session = offer.scheme == SESSION_SCHEME
         counted = (deposit or 0) if session else amount
         with self._lock:
-            spent = sum(payment.spend for payment in self._payments)
+            spent = self._spent()
             if self.max_total is not None and spent + counted > self.max_total:
                 raise SpendCapExceededError(
                     "max_total",

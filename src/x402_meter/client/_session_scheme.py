@@ -12,11 +12,13 @@ when it shows a voucher this wallet signed for at least that cumulative.
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from typing import Any
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from x402.http.utils import decode_payment_required_header
 from x402.interfaces import PaymentPayloadContext
 from x402.mechanisms.evm.batch_settlement.constants import VOUCHER_TYPES
 from x402.mechanisms.evm.batch_settlement.errors import ERR_CUMULATIVE_AMOUNT_MISMATCH
@@ -36,7 +38,12 @@ from x402.schemas import (
 from x402_meter.client._attempt import current_attempt
 from x402_meter.client._channel_leases import SessionChannels
 from x402_meter.client._exceptions import PayerError
-from x402_meter.client._sessions import SESSION_SCHEME, SessionChannel
+from x402_meter.client._sessions import (
+    SESSION_SCHEME,
+    RefundAnswer,
+    RefundFetch,
+    SessionChannel,
+)
 
 
 class SessionScheme:
@@ -63,6 +70,7 @@ class SessionScheme:
         payload: dict[str, Any] = channel.scheme.create_payment_payload(
             requirements, extensions, context
         )
+        channel.signed(payload)
         return payload
 
     def _on_payment_response(self, ctx: PaymentResponseContext) -> RecoveredResponseResult | None:
@@ -84,49 +92,77 @@ class SessionScheme:
     ) -> RecoveredResponseResult | None:
         """Adopt the server's charged cumulative from a corrective 402 when a voucher this
         wallet signed covers it (or it is below what we believed), then sign again once."""
-        if required.error != ERR_CUMULATIVE_AMOUNT_MISMATCH or channel.id is None:
-            return None
-        offer = next((a for a in required.accepts if a.scheme == SESSION_SCHEME), None)
-        if offer is None:
-            return None
-        extra = offer.extra or {}
-        state, voucher = extra.get("channelState"), extra.get("voucherState")
-        if not isinstance(state, dict) or str(state.get("channelId", "")).lower() != channel.id:
-            return None
-        charged = _digits(state.get("chargedCumulativeAmount"))
-        if charged is None:
-            return None
-        if charged > channel.charged():
-            signed = (
-                _digits(voucher.get("signedMaxClaimable")) if isinstance(voucher, dict) else None
-            )
-            signature = voucher.get("signature") if isinstance(voucher, dict) else None
-            if signed is None or charged > signed or not isinstance(signature, str):
-                return None
-            if not self._signed_by_us(channel.id, signed, signature, str(offer.network)):
-                return None
-        context = channel.state()
-        context.charged_cumulative_amount = str(charged)
-        channel.storage.set(channel.id, context)
-        return RecoveredResponseResult()
+        if adopt_corrective(channel, required, self.payer):
+            return RecoveredResponseResult()
+        return None
 
-    def _signed_by_us(self, channel_id: str, amount: int, signature: str, network: str) -> bool:
-        domain = get_batch_settlement_eip712_domain(get_evm_chain_id(network))
-        message = {"channelId": coerce_bytes32(channel_id), "maxClaimableAmount": amount}
-        signable = encode_typed_data(
-            domain_data=domain, message_types=VOUCHER_TYPES, message_data=message
-        )
-        try:
-            signer = Account.recover_message(
-                signable, signature=bytes.fromhex(signature.removeprefix("0x"))
-            )
-        except (ValueError, TypeError):
+
+def refund_fetch(channel: SessionChannel, fetch: RefundFetch, payer: str) -> RefundFetch:
+    """``fetch`` for the SDK's refund flow of ``channel``: a corrective 402 to the refund
+    (its voucher is behind the server's charges: a streamed answer's receipt never read, by
+    this process or the one that left the channel in the book) is checked like a payment's
+    before the SDK signs its one retry from the channel's state. The SDK's own recovery
+    would need the chain."""
+
+    def fetch_and_adopt(url: str, headers: dict[str, str]) -> RefundAnswer:
+        answer = fetch(url, headers)
+        header = answer.header("payment-required")
+        if answer.status == 402 and header and headers:
+            with contextlib.suppress(ValueError):
+                required = decode_payment_required_header(header)
+                if isinstance(required, PaymentRequired):
+                    adopt_corrective(channel, required, payer)
+        return answer
+
+    return fetch_and_adopt
+
+
+def adopt_corrective(channel: SessionChannel, required: PaymentRequired, payer: str) -> bool:
+    """Write the charged cumulative of a corrective 402 into ``channel``'s state if it is
+    believable: below what we believed, or covered by a voucher that recovers to ``payer``
+    (the server can then claim that much anyway)."""
+    if required.error != ERR_CUMULATIVE_AMOUNT_MISMATCH or channel.id is None:
+        return False
+    offer = next((a for a in required.accepts if a.scheme == SESSION_SCHEME), None)
+    if offer is None:
+        return False
+    extra = offer.extra or {}
+    state, voucher = extra.get("channelState"), extra.get("voucherState")
+    if not isinstance(state, dict) or str(state.get("channelId", "")).lower() != channel.id:
+        return False
+    charged = _digits(state.get("chargedCumulativeAmount"))
+    if charged is None:
+        return False
+    if charged > channel.charged():
+        signed = _digits(voucher.get("signedMaxClaimable")) if isinstance(voucher, dict) else None
+        signature = voucher.get("signature") if isinstance(voucher, dict) else None
+        if signed is None or charged > signed or not isinstance(signature, str):
             return False
-        return str(signer).lower() == self.payer
+        if not _signed_by(payer, channel.id, signed, signature, str(offer.network)):
+            return False
+    context = channel.state()
+    context.charged_cumulative_amount = str(charged)
+    channel.storage.set(channel.id, context)
+    return True
+
+
+def _signed_by(payer: str, channel_id: str, amount: int, signature: str, network: str) -> bool:
+    domain = get_batch_settlement_eip712_domain(get_evm_chain_id(network))
+    message = {"channelId": coerce_bytes32(channel_id), "maxClaimableAmount": amount}
+    signable = encode_typed_data(
+        domain_data=domain, message_types=VOUCHER_TYPES, message_data=message
+    )
+    try:
+        signer = Account.recover_message(
+            signable, signature=bytes.fromhex(signature.removeprefix("0x"))
+        )
+    except (ValueError, TypeError):
+        return False
+    return str(signer).lower() == payer.lower()
 
 
 def _digits(value: Any) -> int | None:
     return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
 
 
-__all__ = ["SessionScheme"]
+__all__ = ["SessionScheme", "adopt_corrective", "refund_fetch"]

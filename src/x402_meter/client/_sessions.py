@@ -2,9 +2,10 @@
 server, and what it tells (``ChannelBalance``, ``SessionRefund``).
 
 Each channel signs with its own instance of the SDK's client scheme (its own ``salt``, so
-its own channel id); they share one ``ClientChannelStorage``, in which the SDK keeps each
-channel's deposited balance and charged cumulative. Which request uses which channel is
-``_channel_leases``'.
+its own channel id) and its own ``ClientChannelStorage``, in which the SDK keeps the
+channel's deposited balance and charged cumulative; with a ``session_store`` each change is
+also written to the payer's channel book (``_channel_book``), so that a later process
+resumes the channel. Which request uses which channel is ``_channel_leases``'.
 
 A streamed answer's charge is not in its headers but in its receipt: the channel keeps it
 as *pending* and, before it signs its next voucher, reads the receipt and writes the charge
@@ -30,10 +31,13 @@ from x402.mechanisms.evm.batch_settlement.client import (
     RefundOptions,
     parse_announced_min_deposit,
 )
+from x402.mechanisms.evm.batch_settlement.constants import MIN_WITHDRAW_DELAY
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.mechanisms.evm.signer import ClientEvmSigner
 from x402.schemas import PaymentRequirements
 
+from x402_meter.client._channel_book import BookedChannel, ChannelBook
 from x402_meter.client._exceptions import (
     ReceiptUnavailableError,
     SessionReceiptError,
@@ -66,7 +70,19 @@ def server_key(requirements: PaymentRequirements) -> ServerKey:
         requirements.asset.lower(),
         requirements.pay_to.lower(),
         str(extra.get("receiverAuthorizer", "")).lower(),
-        delay if isinstance(delay, int) and not isinstance(delay, bool) else 0,
+        delay if isinstance(delay, int) and not isinstance(delay, bool) else MIN_WITHDRAW_DELAY,
+    )
+
+
+def booked_server_key(booked: BookedChannel) -> ServerKey:
+    """The server a booked channel is with (as ``server_key`` names it from an offer)."""
+    config = booked.config
+    return (
+        booked.network,
+        config.token.lower(),
+        config.receiver.lower(),
+        config.receiver_authorizer.lower(),
+        config.withdraw_delay,
     )
 
 
@@ -104,6 +120,8 @@ class SessionRefund:
 
     channel_id: str
     amount: int
+    """What the refund's ``PAYMENT-RESPONSE`` says came back, never more than the channel's
+    deposit less its charges as the wallet knew them: what ``max_total`` counts back."""
     transaction: str
 
 
@@ -164,29 +182,39 @@ class SessionChannel:
         self,
         pool: ChannelPool,
         signer: ClientEvmSigner,
-        storage: InMemoryClientChannelStorage,
+        *,
+        book: ChannelBook | None = None,
+        booked: BookedChannel | None = None,
     ) -> None:
         self.pool = pool
-        self.salt = "0x" + secrets.token_hex(32)
-        """Random: every wallet opens channels of its own (two processes with one key never
-        share one, which would make them busy for each other)."""
-        self.storage = storage
+        self.salt = booked.config.salt.lower() if booked else "0x" + secrets.token_hex(32)
+        """Random for a new channel: every wallet opens channels of its own (two processes
+        with one key never share one, which would make them busy for each other); a channel
+        resumed from the book keeps its own."""
+        self.book = book
+        self.storage = ChannelStorage(self)
         self.scheme = BatchSettlementEvmScheme(
             signer,
             BatchSettlementEvmSchemeOptions(
-                storage=storage, salt=self.salt, deposit_strategy=self._deposit
+                storage=self.storage, salt=self.salt, deposit_strategy=self._deposit
             ),
         )
-        self.id: str | None = None
+        self.id: str | None = booked.channel_id if booked else None
         """The channel id, once a request named the server's terms."""
-        self.url: str | None = None
+        self.network: str | None = booked.network if booked else None
+        self.config: ChannelConfig | None = booked.config if booked else None
+        self.url: str | None = booked.url if booked else None
         """The last resource paid through this channel (where a refund is asked)."""
+        self.unchecked = booked is not None
+        """Resumed from the book and not yet checked against the chain."""
         self.leased = False
         self.pending: PendingCharge | None = None
         self.deposit_due: int | None = None
         """The deposit decided for the payment being signed (None: a voucher alone)."""
-        self.retired: str | None = None
+        self.retired: str | None = booked.retired if booked else None
         """Why the channel signs no more vouchers (a receipt claimed too much)."""
+        if booked is not None:
+            self.storage.seed(booked.channel_id, booked.state)
 
     def _deposit(self, context: BatchSettlementDepositStrategyContext) -> int | bool:
         """The SDK's deposit strategy: the amount the wallet decided (and counted) before
@@ -200,9 +228,66 @@ class SessionChannel:
         config: payer, server, terms, salt)."""
         config = self.scheme.build_channel_config(requirements)
         self.id = compute_channel_id(config, str(requirements.network)).lower()
+        self.config, self.network = config, str(requirements.network)
         if url:
             self.url = url
         return self.id
+
+    def signed(self, payload: dict[str, Any]) -> None:
+        """Keep the voucher just signed (the most the server can claim on the channel) in
+        its state: the book then has the channel before the server answers."""
+        voucher = payload.get("voucher")
+        if self.id is None or not isinstance(voucher, dict):
+            return
+        state = self.state()
+        state.signed_max_claimable = str(voucher.get("maxClaimableAmount"))
+        state.signature = str(voucher.get("signature"))
+        self.storage.set(self.id, state)
+
+    def save(self) -> None:
+        """Write the channel to the book (or forget it there once its state is gone: a
+        full refund). Nothing without a book."""
+        if self.book is None or self.id is None:
+            return
+        state = self.storage.get(self.id)
+        try:
+            if state is None:
+                self.book.remove(self.id)
+            elif self.config is not None and self.network is not None:
+                self.book.write(
+                    BookedChannel(
+                        channel_id=self.id,
+                        network=self.network,
+                        config=self.config,
+                        state=state,
+                        url=self.url,
+                        retired=self.retired,
+                    )
+                )
+        except OSError as error:  # the book is a convenience: this process goes on
+            _LOG.warning("session_store: channel %s not written: %s", self.id, error)
+
+    def checked_on_chain(self, balance: int, total_claimed: int) -> None:
+        """What the chain holds of a resumed channel wins over the book: its balance (all
+        deposits less refunds and withdrawals) is what was deposited, and no less than what
+        it claimed has been charged. A voucher the server holds above that is its corrective
+        402's to say (checked against our own signature)."""
+        self.unchecked = False
+        if self.id is None:
+            return
+        state = self.state()
+        booked = int(state.charged_cumulative_amount or "0")
+        if int(state.balance or "0") != balance:
+            _LOG.warning(
+                "channel %s: the book says %s deposited, the chain %s: the chain wins",
+                self.id,
+                state.balance or "0",
+                balance,
+            )
+        state.balance = str(balance)
+        state.charged_cumulative_amount = str(max(booked, total_claimed))
+        state.total_claimed = str(total_claimed)
+        self.storage.set(self.id, state)
 
     def state(self) -> BatchSettlementClientContext:
         found = self.storage.get(self.id) if self.id is not None else None
@@ -249,6 +334,13 @@ class SessionChannel:
             balance_before=self.deposited(),
             deposit=payment.deposit or 0,
         )
+        if self.pending.deposit and self.id is not None:
+            # It was answered, so its deposit landed (settled before the answer started):
+            # recorded now, so that a process ending before the receipt is read leaves the
+            # book (and a later process's refund) the deposit, the charge to the server.
+            state = self.state()
+            state.balance = str(self.pending.balance_before + self.pending.deposit)
+            self.storage.set(self.id, state)
 
     def apply_receipt(self, receipt: Receipt) -> None:
         """Write the pending answer's charge from its receipt into the channel's state: the
@@ -310,7 +402,22 @@ class SessionChannel:
             settled = self.scheme.refund(self.url, RefundOptions(fetch=cast(Any, fetch)))
         except (RuntimeError, ValueError) as exc:
             raise SessionRefundError(f"channel {self.id}: {exc}") from exc
-        return SessionRefund(self.id, remaining, settled.transaction)
+        # Done with: its record is gone (the SDK's, and the book's), and its on-chain
+        # balance is what was claimed; the next session payment opens a new channel rather
+        # than a corrective 402 and a deposit on this one.
+        self.retired = "refunded"
+        said = settled.amount
+        refunded = int(said) if isinstance(said, str) and said.isascii() and said.isdigit() else 0
+        if refunded > remaining:
+            _LOG.warning(
+                "the refund of channel %s says %s came back, more than the %s left in it:"
+                " %s counted",
+                self.id,
+                refunded,
+                remaining,
+                remaining,
+            )
+        return SessionRefund(self.id, min(refunded, remaining), settled.transaction)
 
     def _retire(self, why: str) -> None:
         """Set the channel aside, its state as before the lie (and its deposit, which
@@ -319,6 +426,8 @@ class SessionChannel:
         pending = self.pending
         if pending is not None:
             self._write(pending.charged_before, pending)
+        else:
+            self.save()
         raise SessionReceiptError(why)
 
     def balance(self, decimals: int) -> ChannelBalance | None:
@@ -335,6 +444,27 @@ class SessionChannel:
             charged=self.charged(),
             pending=self.pending is not None,
         )
+
+
+class ChannelStorage(InMemoryClientChannelStorage):
+    """One channel's SDK storage: every change is also written to the payer's book (if
+    any), the way the SDK's own file storage would, with the channel's config beside it."""
+
+    def __init__(self, channel: SessionChannel) -> None:
+        super().__init__()
+        self.channel = channel
+
+    def seed(self, key: str, context: BatchSettlementClientContext) -> None:
+        """The state read from the book (not written back)."""
+        super().set(key, context)
+
+    def set(self, key: str, context: BatchSettlementClientContext) -> None:
+        super().set(key, context)
+        self.channel.save()
+
+    def delete(self, key: str) -> None:
+        super().delete(key)
+        self.channel.save()
 
 
 __all__ = [

@@ -35,6 +35,7 @@ from x402_meter.client._receipts import (
     parse_receipt,
     receipt_request,
 )
+from x402_meter.client._session_scheme import refund_fetch
 from x402_meter.client._sessions import (
     ChannelBalance,
     RefundAnswer,
@@ -248,11 +249,15 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
         """Take back what is left in each session channel (waiting for the answers being
         served on them); see ``PayingAsyncClient.close_sessions``."""
         sessions, taken = self.wallet.sessions, RefundsTaken()
+        await anyio.to_thread.run_sync(sessions.resume_all)
         for channel in list(sessions.channels()):
             await sessions.lease_channel_async(channel)
             try:
+                await anyio.to_thread.run_sync(self.wallet.check_resumed, channel)
                 await _done(self.wallet.read_pending(channel, self.fetch_receipt))
-                taken.add(await anyio.to_thread.run_sync(channel.refund, self._refund_fetch))
+                fetch = refund_fetch(channel, self._refund_fetch, self.wallet.address)
+                refund = await anyio.to_thread.run_sync(channel.refund, fetch)
+                taken.add(self.wallet.count_refund(refund))
             except SessionRefundError as error:
                 taken.failed(error)
             finally:
@@ -360,11 +365,14 @@ class PayingTransport(httpx.BaseTransport):
     def close_sessions(self) -> tuple[SessionRefund, ...]:
         """See ``PayingAsyncTransport.close_sessions``."""
         sessions, taken = self.wallet.sessions, RefundsTaken()
+        sessions.resume_all()
         for channel in list(sessions.channels()):
             sessions.lease_channel_sync(channel)
             try:
+                self.wallet.check_resumed(channel)
                 self.wallet.read_pending(channel, self.fetch_receipt)
-                taken.add(channel.refund(self._get))
+                fetch = refund_fetch(channel, self._get, self.wallet.address)
+                taken.add(self.wallet.count_refund(channel.refund(fetch)))
             except SessionRefundError as error:
                 taken.failed(error)
             finally:

@@ -6,10 +6,13 @@ hooks around each signature, which find their request through ``current_attempt`
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Awaitable, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Final, TypeAlias
 
+import anyio.to_thread
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from x402 import x402Client, x402ClientSync
@@ -25,6 +28,7 @@ from x402.schemas import (
 
 from x402_meter.assets import Asset, default_asset
 from x402_meter.client._attempt import Attempt, FetchReceipt, current_attempt
+from x402_meter.client._channel_book import ChannelBook
 from x402_meter.client._channel_leases import SessionChannels
 from x402_meter.client._exceptions import (
     NoPayableOfferError,
@@ -46,6 +50,7 @@ from x402_meter.client._sessions import (
     UNREAD_RECEIPT,
     ChannelBalance,
     SessionChannel,
+    SessionRefund,
 )
 from x402_meter.client.chain_proof import ChainProver
 from x402_meter.errors import ConfigurationError
@@ -60,6 +65,7 @@ DEPOSIT_CEILING_MULTIPLE: Final = 10
 """Without ``session_deposit``, a deposit follows the server's ``minDeposit`` up to this
 many ``max_per_request`` (the SDK client's rule, with its multiplier of 5 doubled to cover
 X402Meter's default suggestion of ten answers' maxima)."""
+_LOG: Final = logging.getLogger("x402_meter.client")
 
 
 def _atomic_cap(value: AmountInput | None, name: str, decimals: int) -> int | None:
@@ -109,6 +115,10 @@ class Wallet:
             Always at least what the next voucher needs.
         max_sessions: session channels per server at most, one per concurrent request;
             further requests wait for one to be free.
+        session_store: a directory where the wallet keeps its session channels (no key in
+            it), so that a later process resumes them instead of depositing again, and its
+            ``close_sessions()`` takes back what earlier ones left. Processes sharing it
+            never use one channel at once. None: channels live in this process only.
 
     Thread-safe; share one wallet between clients to share its caps.
     """
@@ -127,6 +137,7 @@ class Wallet:
         rpc_url: str | None = None,
         session_deposit: AmountInput | None = None,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        session_store: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(private_key, str):
             try:
@@ -174,6 +185,7 @@ class Wallet:
                 if self.max_per_request is None
                 else DEPOSIT_CEILING_MULTIPLE * self.max_per_request
             ),
+            book=None if session_store is None else ChannelBook(session_store, self.address),
         )
         """Its session channels (``batch-settlement``), by server."""
         self._async_client: x402Client | None = None
@@ -198,6 +210,44 @@ class Wallet:
         streamed answer's charge counts once its receipt is read (``pending`` until then;
         the clients' ``balance()`` reads it first)."""
         return self.sessions.balances(self.asset.decimals)
+
+    @property
+    def refunded(self) -> int:
+        """Atomic units session refunds gave back (counted back from ``spent``)."""
+        return self.ledger.refunded
+
+    def count_refund(self, refund: SessionRefund | None) -> SessionRefund | None:
+        """Count a refund back from ``spent`` (see ``PaymentLedger.record_refund``)."""
+        if refund is not None:
+            self.ledger.record_refund(refund.channel_id, refund.amount)
+        return refund
+
+    def check_resumed(self, channel: SessionChannel) -> None:
+        """A channel resumed from the book, before its first use: what the chain holds of
+        it (``rpc_url``) wins over what the book says. Blocking. Without ``rpc_url`` the
+        book stands, and the server's corrective 402 corrects a charge that is behind; an
+        unreadable chain leaves the book's word too (the server checks every voucher
+        against its own state and the chain, so no answer goes unpaid)."""
+        if not channel.unchecked or channel.id is None:
+            return
+        if self.prover is None:
+            channel.unchecked = False
+            return
+        try:
+            balance, claimed = self.prover.channel(channel.id)
+        except ConfigurationError:
+            raise
+        except Exception as error:
+            _LOG.warning("could not read channel %s from the chain: %s", channel.id, error)
+            channel.unchecked = False
+            return
+        channel.checked_on_chain(balance, claimed)
+
+    def close(self) -> None:
+        """Let go of the session channels this wallet holds in its ``session_store`` (so
+        another process may resume them; the process's exit does it too)."""
+        if self.sessions.book is not None:
+            self.sessions.book.close()
 
     def to_decimal(self, atomic: int) -> Decimal:
         """Atomic units as an amount of the asset: ``124`` -> ``Decimal("0.000124")``."""
@@ -331,6 +381,8 @@ class Wallet:
             if attempt.channel is None:
                 _through_a_transport(attempt)
                 attempt.channel = await self.sessions.lease_async(offer)
+            if attempt.channel.unchecked:
+                await anyio.to_thread.run_sync(self.check_resumed, attempt.channel)
             pending = self._bind(attempt.channel, offer, attempt)
             if pending is not None:
                 await pending
@@ -347,6 +399,7 @@ class Wallet:
             if attempt.channel is None:
                 _through_a_transport(attempt)
                 attempt.channel = self.sessions.lease_sync(offer)
+            self.check_resumed(attempt.channel)
             self._bind(attempt.channel, offer, attempt)
         if not self._reserve_first(attempt, offer):
             attempt.resolve()

@@ -25,6 +25,8 @@ from eth_typing import ChecksumAddress
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
+from x402.mechanisms.evm.batch_settlement.abi import BATCH_SETTLEMENT_ABI
+from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
 from x402.mechanisms.evm.constants import (
     PERMIT2_ADDRESS,
     X402_UPTO_PERMIT2_PROXY_ABI,
@@ -110,6 +112,9 @@ class ChainProver:
         self._permit2 = self._w3.eth.contract(
             address=Web3.to_checksum_address(PERMIT2_ADDRESS), abi=_NONCE_BITMAP_ABI
         )
+        self._settlement = self._w3.eth.contract(
+            address=Web3.to_checksum_address(BATCH_SETTLEMENT_ADDRESS), abi=BATCH_SETTLEMENT_ABI
+        )
         self._chain_lock = threading.Lock()
         self._chain_checked = False
 
@@ -144,6 +149,13 @@ class ChainProver:
             block_identifier=block["number"]
         )
         return not (bitmap >> bit) & 1
+
+    def channel(self, channel_id: str) -> tuple[int, int]:
+        """A session channel's ``(balance, totalClaimed)`` in the escrow (a channel never
+        deposited into reads as zeros). Raises web3's errors if the chain cannot be read."""
+        self._check_chain()
+        found = self._settlement.functions.channels(HexBytes(channel_id)).call()
+        return int(found[0]), int(found[1])
 
     def _check_chain(self) -> None:
         with self._chain_lock:
