@@ -43,7 +43,12 @@ from x402_meter.schemes.channel_payload import (
     read_channel_refund,
 )
 from x402_meter.schemes.channel_refund import ChannelRefund
-from x402_meter.schemes.channel_state import ChainSnapshot, ChargingChannels, channel_state
+from x402_meter.schemes.channel_state import (
+    ChainSnapshot,
+    ChargingChannels,
+    RecentChannels,
+    channel_state,
+)
 from x402_meter.schemes.channel_terms import ChannelTerms
 from x402_meter.schemes.voucher_signature import VoucherSignatures
 from x402_meter.store import (
@@ -124,6 +129,9 @@ class BatchSettlementScheme(PaymentScheme):
         self.metrics = metrics
         self.ledger = ledger
         self.charging = ChargingChannels()
+        self.recent = RecentChannels()
+        """Each channel's record as this process last read or wrote it: a voucher on a
+        channel only this process serves is admitted, and charged, with no store read."""
         self.terms = ChannelTerms()
         """The channel configs whose binding and terms were checked (an LRU)."""
         self.signatures = VoucherSignatures()
@@ -326,26 +334,25 @@ class BatchSettlementScheme(PaymentScheme):
         channel is free. Done once per request (a retry finds it done)."""
         payment = _payment_of_row(record)
         amount = record.amount or 0
+        channel_id = payment.channel_id
+        # The record as this request's admission left it (no read), if it still shows the
+        # request holding the channel: the compare-and-set below confirms it is current.
+        known = self.recent.get(channel_id)
+        current = known if known is not None and known.serving == record.key else None
         try:
             for _ in range(CHARGE_ATTEMPTS):
-                current = await self.channels.get(payment.channel_id)
+                hinted = current is not None
                 if current is None:
-                    return _failed(record, ERR_MISSING_CHANNEL, "the channel has no record")
-                if current.last_charged == record.key:
-                    return _charged(record, current, amount)  # done before: a retry
-                if current.serving != record.key:
-                    return _failed(
-                        record,
-                        CHANNEL_LOCK_LOST,
-                        "another request took the channel before this charge was recorded",
-                    )
+                    current = await self.channels.get(channel_id)
+                    self.recent.read(current)
+                outcome = _charge_outcome(record, current, payment, amount)
+                if outcome is not None:
+                    if hinted:  # decided on the hint: never answered on it, read the store
+                        current = None
+                        continue
+                    return outcome
+                assert current is not None
                 total = current.charged + amount
-                if total > payment.cumulative:
-                    return _failed(
-                        record,
-                        ERR_CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
-                        f"{total} charged would exceed the voucher's {payment.cumulative}",
-                    )
                 changes: dict[str, Any] = {
                     "charged": total,
                     "serving": None,
@@ -356,10 +363,12 @@ class BatchSettlementScheme(PaymentScheme):
                     changes["voucher_max"] = payment.cumulative
                     changes["voucher_signature"] = payment.signature
                 stored = await self.channels.put(dataclasses.replace(current, **changes))
+                self.recent.wrote(stored)
                 if stored is not None:
                     if self.metrics is not None:
                         self.metrics.session_charge(record.network, record.asset, amount)
                     return _charged(record, stored, amount)
+                current = None  # written meanwhile (a claim's lease): read it again
         except Exception as exc:  # the store did not answer: the worker tries again later
             raise ChargeUnavailableError(f"channel store: {type(exc).__name__}: {exc}") from exc
         raise ChargeUnavailableError(f"channel {payment.channel_id} kept changing")
@@ -414,6 +423,31 @@ def charged_after(record: PaymentRecord, payment: ChannelPayment) -> int:
 
 def _payment_of_row(record: PaymentRecord) -> ChannelPayment:
     return read_channel_payment(json.loads(record.payload_json)["payload"])
+
+
+def _charge_outcome(
+    record: PaymentRecord, current: ChannelRecord | None, payment: ChannelPayment, amount: int
+) -> SettleResponse | None:
+    """What a charge of ``record`` comes to without a write, on the channel as ``current``
+    (None: it is to be written)."""
+    if current is None:
+        return _failed(record, ERR_MISSING_CHANNEL, "the channel has no record")
+    if current.last_charged == record.key:
+        return _charged(record, current, amount)  # done before: a retry
+    if current.serving != record.key:
+        return _failed(
+            record,
+            CHANNEL_LOCK_LOST,
+            "another request took the channel before this charge was recorded",
+        )
+    total = current.charged + amount
+    if total > payment.cumulative:
+        return _failed(
+            record,
+            ERR_CHARGE_EXCEEDS_SIGNED_CUMULATIVE,
+            f"{total} charged would exceed the voucher's {payment.cumulative}",
+        )
+    return None
 
 
 def _charged(record: PaymentRecord, channel: ChannelRecord, amount: int) -> SettleResponse:
