@@ -379,7 +379,10 @@ class BatchSettlementScheme(PaymentScheme):
         if settled.state not in (LedgerState.SETTLED, LedgerState.NOT_CHARGED):
             return []
         payment = _payment_of_row(settled)
-        record = await self.channels.get(payment.channel_id)
+        # The mirror as this request's charge wrote it (no read), else as stored now.
+        record = self.recent.get(payment.channel_id)
+        if record is None or record.last_charged != settled.key:
+            record = await self.channels.get(payment.channel_id)
         chain = ChainSnapshot.of(record) if record is not None else ChainSnapshot(0, 0, 0, 0)
         amount = settled.amount or 0
         result = SettleResponse(
