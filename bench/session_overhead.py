@@ -172,24 +172,29 @@ def counted_thread_hops() -> Iterator[Counter[str]]:
 class Timed:
     first_byte: float
     end: float
+    hops_before_first_byte: int
 
 
-async def timed_call(app: Any, header: bytes | None) -> Timed:
-    """``call`` with the time to the first body byte and to the end, in microseconds."""
+async def timed_call(app: Any, header: bytes | None, hops: Counter[str] | None = None) -> Timed:
+    """``call`` with the time to the first body byte and to the end, in microseconds, and
+    the thread hops counted in ``hops`` before the first body byte."""
     started = time.perf_counter()
+    before = sum(hops.values()) if hops is not None else 0
     first: list[float] = []
+    hops_first: list[int] = []
 
     async def tapped(scope: Any, receive: Any, send: Any) -> None:
         async def timing(message: dict[str, Any]) -> None:
             if not first and message["type"] == "http.response.body" and message.get("body"):
                 first.append(time.perf_counter())
+                hops_first.append(sum(hops.values()) - before if hops is not None else 0)
             await send(message)
 
         await app(scope, receive, timing)
 
     await call(tapped, header)
     ended = time.perf_counter()
-    return Timed((first[0] - started) * 1e6, (ended - started) * 1e6)
+    return Timed((first[0] - started) * 1e6, (ended - started) * 1e6, hops_first[0])
 
 
 async def measure(requests: int, events: int, store: str) -> dict[str, Any]:
@@ -201,12 +206,15 @@ async def measure(requests: int, events: int, store: str) -> dict[str, Any]:
         warm = min(30, requests)
         headers = await payer.headers(meter, meter, requests + warm)
         samples: dict[str, list[float]] = {k: [] for k in ("bare", "paid", "bare_end", "paid_end")}
+        early = 0
         with counted_thread_hops() as hops:
             for index, header in enumerate(headers):
                 if index == warm:
                     hops.clear()
+                    early = 0
                 plain = await timed_call(bare, None)
-                paid = await timed_call(meter, header)
+                paid = await timed_call(meter, header, hops)
+                early += paid.hops_before_first_byte
                 await meter.runtime.settler.drain()
                 if index >= warm:
                     samples["bare"].append(plain.first_byte)
@@ -214,7 +222,7 @@ async def measure(requests: int, events: int, store: str) -> dict[str, Any]:
                     samples["bare_end"].append(plain.end)
                     samples["paid_end"].append(paid.end)
         await meter.runtime.settler.aclose()
-    return {"samples": samples, "hops": hops, "requests": requests}
+    return {"samples": samples, "hops": hops, "early": early, "requests": requests}
 
 
 def report(store: str, result: dict[str, Any]) -> None:
@@ -227,6 +235,7 @@ def report(store: str, result: dict[str, Any]) -> None:
     print(f"  first byte added (medians): {added:.0f} us")
     hops: Counter[str] = result["hops"]
     print(f"  thread hops per voucher request: {sum(hops.values()) / requests:.2f}")
+    print(f"  ... before its first byte: {result['early'] / requests:.2f}")
     for name, n in hops.most_common():
         print(f"    {n / requests:.2f}  {name}")
 
