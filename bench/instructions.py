@@ -16,11 +16,13 @@ how often it ran would vary from run to run. Two runs agree within a few hundred
 instructions of some 1.7 million.
 
 It counts the bare app and X402Meter with 20-event answers and with 200-event ones (cap out
-of reach; cap checked) and prints instructions per request and what X402Meter adds per
-request and per event; ``--case`` counts only some. ``--baseline-src DIR`` counts the
-``x402_meter`` found in ``DIR`` (a copy of ``src/`` from before a change) the same way,
-beside it. ``--annotate DIR`` keeps the callgrind files there, for ``callgrind_annotate``
-(they name the interpreter's C functions, not Python ones).
+of reach; cap checked), and a request paid by session voucher (``bench.session_overhead``;
+the ledger and channels in memory or SQLite), and prints instructions per request and what
+X402Meter adds per request, per event and per voucher request; ``--case`` counts only
+some. ``--baseline-src DIR`` counts the ``x402_meter`` found in ``DIR`` (a copy of
+``src/`` from before a change) the same way, beside it. ``--annotate DIR`` keeps the
+callgrind files there, for ``callgrind_annotate`` (they name the interpreter's C
+functions, not Python ones).
 
 Needs valgrind (``apt-get install valgrind``). Every case is two runs under callgrind, which
 runs Python some 50 times slower: about 12 minutes for all cases of one tree at
