@@ -10,6 +10,7 @@ own hint); the store's reads are counted.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,26 @@ pytestmark = pytest.mark.anyio
 
 
 class CountedReads:
-    """A channel store that counts ``get`` calls."""
+    """A channel store that counts ``get`` calls; once ``lease_before_next_put`` is set, it
+    writes a claims worker's lease into the record just before the next ``put`` (which
+    then loses its compare-and-set), as a claims pass can at any moment."""
 
     def __init__(self, store: ChannelStore) -> None:
         self.store = store
         self.reads = 0
+        self.lease_before_next_put = False
 
     async def get(self, channel_id: str) -> ChannelRecord | None:
         self.reads += 1
         return await self.store.get(channel_id)
+
+    async def put(self, record: ChannelRecord) -> ChannelRecord | None:
+        if self.lease_before_next_put:
+            self.lease_before_next_put = False
+            current = await self.store.get(record.channel_id)
+            assert current is not None
+            await self.store.put(dataclasses.replace(current, claiming="another worker"))
+        return await self.store.put(record)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -105,7 +117,8 @@ async def test_two_processes_serving_one_channel_in_turn_charge_every_answer_onc
             client = (b, a)[turn % 2]
             charged = (await channel_of(first, payer.channel_id(req))).charged
             voucher = payer.voucher(req, charged + maximum)
-            assert (await send(client, QUESTION, voucher)).status_code == 200
+            answer = await send(client, QUESTION, voucher)
+            assert answer.status_code == 200, (turn, answer.text)
             sent.append(voucher)
         runs = app.runs
         replays = [await send(client, QUESTION, v) for v in sent for client in (a, b)]
@@ -113,3 +126,26 @@ async def test_two_processes_serving_one_channel_in_turn_charge_every_answer_onc
     assert {r.json()["reason"] for r in replays} == {MISMATCH}
     assert app.runs == runs == 9
     assert (await channel_of(first, payer.channel_id(req))).charged == 9 * one_answer
+
+
+async def test_a_claims_lease_written_while_a_voucher_takes_the_channel_is_not_busy(
+    tmp_path: Path,
+) -> None:
+    """The voucher's compare-and-set loses to the claims worker's lease (a write, not a
+    request): the voucher reads the channel again and is served, not refused as busy;
+    the worker's lease is kept."""
+    meter = sqlite_meter(chat_app(), InProcessFacilitator(), tmp_path / "meter.db")
+    payer = ChannelPayer()
+    channels = meter.runtime.channels
+    assert isinstance(channels, CountedReads)
+    async with calling(meter) as client:
+        req = await session_offer(client, QUESTION)
+        maximum = int(req.amount)
+        deposit = payer.deposit(req, maximum, 10 * maximum)
+        assert (await send(client, QUESTION, deposit)).status_code == 200
+        for _ in range(3):  # on a read, then on this process's own record
+            channels.lease_before_next_put = True
+            assert await pay(client, meter, payer, req) == 200
+    record = await channel_of(meter, payer.channel_id(req))
+    assert record.claiming == "another worker"
+    assert record.serving is None

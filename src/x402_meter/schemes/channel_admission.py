@@ -40,6 +40,13 @@ logger = logging.getLogger("x402_meter")
 CHANNEL_WITHDRAWAL_PENDING: Final = "channel_withdrawal_pending"
 CHARGE_WAIT_SECONDS: Final = 5.0
 """How long a request waits for this process to finish charging its channel's last answer."""
+HOLD_ATTEMPTS: Final = 3
+"""Reads of the channel one admission makes when its compare-and-set keeps losing to other
+writes, before it calls the channel busy."""
+
+
+class HoldLost:
+    """The channel's record changed between the read and the compare-and-set."""
 
 
 class ChannelAdmission:
@@ -75,6 +82,16 @@ class ChannelAdmission:
     async def run(self, facilitator: FacilitatorClient) -> Refusal | None:
         if await self._admitted_on_recent():
             return None
+        for _ in range(HOLD_ATTEMPTS):
+            decided = await self._admit_on_read(facilitator)
+            if not isinstance(decided, HoldLost):
+                return decided
+        return busy()
+
+    async def _admit_on_read(self, facilitator: FacilitatorClient) -> Refusal | HoldLost | None:
+        """Decide on the channel's record as read now, and take the channel; ``HoldLost``
+        when the record changed between the read and the compare-and-set (another request
+        took the channel, or a claims worker wrote its lease: the next read tells which)."""
         free = await self._free_record()
         if isinstance(free, Refusal):
             return free
@@ -105,7 +122,7 @@ class ChannelAdmission:
         if chain is not None:
             changes.update(chain.mirrored(now))
         if not await self._hold(record, changes):
-            return busy()
+            return HoldLost()
         if payment.kind == "deposit":
             return await self._deposit(facilitator, mirror)
         return None
