@@ -16,11 +16,13 @@ how often it ran would vary from run to run. Two runs agree within a few hundred
 instructions of some 1.7 million.
 
 It counts the bare app and X402Meter with 20-event answers and with 200-event ones (cap out
-of reach; cap checked) and prints instructions per request and what X402Meter adds per
-request and per event; ``--case`` counts only some. ``--baseline-src DIR`` counts the
-``x402_meter`` found in ``DIR`` (a copy of ``src/`` from before a change) the same way,
-beside it. ``--annotate DIR`` keeps the callgrind files there, for ``callgrind_annotate``
-(they name the interpreter's C functions, not Python ones).
+of reach; cap checked), and a request paid by session voucher (``bench.session_overhead``;
+the ledger and channels in memory or SQLite), and prints instructions per request and what
+X402Meter adds per request, per event and per voucher request; ``--case`` counts only
+some. ``--baseline-src DIR`` counts the ``x402_meter`` found in ``DIR`` (a copy of
+``src/`` from before a change) the same way, beside it. ``--annotate DIR`` keeps the
+callgrind files there, for ``callgrind_annotate`` (they name the interpreter's C
+functions, not Python ones).
 
 Needs valgrind (``apt-get install valgrind``). Every case is two runs under callgrind, which
 runs Python some 50 times slower: about 12 minutes for all cases of one tree at
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.middleware_overhead import DORMANT_CAP, call, metered, signed_headers, sse_app
+from bench.session_overhead import VoucherPayer, session_meter
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_UP = 30
@@ -64,6 +67,9 @@ class Case:
     events: int
     max_tokens: int
     paid: bool
+    session: str | None = None
+    """Paid by voucher on a known channel, the ledger and channels in ``memory`` or
+    ``sqlite`` (None: paid by ``upto``)."""
 
 
 def cases(events: int) -> list[Case]:
@@ -73,6 +79,8 @@ def cases(events: int) -> list[Case]:
         Case("bare-10x", events * 10, 16384, paid=False),
         Case("paid-10x-dormant", events * 10, DORMANT_CAP, paid=True),
         Case("paid-10x-capped", events * 10, 16384, paid=True),
+        Case("session-memory", events, 16384, paid=True, session="memory"),
+        Case("session-sqlite", events, 16384, paid=True, session="sqlite"),
     ]
 
 
@@ -95,14 +103,25 @@ def _instrument(on: bool) -> None:
     os.close(devnull)
 
 
-async def _run(requests: int, events: int, max_tokens: int, paid: bool) -> None:
+async def _run(
+    requests: int, events: int, max_tokens: int, paid: bool, session: str | None
+) -> None:
     bare_app = sse_app(events)
-    app = metered(bare_app, max_tokens)
+    scratch = tempfile.mkdtemp()
+    if session is None:
+        app = metered(bare_app, max_tokens)
+    else:
+        store = "memory" if session == "memory" else str(Path(scratch) / "meter.sqlite3")
+        app = session_meter(bare_app, store, max_tokens)
     # The sweeper wakes every few seconds of wall-clock time, which callgrind stretches: how
     # often it ran among the requests counted would vary from run to run.
     settler = app.runtime.settler
     settler.retry = dataclasses.replace(settler.retry, sweep_every=24 * 3600.0)
-    headers = await signed_headers(app, requests + WARM_UP)
+    if session is None:
+        headers = await signed_headers(app, requests + WARM_UP)
+    else:  # vouchers on one channel, its record fresh: admitted with no facilitator call
+        payer = await VoucherPayer.opened(app)
+        headers = await payer.headers(app, app, requests + WARM_UP)
     target = app if paid else bare_app
 
     async def one(header: bytes) -> None:
@@ -118,10 +137,11 @@ async def _run(requests: int, events: int, max_tokens: int, paid: bool) -> None:
     for header in headers[WARM_UP:]:
         await one(header)
     _instrument(on=False)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def child(args: argparse.Namespace) -> None:
-    asyncio.run(_run(args.requests, args.events, args.max_tokens, args.paid))
+    asyncio.run(_run(args.requests, args.events, args.max_tokens, args.paid, args.session))
     sys.stdout.flush()
     os._exit(0)  # the interpreter's shutdown is not worth simulating
 
@@ -141,6 +161,7 @@ def count(case: Case, requests: int, source: Path | None, out: Path) -> int:
     argv += [sys.executable, "-m", "bench.instructions", "--child"]
     argv += ["--requests", str(requests), "--events", str(case.events)]
     argv += ["--max-tokens", str(case.max_tokens)] + (["--paid"] if case.paid else [])
+    argv += ["--session", case.session] if case.session else []
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr.decode()[-3000:]}")
@@ -162,6 +183,10 @@ def added(figures: dict[str, float], events: int) -> dict[str, float]:
     rows = {}
     if {"paid", "bare"} <= has:
         rows["added per paid request"] = figures["paid"] - figures["bare"]
+    for store in ("memory", "sqlite"):
+        if {f"session-{store}", "bare"} <= has:
+            session = figures[f"session-{store}"]
+            rows[f"added per voucher request, {store}"] = session - figures["bare"]
     for longer, label in [
         ("paid-10x-dormant", "cap out of reach"),
         ("paid-10x-capped", "cap checked"),
@@ -200,6 +225,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--paid", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--max-tokens", type=int, default=16384, help=argparse.SUPPRESS)
+    parser.add_argument("--session", choices=["memory", "sqlite"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

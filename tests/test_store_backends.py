@@ -156,3 +156,24 @@ async def test_two_redis_writers_leave_each_row_listed_under_its_state_only(
         await client.aclose()
         for store in stores:
             await store.aclose()
+
+
+def test_connections_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """The ledger, the channel store and the claims worker open one new file at the first
+    request, each on its own thread: turning it to WAL answered "database is locked" to
+    some of them (a 500) before opening tried again."""
+    from x402_meter.store.channel_sqlite import SQLiteChannelStore
+    from x402_meter.store.sqlite import SQLiteStore
+
+    async def open_all(stores: list[SQLiteStore | SQLiteChannelStore]) -> None:
+        async with anyio.create_task_group() as group:
+            for store in stores:
+                group.start_soon(store.list)
+        for store in stores:
+            await store.aclose()
+
+    for round_ in range(30):
+        path = tmp_path / f"new-{round_}.db"
+        stores: list[SQLiteStore | SQLiteChannelStore] = [SQLiteStore(path)]
+        stores += [SQLiteChannelStore(path), SQLiteChannelStore(path)]
+        anyio.run(open_all, stores)

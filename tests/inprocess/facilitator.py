@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from x402.mechanisms.evm.batch_settlement.errors import ERR_CLAIM_TRANSACTION_FAILED
 from x402.schemas import SettleResponse, SupportedKind, SupportedResponse, VerifyResponse
 
 from x402_meter.devstack.accounts import FACILITATOR
@@ -99,7 +100,11 @@ class InProcessFacilitator:
     channels: dict[str, Channel] = field(default_factory=dict)
     """``batch-settlement`` channels by id (lower case), in place of the chain."""
     calls: list[str] = field(default_factory=list)
-    """The path of every call, in order."""
+    """The path of every call, in order (but a claims worker's: ``claim_calls``)."""
+    claim_calls: int = 0
+    """``/settle`` calls of a claims worker (claims, sweeps): not modelled here, answered
+    as a failed transaction, which the worker retries later. Kept out of ``calls``: the
+    worker's first pass runs when it starts, wherever that falls among the requests."""
 
     def __post_init__(self) -> None:
         self.app = Starlette(
@@ -185,6 +190,16 @@ class InProcessFacilitator:
 
     async def _settle(self, request: Request) -> JSONResponse:
         body = await request.json()
+        if body["paymentPayload"]["payload"].get("type") in ("claim", "settle"):
+            self.claim_calls += 1
+            answer = SettleResponse(
+                success=False,
+                error_reason=ERR_CLAIM_TRANSACTION_FAILED,
+                error_message="the in-process facilitator has no chain to claim on",
+                transaction="",
+                network=body["paymentRequirements"]["network"],
+            )
+            return _json(answer)
         self.calls.append("/settle")
         self.settle_started.set()
         if self.settle_gate is not None:

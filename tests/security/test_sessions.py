@@ -153,3 +153,52 @@ async def test_a_voucher_for_less_than_the_answer_may_cost_is_not_admitted() -> 
     assert answer.status_code == 402
     assert answer.json()["reason"] == MISMATCH
     assert app.runs == runs
+
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def malleated(payload: PaymentPayload, *, flip_s: bool, v_offset: int = 0) -> PaymentPayload:
+    """``payload`` with its voucher's signature changed into another form that recovers to
+    the same signer (``s`` mirrored into the curve order's upper half, ``v`` flipped; or
+    ``v`` written as 0/1): what ``ecrecover`` in the contract refuses."""
+    inner = dict(payload.payload)
+    voucher = dict(inner["voucher"])
+    raw = bytes.fromhex(voucher["signature"].removeprefix("0x"))
+    r, s, v = raw[:32], int.from_bytes(raw[32:64], "big"), raw[64]
+    if flip_s:
+        s, v = SECP256K1_N - s, 55 - v  # 27 <-> 28
+    voucher["signature"] = "0x" + (r + s.to_bytes(32, "big") + bytes([v - v_offset])).hex()
+    inner["voucher"] = voucher
+    return payload.model_copy(update={"payload": inner})
+
+
+@pytest.mark.parametrize(
+    ("flip_s", "v_offset"), [(True, 0), (False, 27)], ids=["high_s", "v_0_or_1"]
+)
+async def test_a_voucher_signed_in_a_form_the_contract_refuses_never_gets_an_answer(
+    flip_s: bool, v_offset: int
+) -> None:
+    """The malleated twin of a valid voucher signature recovers to the payer (the SDK's
+    off-chain check accepts it) but the contract's ``ecrecover`` refuses it: a voucher
+    the seller could never claim. Refused before the app runs; the channel unchanged."""
+    app = Counted(chat_app())
+    meter = session_meter(app, InProcessFacilitator())
+    payer = ChannelPayer()
+    async with calling(meter) as client:
+        requirements, _ = await open_channel(meter, client, payer)
+        channel_id = payer.channel_id(requirements)
+        before, runs = await channel_of(meter, channel_id), app.runs
+        honest = payer.voucher(requirements, before.charged + int(requirements.amount))
+        forged = malleated(honest, flip_s=flip_s, v_offset=v_offset)
+        answer = await send(client, QUESTION, forged)
+        assert answer.status_code == 402
+        assert answer.json()["reason"] == "invalid_batch_settlement_evm_voucher_signature"
+        assert app.runs == runs
+        after = await channel_of(meter, channel_id)
+        assert (after.charged, after.serving, after.voucher_signature) == (
+            before.charged,
+            None,
+            before.voucher_signature,
+        )
+        assert (await send(client, QUESTION, honest)).status_code == 200  # the honest form

@@ -40,6 +40,13 @@ logger = logging.getLogger("x402_meter")
 CHANNEL_WITHDRAWAL_PENDING: Final = "channel_withdrawal_pending"
 CHARGE_WAIT_SECONDS: Final = 5.0
 """How long a request waits for this process to finish charging its channel's last answer."""
+HOLD_ATTEMPTS: Final = 3
+"""Reads of the channel one admission makes when its compare-and-set keeps losing to other
+writes, before it calls the channel busy."""
+
+
+class HoldLost:
+    """The channel's record changed between the read and the compare-and-set."""
 
 
 class ChannelAdmission:
@@ -73,6 +80,18 @@ class ChannelAdmission:
         """Whether the facilitator's ``/verify`` was asked (else admitted locally)."""
 
     async def run(self, facilitator: FacilitatorClient) -> Refusal | None:
+        if await self._admitted_on_recent():
+            return None
+        for _ in range(HOLD_ATTEMPTS):
+            decided = await self._admit_on_read(facilitator)
+            if not isinstance(decided, HoldLost):
+                return decided
+        return busy()
+
+    async def _admit_on_read(self, facilitator: FacilitatorClient) -> Refusal | HoldLost | None:
+        """Decide on the channel's record as read now, and take the channel; ``HoldLost``
+        when the record changed between the read and the compare-and-set (another request
+        took the channel, or a claims worker wrote its lease: the next read tells which)."""
         free = await self._free_record()
         if isinstance(free, Refusal):
             return free
@@ -103,24 +122,52 @@ class ChannelAdmission:
         if chain is not None:
             changes.update(chain.mirrored(now))
         if not await self._hold(record, changes):
-            return busy()
+            return HoldLost()
         if payment.kind == "deposit":
             return await self._deposit(facilitator, mirror)
         return None
 
     # -- the steps -----------------------------------------------------------------------
 
+    async def _admitted_on_recent(self) -> bool:
+        """Take the channel with no store read, when this process is the one serving it: the
+        voucher is decided on the record as this process left it, and the compare-and-set
+        that takes the channel succeeds only if that record is still the stored one (then
+        the decision is the one a read would have given). Anything else (no such record,
+        the channel held, the mirror stale, a refusal, a lost compare-and-set) goes the
+        usual way, from a read."""
+        payment, recent = self.payment, self.scheme.recent
+        if payment.kind != "voucher" or payment.contract_wallet:
+            return False
+        record = recent.trusted(payment.channel_id)
+        now = time.time()
+        if (
+            record is None
+            or record.serving is not None
+            or now - record.synced_at > self.scheme.state_ttl
+        ):
+            return False
+        mirror = ChainSnapshot.of(record)
+        if self._refusal(record, mirror) is not None:
+            return False
+        if await self._hold(record, {"charged": self._baseline(record, mirror)}):
+            return True
+        recent.distrust(payment.channel_id)
+        return False
+
     async def _free_record(self) -> ChannelRecord | Refusal | None:
         """The channel's record if no other request holds it (None: no record yet). A
         holder whose lease ran out still holds it while its row waits to be charged."""
-        channel_id = self.payment.channel_id
+        channel_id, recent = self.payment.channel_id, self.scheme.recent
         record = await self.channels.get(channel_id)
+        recent.read(record)
         if (
             record is not None
             and record.busy(time.time())
             and await self.scheme.charging.wait(channel_id, CHARGE_WAIT_SECONDS)
         ):
             record = await self.channels.get(channel_id)
+            recent.read(record)
         if record is None:
             return None
         if record.busy(time.time()) or await self.scheme.holder_unsettled(record):
@@ -193,6 +240,7 @@ class ChannelAdmission:
         base = record if record is not None else self._new_record()
         held = dataclasses.replace(base, serving=self.key, serving_until=self.until, **changes)
         self.held = await self.channels.put(held)
+        self.scheme.recent.wrote(self.held)
         return self.held is not None
 
     def _new_record(self) -> ChannelRecord:
@@ -246,10 +294,12 @@ class ChannelAdmission:
         current = self.held
         while current is not None and current.serving == self.key:
             stored = await self.channels.put(dataclasses.replace(current, **changes))
+            self.scheme.recent.wrote(stored)
             if stored is not None:
                 self.held = stored
                 return
             current = await self.channels.get(self.payment.channel_id)
+            self.scheme.recent.read(current)
 
     async def release(self) -> None:
         """Give the channel up (a request refused or failed after it took it)."""

@@ -5,7 +5,8 @@ Every field is read before anything else looks at it (addresses, canonical uints
 hex signatures): a malformed payload is a 400 naming the field, never a 500. The channel's
 binding (its id is the EIP-712 hash of its config) and its terms (receiver, receiver
 authorizer, token, withdraw delay) are checked against the server's own requirements with
-the SDK's functions, and so is the voucher's EIP-712 signature. No I/O here.
+the SDK's functions (``channel_terms.py`` remembers the configs that passed;
+``voucher_signature.py`` checks the voucher's signature). No I/O here.
 """
 
 from __future__ import annotations
@@ -14,17 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from x402.mechanisms.evm.batch_settlement.constants import SCHEME_BATCH_SETTLEMENT
-from x402.mechanisms.evm.batch_settlement.errors import (
-    ERR_INVALID_PAYLOAD_TYPE,
-    ERR_INVALID_VOUCHER_SIGNATURE,
-)
-from x402.mechanisms.evm.batch_settlement.facilitator.utils import (
-    validate_channel_config,
-    verify_batch_settlement_voucher_typed_data,
-)
+from x402.mechanisms.evm.batch_settlement.errors import ERR_INVALID_PAYLOAD_TYPE
+from x402.mechanisms.evm.batch_settlement.facilitator.utils import validate_channel_config
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 from x402.mechanisms.evm.batch_settlement.utils import channel_id_binding_error
-from x402.mechanisms.evm.utils import get_evm_chain_id
 from x402.schemas import PaymentRequirements
 
 from x402_meter.errors import PaymentError
@@ -61,19 +55,6 @@ class ChannelPayment:
         """A zero ``payerAuthorizer``: the voucher is an EIP-1271 signature of the payer,
         which only the chain (the facilitator) can check."""
         return self.config.payer_authorizer.lower() == ZERO_ADDRESS
-
-    def signed_by_payer(self, network: str) -> bool:
-        """Whether the voucher's EIP-712 signature recovers to the ``payerAuthorizer``
-        (the SDK's ECDSA path; not for a contract wallet)."""
-        return verify_batch_settlement_voucher_typed_data(
-            signer=None,  # type: ignore[arg-type]  # unused on the ECDSA path
-            channel_id=self.channel_id,
-            max_claimable_amount=str(self.cumulative),
-            payer_authorizer=self.config.payer_authorizer,
-            payer=self.config.payer,
-            signature=self.signature,
-            chain_id=get_evm_chain_id(network),
-        )
 
     def voucher(self) -> dict[str, str]:
         """The voucher as the wire carries it."""
@@ -174,12 +155,3 @@ def check_channel_terms(payment: ChannelPayment, requirements: PaymentRequiremen
     reason = reason or validate_channel_config(payment.config, payment.channel_id, requirements)
     if reason is not None:
         raise PaymentError(reason, "the channel does not match this server's terms")
-
-
-def check_voucher_signature(payment: ChannelPayment, network: str) -> None:
-    """The voucher is signed by the config's ``payerAuthorizer`` (an EOA); ``PaymentError``
-    if not. A contract wallet's voucher is left to the facilitator."""
-    if not payment.contract_wallet and not payment.signed_by_payer(network):
-        raise PaymentError(
-            ERR_INVALID_VOUCHER_SIGNATURE, "the voucher is not signed by the payer authorizer"
-        )

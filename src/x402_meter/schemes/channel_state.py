@@ -1,9 +1,11 @@
 """What a session's server knows of a channel beyond its record: the chain's snapshot as the
-facilitator reports it, and the channels whose last answer this process is charging."""
+facilitator reports it, the channels whose last answer this process is charging, and each
+channel's record as this process last saw it."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -119,3 +121,54 @@ class ChargingChannels:
         with anyio.move_on_after(seconds):
             await event.wait()
         return event.is_set()
+
+
+class RecentChannels:
+    """The record of each channel as this process last read or wrote it (a bounded LRU),
+    so that the hot path can skip a store read.
+
+    Only a hint, never trusted alone: a request that decides on it goes on only through a
+    compare-and-set on the record's version, which fails if anyone wrote the channel since
+    (and then the request reads the store and decides again); nothing is refused on it.
+    A channel is ``trusted`` for that once a read from the store found it as this process
+    had left it, and stops being trusted when such a compare-and-set fails: where another
+    process writes the channel too, requests read first, as if there were no hint (a
+    failed guess costs a store round trip)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._records: OrderedDict[str, tuple[ChannelRecord, bool]] = OrderedDict()
+
+    def get(self, channel_id: str) -> ChannelRecord | None:
+        """The channel as this process last saw it, whether trusted or not."""
+        entry = self._records.get(channel_id)
+        return None if entry is None else entry[0]
+
+    def trusted(self, channel_id: str) -> ChannelRecord | None:
+        """The channel as this process last saw it, if no other process seems to write it."""
+        entry = self._records.get(channel_id)
+        return entry[0] if entry is not None and entry[1] else None
+
+    def read(self, record: ChannelRecord | None) -> None:
+        """``record`` was read from the store: trusted if it is what this process left."""
+        if record is not None:
+            left = self.get(record.channel_id)
+            self._keep(record, left is not None and left.version == record.version)
+
+    def wrote(self, record: ChannelRecord | None) -> None:
+        """``record`` was written by this process (a compare-and-set that won)."""
+        if record is not None:
+            entry = self._records.get(record.channel_id)
+            self._keep(record, entry is not None and entry[1])
+
+    def distrust(self, channel_id: str) -> None:
+        """A compare-and-set on this process's view failed: another process wrote."""
+        entry = self._records.get(channel_id)
+        if entry is not None:
+            self._records[channel_id] = (entry[0], False)
+
+    def _keep(self, record: ChannelRecord, trusted: bool) -> None:
+        self._records[record.channel_id] = (record, trusted)
+        self._records.move_to_end(record.channel_id)
+        if len(self._records) > self.size:
+            self._records.popitem(last=False)

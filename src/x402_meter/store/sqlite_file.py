@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
 
 _T = TypeVar("_T")
+
+LOCKED_RETRY_SECONDS: Final = 0.005
+"""How long opening the file waits before trying again when another connection holds it."""
 
 Synchronous = Literal["NORMAL", "FULL"]
 
@@ -48,12 +52,33 @@ class SQLiteFile:
             connection = sqlite3.connect(
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
-            connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(f"PRAGMA synchronous={self._synchronous}")
-            connection.executescript(self._schema)
+            try:
+                connection.row_factory = sqlite3.Row
+                self._set_up(connection)
+            except BaseException:
+                connection.close()
+                raise
             self._connection = connection
         return self._connection
+
+    def _set_up(self, connection: sqlite3.Connection) -> None:
+        """WAL, ``synchronous`` and the schema, tried again while another connection holds
+        the file (up to the busy timeout). Turning a new file to WAL answers "database is
+        locked" at once, without the busy handler, while another connection opens it: the
+        ledger, the channel store and the claims worker of one process open the same file
+        at the first request, each on its own thread."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute(f"PRAGMA synchronous={self._synchronous}")
+                connection.executescript(self._schema)
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                time.sleep(LOCKED_RETRY_SECONDS)  # on the worker thread, not the event loop
 
     async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """``work(connection)`` on the worker thread, after every earlier call has finished."""
