@@ -57,7 +57,6 @@ from x402.mechanisms.evm.batch_settlement.server.channel_manager_common import (
 )
 from x402.mechanisms.evm.batch_settlement.types import (
     AuthorizerSigner,
-    ChannelConfig,
     VoucherClaim,
 )
 from x402.schemas import SettleResponse
@@ -65,6 +64,7 @@ from x402.schemas import SettleResponse
 from x402_meter.errors import FacilitatorUnavailableError
 from x402_meter.facilitator import FacilitatorClient
 from x402_meter.metrics import SessionMetrics
+from x402_meter.schemes.channel_state import checksummed_config
 from x402_meter.settlement import SETTLEMENT_PENDING, worker_id
 from x402_meter.store import ChannelRecord, ChannelStore, ClaimedChannel, ClaimRecord
 
@@ -555,17 +555,8 @@ def _claimed_changes(
 
 def _voucher_claim(record: ChannelRecord) -> VoucherClaim:
     """The claim row of a channel: its latest voucher, claiming its charged cumulative."""
-    config = ChannelConfig(
-        payer=Web3.to_checksum_address(record.payer),
-        payer_authorizer=Web3.to_checksum_address(record.payer_authorizer),
-        receiver=Web3.to_checksum_address(record.receiver),
-        receiver_authorizer=Web3.to_checksum_address(record.receiver_authorizer),
-        token=Web3.to_checksum_address(record.token),
-        withdraw_delay=record.withdraw_delay,
-        salt=record.salt,
-    )
     return VoucherClaim(
-        channel=config,
+        channel=checksummed_config(record),
         max_claimable_amount=str(record.voucher_max),
         signature=record.voucher_signature,
         total_claimed=str(record.charged),

@@ -34,7 +34,6 @@ from x402.mechanisms.evm.batch_settlement.errors import (
 )
 from x402.mechanisms.evm.batch_settlement.types import (
     AuthorizerSigner,
-    ChannelConfig,
     EnrichedRefundPayload,
     VoucherClaim,
     VoucherFields,
@@ -44,7 +43,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 from x402_meter.schemes.base import Refusal
 from x402_meter.schemes.channel_admission import CHARGE_WAIT_SECONDS, busy
 from x402_meter.schemes.channel_payload import RefundRequest
-from x402_meter.schemes.channel_state import ChainSnapshot, channel_state
+from x402_meter.schemes.channel_state import ChainSnapshot, channel_state, checksummed_config
 from x402_meter.store import ChannelRecord
 
 if TYPE_CHECKING:
@@ -188,7 +187,7 @@ class ChannelRefund:
         the payer's, for exactly the charged cumulative)."""
         return [
             VoucherClaim(
-                channel=checksummed(self.payment.config),
+                channel=checksummed_config(self.payment.config),
                 max_claimable_amount=str(self.payment.cumulative),
                 signature=self.payment.signature,
                 total_claimed=str(charged),
@@ -203,7 +202,7 @@ class ChannelRefund:
         network = str(self.requirements.network)
         payment = self.payment
         refund = EnrichedRefundPayload(
-            channel_config=checksummed(payment.config),
+            channel_config=checksummed_config(payment.config),
             voucher=VoucherFields(
                 channel_id=payment.channel_id,
                 max_claimable_amount=str(payment.cumulative),
@@ -314,19 +313,6 @@ class ChannelRefund:
             if self.held is not None:
                 await self._update({"serving": None, "serving_until": 0.0})
                 self.held = None
-
-
-def checksummed(config: ChannelConfig) -> ChannelConfig:
-    """``config`` with its addresses checksummed, as the SDK writes them."""
-    return ChannelConfig(
-        payer=Web3.to_checksum_address(config.payer),
-        payer_authorizer=Web3.to_checksum_address(config.payer_authorizer),
-        receiver=Web3.to_checksum_address(config.receiver),
-        receiver_authorizer=Web3.to_checksum_address(config.receiver_authorizer),
-        token=Web3.to_checksum_address(config.token),
-        withdraw_delay=config.withdraw_delay,
-        salt=config.salt,
-    )
 
 
 def _sign(

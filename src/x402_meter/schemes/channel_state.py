@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from web3 import Web3
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
 
 from x402_meter.protocol.amounts import NotCanonicalUintError, parse_uint
 from x402_meter.store import ChannelRecord
@@ -172,3 +174,17 @@ class RecentChannels:
         self._records.move_to_end(record.channel_id)
         if len(self._records) > self.size:
             self._records.popitem(last=False)
+
+
+def checksummed_config(channel: ChannelConfig | ChannelRecord) -> ChannelConfig:
+    """The channel's config (from a payload's config or a stored record) with its
+    addresses checksummed, as the SDK writes them in claims and refunds."""
+    return ChannelConfig(
+        payer=Web3.to_checksum_address(channel.payer),
+        payer_authorizer=Web3.to_checksum_address(channel.payer_authorizer),
+        receiver=Web3.to_checksum_address(channel.receiver),
+        receiver_authorizer=Web3.to_checksum_address(channel.receiver_authorizer),
+        token=Web3.to_checksum_address(channel.token),
+        withdraw_delay=channel.withdraw_delay,
+        salt=channel.salt,
+    )
