@@ -25,9 +25,11 @@ from eth_account import Account
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
+from web3 import Web3
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient, decode_payment_required_header
 from x402.http.clients import x402HttpxClient
 from x402.http.utils import decode_payment_response_header
+from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
 from x402.mechanisms.evm.batch_settlement.server import (
     BatchSettlementChannelManager,
     BatchSettlementEvmScheme,
@@ -188,6 +190,30 @@ def charged_amount(answer: httpx.Response) -> int:
     return int(settled.extra["chargedAmount"])
 
 
+TRANSFER: Final = Web3.keccak(text="Transfer(address,address,uint256)")
+
+
+def deposit_moved(stack: LocalStack, transaction: str, payer: str) -> int:
+    """What ``transaction`` (mined, per its anvil receipt) moved from ``payer`` and into the
+    batch-settlement escrow, in the token: the deposit it made (0: none)."""
+    mined = stack.web3().eth.get_transaction_receipt(transaction)  # type: ignore[arg-type]
+    assert mined["status"] == 1
+    transfers = [
+        (
+            "0x" + log["topics"][1].hex()[-40:],
+            "0x" + log["topics"][2].hex()[-40:],
+            int(log["data"].hex(), 16),
+        )
+        for log in mined["logs"]
+        if log["address"].lower() == stack.asset.lower() and log["topics"][0] == TRANSFER
+    ]
+    sent = sum(amount for source, _, amount in transfers if source == payer.lower())
+    escrowed = sum(
+        amount for _, target, amount in transfers if target == BATCH_SETTLEMENT_ADDRESS.lower()
+    )
+    return sent if sent == escrowed else 0
+
+
 def sdk_channel(record: ChannelRecord) -> Channel:
     """Our channel record as the SDK's server keeps a channel (what its manager claims)."""
     config = ChannelConfig(
@@ -293,3 +319,42 @@ async def test_the_sdk_client_pays_a_session_one_deposit_then_vouchers_with_no_f
         assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
             payer=-deposit, contract=deposit - sum(costs), pay_to=sum(costs)
         )
+
+
+async def test_a_deposit_answer_names_the_deposit_transaction(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """The deposit is on chain before its answer: a JSON answer's ``PAYMENT-RESPONSE`` and
+    receipt, and a streamed answer's receipt, name its transaction (the one that moved the
+    deposit into the escrow), and the SDK client goes on paying by voucher after it. A
+    voucher's answer names none (its charge is in the channel)."""
+    stack = x402_local_stack
+    json_payer, stream_payer = new_funded_payer(stack), new_funded_payer(stack)
+    async with seller(stack, tmp_path) as shop:
+        async with httpx.AsyncClient(base_url=shop.base, timeout=60) as plain:
+            challenge = await plain.post(CHAT, json=QUESTION)
+        offers = decode_payment_required_header(challenge.headers["payment-required"]).accepts
+        (offer,) = [r for r in offers if r.scheme == "batch-settlement"]
+        deposit = int((offer.extra or {})["minDeposit"])
+        client = payer_client(stack, payer_scheme(stack, json_payer))
+        async with x402HttpxClient(client, timeout=60, base_url=shop.base) as http:
+            first = await http.post(CHAT, json=QUESTION)
+            assert first.status_code == 200, first.text
+            receipt = (await http.get(first.headers["x-payment-receipt"])).json()
+            then = await http.post(CHAT, json=QUESTION)
+            assert then.status_code == 200, then.text
+        client = payer_client(stack, payer_scheme(stack, stream_payer))
+        async with x402HttpxClient(client, timeout=60, base_url=shop.base) as http:
+            streamed = await http.post(CHAT, json=STREAMED)
+            assert streamed.status_code == 200, streamed.text
+            streamed_receipt = (await http.get(streamed.headers["x-payment-receipt"])).json()
+
+    settled = decode_payment_response_header(first.headers["payment-response"])
+    transaction = settled.transaction
+    assert deposit_moved(stack, transaction, json_payer.address) == deposit
+    assert receipt["transaction"] == transaction
+    assert decode_payment_response_header(then.headers["payment-response"]).transaction == ""
+    assert "payment-response" not in streamed.headers  # the headers left before the charge
+    streamed_deposit = streamed_receipt["transaction"]
+    assert streamed_receipt["status"] == "settled"
+    assert deposit_moved(stack, streamed_deposit, stream_payer.address) == deposit

@@ -31,7 +31,12 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequirements
 
 from tests.apps import PRICE_ATOMIC
-from tests.inprocess.facilitator import NETWORK, RECEIVER_AUTHORIZER, InProcessFacilitator
+from tests.inprocess.facilitator import (
+    NETWORK,
+    RECEIVER_AUTHORIZER,
+    TRANSACTION,
+    InProcessFacilitator,
+)
 from tests.inprocess.harness import (
     ASSET,
     HANG,
@@ -144,7 +149,8 @@ async def test_the_sdk_client_deposits_once_then_pays_by_voucher_with_no_facilit
     assert [s["extra"]["chargedAmount"] for s in settled] == [str(ANSWER_COST)] * 4
     cumulative = [int(s["extra"]["channelState"]["chargedCumulativeAmount"]) for s in settled]
     assert cumulative == [ANSWER_COST * n for n in range(1, 5)]
-    assert all(s["transaction"] == "" for s in settled)
+    # the deposit's answer names its transaction; a voucher's charge has none
+    assert [s["transaction"] for s in settled] == [TRANSACTION, "", "", ""]
 
 
 # -- the charge -----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class LedgerRecords:
             payer=authorization.payer,
             pay_to=terms.pay_to,
             max_amount=authorization.max_amount,
+            transaction=admitted.scheme.admitted_transaction(authorization),
             x402_version=authorization.version,
             payload_json=authorization.payload.model_dump_json(by_alias=True, exclude_none=True),
             requirements_json=admitted.offer.json_of(authorization.requirements),

@@ -136,6 +136,11 @@ class PaymentScheme(ABC):
         whose state names a request by its key can then find that request's row."""
         return None
 
+    def admitted_transaction(self, authorization: Authorization) -> str | None:
+        """A transaction admission already put on chain for the payment (a channel's
+        deposit), which its ledger row carries from the start; None: none."""
+        return None
+
     async def unserved(self, authorization: Authorization) -> None:  # noqa: B027 - optional hook
         """The admitted payment will not be served (its ledger row could not be written):
         give back what admission took that would otherwise wait for a lease to run out."""

@@ -46,6 +46,7 @@ from x402_meter.schemes.channel_refund import ChannelRefund
 from x402_meter.schemes.channel_state import (
     ChainSnapshot,
     ChargingChannels,
+    DepositTransactions,
     RecentChannels,
     channel_state,
 )
@@ -132,6 +133,8 @@ class BatchSettlementScheme(PaymentScheme):
         self.recent = RecentChannels()
         """Each channel's record as this process last read or wrote it: a voucher on a
         channel only this process serves is admitted, and charged, with no store read."""
+        self.deposits = DepositTransactions()
+        """The deposit transactions admissions settled, until their requests' rows take them."""
         self.terms = ChannelTerms()
         """The channel configs whose binding and terms were checked (an LRU)."""
         self.signatures = VoucherSignatures()
@@ -277,6 +280,10 @@ class BatchSettlementScheme(PaymentScheme):
     def receipt_id(self, authorization: Authorization) -> str | None:
         return holder_receipt_id(authorization.key)
 
+    def admitted_transaction(self, authorization: Authorization) -> str | None:
+        # A deposit's: its answer names it (the row keeps it through the charge).
+        return self.deposits.take(authorization.key)
+
     async def holder_unsettled(self, record: ChannelRecord) -> bool:
         """Whether the request named as the channel's holder has a ledger row not yet final
         (its server died, and no sweeper has charged it yet), whatever its lease says.
@@ -291,6 +298,7 @@ class BatchSettlementScheme(PaymentScheme):
         """Free the channel this request took: with no ledger row, no sweeper would, and the
         channel would stay busy until the request's lease ran out (``max_timeout_seconds``).
         The store may be failing too: then the lease is what frees it."""
+        self.deposits.take(authorization.key)
         channel_id = read_channel_payment(authorization.payload.payload).channel_id
         try:
             for _ in range(CHARGE_ATTEMPTS):
@@ -392,7 +400,9 @@ class BatchSettlementScheme(PaymentScheme):
         amount = settled.amount or 0
         result = SettleResponse(
             success=True,
-            transaction="",  # the charge is in the channel: no transaction of its own
+            # The charge is in the channel, with no transaction of its own; a deposit's
+            # answer names the deposit's (as the SDK's server does).
+            transaction=settled.transaction or "",
             network=settled.network,
             payer=settled.payer,
             amount="",
@@ -461,7 +471,7 @@ def _charge_outcome(
 def _charged(record: PaymentRecord, channel: ChannelRecord, amount: int) -> SettleResponse:
     return SettleResponse(
         success=True,
-        transaction="",
+        transaction=record.transaction or "",  # a deposit's, kept by the settled row
         network=record.network,
         payer=record.payer,
         amount=str(amount),

@@ -282,6 +282,8 @@ class ChannelAdmission:
             self.payment.channel_id,
             settled.transaction,
         )
+        if settled.transaction:
+            self.scheme.deposits.put(self.key, settled.transaction)
         metrics = self.scheme.metrics
         if metrics is not None:
             network, asset = str(self.requirements.network), self.requirements.asset

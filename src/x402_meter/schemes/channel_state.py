@@ -188,3 +188,21 @@ def checksummed_config(channel: ChannelConfig | ChannelRecord) -> ChannelConfig:
         withdraw_delay=channel.withdraw_delay,
         salt=channel.salt,
     )
+
+
+class DepositTransactions:
+    """The transaction of each deposit admission just settled, by the request's key, until
+    the request's ledger row takes it (at once, in this process): a bounded map, so that a
+    request that never gets a row leaves nothing behind for long."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._transactions: OrderedDict[str, str] = OrderedDict()
+
+    def put(self, key: str, transaction: str) -> None:
+        self._transactions[key] = transaction
+        if len(self._transactions) > self.size:
+            self._transactions.popitem(last=False)
+
+    def take(self, key: str) -> str | None:
+        return self._transactions.pop(key, None)
