@@ -13,13 +13,16 @@ import json
 import os
 import stat
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import openai
 import pytest
 from eth_account.signers.local import LocalAccount
+from x402.http.utils import decode_payment_signature_header
 
 from tests.channel_seller import Balances
 from tests.test_client_sessions import (
@@ -256,3 +259,74 @@ async def test_a_process_skips_the_channel_another_process_holds_and_a_third_ref
         assert Balances.read(stack, payer.address, shop.pay_to) == start.moved(
             payer=-charged, pay_to=charged
         )
+
+
+class BookAtEachSend(httpx.AsyncBaseTransport):
+    """The async client's way to the server: at each paid request's send, what the book in
+    ``store`` holds of the voucher (and deposit) the request carries."""
+
+    def __init__(self, store: Path) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.store = store
+        self.sent: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+        """Each paid request's payload and the book's record of its channel as it was sent."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        header = request.headers.get("payment-signature")
+        if header is not None:
+            payload = decode_payment_signature_header(header).payload
+            channel = payload["voucher"]["channelId"].lower()
+            booked = self.store / f"{channel}.json"
+            record = json.loads(booked.read_text()) if booked.exists() else None
+            self.sent.append((payload, record))
+        return await self.inner.handle_async_request(request)
+
+
+async def test_the_async_client_writes_its_book_off_the_loop_each_payment_booked_before_it_goes(
+    x402_local_stack: LocalStack, tmp_path: Path
+) -> None:
+    """``PayingAsyncClient`` with a ``session_store`` pays a deposit, a streamed answer and a
+    JSON one: every book write (each one an fsync) runs in a worker thread, never on the
+    event loop's; yet each paid request goes out only once the book holds its channel
+    (config and salt) and the voucher it carries, and once the client is done the book
+    holds the deposit and every charge."""
+    stack = x402_local_stack
+    store = tmp_path / "sessions"
+    loop_thread = threading.get_ident()
+    written_in: list[int] = []
+    wire = BookAtEachSend(store)
+    async with (
+        shop_and_payer(stack, tmp_path) as (shop, payer, _),
+        paying_client(stack, payer, session_store=store, transport=wire) as http,
+    ):
+        book = http.wallet.sessions.book
+        assert book is not None
+        write = book.write
+
+        def recorded_write(booked: Any) -> None:
+            written_in.append(threading.get_ident())
+            write(booked)
+
+        book.write = recorded_write  # type: ignore[method-assign]
+        llm = openai.AsyncOpenAI(base_url=f"{shop.base}/v1", api_key="x402", http_client=http)
+        first = await llm.chat.completions.create(model="stub", messages=MESSAGES)
+        streamed = await ask_streamed_async(llm)
+        last = await llm.chat.completions.create(model="stub", messages=MESSAGES)
+        (deposit,) = deposits(http.payments)
+
+    assert first.usage is not None
+    assert last.usage is not None
+    charged = usage_cost(first.usage.model_dump()) + streamed + usage_cost(last.usage.model_dump())
+    assert written_in, "nothing was written to the book"
+    assert loop_thread not in written_in
+    assert len(wire.sent) == 3
+    for payload, record in wire.sent:
+        assert record is not None, "a payment was sent before its channel was in the book"
+        voucher = payload["voucher"]
+        assert record["channelId"] == voucher["channelId"].lower()
+        assert record["config"]["salt"].lower() == payload["channelConfig"]["salt"].lower()
+        assert record["state"]["signedMaxClaimable"] == voucher["maxClaimableAmount"]
+    assert "deposit" in wire.sent[0][0]
+    (booked,) = list(store.glob("*.json"))
+    state = json.loads(booked.read_text())["state"]
+    assert (state["balance"], state["chargedCumulativeAmount"]) == (str(deposit), str(charged))

@@ -42,11 +42,30 @@ class Attempt:
         self.payment: Payment | None = None
         self.channel: SessionChannel | None = None
         """The session channel this request leased, until its answer is done."""
+        self.defers_book_writes = False
+        """Whether a channel's changes wait for ``write_book`` (the async transport writes
+        them in a worker thread, not on its event loop) instead of being written at once."""
+        self.unwritten: list[SessionChannel] = []
+        """The channels changed since their last write, while writes are deferred."""
 
     def take_channel(self) -> SessionChannel | None:
         """The leased channel, which the caller now gives back (once)."""
         channel, self.channel = self.channel, None
         return channel
+
+    def defer_book_write(self, channel: SessionChannel) -> bool:
+        """Note that ``channel`` changed; False when writes are not deferred (write now)."""
+        if not self.defers_book_writes:
+            return False
+        if channel not in self.unwritten:
+            self.unwritten.append(channel)
+        return True
+
+    def write_book(self) -> None:
+        """Write the channels changed since their last write to the book. Blocking."""
+        channels, self.unwritten = self.unwritten, []
+        for channel in channels:
+            channel.save()
 
     def forget(self, ledger: PaymentLedger) -> None:
         """Nothing was signed for this attempt: give its reservation back to ``ledger``."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,6 +38,7 @@ from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.mechanisms.evm.signer import ClientEvmSigner
 from x402.schemas import PaymentRequirements
 
+from x402_meter.client._attempt import current_attempt
 from x402_meter.client._channel_book import BookedChannel, ChannelBook
 from x402_meter.client._exceptions import (
     ReceiptUnavailableError,
@@ -192,6 +194,7 @@ class SessionChannel:
         with one key never share one, which would make them busy for each other); a channel
         resumed from the book keeps its own."""
         self.book = book
+        self._saving = threading.Lock()
         self.storage = ChannelStorage(self)
         self.scheme = BatchSettlementEvmScheme(
             signer,
@@ -244,19 +247,31 @@ class SessionChannel:
         state.signature = str(voucher.get("signature"))
         self.storage.set(self.id, state)
 
+    def changed(self) -> None:
+        """The channel's state changed: written to the book now, or, in an attempt that
+        defers its writes (the async transport's), before its request is sent again and
+        once its answer is in."""
+        if not current_attempt().defer_book_write(self):
+            self.save()
+
     def save(self) -> None:
         """Write the channel to the book (or forget it there once its state is gone: a
-        full refund). Nothing without a book."""
+        full refund). Nothing without a book. One write at a time (from a worker thread or
+        not), each of the state as it is then: the last write is of the latest state."""
         if self.book is None or self.id is None:
             return
-        state = self.storage.get(self.id)
+        with self._saving:
+            self._save(self.book, self.id)
+
+    def _save(self, book: ChannelBook, channel_id: str) -> None:
+        state = self.storage.get(channel_id)
         try:
             if state is None:
-                self.book.remove(self.id)
+                book.remove(channel_id)
             elif self.config is not None and self.network is not None:
-                self.book.write(
+                book.write(
                     BookedChannel(
-                        channel_id=self.id,
+                        channel_id=channel_id,
                         network=self.network,
                         config=self.config,
                         state=state,
@@ -265,7 +280,7 @@ class SessionChannel:
                     )
                 )
         except OSError as error:  # the book is a convenience: this process goes on
-            _LOG.warning("session_store: channel %s not written: %s", self.id, error)
+            _LOG.warning("session_store: channel %s not written: %s", channel_id, error)
 
     def checked_on_chain(self, balance: int, total_claimed: int) -> None:
         """What the chain holds of a resumed channel wins over the book: its balance (all
@@ -427,7 +442,7 @@ class SessionChannel:
         if pending is not None:
             self._write(pending.charged_before, pending)
         else:
-            self.save()
+            self.changed()
         raise SessionReceiptError(why)
 
     def balance(self, decimals: int) -> ChannelBalance | None:
@@ -460,11 +475,11 @@ class ChannelStorage(InMemoryClientChannelStorage):
 
     def set(self, key: str, context: BatchSettlementClientContext) -> None:
         super().set(key, context)
-        self.channel.save()
+        self.channel.changed()
 
     def delete(self, key: str) -> None:
         super().delete(key)
-        self.channel.save()
+        self.channel.changed()
 
 
 __all__ = [

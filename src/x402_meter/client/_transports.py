@@ -21,7 +21,7 @@ from x402.http.clients.httpx import x402AsyncTransport
 from x402.http.x402_http_client import PaymentRoundTripper
 from x402.schemas import NoMatchingRequirementsError
 
-from x402_meter.client._attempt import Attempt, FetchReceipt, Resolve, paying
+from x402_meter.client._attempt import Attempt, FetchReceipt, Resolve, current_attempt, paying
 from x402_meter.client._exceptions import (
     NoPayableOfferError,
     PayerError,
@@ -103,33 +103,40 @@ class _PayingCore:
             self.wallet.sessions.release(channel)
 
     def answered(self, attempt: Attempt, request: httpx.Request, response: httpx.Response) -> None:
-        """Record the answer to a signed payment's request and tell ``on_payment``; a
-        session's channel is given back when the answer is done (see ``_session_answered``)."""
-        payment = attempt.payment
-        channel = attempt.take_channel()
-        if payment is not None and payment.signed:
-            self.wallet.ledger.record_answer(payment, request.url, response)
-        if channel is not None:
-            self._session_answered(channel, payment, response)
-        if payment is not None and payment.signed:
-            self.wallet.notify("answered", payment)
+        """``recorded`` then ``finished``."""
+        self.recorded(attempt, request, response)
+        self.finished(attempt, response)
 
-    def _session_answered(
-        self, channel: SessionChannel, payment: Payment | None, response: httpx.Response
-    ) -> None:
-        """A non-streamed answer's ``PAYMENT-RESPONSE`` has updated the channel already (the
-        SDK's hook); a streamed answer's charge is in its receipt, read before the channel
-        signs again. Either way the channel is free when the body is closed (the server
-        charges a stream then, and holds the channel until it has)."""
-        sessions = self.wallet.sessions
+    def recorded(self, attempt: Attempt, request: httpx.Request, response: httpx.Response) -> None:
+        """Record the answer to a signed payment's request. A non-streamed answer's
+        ``PAYMENT-RESPONSE`` has updated its session channel already (the SDK's hook); a
+        streamed answer's charge is in its receipt, read before the channel signs again."""
+        payment, channel = attempt.payment, attempt.channel
+        if payment is None or not payment.signed:
+            return
+        self.wallet.ledger.record_answer(payment, request.url, response)
         if (
-            payment is not None
-            and payment.signed
+            channel is not None
             and payment.receipt_url is not None
             and response.status_code != 402
             and "payment-response" not in response.headers
         ):
             channel.expect_receipt(payment)
+
+    def finished(self, attempt: Attempt, response: httpx.Response) -> None:
+        """Tell ``on_payment`` of the answer; a session's channel is given back when the
+        answer is done (see ``_session_answered``)."""
+        payment = attempt.payment
+        channel = attempt.take_channel()
+        if channel is not None:
+            self._session_answered(channel, response)
+        if payment is not None and payment.signed:
+            self.wallet.notify("answered", payment)
+
+    def _session_answered(self, channel: SessionChannel, response: httpx.Response) -> None:
+        """The channel is free when the answer's body is closed (the server charges a
+        stream then, and holds the channel until it has)."""
+        sessions = self.wallet.sessions
 
         def release() -> None:
             sessions.release(channel)
@@ -193,6 +200,29 @@ class _AsyncReleasingStream(httpx.AsyncByteStream):
             self._release()
 
 
+async def write_book(attempt: Attempt) -> None:
+    """Write what ``attempt``'s channels changed to the book, off the event loop; done even
+    when the request is cancelled (its deposit or voucher may have been sent)."""
+    if attempt.unwritten:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(attempt.write_book)
+
+
+class _BookWritingTransport(httpx.AsyncBaseTransport):
+    """The SDK transport's way to the server: each request is sent only once the channel
+    changes its attempt made (the payment it carries) are written to the book."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await write_book(current_attempt())
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class PayingAsyncTransport(httpx.AsyncBaseTransport):
     """An httpx async transport that pays 402s from ``wallet`` (the SDK's
     ``x402AsyncTransport`` underneath) and records each payment's receipt."""
@@ -201,12 +231,20 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
         self.wallet = wallet
         self._core = _PayingCore(wallet, unwrap=SDKPaymentError, asynchronous=True)
         self._base = transport or httpx.AsyncHTTPTransport()
-        self._paying = x402AsyncTransport(wallet.x402_client(), self._base)
+        self._paying = x402AsyncTransport(wallet.x402_client(), _BookWritingTransport(self._base))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # The session channel book is written in a worker thread (an fsync a write, two
+        # writes an answer): before each send (the deposit and voucher it carries are in
+        # the book first) and once the answer is in, before the channel is given back.
         with self._core.attempt(request, self._resolve_pending, self.fetch_receipt) as attempt:
-            response = await self._paying.handle_async_request(request)
-        self._core.answered(attempt, request, response)
+            attempt.defers_book_writes = True
+            try:
+                response = await self._paying.handle_async_request(request)
+                self._core.recorded(attempt, request, response)
+            finally:
+                await write_book(attempt)
+        self._core.finished(attempt, response)
         return response
 
     async def fetch_receipt(self, payment: Payment, wait: float = DEFAULT_RECEIPT_WAIT) -> Receipt:
