@@ -285,11 +285,12 @@ class BookAtEachSend(httpx.AsyncBaseTransport):
 async def test_the_async_client_writes_its_book_off_the_loop_each_payment_booked_before_it_goes(
     x402_local_stack: LocalStack, tmp_path: Path
 ) -> None:
-    """``PayingAsyncClient`` with a ``session_store`` pays a deposit, a streamed answer and a
-    JSON one: every book write (each one an fsync) runs in a worker thread, never on the
-    event loop's; yet each paid request goes out only once the book holds its channel
-    (config and salt) and the voucher it carries, and once the client is done the book
-    holds the deposit and every charge."""
+    """``PayingAsyncClient`` with a ``session_store`` pays a deposit, then streamed and JSON
+    answers in turn, and reads the last stream's charge in ``balance()``: every book write
+    (each one an fsync) runs in a worker thread, never on the event loop's; yet each paid
+    request goes out only once the book holds its channel (config and salt) and the
+    voucher it carries, and once the client is done the book holds the deposit and every
+    charge."""
     stack = x402_local_stack
     store = tmp_path / "sessions"
     loop_thread = threading.get_ident()
@@ -312,6 +313,8 @@ async def test_the_async_client_writes_its_book_off_the_loop_each_payment_booked
         first = await llm.chat.completions.create(model="stub", messages=MESSAGES)
         streamed = await ask_streamed_async(llm)
         last = await llm.chat.completions.create(model="stub", messages=MESSAGES)
+        streamed += await ask_streamed_async(llm)  # its charge read by balance()
+        (balance,) = await http.balance()
         (deposit,) = deposits(http.payments)
 
     assert first.usage is not None
@@ -319,7 +322,7 @@ async def test_the_async_client_writes_its_book_off_the_loop_each_payment_booked
     charged = usage_cost(first.usage.model_dump()) + streamed + usage_cost(last.usage.model_dump())
     assert written_in, "nothing was written to the book"
     assert loop_thread not in written_in
-    assert len(wire.sent) == 3
+    assert len(wire.sent) == 4
     for payload, record in wire.sent:
         assert record is not None, "a payment was sent before its channel was in the book"
         voucher = payload["voucher"]
@@ -330,3 +333,4 @@ async def test_the_async_client_writes_its_book_off_the_loop_each_payment_booked
     (booked,) = list(store.glob("*.json"))
     state = json.loads(booked.read_text())["state"]
     assert (state["balance"], state["chargedCumulativeAmount"]) == (str(deposit), str(charged))
+    assert (balance.deposited, balance.charged) == (deposit, charged)

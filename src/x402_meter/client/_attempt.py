@@ -94,6 +94,16 @@ def paying(attempt: Attempt) -> Iterator[Attempt]:
         _CURRENT.reset(token)
 
 
+@contextlib.contextmanager
+def book_writes_deferred() -> Iterator[Attempt]:
+    """Outside a request (reading a pending receipt for ``balance()``): the channel changes
+    wait for ``write_book`` on the attempt given, as in the async transport's requests."""
+    attempt = Attempt("", "", _nothing_to_resolve)
+    attempt.defers_book_writes = True
+    with paying(attempt):
+        yield attempt
+
+
 def current_attempt() -> Attempt:
     """The attempt being paid for; a blank one when the SDK client is used directly, not
     through a paying transport (its payments are recorded without method and URL)."""

@@ -21,7 +21,14 @@ from x402.http.clients.httpx import x402AsyncTransport
 from x402.http.x402_http_client import PaymentRoundTripper
 from x402.schemas import NoMatchingRequirementsError
 
-from x402_meter.client._attempt import Attempt, FetchReceipt, Resolve, current_attempt, paying
+from x402_meter.client._attempt import (
+    Attempt,
+    FetchReceipt,
+    Resolve,
+    book_writes_deferred,
+    current_attempt,
+    paying,
+)
 from x402_meter.client._exceptions import (
     NoPayableOfferError,
     PayerError,
@@ -278,10 +285,18 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
         for channel in sessions.channels():
             if channel.pending is not None and sessions.try_lease(channel):
                 try:
-                    await _done(self.wallet.read_pending(channel, self.fetch_receipt))
+                    await self._read_pending(channel)
                 finally:
                     sessions.release(channel)
         return self.wallet.balance()
+
+    async def _read_pending(self, channel: SessionChannel) -> None:
+        """``Wallet.read_pending``, the charge it learns written to the book off the loop."""
+        with book_writes_deferred() as attempt:
+            try:
+                await _done(self.wallet.read_pending(channel, self.fetch_receipt))
+            finally:
+                await write_book(attempt)
 
     async def close_sessions(self) -> tuple[SessionRefund, ...]:
         """Take back what is left in each session channel (waiting for the answers being
@@ -292,7 +307,7 @@ class PayingAsyncTransport(httpx.AsyncBaseTransport):
             await sessions.lease_channel_async(channel)
             try:
                 await anyio.to_thread.run_sync(self.wallet.check_resumed, channel)
-                await _done(self.wallet.read_pending(channel, self.fetch_receipt))
+                await self._read_pending(channel)
                 fetch = refund_fetch(channel, self._refund_fetch, self.wallet.address)
                 refund = await anyio.to_thread.run_sync(channel.refund, fetch)
                 taken.add(self.wallet.count_refund(refund))
