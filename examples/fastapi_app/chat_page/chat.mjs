@@ -252,9 +252,11 @@ function costCard(receipt, stopped) {
     ["Tokens in / out", (receipt.input_tokens ?? "?") + " / " + (receipt.output_tokens ?? "?")],
     ["Charged", usdc(receipt.amount ?? 0)],
     ["Authorized", usdc(receipt.max_amount) + " (" + receipt.scheme + ")"],
-    receipt.channel
-      ? ["Transaction", "none: by voucher"]
-      : ["Transaction", short(receipt.transaction)],
+    !receipt.channel
+      ? ["Transaction", short(receipt.transaction)]
+      : receipt.transaction // a session's answer that deposited names the deposit
+        ? ["Transaction", "deposit " + short(receipt.transaction)]
+        : ["Transaction", "none: by voucher"],
   ];
   for (const [label] of cells) card.append(el("div", "label", label));
   for (const [label, value] of cells) {
