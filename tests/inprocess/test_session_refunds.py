@@ -10,6 +10,9 @@ and ``tests/security/test_session_refunds.py``.)
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,12 +28,22 @@ from x402.schemas import PaymentPayload, PaymentRequired
 
 from tests.apps import MAX_TOKENS
 from tests.inprocess.facilitator import RECEIVER_AUTHORIZER, InProcessFacilitator, Refusal
-from tests.inprocess.harness import CHAT, QUESTION, calling, chat_app, header, metered
+from tests.inprocess.harness import (
+    CHAT,
+    QUESTION,
+    STREAMED,
+    calling,
+    chat_app,
+    header,
+    metered,
+)
 from tests.inprocess.sessions import ChannelPayer, channel_of, send, session_meter, session_offer
+from tests.inprocess.test_sessions import opened
 from tests.security.test_session_refunds import offered_sessions
 from tests.security.test_sessions import Counted, open_channel
 from x402_meter import PriceTable, TokenPrice
 from x402_meter.pricing import PricedRequest
+from x402_meter.store import LedgerState
 
 pytestmark = pytest.mark.anyio
 
@@ -163,3 +176,56 @@ async def test_a_price_function_that_cannot_price_a_refund_is_a_400_not_a_500() 
     async with calling(meter) as client:
         probe = await client.get(CHAT)
     assert (probe.status_code, probe.json()["reason"]) == (400, "refund_price_unavailable")
+
+
+async def test_a_refund_waits_for_a_dead_holders_charge_even_past_its_lease() -> None:
+    """A server died mid-stream and its channel's lease is over before a sweeper charged
+    the dead answer. A refund taking the channel then would start from a charged cumulative
+    without that answer and return its money to the payer: the seller would lose it. As a
+    voucher is, the refund is refused as busy, with no facilitator call, until the sweeper
+    has charged it; then the payer's refund (for the cumulative that includes it) goes to
+    the facilitator (which refuses it here: it has no chain to refund on)."""
+    facilitator = InProcessFacilitator()
+    payer = ChannelPayer()
+    dead = session_meter(chat_app(), facilitator)
+    async with calling(dead) as client:
+        requirements, charged = await opened(dead, client, payer)
+        maximum = int(requirements.amount)
+        answer = await send(client, STREAMED, payer.voucher(requirements, charged + maximum))
+    receipt_id = answer.headers["x-payment-receipt"].rsplit("/", 1)[-1]
+    store, channels = dead.runtime.store, dead.runtime.channels
+    assert channels is not None
+    served = await store.get(receipt_id)
+    channel = await channel_of(dead, payer.channel_id(requirements))
+    assert served is not None
+    assert served.amount
+    row_lease = time.time() + 3600  # the dead row's lease ends after its channel's
+    await store.save(dataclasses.replace(served, state=LedgerState.VERIFIED, lease_until=row_lease))
+    left = dataclasses.replace(
+        channel, charged=charged, serving=served.key, serving_until=1.0, last_charged=None
+    )
+    assert await channels.put(left) is not None
+
+    worker = session_meter(chat_app(), facilitator, store=store, channel_store=channels)
+    facilitator.settle_refusal = Refusal(ERR_REFUND_SIMULATION_FAILED)
+    async with calling(worker) as client:
+        calls = len(facilitator.calls)
+        early = await client.get(
+            CHAT, headers=header(refund_of(payer, payer.voucher(requirements, charged)))
+        )
+        assert facilitator.calls[calls:] == []
+        assert await worker.runtime.settler.sweep(row_lease + 1) == 1
+        await worker.runtime.settler.drain()
+        after = charged + served.amount
+        calls = len(facilitator.calls)
+        asked = await client.get(
+            CHAT, headers=header(refund_of(payer, payer.voucher(requirements, after)))
+        )
+        assert facilitator.calls[calls:] == ["/verify", "/settle"]
+    assert (early.status_code, early.json()["reason"]) == (
+        402,
+        "invalid_batch_settlement_evm_channel_busy",
+    )
+    assert (asked.status_code, asked.json()["reason"]) == (402, ERR_REFUND_SIMULATION_FAILED)
+    record = await channel_of(worker, payer.channel_id(requirements))
+    assert (record.charged, record.serving, record.refunded) == (after, None, 0)

@@ -156,23 +156,7 @@ class ChannelAdmission:
         return False
 
     async def _free_record(self) -> ChannelRecord | Refusal | None:
-        """The channel's record if no other request holds it (None: no record yet). A
-        holder whose lease ran out still holds it while its row waits to be charged."""
-        channel_id, recent = self.payment.channel_id, self.scheme.recent
-        record = await self.channels.get(channel_id)
-        recent.read(record)
-        if (
-            record is not None
-            and record.busy(time.time())
-            and await self.scheme.charging.wait(channel_id, CHARGE_WAIT_SECONDS)
-        ):
-            record = await self.channels.get(channel_id)
-            recent.read(record)
-        if record is None:
-            return None
-        if record.busy(time.time()) or await self.scheme.holder_unsettled(record):
-            return busy()
-        return record
+        return await free_record(self.scheme, self.payment.channel_id)
 
     async def _withdrawal_seen(
         self, record: ChannelRecord, chain: ChainSnapshot, now: float
@@ -308,6 +292,29 @@ class ChannelAdmission:
         with anyio.CancelScope(shield=True):
             await self._update({"serving": None, "serving_until": 0.0})
             self.held = None
+
+
+async def free_record(
+    scheme: BatchSettlementScheme, channel_id: str
+) -> ChannelRecord | Refusal | None:
+    """The channel's record if no request holds it (None: no record yet), for anything
+    that takes a channel (a payment, a refund). A charge this process is making is waited
+    for; a holder whose lease ran out still holds the channel while its row waits to be
+    charged (a taker would start from a charged cumulative without that answer)."""
+    record = await scheme.channels.get(channel_id)
+    scheme.recent.read(record)
+    if (
+        record is not None
+        and record.busy(time.time())
+        and await scheme.charging.wait(channel_id, CHARGE_WAIT_SECONDS)
+    ):
+        record = await scheme.channels.get(channel_id)
+        scheme.recent.read(record)
+    if record is None:
+        return None
+    if record.busy(time.time()) or await scheme.holder_unsettled(record):
+        return busy()
+    return record
 
 
 def busy() -> Refusal:

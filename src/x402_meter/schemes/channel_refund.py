@@ -41,7 +41,7 @@ from x402.mechanisms.evm.batch_settlement.types import (
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from x402_meter.schemes.base import Refusal
-from x402_meter.schemes.channel_admission import CHARGE_WAIT_SECONDS, busy
+from x402_meter.schemes.channel_admission import busy, free_record
 from x402_meter.schemes.channel_payload import RefundRequest
 from x402_meter.schemes.channel_state import ChainSnapshot, channel_state, checksummed_config
 from x402_meter.store import ChannelRecord
@@ -147,21 +147,14 @@ class ChannelRefund:
     # -- the steps ---------------------------------------------------------------------
 
     async def _free_record(self) -> ChannelRecord | Refusal:
-        """The channel's record if no request holds it."""
-        channel_id = self.payment.channel_id
-        record = await self.channels.get(channel_id)
+        """The channel's record if no request holds it (as a payment takes it)."""
+        record = await free_record(self.scheme, self.payment.channel_id)
         if record is None:
             return Refusal(
                 ERR_MISSING_CHANNEL,
                 "this server has no record of the channel: it refunds only channels it serves",
             )
-        if not record.busy(time.time()):
-            return record
-        if await self.scheme.charging.wait(channel_id, CHARGE_WAIT_SECONDS):
-            record = await self.channels.get(channel_id)
-            if record is not None and not record.busy(time.time()):
-                return record
-        return busy()
+        return record
 
     def _corrective(self, record: ChannelRecord, mirror: ChainSnapshot) -> Refusal:
         """The spec's corrective 402: the charged cumulative the refund voucher must be
