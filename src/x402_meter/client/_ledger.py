@@ -20,7 +20,13 @@ from x402.schemas.v1 import PaymentRequirementsV1
 
 from x402_meter.assets import Asset
 from x402_meter.client._exceptions import SpendCapExceededError
-from x402_meter.client._receipts import RECEIPT_HEADER, SESSION_SCHEME, Payment, Receipt
+from x402_meter.client._receipts import (
+    RECEIPT_HEADER,
+    SESSION_SCHEME,
+    Payment,
+    Receipt,
+    seller_amount,
+)
 from x402_meter.client.chain_proof import ChainProver, Permit2Authorization
 from x402_meter.errors import ConfigurationError
 
@@ -154,10 +160,10 @@ class PaymentLedger:
         elif payment.scheme == SESSION_SCHEME:
             voucher = payload.get("voucher")
             if isinstance(voucher, Mapping):
-                payment.cumulative = _int_or_none(voucher.get("maxClaimableAmount"))
+                payment.cumulative = seller_amount(voucher.get("maxClaimableAmount"))
             deposit = payload.get("deposit")
             if isinstance(deposit, Mapping):  # what was signed counts, if ever more
-                signed = _int_or_none(deposit.get("amount")) or 0
+                signed = seller_amount(deposit.get("amount")) or 0
                 payment.deposit = max(payment.deposit or 0, signed) or None
         payment.signed = True
 
@@ -231,7 +237,3 @@ class PaymentLedger:
         if authorization.token.lower() != self.asset.address.lower():
             return None
         return authorization
-
-
-def _int_or_none(value: Any) -> int | None:
-    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None

@@ -29,6 +29,12 @@ RECEIPT_HEADER: Final = "x-payment-receipt"
 _FINAL_STATUSES: Final = frozenset({"settled", "failed", "not_charged"})
 
 
+def seller_amount(value: Any) -> int | None:
+    """An amount the seller names in a session's answer (a string of ASCII digits:
+    ``"²".isdigit()`` is True and ``int("²")`` fails); None for anything else."""
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
+
+
 def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool) or value is None:
         return None

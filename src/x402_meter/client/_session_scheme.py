@@ -38,6 +38,7 @@ from x402.schemas import (
 from x402_meter.client._attempt import current_attempt
 from x402_meter.client._channel_leases import SessionChannels
 from x402_meter.client._exceptions import PayerError
+from x402_meter.client._receipts import seller_amount
 from x402_meter.client._sessions import (
     SESSION_SCHEME,
     RefundAnswer,
@@ -130,11 +131,13 @@ def adopt_corrective(channel: SessionChannel, required: PaymentRequired, payer: 
     state, voucher = extra.get("channelState"), extra.get("voucherState")
     if not isinstance(state, dict) or str(state.get("channelId", "")).lower() != channel.id:
         return False
-    charged = _digits(state.get("chargedCumulativeAmount"))
+    charged = seller_amount(state.get("chargedCumulativeAmount"))
     if charged is None:
         return False
     if charged > channel.charged():
-        signed = _digits(voucher.get("signedMaxClaimable")) if isinstance(voucher, dict) else None
+        signed = (
+            seller_amount(voucher.get("signedMaxClaimable")) if isinstance(voucher, dict) else None
+        )
         signature = voucher.get("signature") if isinstance(voucher, dict) else None
         if signed is None or charged > signed or not isinstance(signature, str):
             return False
@@ -159,10 +162,6 @@ def _signed_by(payer: str, channel_id: str, amount: int, signature: str, network
     except (ValueError, TypeError):
         return False
     return str(signer).lower() == payer.lower()
-
-
-def _digits(value: Any) -> int | None:
-    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
 
 
 __all__ = ["SessionScheme", "adopt_corrective", "refund_fetch"]

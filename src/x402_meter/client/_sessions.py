@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 
 import httpx
 from x402.mechanisms.evm.batch_settlement.client import (
@@ -45,7 +45,7 @@ from x402_meter.client._exceptions import (
     SessionReceiptError,
     SessionRefundError,
 )
-from x402_meter.client._receipts import SESSION_SCHEME, Payment, Receipt
+from x402_meter.client._receipts import SESSION_SCHEME, Payment, Receipt, seller_amount
 
 if TYPE_CHECKING:
     from x402_meter.client._channel_leases import ChannelPool
@@ -367,12 +367,10 @@ class SessionChannel:
         if receipt.status == "failed":
             charged = pending.charged_before  # not charged: the server's loss, not ours
         elif receipt.status in ("settled", "not_charged") and isinstance(channel, dict):
-            claimed = channel.get("charged_cumulative")
-            if str(channel.get("id", "")).lower() != self.id or not (
-                isinstance(claimed, str) and claimed.isascii() and claimed.isdigit()
-            ):
+            claimed = seller_amount(channel.get("charged_cumulative"))
+            if str(channel.get("id", "")).lower() != self.id or claimed is None:
                 self._retire(f"the receipt of {pending.payment.url} is not for channel {self.id}")
-            charged = int(claimed)  # type: ignore[arg-type]
+            charged = claimed
             if charged > pending.voucher_max:
                 self._retire(
                     f"the receipt claims {charged} charged on channel {self.id}, more than the"
@@ -421,8 +419,7 @@ class SessionChannel:
         # balance is what was claimed; the next session payment opens a new channel rather
         # than a corrective 402 and a deposit on this one.
         self.retired = "refunded"
-        said = settled.amount
-        refunded = int(said) if isinstance(said, str) and said.isascii() and said.isdigit() else 0
+        refunded = seller_amount(settled.amount) or 0
         if refunded > remaining:
             _LOG.warning(
                 "the refund of channel %s says %s came back, more than the %s left in it:"
@@ -434,7 +431,7 @@ class SessionChannel:
             )
         return SessionRefund(self.id, min(refunded, remaining), settled.transaction)
 
-    def _retire(self, why: str) -> None:
+    def _retire(self, why: str) -> NoReturn:
         """Set the channel aside, its state as before the lie (and its deposit, which
         landed: ``close_sessions`` may still take it back)."""
         self.retired = why
